@@ -1,0 +1,43 @@
+"""orchfs: a virtual filesystem for workflow-orchestrator state.
+
+``import orchfs`` stays light: the command line, secrets, S3 and the testing plugin
+are imported where they are used.
+"""
+
+from __future__ import annotations
+
+from . import errors
+from .errors import (
+    ConfigError,
+    LayoutVersionError,
+    LegacyConflictWarning,
+    LegacyPathWarning,
+    LockTimeout,
+    MigrationConflictError,
+    OrchFSError,
+    PathEscapeError,
+    SecretIntegrityError,
+    SecretsLockedError,
+    VersionPinError,
+)
+from .filesystem import OrchFileSystem, Resolution
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "LayoutVersionError",
+    "LegacyConflictWarning",
+    "LegacyPathWarning",
+    "LockTimeout",
+    "MigrationConflictError",
+    "OrchFSError",
+    "OrchFileSystem",
+    "PathEscapeError",
+    "Resolution",
+    "SecretIntegrityError",
+    "SecretsLockedError",
+    "VersionPinError",
+    "__version__",
+    "errors",
+]

@@ -1,0 +1,230 @@
+"""Atomic, durable file replacement: the writers that every backend hands out.
+
+A write never touches the target until it is complete. :class:`StagedWriter` is the
+file object returned for ``wb``/``xb``: bytes go to a stage, and :meth:`commit`
+publishes them in one step. Closing commits; leaving a ``with`` block through an
+exception discards; so does an abandoned writer that is garbage collected. Inside
+``fs.transaction`` closing only stages, and the transaction commits or discards.
+
+On local disk (:class:`LocalAtomicWriter`) the stage is a randomly named temp file in
+the target's own directory, created ``O_CREAT|O_EXCL|O_NOFOLLOW`` with mode 0600;
+commit is ``fsync`` the file, set its final mode, ``os.replace`` it over the target
+(``link`` for exclusive create, so an existing file is never clobbered), then
+``fsync`` the directory. Every step goes through an open directory descriptor that
+was reached without following symlinks, so no write lands outside the tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets as _random
+from collections.abc import Callable
+from typing import Any
+
+from .paths import TEMP_PREFIX
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
+TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC
+SECRET_FILE_MODE = 0o600
+
+
+def _current_umask() -> int:
+    # The only portable way to read the umask is to set it; done once, at import.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _current_umask()
+DEFAULT_FILE_MODE = 0o666 & ~UMASK
+DEFAULT_DIR_MODE = 0o777 & ~UMASK
+
+
+def temp_name(name: str) -> str:
+    """A fresh temp-file name beside ``name`` (never shown in listings)."""
+    return f"{TEMP_PREFIX}{name[:64]}.{_random.token_hex(8)}"
+
+
+def fsync_directory(dir_fd: int) -> None:
+    """Make a rename or create in the directory durable (ignored where unsupported)."""
+    with contextlib.suppress(OSError):
+        os.fsync(dir_fd)
+
+
+class StagedWriter(io.RawIOBase):
+    """A write-only file whose bytes only become visible at :meth:`commit`."""
+
+    def __init__(self, path: str, autocommit: bool = True) -> None:
+        super().__init__()
+        self.path = path
+        self.autocommit = autocommit
+        self._finished = False
+        self._written = 0
+
+    # --- to be provided by each backend -------------------------------------------
+    def _stage(self, data: memoryview) -> None:
+        raise NotImplementedError
+
+    def _publish(self) -> None:
+        raise NotImplementedError
+
+    def _drop(self) -> None:
+        raise NotImplementedError
+
+    # --- file protocol -------------------------------------------------------------
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: Any) -> int:
+        if self.closed:
+            raise ValueError(f"write to closed file {self.path!r}")
+        view = memoryview(data).cast("B")
+        self._stage(view)
+        self._written += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self._written
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        if self.autocommit:
+            self.commit()
+
+    def commit(self) -> None:
+        """Publish the staged bytes at the target (once)."""
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self._publish()
+        except BaseException:
+            self._drop()
+            raise
+
+    def discard(self) -> None:
+        """Throw the staged bytes away; the target keeps its old content."""
+        if not self.closed:
+            super().close()
+        if not self._finished:
+            self._finished = True
+            self._drop()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        # An abandoned writer is never half-published.
+        if not getattr(self, "_finished", True):
+            self.discard()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path!r}>"
+
+
+class LocalAtomicWriter(StagedWriter):
+    """Temp file beside the target, fsync, replace, fsync the directory."""
+
+    def __init__(
+        self,
+        dir_fd: int,
+        name: str,
+        path: str,
+        *,
+        exclusive: bool = False,
+        autocommit: bool = True,
+        final_mode: int = DEFAULT_FILE_MODE,
+    ) -> None:
+        super().__init__(path, autocommit)
+        self._dir_fd = dir_fd
+        self._name = name
+        self._exclusive = exclusive
+        self._final_mode = final_mode
+        self._temp = temp_name(name)
+        self._fd = -1
+        try:
+            self._fd = os.open(self._temp, TEMP_FLAGS, SECRET_FILE_MODE, dir_fd=dir_fd)
+        except BaseException:
+            self._finished = True
+            os.close(dir_fd)
+            raise
+
+    def _stage(self, data: memoryview) -> None:
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+
+    def _publish(self) -> None:
+        fd, self._fd = self._fd, -1
+        try:
+            os.fsync(fd)
+            if self._final_mode != SECRET_FILE_MODE:
+                os.fchmod(fd, self._final_mode)
+        finally:
+            os.close(fd)
+        if self._exclusive:
+            # link() fails if the target exists: exclusive create without a window.
+            os.link(self._temp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            os.unlink(self._temp, dir_fd=self._dir_fd)
+        else:
+            os.replace(self._temp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        fsync_directory(self._dir_fd)
+        os.close(self._dir_fd)
+        self._dir_fd = -1
+
+    def _drop(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._dir_fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._temp, dir_fd=self._dir_fd)
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+
+class BufferedUploadWriter(StagedWriter):
+    """Bytes kept in memory (spilling to a temp file), handed over in one call."""
+
+    SPILL_BYTES = 16 * 2**20
+
+    def __init__(
+        self,
+        path: str,
+        upload: Callable[[Any], None],
+        autocommit: bool = True,
+    ) -> None:
+        super().__init__(path, autocommit)
+        import tempfile
+
+        self._buffer = tempfile.SpooledTemporaryFile(max_size=self.SPILL_BYTES)  # noqa: SIM115
+        self._upload = upload
+
+    def _stage(self, data: memoryview) -> None:
+        self._buffer.write(data)
+
+    def _publish(self) -> None:
+        self._buffer.seek(0)
+        try:
+            self._upload(self._buffer)
+        finally:
+            self._buffer.close()
+
+    def _drop(self) -> None:
+        self._buffer.close()

@@ -1,0 +1,69 @@
+"""The exception and warning hierarchy of orchfs.
+
+Every orchfs error derives from :class:`OrchFSError`. Errors that callers already
+catch by a built-in type keep it as a second base (a path escape is a
+``ValueError``, a lock timeout a ``TimeoutError``), and plain filesystem errors stay
+``FileNotFoundError`` / ``FileExistsError`` / ``IsADirectoryError`` as fsspec users
+expect.
+"""
+
+from __future__ import annotations
+
+
+class OrchFSError(Exception):
+    """Base class of every error raised by orchfs itself."""
+
+
+class PathEscapeError(OrchFSError, ValueError):
+    """A logical path was refused by the path gate, or resolves outside the root."""
+
+
+class LockTimeout(OrchFSError, TimeoutError):
+    """A lock could not be acquired in time; the message names the holder."""
+
+
+class SecretsLockedError(OrchFSError, PermissionError):
+    """No key is available that can open the secret namespace."""
+
+
+class SecretIntegrityError(OrchFSError):
+    """A secret file or manifest failed its authenticity check."""
+
+
+class ConfigError(OrchFSError, ValueError):
+    """A configuration or layout file is malformed; the message names file and line."""
+
+
+class VersionPinError(OrchFSError):
+    """The running orchestrator does not satisfy a configured version pin."""
+
+
+class LayoutVersionError(OrchFSError, PermissionError):
+    """The repository uses a newer layout than this orchfs can write."""
+
+
+class MigrationConflictError(OrchFSError):
+    """A legacy file and its new location both exist and differ."""
+
+
+class LegacyPathWarning(DeprecationWarning):
+    """A logical path was served from its v1 (legacy) location."""
+
+
+class LegacyConflictWarning(UserWarning):
+    """A path exists in both layouts with different contents; the upper copy wins."""
+
+
+__all__ = [
+    "ConfigError",
+    "LayoutVersionError",
+    "LegacyConflictWarning",
+    "LegacyPathWarning",
+    "LockTimeout",
+    "MigrationConflictError",
+    "OrchFSError",
+    "PathEscapeError",
+    "SecretIntegrityError",
+    "SecretsLockedError",
+    "VersionPinError",
+]

@@ -1,0 +1,146 @@
+"""The path gate: the one validation every logical path passes before any I/O.
+
+A logical path is relative and ``/``-separated (``checkpoints/cp_1.json``); the
+protocol (``orch://``) and leading slashes are optional. :func:`validate` returns
+the normalised form (``""`` for the root) or raises :class:`PathEscapeError` with a
+message that says what was wrong. Results are memoised, so the gate costs one
+dictionary lookup for a path that has been seen before.
+
+What is refused, and why:
+
+* ``..`` in any spelling (plain, percent-encoded, full-width or other Unicode forms
+  that fold to ``..`` under NFKC): it would climb out of the state directory;
+* NUL, control and line-separator characters: they truncate or split paths in logs
+  and in C APIs;
+* backslashes, drive letters (``C:``) and embedded URLs (``file://``): they smuggle
+  absolute physical paths through a relative one;
+* a leading ``~`` segment: some tools expand it to a home directory;
+* names that are not in Unicode NFC: ``café`` in NFD and in NFC would be two files
+  on Linux and one on macOS;
+* segments longer than 255 bytes and paths longer than 4096 bytes (``NAME_MAX``/``PATH_MAX``);
+* names reserved for orchfs itself: whiteout markers (``.wh.*``), temp files
+  (``.orchfs-tmp.*``) and the internal entries at the top of ``.orchestrator/``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import lru_cache
+from urllib.parse import unquote
+
+from .errors import PathEscapeError
+
+PROTOCOL = "orch"
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+TEMP_PREFIX = ".orchfs-tmp."
+MARKER_PREFIXES = (WHITEOUT_PREFIX, TEMP_PREFIX)
+
+# Entries at the top of the state directory that belong to orchfs, not to the logical view.
+INTERNAL_NAMES = frozenset(
+    {"FORMAT", "meta.json", "locks", "migrations", "migration_backup", "tmp"}
+)
+
+MAX_SEGMENT_BYTES = 255
+MAX_PATH_BYTES = 4096
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(//|:)")
+_SEPARATORS = ("/", "\\")
+
+
+def strip_protocol(path: str) -> str:
+    """Drop ``orch://`` (or ``orch::``) and surrounding slashes; no validation."""
+    if path.startswith(PROTOCOL):
+        rest = path[len(PROTOCOL) :]
+        if rest.startswith("://"):
+            path = rest[3:]
+        elif rest.startswith("::"):
+            path = rest[2:]
+    return path.strip("/")
+
+
+def _refuse(path: str, why: str) -> PathEscapeError:
+    shown = path if len(path) <= 120 else path[:117] + "..."
+    return PathEscapeError(f"refused logical path {shown!r}: {why}")
+
+
+def _check_characters(original: str, text: str) -> None:
+    for char in text:
+        if char == "\\":
+            raise _refuse(original, "backslashes are not path separators here; use '/'")
+        category = unicodedata.category(char)
+        if category == "Cc" or category in ("Zl", "Zp"):
+            raise _refuse(original, f"control character U+{ord(char):04X} is not allowed in a path")
+
+
+def _check_segment(original: str, segment: str, *, first: bool) -> None:
+    if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+        raise _refuse(original, f"a path segment is longer than {MAX_SEGMENT_BYTES} bytes")
+    if unicodedata.normalize("NFC", segment) != segment:
+        raise _refuse(original, "names must be in Unicode NFC form (normalise the name first)")
+    spellings = {segment, unquote(segment), unquote(unquote(segment))}
+    for spelling in list(spellings):
+        spellings.add(unicodedata.normalize("NFKC", spelling))
+    for spelling in spellings:
+        if spelling in ("..", ".") or spelling.strip() in ("..",):
+            raise _refuse(original, "'..' segments (in any spelling) would leave the root")
+        if spelling != segment and any(sep in spelling for sep in _SEPARATORS):
+            raise _refuse(original, "an encoded path separator is hidden in a segment")
+        if "\x00" in spelling or any(unicodedata.category(c) == "Cc" for c in spelling):
+            raise _refuse(original, "an encoded control character is hidden in a segment")
+    if _DRIVE.match(segment):
+        raise _refuse(original, "drive letters are physical paths, not logical ones")
+    if first and segment == "~":
+        raise _refuse(original, "'~' would be read as a home directory by some tools")
+    if segment.startswith(MARKER_PREFIXES):
+        raise _refuse(original, f"names starting with {segment[:4]!r}... are reserved for orchfs")
+
+
+@lru_cache(maxsize=65536)
+def validate(path: str) -> str:
+    """Return the normalised logical path, or raise :class:`PathEscapeError`."""
+    if not isinstance(path, str):
+        raise PathEscapeError(f"a logical path must be a str, not {type(path).__name__}")
+    original = path
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise _refuse(original, f"longer than {MAX_PATH_BYTES} bytes")
+    _check_characters(original, path)
+    path = strip_protocol(path)
+    if _URL.match(path):
+        raise _refuse(original, "a URL is not a logical path (use the path inside the repository)")
+    segments = [s for s in path.split("/") if s and s != "."]
+    for index, segment in enumerate(segments):
+        _check_segment(original, segment, first=index == 0)
+    if segments and segments[0] in INTERNAL_NAMES:
+        raise _refuse(original, f"{segments[0]!r} is internal to .orchestrator/")
+    return "/".join(segments)
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Validate a single path segment such as a session id; no '/' allowed."""
+    if not isinstance(name, str) or not name:
+        raise PathEscapeError(f"{what} must be a non-empty string")
+    if "/" in name or "\\" in name:
+        raise _refuse(name, f"{what} must be a single segment without '/' or '\\'")
+    normal = validate(name)
+    if normal != name:
+        raise _refuse(name, f"{what} must already be in normal form")
+    return name
+
+
+def join(*parts: str) -> str:
+    """Join already validated logical parts with '/', skipping empty ones."""
+    return "/".join(p for p in parts if p)
+
+
+def parent(path: str) -> str:
+    """The logical parent of a normalised path ('' for top-level names)."""
+    head, _, _ = path.rpartition("/")
+    return head
+
+
+def is_marker(name: str) -> bool:
+    """Whether a physical entry name is an orchfs marker or temp file, never shown."""
+    return name.startswith(MARKER_PREFIXES)

@@ -1,0 +1,547 @@
+"""Storage adapters: how bytes are read and written on one kind of backend.
+
+An adapter is rooted at a base directory (the repository root, or the directory that
+plays ``.orchestrator/``) and takes *physical relative paths* that the path gate has
+already validated. It owns what "atomic" and "durable" mean on its backend:
+
+* :class:`LocalStorage` talks to ``os`` directly (no fsspec on the hot path): reads
+  refuse symlinks that leave the boundary, writes go through directory descriptors
+  opened without following symlinks and are published by :class:`LocalAtomicWriter`.
+* :class:`FsspecStorage` wraps any fsspec filesystem (memory, S3, GCS, ...). There is
+  no rename on object storage, so a write is staged and published as one PUT
+  (multipart for large files); exclusive create is a conditional PUT
+  (``If-None-Match: *``). In memory the publish is a swap at close.
+
+Info dictionaries use fsspec's keys: ``type`` (``"file"``/``"directory"``), ``size``,
+``mtime``, ``created`` (POSIX seconds) and ``mode`` where the backend has one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from typing import IO, Any
+
+from .atomic import (
+    DEFAULT_FILE_MODE,
+    DIR_FLAGS,
+    BufferedUploadWriter,
+    LocalAtomicWriter,
+    StagedWriter,
+    fsync_directory,
+)
+from .errors import PathEscapeError
+from .paths import is_marker
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do natively; the layers above adapt to it."""
+
+    atomic_rename: bool
+    conditional_put: bool
+    native_append: bool
+    empty_directories: bool
+
+
+def _local_info(st: os.stat_result) -> dict[str, Any]:
+    return {
+        "type": "directory" if stat.S_ISDIR(st.st_mode) else "file",
+        "size": 0 if stat.S_ISDIR(st.st_mode) else st.st_size,
+        "mtime": st.st_mtime,
+        "created": st.st_ctime,
+        "mode": st.st_mode,
+    }
+
+
+class LocalStorage:
+    """Local disk through ``os``, rooted at ``base``, never leaving ``boundary``."""
+
+    kind = "local"
+    capabilities = Capabilities(
+        atomic_rename=True, conditional_put=True, native_append=True, empty_directories=True
+    )
+
+    def __init__(self, base: str, boundary: str | None = None) -> None:
+        self.base = os.path.abspath(base)
+        self.boundary = os.path.realpath(boundary or self.base)
+        self._boundary_prefix = self.boundary.rstrip(os.sep) + os.sep
+        if os.path.islink(self.base) and not self._inside(os.path.realpath(self.base)):
+            raise PathEscapeError(f"{self.base} is a symlink that leaves {self.boundary}")
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({self.base!r})"
+
+    def url(self, rel: str) -> str:
+        return self._full(rel)
+
+    def _full(self, rel: str) -> str:
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def _inside(self, real: str) -> bool:
+        return real == self.boundary or real.startswith(self._boundary_prefix)
+
+    def _check_link(self, full: str) -> None:
+        real = os.path.realpath(full)
+        if not self._inside(real):
+            raise PathEscapeError(
+                f"{full} is a symlink to {real}, outside {self.boundary}; orchfs refuses it"
+            )
+
+    def _check_parents(self, rel: str) -> None:
+        """Refuse a read through an intermediate symlink that leaves the boundary."""
+        cut = rel.find("/")
+        while cut != -1:
+            full = self._full(rel[:cut])
+            try:
+                st = os.lstat(full)
+            except OSError:
+                return
+            if stat.S_ISLNK(st.st_mode):
+                self._check_link(full)
+            cut = rel.find("/", cut + 1)
+
+    # --- reading -------------------------------------------------------------------
+    def lstat(self, rel: str) -> os.stat_result | None:
+        """The entry's own stat (following only links that stay inside), or None."""
+        if "/" in rel:
+            self._check_parents(rel)
+        full = self._full(rel)
+        try:
+            st = os.lstat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            self._check_link(full)
+            try:
+                st = os.stat(full)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        return st
+
+    def info(self, rel: str) -> dict[str, Any] | None:
+        st = self.lstat(rel)
+        return None if st is None else _local_info(st)
+
+    def exists(self, rel: str) -> bool:
+        return self.lstat(rel) is not None
+
+    def isdir(self, rel: str) -> bool:
+        st = self.lstat(rel)
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+    def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
+        """(name, info) of each child, markers and temp files left out."""
+        if rel and "/" in rel:
+            self._check_parents(rel + "/")
+        full = self._full(rel)
+        if rel and os.path.islink(full):
+            self._check_link(full)
+        out = []
+        with os.scandir(full) as entries:
+            for entry in entries:
+                name = entry.name
+                if is_marker(name):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    try:
+                        self._check_link(entry.path)
+                        st = os.stat(entry.path)
+                    except (PathEscapeError, OSError):
+                        continue
+                out.append((name, _local_info(st)))
+        return out
+
+    def markers(self, rel: str) -> list[str]:
+        """Names of the markers (whiteouts, temp files) in a directory."""
+        try:
+            return [n for n in os.listdir(self._full(rel)) if is_marker(n)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def _open_fd(self, rel: str) -> int:
+        if "/" in rel:
+            self._check_parents(rel)
+        full = self._full(rel)
+        try:
+            return os.open(full, _READ_FLAGS)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+        self._check_link(full)
+        return os.open(os.path.realpath(full), _READ_FLAGS)
+
+    def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
+        fd = self._open_fd(rel)
+        try:
+            if start is None and end is None:
+                size = os.fstat(fd).st_size
+                chunks = []
+                data = os.read(fd, size + 1)
+                while data:
+                    chunks.append(data)
+                    data = os.read(fd, 1 << 20)
+                return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+            size = os.fstat(fd).st_size
+            begin, stop = _clip_range(start, end, size)
+            return os.pread(fd, max(stop - begin, 0), begin) if stop > begin else b""
+        finally:
+            os.close(fd)
+
+    def open_read(self, rel: str, block_size: int | None = None) -> IO[bytes]:
+        fd = self._open_fd(rel)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IsADirectoryError(errno.EISDIR, "is a directory", self._full(rel))
+        return os.fdopen(fd, "rb", buffering=block_size or -1)
+
+    # --- writing -------------------------------------------------------------------
+    def _open_dir(self, rel_dir: str, create: bool) -> int:
+        """A descriptor for ``base/rel_dir``, reached without following any symlink."""
+        try:
+            fd = os.open(self.base, DIR_FLAGS)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.makedirs(self.base, exist_ok=True)
+            fd = os.open(self.base, DIR_FLAGS)
+        for part in rel_dir.split("/") if rel_dir else ():
+            try:
+                child = self._open_child_dir(fd, part, create)
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
+
+    def _open_child_dir(self, fd: int, part: str, create: bool) -> int:
+        try:
+            return os.open(part, DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, dir_fd=fd)
+            fsync_directory(fd)
+            return self._open_child_dir(fd, part, create=False)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            st = os.lstat(part, dir_fd=fd)
+            if stat.S_ISLNK(st.st_mode):
+                raise PathEscapeError(
+                    f"{part!r} under {self.base} is a symlink; orchfs never follows "
+                    "symlinks where a write goes"
+                ) from None
+            raise NotADirectoryError(errno.ENOTDIR, "a file is in the way", part) from None
+
+    def open_write(
+        self,
+        rel: str,
+        *,
+        exclusive: bool = False,
+        autocommit: bool = True,
+        mode: int = DEFAULT_FILE_MODE,
+    ) -> StagedWriter:
+        head, _, name = rel.rpartition("/")
+        dir_fd = self._open_dir(head, create=True)
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
+                os.close(dir_fd)
+                raise IsADirectoryError(errno.EISDIR, "is a directory", self._full(rel))
+            if exclusive:
+                os.close(dir_fd)
+                raise FileExistsError(errno.EEXIST, "file exists", self._full(rel))
+        return LocalAtomicWriter(
+            dir_fd,
+            name,
+            self._full(rel),
+            exclusive=exclusive,
+            autocommit=autocommit,
+            final_mode=mode,
+        )
+
+    def write(
+        self, rel: str, data: bytes, *, exclusive: bool = False, mode: int | None = None
+    ) -> None:
+        with self.open_write(rel, exclusive=exclusive, mode=mode or DEFAULT_FILE_MODE) as f:
+            f.write(data)
+
+    def append(self, rel: str, data: bytes) -> None:
+        """One ``O_APPEND`` write of ``data`` (callers hold the repository lock)."""
+        head, _, name = rel.rpartition("/")
+        dir_fd = self._open_dir(head, create=True)
+        try:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(name, flags, DEFAULT_FILE_MODE | 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise PathEscapeError(f"{self._full(rel)} is a symlink; not appended") from None
+            raise
+        finally:
+            os.close(dir_fd)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def makedirs(self, rel: str) -> None:
+        os.close(self._open_dir(rel, create=True))
+
+    def mkdir(self, rel: str) -> None:
+        head, _, name = rel.rpartition("/")
+        dir_fd = self._open_dir(head, create=False)
+        try:
+            os.mkdir(name, dir_fd=dir_fd)
+            fsync_directory(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _in_parent(self, rel: str, action: Any) -> None:
+        head, _, name = rel.rpartition("/")
+        dir_fd = self._open_dir(head, create=False)
+        try:
+            action(name, dir_fd)
+            fsync_directory(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def remove(self, rel: str) -> None:
+        self._in_parent(rel, lambda name, fd: os.unlink(name, dir_fd=fd))
+
+    def rmdir(self, rel: str) -> None:
+        self._in_parent(rel, lambda name, fd: os.rmdir(name, dir_fd=fd))
+
+    def rename(self, src: str, dst: str) -> None:
+        src_head, _, src_name = src.rpartition("/")
+        dst_head, _, dst_name = dst.rpartition("/")
+        src_fd = self._open_dir(src_head, create=False)
+        try:
+            dst_fd = self._open_dir(dst_head, create=True)
+            try:
+                os.replace(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+                fsync_directory(dst_fd)
+                fsync_directory(src_fd)
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+
+    def copy(self, src: str, dst: str) -> None:
+        with self.open_read(src) as reader, self.open_write(dst) as writer:
+            while chunk := reader.read(1 << 20):
+                writer.write(chunk)
+
+
+def _clip_range(start: int | None, end: int | None, size: int) -> tuple[int, int]:
+    begin = 0 if start is None else (max(size + start, 0) if start < 0 else min(start, size))
+    stop = size if end is None else (max(size + end, 0) if end < 0 else min(end, size))
+    return begin, stop
+
+
+class FsspecStorage:
+    """Any fsspec filesystem (memory, object storage), rooted at ``base``."""
+
+    def __init__(self, fs: Any, base: str, kind: str) -> None:
+        self.fs = fs
+        self.base = base.rstrip("/")
+        self.kind = kind
+        memory = kind == "memory"
+        self.capabilities = Capabilities(
+            atomic_rename=False,
+            conditional_put=True,
+            native_append=False,
+            empty_directories=memory,
+        )
+
+    def __repr__(self) -> str:
+        return f"FsspecStorage({self.url('')!r})"
+
+    def _full(self, rel: str) -> str:
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def url(self, rel: str) -> str:
+        return self.fs.unstrip_protocol(self._full(rel))
+
+    def _convert(self, info: dict[str, Any]) -> dict[str, Any]:
+        kind = "directory" if info.get("type") == "directory" else "file"
+        out = {"type": kind, "size": 0 if kind == "directory" else info.get("size") or 0}
+        stamp = _timestamp(info.get("mtime") or info.get("LastModified") or info.get("created"))
+        created = _timestamp(info.get("created")) or stamp
+        out["mtime"] = stamp
+        out["created"] = created
+        if "ETag" in info:
+            out["ETag"] = info["ETag"]
+        return out
+
+    def info(self, rel: str) -> dict[str, Any] | None:
+        try:
+            return self._convert(self.fs.info(self._full(rel)))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def exists(self, rel: str) -> bool:
+        return self.info(rel) is not None
+
+    def isdir(self, rel: str) -> bool:
+        found = self.info(rel)
+        return found is not None and found["type"] == "directory"
+
+    def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
+        full = self._full(rel)
+        entries = self.fs.ls(full, detail=True)
+        out = []
+        for entry in entries:
+            name = entry["name"].rstrip("/").rpartition("/")[2]
+            if entry["name"].rstrip("/") == full.rstrip("/") and entry.get("type") != "directory":
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", self.url(rel))
+            if not name or is_marker(name):
+                continue
+            out.append((name, self._convert(entry)))
+        return out
+
+    def markers(self, rel: str) -> list[str]:
+        try:
+            entries = self.fs.ls(self._full(rel), detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        names = (e.rstrip("/").rpartition("/")[2] for e in entries)
+        return [n for n in names if is_marker(n)]
+
+    def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
+        full = self._full(rel)
+        try:
+            return self.fs.cat_file(full, start=start, end=end)
+        except IsADirectoryError:
+            raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel)) from None
+
+    def open_read(self, rel: str, block_size: int | None = None) -> IO[bytes]:
+        found = self.info(rel)
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file", self.url(rel))
+        if found["type"] == "directory":
+            raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel))
+        return self.fs.open(self._full(rel), "rb", block_size=block_size)
+
+    def _check_writable_target(self, rel: str, exclusive: bool) -> None:
+        found = self.info(rel)
+        if found is not None:
+            if found["type"] == "directory":
+                raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel))
+            if exclusive:
+                raise FileExistsError(errno.EEXIST, "file exists", self.url(rel))
+
+    def _upload(self, rel: str, exclusive: bool) -> Any:
+        full = self._full(rel)
+        url = self.url(rel)
+        mode = "create" if exclusive else "overwrite"
+
+        def upload(buffer: Any) -> None:
+            data = buffer.read()
+            try:
+                if self.kind == "memory":
+                    self.fs.makedirs(full.rpartition("/")[0], exist_ok=True)
+                self.fs.pipe_file(full, data, mode=mode)
+            except FileExistsError:
+                raise FileExistsError(errno.EEXIST, "file exists", url) from None
+            except OSError as exc:
+                if exclusive and "Precondition" in str(exc):
+                    raise FileExistsError(errno.EEXIST, "file exists", url) from None
+                raise
+
+        return upload
+
+    def open_write(
+        self,
+        rel: str,
+        *,
+        exclusive: bool = False,
+        autocommit: bool = True,
+        mode: int = DEFAULT_FILE_MODE,
+    ) -> StagedWriter:
+        self._check_writable_target(rel, exclusive)
+        return BufferedUploadWriter(self.url(rel), self._upload(rel, exclusive), autocommit)
+
+    def write(
+        self, rel: str, data: bytes, *, exclusive: bool = False, mode: int | None = None
+    ) -> None:
+        self._check_writable_target(rel, exclusive)
+        self._upload(rel, exclusive)(_BytesSource(data))
+
+    def append(self, rel: str, data: bytes) -> None:
+        """Read-modify-write; callers hold the repository lock."""
+        try:
+            old = self.read(rel)
+        except FileNotFoundError:
+            old = b""
+        self.write(rel, old + data)
+
+    def makedirs(self, rel: str) -> None:
+        self.fs.makedirs(self._full(rel), exist_ok=True)
+
+    def mkdir(self, rel: str) -> None:
+        self.fs.mkdir(self._full(rel), create_parents=False)
+
+    def remove(self, rel: str) -> None:
+        self.fs.rm_file(self._full(rel))
+
+    def rmdir(self, rel: str) -> None:
+        if self.capabilities.empty_directories:
+            self.fs.rmdir(self._full(rel))
+
+    def rename(self, src: str, dst: str) -> None:
+        self.copy(src, dst)
+        self.remove(src)
+
+    def copy(self, src: str, dst: str) -> None:
+        if self.kind == "memory":
+            self.fs.makedirs(self._full(dst).rpartition("/")[0], exist_ok=True)
+        self.fs.cp_file(self._full(src), self._full(dst))
+
+
+class _BytesSource:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self) -> bytes:
+        return self._data
+
+
+def _timestamp(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    return None
+
+
+def open_storage(url: str, options: dict[str, Any] | None, boundary: str | None = None) -> Any:
+    """The adapter for a directory URL: a local path, ``file://``, ``memory://``, ``s3://``..."""
+    import fsspec
+    from fsspec.core import split_protocol
+
+    protocol, path = split_protocol(url)
+    if protocol in (None, "file", "local"):
+        return LocalStorage(os.path.abspath(os.path.expanduser(path)), boundary)
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as exc:
+        raise ValueError(f"cannot open storage {url!r}: {exc}") from exc
+    options = dict(options or {})
+    if protocol in ("s3", "s3a"):
+        options.setdefault("use_listings_cache", False)
+    fs = cls(**options)
+    kind = "memory" if protocol == "memory" else "object"
+    return FsspecStorage(fs, cls._strip_protocol(url), kind)
