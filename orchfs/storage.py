@@ -419,11 +419,12 @@ class FsspecStorage:
         return [n for n in names if is_marker(n)]
 
     def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
-        full = self._full(rel)
         try:
-            return self.fs.cat_file(full, start=start, end=end)
-        except IsADirectoryError:
-            raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel)) from None
+            return self.fs.cat_file(self._full(rel), start=start, end=end)
+        except (IsADirectoryError, FileNotFoundError):
+            if self.isdir(rel):
+                raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel)) from None
+            raise
 
     def open_read(self, rel: str, block_size: int | None = None) -> IO[bytes]:
         found = self.info(rel)

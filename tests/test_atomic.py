@@ -1,0 +1,169 @@
+"""Atomic writes on local disk: kill -9 mid-write, and failing the Nth syscall."""
+
+from __future__ import annotations
+
+import ast
+import os
+import pathlib
+import random
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import orchfs
+from orchfs.paths import TEMP_PREFIX
+
+SIZE = 4 * 2**20
+OLD = b"A" * SIZE
+NEW = b"B" * (SIZE - 7) + b"the end"
+
+WRITER = textwrap.dedent(
+    """
+    import sys, orchfs
+    fs = orchfs.OrchFileSystem(root=sys.argv[1])
+    size = int(sys.argv[2])
+    old = b"A" * size
+    new = b"B" * (size - 7) + b"the end"
+    print("ready", flush=True)
+    i = 0
+    while True:
+        data = new if i % 2 == 0 else old
+        if i % 3 == 0:
+            fs.pipe_file("big.bin", data)
+        else:
+            with fs.open("big.bin", "wb") as f:
+                for start in range(0, len(data), 65536):
+                    f.write(data[start:start + 65536])
+        i += 1
+    """
+)
+
+
+def temp_files(state_dir: pathlib.Path) -> list[pathlib.Path]:
+    return [p for p in state_dir.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_write_leaves_old_or_new_bytes(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    fs = orchfs.OrchFileSystem(root=str(repo))
+    fs.pipe_file("big.bin", OLD)
+    state_dir = repo / ".orchestrator"
+    rng = random.Random(1234)
+    seen = set()
+    for _round in range(30):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(repo), str(SIZE)],
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.0, 0.25))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        data = (state_dir / "big.bin").read_bytes()
+        assert data in (OLD, NEW), f"torn file: {len(data)} bytes"
+        seen.add(data[:1])
+        for temp in temp_files(state_dir):
+            assert stat.S_IMODE(temp.lstat().st_mode) == 0o600
+    assert len(seen) == 2, "the kills never landed between two different versions"
+
+
+@pytest.mark.parametrize("syscall", ["write", "fsync", "replace", "fchmod"])
+def test_failing_the_nth_syscall_keeps_old_bytes(syscall, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    fs = orchfs.OrchFileSystem(root=str(repo))
+    fs.pipe_file("state.json", b"old")
+    real = getattr(os, syscall)
+    for failing_call in range(1, 6):
+        calls = {"n": 0}
+
+        def flaky(*args, _real=real, _n=failing_call, _calls=calls, **kwargs):
+            _calls["n"] += 1
+            if _calls["n"] == _n:
+                raise OSError(5, f"injected failure of {syscall} #{_n}")
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(os, syscall, flaky)
+        try:
+            with fs.open("state.json", "wb") as f:
+                f.write(b"new ")
+                f.write(b"bytes")
+            failed = False
+        except OSError as exc:
+            assert "injected" in str(exc)
+            failed = True
+        finally:
+            monkeypatch.setattr(os, syscall, real)
+        data = (repo / ".orchestrator" / "state.json").read_bytes()
+        assert data == (b"old" if failed else b"new bytes")
+        assert temp_files(repo / ".orchestrator") == []
+        fs.pipe_file("state.json", b"old")
+
+
+def test_final_modes(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    fs = orchfs.OrchFileSystem(root=str(repo))
+    fs.pipe_file("state.json", b"{}")
+    mode = stat.S_IMODE((repo / ".orchestrator" / "state.json").stat().st_mode)
+    assert mode == 0o666 & ~orchfs.atomic.UMASK
+
+
+def test_abandoned_writer_is_discarded(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    fs = orchfs.OrchFileSystem(root=str(repo))
+    fs.pipe_file("state.json", b"old")
+    f = fs.open("state.json", "wb")
+    f.write(b"never closed")
+    del f
+    import gc
+
+    gc.collect()
+    assert fs.cat_file("state.json") == b"old"
+    assert temp_files(repo / ".orchestrator") == []
+
+
+def test_library_has_no_assert_statements():
+    package = pathlib.Path(orchfs.__file__).parent
+    offenders = []
+    for source in package.rglob("*.py"):
+        tree = ast.parse(source.read_text())
+        offenders += [
+            f"{source.name}:{n.lineno}" for n in ast.walk(tree) if isinstance(n, ast.Assert)
+        ]
+    assert offenders == []
+
+
+@pytest.mark.slow
+def test_suite_core_passes_under_python_O():
+    tests = pathlib.Path(__file__).parent
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-O",
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(tests / "test_conformance.py"),
+            str(tests / "test_paths.py"),
+            "-k",
+            "not s3",
+            "-x",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tests.parent,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
