@@ -1,0 +1,1 @@
+"""Performance benchmarks (``nox -s bench`` / ``python -m tests.benchmarks``), not tests."""

@@ -1,0 +1,26 @@
+"""Run every benchmark and print one markdown table per area."""
+
+from __future__ import annotations
+
+import sys
+
+from . import bench_core
+
+BENCHMARKS = {"core": bench_core.run}
+
+
+def main(argv: list[str]) -> int:
+    chosen = argv or list(BENCHMARKS)
+    tables = []
+    for name in chosen:
+        print(f"running benchmark {name} ...", flush=True)
+        tables.append(BENCHMARKS[name]())
+    print()
+    for table in tables:
+        print(table.render())
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

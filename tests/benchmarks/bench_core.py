@@ -1,0 +1,95 @@
+"""Core filesystem on local disk: orchfs against raw ``os`` and fsspec's DirFileSystem."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from fsspec.implementations.dirfs import DirFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+import orchfs
+from orchfs.atomic import fsync_directory
+
+from .harness import Row, Table, ops_per_second
+
+PAYLOAD = b'{"phase": "build", "step": 3, "notes": "' + b"x" * 400 + b'"}\n'
+
+
+def raw_durable_write(directory: str, name: str, data: bytes) -> None:
+    """What a careful program does by hand: temp file, fsync, rename, fsync dir."""
+    temp = os.path.join(directory, f".tmp.{name}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+        os.fchmod(fd, 0o644)
+    finally:
+        os.close(fd)
+    os.replace(temp, os.path.join(directory, name))
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fsync_directory(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def run() -> Table:
+    table = Table("Core filesystem, local disk (ops/s; ratios: orchfs / peer)")
+    with tempfile.TemporaryDirectory(prefix="orchfs-bench-") as repo:
+        fs = orchfs.OrchFileSystem(root=repo, skip_instance_cache=True)
+        state = os.path.join(repo, ".orchestrator")
+        dirfs = DirFileSystem(path=state, fs=LocalFileSystem())
+        fs.pipe_file("state.json", PAYLOAD)
+        path = os.path.join(state, "state.json")
+
+        def raw_read() -> bytes:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                return os.read(fd, os.fstat(fd).st_size + 1)
+            finally:
+                os.close(fd)
+
+        table.add(Row("read (cat_file)", "ops/s", ops_per_second(lambda: fs.cat_file("state.json"), 20000),
+                      {"raw os": ops_per_second(raw_read, 20000),
+                       "DirFileSystem": ops_per_second(lambda: dirfs.cat_file("state.json"), 20000)},
+                      ("raw os", 0.8)))
+
+        absent = os.path.join(state, "absent.json")
+        table.add(Row("exists (present)", "ops/s", ops_per_second(lambda: fs.exists("state.json"), 50000),
+                      {"raw os": ops_per_second(lambda: os.path.exists(path), 50000),
+                       "DirFileSystem": ops_per_second(lambda: dirfs.exists("state.json"), 50000)},
+                      ("raw os", 0.7)))
+        table.add(Row("exists (absent)", "ops/s", ops_per_second(lambda: fs.exists("absent.json"), 50000),
+                      {"raw os": ops_per_second(lambda: os.path.exists(absent), 50000),
+                       "DirFileSystem": ops_per_second(lambda: dirfs.exists("absent.json"), 50000)},
+                      ("raw os", 0.7)))
+
+        big = os.path.join(state, "checkpoints")
+        os.makedirs(big)
+        for i in range(5000):
+            with open(os.path.join(big, f"cp_{i:05d}.json"), "wb") as f:
+                f.write(b"{}")
+
+        def raw_ls() -> list:
+            with os.scandir(big) as entries:
+                return [(e.name, e.stat(follow_symlinks=False)) for e in entries]
+
+        table.add(Row("ls 5,000 entries (detail)", "ls/s", ops_per_second(lambda: fs.ls("checkpoints"), 30),
+                      {"raw os": ops_per_second(raw_ls, 30),
+                       "DirFileSystem": ops_per_second(lambda: dirfs.ls("checkpoints"), 30)},
+                      ("raw os", 0.6)))
+
+        def raw_plain_write() -> None:
+            with open(os.path.join(state, "plain.json"), "wb") as f:
+                f.write(PAYLOAD)
+
+        table.add(Row("write (pipe_file, durable)", "ops/s",
+                      ops_per_second(lambda: fs.pipe_file("written.json", PAYLOAD), 300, 3),
+                      {"raw os": ops_per_second(raw_plain_write, 300, 3),
+                       "DirFileSystem": ops_per_second(lambda: dirfs.pipe_file("d.json", PAYLOAD), 300, 3)}))
+        table.add(Row("durable atomic write", "ops/s",
+                      ops_per_second(lambda: fs.pipe_file("durable.json", PAYLOAD), 300, 3),
+                      {"raw os": ops_per_second(lambda: raw_durable_write(state, "raw.json", PAYLOAD), 300, 3)},
+                      ("raw os", 0.9)))
+    return table

@@ -1,0 +1,68 @@
+"""Timing helpers: best-of-N throughput and a table of ratios against peers."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+def ops_per_second(operation: Callable[[], object], number: int, repeat: int = 5) -> float:
+    """Best throughput over ``repeat`` runs of ``number`` calls (GC off while timing)."""
+    best = float("inf")
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for _ in range(number):
+                operation()
+            best = min(best, time.perf_counter() - start)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return number / best
+
+
+@dataclass
+class Row:
+    name: str
+    unit: str
+    orch: float
+    peers: dict[str, float] = field(default_factory=dict)
+    target: tuple[str, float] | None = None
+
+    def ratio(self, peer: str) -> float:
+        return self.orch / self.peers[peer]
+
+    def verdict(self) -> str:
+        if self.target is None:
+            return ""
+        peer, wanted = self.target
+        return "ok" if self.ratio(peer) >= wanted else "BELOW TARGET"
+
+
+@dataclass
+class Table:
+    title: str
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(f"  measured {row.name}", flush=True)
+
+    def render(self) -> str:
+        peers = sorted({p for row in self.rows for p in row.peers})
+        header = ["operation", "orchfs"] + [f"{p}" for p in peers] + [f"x {p}" for p in peers]
+        header += ["target", "verdict"]
+        lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
+                 "|" + "---|" * len(header)]
+        for row in self.rows:
+            cells = [row.name, f"{row.orch:,.0f} {row.unit}"]
+            cells += [f"{row.peers[p]:,.0f}" if p in row.peers else "-" for p in peers]
+            cells += [f"{row.ratio(p):.2f}x" if p in row.peers else "-" for p in peers]
+            cells.append(f">= {row.target[1]}x {row.target[0]}" if row.target else "")
+            cells.append(row.verdict())
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
