@@ -8,6 +8,11 @@ Capabilities of this backend as orchfs sees it (see ``CAPABILITIES``): no atomic
 rename (a move is copy + delete), conditional create (``If-None-Match: *``) and
 conditional delete are honoured, no append (orchfs appends by a locked
 read-modify-write), no empty directories (prefixes only exist through their keys).
+
+Real S3 applies a conditional write atomically; moto's handlers check the condition
+and then act, so two concurrent requests could both pass. The server here is moto's
+own WSGI application (the one ``moto_server`` runs) behind a middleware that serves
+one request at a time, which gives the atomicity S3 promises.
 """
 
 from __future__ import annotations
@@ -69,7 +74,8 @@ def start(timeout: float = 30.0) -> MotoServer:
     port = _free_port()
     env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "backends.moto_s3", "--serve", str(port)],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -88,7 +94,27 @@ def start(timeout: float = 30.0) -> MotoServer:
     raise RuntimeError(f"moto server did not answer on {endpoint} within {timeout}s")
 
 
+def serve(port: int) -> None:
+    """Run moto's S3 application on 127.0.0.1:port, one request at a time."""
+    import threading
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    app = DomainDispatcherApplication(create_backend_app)
+    one_at_a_time = threading.Lock()
+
+    def serialised(environ, start_response):
+        with one_at_a_time:
+            return list(app(environ, start_response))
+
+    make_server("127.0.0.1", port, serialised, threaded=True).serve_forever()
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+        serve(int(sys.argv[2]))
+        sys.exit(0)
     server = start()
     print(server.endpoint, flush=True)
     try:

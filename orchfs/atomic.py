@@ -8,10 +8,12 @@ exception discards; so does an abandoned writer that is garbage collected. Insid
 
 On local disk (:class:`LocalAtomicWriter`) the stage is a randomly named temp file in
 the target's own directory, created ``O_CREAT|O_EXCL|O_NOFOLLOW`` with mode 0600;
-commit is ``fsync`` the file, set its final mode, ``os.replace`` it over the target
-(``link`` for exclusive create, so an existing file is never clobbered), then
-``fsync`` the directory. Every step goes through an open directory descriptor that
-was reached without following symlinks, so no write lands outside the tree.
+commit is ``fsync`` the file, ``os.replace`` it over the target (``link`` for
+exclusive create, so an existing file is never clobbered), widen its mode to the
+final one, then ``fsync`` the directory. A crash at any point leaves the old bytes
+or the new ones, and any temp file left behind is 0600. Every step goes through an
+open directory descriptor reached without following symlinks, so no write lands
+outside the tree.
 """
 
 from __future__ import annotations
@@ -171,19 +173,20 @@ class LocalAtomicWriter(StagedWriter):
             data = data[written:]
 
     def _publish(self) -> None:
-        fd, self._fd = self._fd, -1
-        try:
-            os.fsync(fd)
-            if self._final_mode != SECRET_FILE_MODE:
-                os.fchmod(fd, self._final_mode)
-        finally:
-            os.close(fd)
+        os.fsync(self._fd)
         if self._exclusive:
             # link() fails if the target exists: exclusive create without a window.
             os.link(self._temp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
             os.unlink(self._temp, dir_fd=self._dir_fd)
         else:
             os.replace(self._temp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        fd, self._fd = self._fd, -1
+        try:
+            # Widened only once published, so that a temp file left by a crash is 0600.
+            if self._final_mode != SECRET_FILE_MODE:
+                os.fchmod(fd, self._final_mode)
+        finally:
+            os.close(fd)
         fsync_directory(self._dir_fd)
         os.close(self._dir_fd)
         self._dir_fd = -1

@@ -10,7 +10,9 @@ atomicity on that backend. Names that come back are logical again, as in fsspec'
 from __future__ import annotations
 
 import errno
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -111,6 +113,7 @@ class OrchFileSystem(ChainedFileSystem):
         legacy: str = "read",
         layout: Any = None,
         key: Any = None,
+        lock_timeout: float = 10.0,
         fo: str | None = None,
         target_protocol: str | None = None,
         target_options: dict[str, Any] | None = None,
@@ -131,6 +134,7 @@ class OrchFileSystem(ChainedFileSystem):
         self.legacy = legacy
         self.layout = layout
         self._key = key
+        self.lock_timeout = float(lock_timeout)
 
     def __repr__(self) -> str:
         return f"OrchFileSystem(root={self.root!r}, storage={self.storage!r})"
@@ -163,6 +167,59 @@ class OrchFileSystem(ChainedFileSystem):
         """Which location serves ``path``, with its physical URL."""
         logical, store, rel = self._locate(path)
         return Resolution(logical, "contained", store.url(rel), store.exists(rel))
+
+    # --- locks and records -----------------------------------------------------------
+    def lock(
+        self, name: str = "repo", timeout: float | None = None, lease: float | None = None
+    ) -> Any:
+        """A re-entrant repository lock (context manager); ``LockTimeout`` names the holder.
+
+        ``timeout`` defaults to ``lock_timeout`` (10 s); ``lease`` is the lease length on
+        object storage (30 s), renewed while held.
+        """
+        from .locks import make_lock
+
+        wait = self.lock_timeout if timeout is None else float(timeout)
+        return make_lock(self._state, name, timeout=wait, session=self.session_id, lease=lease)
+
+    def update_json(
+        self,
+        path: str,
+        update: Callable[[Any], Any],
+        default: Any = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Read JSON, apply ``update``, write it back atomically under the repository lock.
+
+        ``update`` gets the current value (``default``, or ``{}``, when the file does not
+        exist) and returns the new one; returning ``None`` keeps the (mutated) value.
+        """
+        _, store, rel = self._locate(path)
+        with self.lock("repo", timeout=timeout):
+            try:
+                current = json.loads(store.read(rel))
+                existed = True
+            except FileNotFoundError:
+                current = {} if default is None else default
+                existed = False
+            result = update(current)
+            value = current if result is None else result
+            data = json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"
+            store.write(rel, data, known_file=existed)
+        return value
+
+    def append_line(self, path: str, record: Any) -> None:
+        """Append one JSON line, atomically with respect to every other writer."""
+        logical, store, rel = self._locate(path)
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        if store.capabilities.native_append:
+            store.append(rel, line)
+            return
+        from hashlib import sha1
+
+        lock_name = "append-" + sha1(logical.encode(), usedforsecurity=False).hexdigest()[:16]
+        with self.lock(lock_name):
+            store.append(rel, line)
 
     # --- reading ---------------------------------------------------------------------
     def info(self, path: Any, **kwargs: Any) -> dict[str, Any]:

@@ -37,6 +37,19 @@ from .errors import PathEscapeError
 from .paths import is_marker
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_APPEND_FLAGS = (
+    os.O_WRONLY
+    | os.O_APPEND
+    | os.O_CREAT
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+try:
+    from fcntl import LOCK_EX as _LOCK_EX
+    from fcntl import flock as _flock
+except ImportError:  # pragma: no cover - Windows
+    _flock = None  # type: ignore[assignment]
+    _LOCK_EX = 0
 
 
 @dataclass(frozen=True)
@@ -271,18 +284,28 @@ class LocalStorage:
         )
 
     def write(
-        self, rel: str, data: bytes, *, exclusive: bool = False, mode: int | None = None
+        self,
+        rel: str,
+        data: bytes,
+        *,
+        exclusive: bool = False,
+        mode: int | None = None,
+        known_file: bool = False,
     ) -> None:
         with self.open_write(rel, exclusive=exclusive, mode=mode or DEFAULT_FILE_MODE) as f:
             f.write(data)
 
     def append(self, rel: str, data: bytes) -> None:
-        """One ``O_APPEND`` write of ``data`` (callers hold the repository lock)."""
+        """One ``O_APPEND`` write of the whole of ``data`` under an ``flock`` of the file.
+
+        A single ``O_APPEND`` write never interleaves with another on a local
+        filesystem; the ``flock`` keeps that true where the kernel would split a large
+        write, and serialises with anyone else who locks the file.
+        """
         head, _, name = rel.rpartition("/")
         dir_fd = self._open_dir(head, create=True)
         try:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-            fd = os.open(name, flags, DEFAULT_FILE_MODE | 0o600, dir_fd=dir_fd)
+            fd = os.open(name, _APPEND_FLAGS, DEFAULT_FILE_MODE, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise PathEscapeError(f"{self._full(rel)} is a symlink; not appended") from None
@@ -290,8 +313,12 @@ class LocalStorage:
         finally:
             os.close(dir_fd)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
+            if _flock is not None:
+                _flock(fd, _LOCK_EX)
+            written = os.write(fd, data)
+            if written != len(data):  # only on a full disk: never leave half a line
+                os.ftruncate(fd, os.fstat(fd).st_size - written)
+                raise OSError(errno.ENOSPC, "short append", self._full(rel))
         finally:
             os.close(fd)
 
@@ -474,9 +501,16 @@ class FsspecStorage:
         return BufferedUploadWriter(self.url(rel), self._upload(rel, exclusive), autocommit)
 
     def write(
-        self, rel: str, data: bytes, *, exclusive: bool = False, mode: int | None = None
+        self,
+        rel: str,
+        data: bytes,
+        *,
+        exclusive: bool = False,
+        mode: int | None = None,
+        known_file: bool = False,
     ) -> None:
-        self._check_writable_target(rel, exclusive)
+        if not known_file:  # saves a request when the caller has just read the file
+            self._check_writable_target(rel, exclusive)
         self._upload(rel, exclusive)(_BytesSource(data))
 
     def append(self, rel: str, data: bytes) -> None:
@@ -484,8 +518,9 @@ class FsspecStorage:
         try:
             old = self.read(rel)
         except FileNotFoundError:
-            old = b""
-        self.write(rel, old + data)
+            self.write(rel, data)
+            return
+        self.write(rel, old + data, known_file=True)
 
     def makedirs(self, rel: str) -> None:
         self.fs.makedirs(self._full(rel), exist_ok=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_core
+from . import bench_core, bench_locks
 
-BENCHMARKS = {"core": bench_core.run}
+BENCHMARKS = {"core": bench_core.run, "locks": bench_locks.run}
 
 
 def main(argv: list[str]) -> int:

@@ -50,20 +50,33 @@ def run() -> Table:
             finally:
                 os.close(fd)
 
-        table.add(Row("read (cat_file)", "ops/s", ops_per_second(lambda: fs.cat_file("state.json"), 20000),
-                      {"raw os": ops_per_second(raw_read, 20000),
-                       "DirFileSystem": ops_per_second(lambda: dirfs.cat_file("state.json"), 20000)},
-                      ("raw os", 0.8)))
+        table.add(
+            Row(
+                "read (cat_file)",
+                "ops/s",
+                ops_per_second(lambda: fs.cat_file("state.json"), 20000),
+                {
+                    "raw os": ops_per_second(raw_read, 20000),
+                    "DirFileSystem": ops_per_second(lambda: dirfs.cat_file("state.json"), 20000),
+                },
+                ("raw os", 0.8),
+            )
+        )
 
-        absent = os.path.join(state, "absent.json")
-        table.add(Row("exists (present)", "ops/s", ops_per_second(lambda: fs.exists("state.json"), 50000),
-                      {"raw os": ops_per_second(lambda: os.path.exists(path), 50000),
-                       "DirFileSystem": ops_per_second(lambda: dirfs.exists("state.json"), 50000)},
-                      ("raw os", 0.7)))
-        table.add(Row("exists (absent)", "ops/s", ops_per_second(lambda: fs.exists("absent.json"), 50000),
-                      {"raw os": ops_per_second(lambda: os.path.exists(absent), 50000),
-                       "DirFileSystem": ops_per_second(lambda: dirfs.exists("absent.json"), 50000)},
-                      ("raw os", 0.7)))
+        for label, name in (("present", "state.json"), ("absent", "absent.json")):
+            physical = os.path.join(state, name)
+            table.add(
+                Row(
+                    f"exists ({label})",
+                    "ops/s",
+                    ops_per_second(lambda name=name: fs.exists(name), 50000),
+                    {
+                        "raw os": ops_per_second(lambda p=physical: os.path.exists(p), 50000),
+                        "DirFileSystem": ops_per_second(lambda n=name: dirfs.exists(n), 50000),
+                    },
+                    ("raw os", 0.7),
+                )
+            )
 
         big = os.path.join(state, "checkpoints")
         os.makedirs(big)
@@ -75,21 +88,47 @@ def run() -> Table:
             with os.scandir(big) as entries:
                 return [(e.name, e.stat(follow_symlinks=False)) for e in entries]
 
-        table.add(Row("ls 5,000 entries (detail)", "ls/s", ops_per_second(lambda: fs.ls("checkpoints"), 30),
-                      {"raw os": ops_per_second(raw_ls, 30),
-                       "DirFileSystem": ops_per_second(lambda: dirfs.ls("checkpoints"), 30)},
-                      ("raw os", 0.6)))
+        table.add(
+            Row(
+                "ls 5,000 entries (detail)",
+                "ls/s",
+                ops_per_second(lambda: fs.ls("checkpoints"), 30),
+                {
+                    "raw os": ops_per_second(raw_ls, 30),
+                    "DirFileSystem": ops_per_second(lambda: dirfs.ls("checkpoints"), 30),
+                },
+                ("raw os", 0.6),
+            )
+        )
 
         def raw_plain_write() -> None:
             with open(os.path.join(state, "plain.json"), "wb") as f:
                 f.write(PAYLOAD)
 
-        table.add(Row("write (pipe_file, durable)", "ops/s",
-                      ops_per_second(lambda: fs.pipe_file("written.json", PAYLOAD), 300, 3),
-                      {"raw os": ops_per_second(raw_plain_write, 300, 3),
-                       "DirFileSystem": ops_per_second(lambda: dirfs.pipe_file("d.json", PAYLOAD), 300, 3)}))
-        table.add(Row("durable atomic write", "ops/s",
-                      ops_per_second(lambda: fs.pipe_file("durable.json", PAYLOAD), 300, 3),
-                      {"raw os": ops_per_second(lambda: raw_durable_write(state, "raw.json", PAYLOAD), 300, 3)},
-                      ("raw os", 0.9)))
+        table.add(
+            Row(
+                "write (pipe_file, durable)",
+                "ops/s",
+                ops_per_second(lambda: fs.pipe_file("written.json", PAYLOAD), 300, 3),
+                {
+                    "raw os": ops_per_second(raw_plain_write, 300, 3),
+                    "DirFileSystem": ops_per_second(
+                        lambda: dirfs.pipe_file("d.json", PAYLOAD), 300, 3
+                    ),
+                },
+            )
+        )
+        table.add(
+            Row(
+                "durable atomic write",
+                "ops/s",
+                ops_per_second(lambda: fs.pipe_file("durable.json", PAYLOAD), 300, 3),
+                {
+                    "raw os": ops_per_second(
+                        lambda: raw_durable_write(state, "raw.json", PAYLOAD), 300, 3
+                    )
+                },
+                ("raw os", 0.9),
+            )
+        )
     return table

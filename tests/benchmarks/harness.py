@@ -56,8 +56,12 @@ class Table:
         peers = sorted({p for row in self.rows for p in row.peers})
         header = ["operation", "orchfs"] + [f"{p}" for p in peers] + [f"x {p}" for p in peers]
         header += ["target", "verdict"]
-        lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
-                 "|" + "---|" * len(header)]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
         for row in self.rows:
             cells = [row.name, f"{row.orch:,.0f} {row.unit}"]
             cells += [f"{row.peers[p]:,.0f}" if p in row.peers else "-" for p in peers]
