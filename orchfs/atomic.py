@@ -67,6 +67,7 @@ class StagedWriter(io.RawIOBase):
         self.autocommit = autocommit
         self._finished = False
         self._written = 0
+        self.after_publish: Callable[[], None] | None = None
 
     # --- to be provided by each backend -------------------------------------------
     def _stage(self, data: memoryview) -> None:
@@ -116,6 +117,8 @@ class StagedWriter(io.RawIOBase):
         except BaseException:
             self._drop()
             raise
+        if self.after_publish is not None:
+            self.after_publish()
 
     def discard(self) -> None:
         """Throw the staged bytes away; the target keeps its old content."""

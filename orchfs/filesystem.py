@@ -10,11 +10,15 @@ atomicity on that backend. Names that come back are logical again, as in fsspec'
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
+import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from hashlib import sha1
 from typing import Any
 
 from fsspec.spec import AbstractFileSystem
@@ -24,9 +28,34 @@ try:  # marks the class as chainable: ``orch://state.json::file:///repo``
 except ImportError:  # fsspec before 2025.10 chains every filesystem the same way
     ChainedFileSystem = AbstractFileSystem  # type: ignore[misc,assignment]
 
-from .paths import INTERNAL_NAMES, PROTOCOL, join, strip_protocol, validate
+
+from .errors import LegacyConflictWarning, LegacyPathWarning
+from .overlay import whiteout_rel
+from .paths import (
+    INTERNAL_NAMES,
+    OPAQUE_MARKER,
+    PROTOCOL,
+    join,
+    strip_protocol,
+    validate,
+    validate_name,
+)
 
 STATE_DIR = ".orchestrator"
+
+
+LEGACY_MODES = ("read", "migrate", "off")
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A path whose upper and legacy copies both exist and differ (rule 7)."""
+
+    logical: str
+    upper_url: str
+    legacy_url: str
+    upper_sha256: str
+    legacy_sha256: str
 
 
 @dataclass(frozen=True)
@@ -120,29 +149,56 @@ class OrchFileSystem(ChainedFileSystem):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        from .layout import coerce_layout
+        from .overlay import Overlay
         from .storage import open_storage
 
+        if legacy not in LEGACY_MODES:
+            raise ValueError(f"legacy={legacy!r} is not one of {', '.join(LEGACY_MODES)}")
+        if web_mode and session is None:
+            session = os.environ.get("ORCHFS_SESSION") or uuid.uuid4().hex[:12]
+        if session is not None:
+            validate_name(session, "session id")
         options = dict(storage_options or target_options or {})
         self.root, self._repo = _open_root(_root_url(root, fo, target_protocol), options)
-        local_root = self._repo.kind == "local"
+        self._local_root = self._repo.kind == "local"
         if storage is None:
             storage = f"{self.root}/{STATE_DIR}"
-        self._state = open_storage(storage, options, boundary=self.root if local_root else None)
+        boundary = self.root if self._local_root else None
+        self._state = open_storage(storage, options, boundary=boundary)
         self.storage = storage
+        self.storage_options_ = options
         self.session_id = session
         self.web_mode = web_mode
         self.legacy = legacy
-        self.layout = layout
+        self.layout = coerce_layout(layout)
         self._key = key
         self.lock_timeout = float(lock_timeout)
+        self._overlay = Overlay(self._state, self._repo, self.layout, session, legacy)
+        self._writable_checked = False
 
     def __repr__(self) -> str:
-        return f"OrchFileSystem(root={self.root!r}, storage={self.storage!r})"
+        session = f", session={self.session_id!r}" if self.session_id else ""
+        return f"OrchFileSystem(root={self.root!r}, storage={self.storage!r}{session})"
 
     @property
     def storage_capabilities(self) -> Any:
         """What the state backend does natively (rename, conditional put, ...)."""
         return self._state.capabilities
+
+    def session(self, session_id: str) -> OrchFileSystem:
+        """The same repository with session-scoped entries bound to ``session_id``."""
+        return type(self)(
+            root=self.root,
+            storage=self.storage,
+            storage_options=self.storage_options_ or None,
+            session=session_id,
+            web_mode=self.web_mode,
+            legacy=self.legacy,
+            layout=self.layout,
+            key=self._key,
+            lock_timeout=self.lock_timeout,
+        )
 
     # --- path handling ---------------------------------------------------------------
     @classmethod
@@ -158,15 +214,144 @@ class OrchFileSystem(ChainedFileSystem):
     def _get_kwargs_from_urls(path: str) -> dict[str, Any]:
         return {}
 
-    def _locate(self, path: Any) -> tuple[str, Any, str]:
-        """(logical path, adapter, physical relative path) after the path gate."""
-        logical = validate(path if isinstance(path, str) else os.fspath(path))
-        return logical, self._state, logical
+    @staticmethod
+    def _gate(path: Any) -> str:
+        return validate(path if isinstance(path, str) else os.fspath(path))
+
+    def _lookup(self, logical: str) -> tuple[Any, dict[str, Any]] | None:
+        return self._overlay.lookup(logical) if logical else None
+
+    def _is_dir(self, logical: str) -> bool:
+        if not logical:
+            return True
+        found = self._overlay.lookup(logical)
+        if found is not None:
+            return found[1]["type"] == "directory"
+        return bool(self.layout.virtual_children(logical)) and self._overlay.is_virtual_dir(logical)
+
+    def _serving(self, logical: str) -> Any:
+        """The location a content read uses (warnings and legacy="migrate" applied)."""
+        found = self._lookup(logical)
+        if found is None:
+            if self._is_dir(logical):
+                raise _is_a_directory(logical)
+            raise _not_found(logical)
+        location, info = found
+        if info["type"] == "directory":
+            raise _is_a_directory(logical)
+        if location.layer == "legacy":
+            if self.legacy == "migrate":
+                return self._migrate_on_read(logical, location)
+            warn_legacy_once(logical, location.url)
+        else:
+            self._warn_conflict_once(logical, location)
+        return location
+
+    def _warn_conflict_once(self, logical: str, upper: Any) -> None:
+        key = upper.url
+        if key in _conflicts_checked:
+            return
+        _conflicts_checked.add(key)
+        for pair in self._conflicts_of(logical):
+            if pair.upper_url == upper.url:
+                warnings.warn(
+                    f"{logical}: {pair.upper_url} and {pair.legacy_url} both exist and differ; "
+                    "the new copy wins. Run `orchfs doctor` to see both hashes and "
+                    "`orchfs migrate --prefer new|legacy` to settle it.",
+                    LegacyConflictWarning,
+                    stacklevel=4,
+                )
+                return
+
+    def _migrate_on_read(self, logical: str, location: Any) -> Any:
+        data = location.store.read(location.rel)
+        target = self._before_write(logical)
+        target.store.write(target.rel, data)
+        self._after_write(logical, target)
+        self._state.write(f"migration_backup/on-read/{location.rel}", data)
+        location.store.remove(location.rel)
+        return target
+
+    def _before_write(self, logical: str) -> Any:
+        """Check the layout version, initialise the state dir, reopen whited-out parents."""
+        if not self._writable_checked:
+            from .meta import check_writable, ensure_initialized, read_format
+
+            check_writable(read_format(self._state), self._state.url(""))
+            ensure_initialized(self._state, self.root, self._local_root)
+            self._writable_checked = True
+        target = self._overlay.target(logical)
+        if self._overlay.markers_present():
+            for ancestor in _ancestors(logical):
+                marker = whiteout_rel(target.prefix, ancestor)
+                if target.store.exists(marker):
+                    target.store.remove(marker)
+                    target.store.makedirs(f"{target.prefix}{ancestor}")
+                    self._overlay.write_marker(f"{target.prefix}{ancestor}/{OPAQUE_MARKER}")
+        return target
+
+    def _after_write(self, logical: str, target: Any) -> None:
+        if self._overlay.markers_present():
+            marker = whiteout_rel(target.prefix, logical)
+            if target.store.exists(marker):
+                target.store.remove(marker)
+
+    def _whiteout_if_lower(self, logical: str) -> None:
+        """Rule 4: hide what lower layers still show of ``logical``."""
+        if self._overlay.lookup(logical) is not None or (
+            self.layout.virtual_children(logical) and self._overlay.is_virtual_dir(logical)
+        ):
+            target = self._before_write(logical)
+            self._overlay.write_marker(whiteout_rel(target.prefix, logical))
 
     def resolve(self, path: str) -> Resolution:
-        """Which location serves ``path``, with its physical URL."""
-        logical, store, rel = self._locate(path)
-        return Resolution(logical, "contained", store.url(rel), store.exists(rel))
+        """Which location serves ``path`` (layer session/contained/legacy), with its URL."""
+        logical = self._gate(path)
+        found = self._lookup(logical)
+        if found is not None:
+            return Resolution(logical, found[0].layer, found[0].url, True)
+        target = self._overlay.target(logical)
+        return Resolution(logical, target.layer, target.url, self._is_dir(logical))
+
+    def conflicts(self) -> list[Conflict]:
+        """Every path that exists both in an upper and a legacy location, with other bytes."""
+        out: list[Conflict] = []
+        for entry in self.layout.entries:
+            names = [entry.logical] + [entry.logical + c for c in entry.companions]
+            if entry.is_dir:
+                names = [join(entry.logical, rel) for rel in self._legacy_files(entry)]
+            for logical in names:
+                out.extend(self._conflicts_of(logical))
+        return out
+
+    def _legacy_files(self, entry: Any) -> list[str]:
+        files: set[str] = set()
+        for location in entry.legacy:
+            files.update(self._repo.find_files(location))
+        return sorted(files)
+
+    def _conflicts_of(self, logical: str) -> list[Conflict]:
+        layers = self._overlay.layers(logical)
+        uppers = [loc for loc in layers if loc.upper and self._is_file_at(loc)]
+        if not uppers:
+            return []
+        upper = uppers[0]
+        out = []
+        upper_hash = None
+        for location in layers:
+            if location.upper or not self._is_file_at(location):
+                continue
+            if upper_hash is None:
+                upper_hash = _sha256(upper.store.read(upper.rel))
+            legacy_hash = _sha256(location.store.read(location.rel))
+            if legacy_hash != upper_hash:
+                out.append(Conflict(logical, upper.url, location.url, upper_hash, legacy_hash))
+        return out
+
+    @staticmethod
+    def _is_file_at(location: Any) -> bool:
+        found = location.store.info(location.rel)
+        return found is not None and found["type"] == "file"
 
     # --- locks and records -----------------------------------------------------------
     def lock(
@@ -194,91 +379,102 @@ class OrchFileSystem(ChainedFileSystem):
         ``update`` gets the current value (``default``, or ``{}``, when the file does not
         exist) and returns the new one; returning ``None`` keeps the (mutated) value.
         """
-        _, store, rel = self._locate(path)
+        logical = self._gate(path)
         with self.lock("repo", timeout=timeout):
-            try:
-                current = json.loads(store.read(rel))
-                existed = True
-            except FileNotFoundError:
+            found = self._lookup(logical)
+            if found is not None:
+                current = json.loads(found[0].store.read(found[0].rel))
+            else:
                 current = {} if default is None else default
-                existed = False
             result = update(current)
             value = current if result is None else result
             data = json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"
-            store.write(rel, data, known_file=existed)
+            target = self._before_write(logical)
+            known = found is not None and found[0] == target
+            target.store.write(target.rel, data, known_file=known)
+            self._after_write(logical, target)
         return value
 
     def append_line(self, path: str, record: Any) -> None:
         """Append one JSON line, atomically with respect to every other writer."""
-        logical, store, rel = self._locate(path)
+        logical = self._gate(path)
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        if store.capabilities.native_append:
-            store.append(rel, line)
+        target = self._overlay.target(logical)
+        found = self._lookup(logical)
+        if target.store.capabilities.native_append and (found is None or found[0] == target):
+            if found is None:
+                target = self._before_write(logical)
+            target.store.append(target.rel, line)
             return
-        from hashlib import sha1
-
         lock_name = "append-" + sha1(logical.encode(), usedforsecurity=False).hexdigest()[:16]
         with self.lock(lock_name):
-            store.append(rel, line)
+            found = self._lookup(logical)
+            target = self._before_write(logical)
+            if found is not None and found[0] != target:  # copy-up first (rule 3)
+                target.store.write(target.rel, found[0].store.read(found[0].rel))
+            target.store.append(target.rel, line)
+            self._after_write(logical, target)
 
     # --- reading ---------------------------------------------------------------------
     def info(self, path: Any, **kwargs: Any) -> dict[str, Any]:
-        logical, store, rel = self._locate(path)
-        found = store.info(rel)
-        if found is None:
-            if not logical:
-                return {"name": "", "type": "directory", "size": 0, "mtime": None, "created": None}
-            raise _not_found(logical)
-        found["name"] = logical
-        return found
+        logical = self._gate(path)
+        if not logical:
+            return _directory_info("")
+        found = self._overlay.lookup(logical)
+        if found is not None:
+            out = dict(found[1])
+            out["name"] = logical
+            return out
+        if self.layout.virtual_children(logical) and self._overlay.is_virtual_dir(logical):
+            return _directory_info(logical)
+        raise _not_found(logical)
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
-        logical, store, rel = self._locate(path)
-        return not logical or store.exists(rel)
+        logical = self._gate(path)
+        if not logical or self._overlay.lookup(logical) is not None:
+            return True
+        return bool(self.layout.virtual_children(logical)) and self._overlay.is_virtual_dir(logical)
 
     def isdir(self, path: Any) -> bool:
-        logical, store, rel = self._locate(path)
-        return not logical or store.isdir(rel)
+        return self._is_dir(self._gate(path))
 
     def isfile(self, path: Any) -> bool:
-        logical, store, rel = self._locate(path)
-        found = store.info(rel) if logical else None
-        return found is not None and found["type"] == "file"
+        found = self._lookup(self._gate(path))
+        return found is not None and found[1]["type"] == "file"
 
     def ls(self, path: Any, detail: bool = True, **kwargs: Any) -> list[Any]:
-        logical, store, rel = self._locate(path)
-        try:
-            children = store.listdir(rel)
-        except (FileNotFoundError, NotADirectoryError):
-            found = store.info(rel) if logical else None
-            if found is None:
-                if not logical:
-                    return []
-                raise _not_found(logical) from None
-            found["name"] = logical
-            return [found] if detail else [logical]
+        logical = self._gate(path)
+        children = self._overlay.listdir(logical)
+        if not children:
+            found = self._lookup(logical)
+            if found is not None and found[1]["type"] == "file":
+                out = dict(found[1])
+                out["name"] = logical
+                return [out] if detail else [logical]
+            if not self._is_dir(logical):
+                raise _not_found(logical)
+            return []
         if not logical:
-            children = [(n, i) for n, i in children if n not in INTERNAL_NAMES]
+            for name in INTERNAL_NAMES.intersection(children):
+                del children[name]
         if not detail:
-            return [join(logical, name) for name, _ in children]
+            return [join(logical, name) for name in children]
         out = []
-        for name, found in children:
-            found["name"] = join(logical, name)
-            out.append(found)
+        for name, (found, _location) in children.items():
+            entry = dict(found)
+            entry["name"] = join(logical, name)
+            out.append(entry)
         return out
 
     def cat_file(
         self, path: Any, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
-        logical, store, rel = self._locate(path)
+        logical = self._gate(path)
+        location = self._serving(logical)
         try:
-            return store.read(rel, start, end)
+            return location.store.read(location.rel, start, end)
         except FileNotFoundError:
             raise _not_found(logical) from None
-        except IsADirectoryError:
-            raise IsADirectoryError(
-                errno.EISDIR, "is a directory, not a file", f"{PROTOCOL}://{logical}"
-            ) from None
 
     def created(self, path: Any) -> datetime:
         return _as_datetime(self.info(path).get("created"))
@@ -296,109 +492,122 @@ class OrchFileSystem(ChainedFileSystem):
         cache_options: Any = None,
         **kwargs: Any,
     ) -> Any:
-        logical, store, rel = self._locate(path)
+        logical = self._gate(path)
         if not logical:
-            raise IsADirectoryError(
-                errno.EISDIR, "the root is a directory, not a file", f"{PROTOCOL}://"
+            raise _is_a_directory("")
+        if mode == "rb":
+            location = self._serving(logical)
+            size = block_size if isinstance(block_size, int) else None
+            return location.store.open_read(location.rel, size)
+        if mode not in ("wb", "xb", "ab", "r+b"):
+            raise ValueError(
+                f"unsupported mode {mode!r} for {PROTOCOL}://{logical}: use rb, wb, xb, ab or "
+                "r+b (text variants too)"
             )
-        try:
-            if mode == "rb":
-                return store.open_read(rel, block_size if isinstance(block_size, int) else None)
-            if mode in ("wb", "xb"):
-                return store.open_write(rel, exclusive=mode == "xb", autocommit=autocommit)
-            if mode == "ab":
-                return self._open_append(logical, store, rel, autocommit)
-        except FileNotFoundError:
-            raise _not_found(logical) from None
-        except IsADirectoryError:
-            raise IsADirectoryError(
-                errno.EISDIR, "is a directory, not a file", f"{PROTOCOL}://{logical}"
-            ) from None
-        raise ValueError(
-            f"unsupported mode {mode!r} for {PROTOCOL}://{logical}: use rb, wb, xb "
-            "or ab (text variants too)"
-        )
-
-    def _open_append(self, logical: str, store: Any, rel: str, autocommit: bool) -> Any:
-        """Append is copy-to-stage then continue: the old file is intact until close."""
-        try:
-            old = store.read(rel)
-        except FileNotFoundError:
-            old = b""
-        writer = store.open_write(rel, autocommit=autocommit)
-        writer.write(old)
+        found = self._lookup(logical)
+        if (found is not None and found[1]["type"] == "directory") or (
+            found is None and self._is_dir(logical)
+        ):
+            raise _is_a_directory(logical)
+        if mode == "xb" and found is not None:
+            raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
+        if mode == "r+b":
+            if found is None:
+                raise _not_found(logical)
+            return CopyUpFile(self, logical, found[0].store.read(found[0].rel), autocommit)
+        target = self._before_write(logical)
+        writer = target.store.open_write(target.rel, exclusive=mode == "xb", autocommit=autocommit)
+        writer.after_publish = lambda: self._after_write(logical, target)
+        if mode == "ab" and found is not None:  # copy-up: the lower file stays untouched
+            writer.write(found[0].store.read(found[0].rel))
         return writer
 
     def pipe_file(self, path: Any, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
-        logical, store, rel = self._locate(path)
+        logical = self._gate(path)
         if not logical:
-            raise IsADirectoryError(errno.EISDIR, "the root is a directory", f"{PROTOCOL}://")
+            raise _is_a_directory("")
+        exclusive = mode == "create"
+        if exclusive and self.exists(logical):
+            raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
+        target = self._before_write(logical)
         try:
-            store.write(rel, bytes(value), exclusive=mode == "create")
+            target.store.write(target.rel, bytes(value), exclusive=exclusive)
         except IsADirectoryError:
-            raise IsADirectoryError(
-                errno.EISDIR, "is a directory, not a file", f"{PROTOCOL}://{logical}"
-            ) from None
+            raise _is_a_directory(logical) from None
+        self._after_write(logical, target)
 
     def cp_file(self, path1: Any, path2: Any, **kwargs: Any) -> None:
-        logical1, store1, rel1 = self._locate(path1)
-        _, store2, rel2 = self._locate(path2)
-        found = store1.info(rel1) if logical1 else {"type": "directory"}
-        if found is None:
-            raise _not_found(logical1)
-        if found["type"] == "directory":
-            store2.makedirs(rel2)
+        logical1 = self._gate(path1)
+        logical2 = self._gate(path2)
+        if self._is_dir(logical1):
+            self.makedirs(logical2, exist_ok=True)
             return
-        if store1 is store2:
-            store1.copy(rel1, rel2)
+        source = self._serving(logical1)
+        target = self._before_write(logical2)
+        if source.store is target.store:
+            target.store.copy(source.rel, target.rel)
         else:
-            store2.write(rel2, store1.read(rel1))
+            target.store.write(target.rel, source.store.read(source.rel))
+        self._after_write(logical2, target)
 
     def mv(
         self, path1: Any, path2: Any, recursive: bool = False, maxdepth: Any = None, **kwargs: Any
     ) -> None:
-        logical1, store1, rel1 = self._locate(path1)
-        logical2, store2, rel2 = self._locate(path2)
-        if (
-            isinstance(path1, str)
-            and isinstance(path2, str)
-            and store1 is store2
-            and store1.capabilities.atomic_rename
-            and "*" not in logical1
-        ):
-            found = store1.info(rel1)
-            if found is None:
+        if isinstance(path1, str) and isinstance(path2, str) and not _has_magic(path1):
+            logical1 = self._gate(path1)
+            logical2 = self._gate(path2)
+            found = self._lookup(logical1)
+            if found is None and not self._is_dir(logical1):
                 raise _not_found(logical1)
-            if found["type"] == "file" or recursive:
-                if self.isdir(logical2) and found["type"] == "file":
-                    rel2 = join(rel2, rel1.rpartition("/")[2])
-                store1.rename(rel1, rel2)
+            if found is not None and found[1]["type"] == "file":
+                if self._is_dir(logical2):
+                    logical2 = join(logical2, logical1.rpartition("/")[2])
+                self._move_file(logical1, logical2, found[0])
                 return
         super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
 
+    def _move_file(self, logical1: str, logical2: str, source: Any) -> None:
+        """Rule 6: a rename is a copy-up to the new name plus a whiteout at the old one."""
+        target = self._before_write(logical2)
+        in_target = source == self._overlay.target(logical1)
+        if in_target and source.store is target.store and source.store.capabilities.atomic_rename:
+            source.store.rename(source.rel, target.rel)
+        else:
+            self.cp_file(logical1, logical2)
+            if in_target:
+                source.store.remove(source.rel)
+        self._after_write(logical2, target)
+        self._whiteout_if_lower(logical1)
+
     def rm_file(self, path: Any) -> None:
-        logical, store, rel = self._locate(path)
-        found = store.info(rel) if logical else None
+        logical = self._gate(path)
+        found = self._lookup(logical)
         if found is None:
             raise _not_found(logical)
-        if found["type"] == "directory":
+        if found[1]["type"] == "directory":
             raise IsADirectoryError(
                 errno.EISDIR, "is a directory (use rm(recursive=True))", f"{PROTOCOL}://{logical}"
             )
-        store.remove(rel)
+        if found[0] == self._overlay.target(logical):
+            found[0].store.remove(found[0].rel)
+        self._whiteout_if_lower(logical)
 
     def _rm(self, path: Any) -> None:
-        logical, store, rel = self._locate(path)
-        found = store.info(rel) if logical else {"type": "directory"}
-        if found is None:
-            if store.capabilities.empty_directories:
+        logical = self._gate(path)
+        found = self._lookup(logical)
+        if found is not None and found[1]["type"] == "file":
+            self.rm_file(logical)
+            return
+        if found is None and not self._is_dir(logical):
+            if self._state.capabilities.empty_directories:
                 raise _not_found(logical)
             return  # an implicit directory vanished with its last key
-        if found["type"] == "directory":
-            if logical:
-                store.rmdir(rel)
-        else:
-            store.remove(rel)
+        if not logical:
+            return
+        target = self._overlay.target(logical)
+        if target.store.exists(target.rel):
+            target.store.remove_tree(target.rel)
+        self._whiteout_if_lower(logical)
 
     def rm(self, path: Any, recursive: bool = False, maxdepth: Any = None) -> None:
         paths = self.expand_path(path, recursive=recursive, maxdepth=maxdepth)
@@ -406,43 +615,124 @@ class OrchFileSystem(ChainedFileSystem):
             self._rm(item)
 
     def mkdir(self, path: Any, create_parents: bool = True, **kwargs: Any) -> None:
-        logical, store, rel = self._locate(path)
+        logical = self._gate(path)
         if not logical:
             return
-        if store.exists(rel):
+        if self.exists(logical):
             raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
-        if create_parents:
-            store.makedirs(rel)
-        else:
-            store.mkdir(rel)
+        if not create_parents and not self._is_dir(logical.rpartition("/")[0]):
+            raise _not_found(logical.rpartition("/")[0])
+        self._make_directory(logical)
+
+    def _make_directory(self, logical: str) -> None:
+        target = self._before_write(logical)
+        marker = whiteout_rel(target.prefix, logical)
+        if self._overlay.markers_present() and target.store.exists(marker):
+            # Rule 5: a directory re-created after rm -r is opaque to the layers below.
+            target.store.remove(marker)
+            target.store.makedirs(target.rel)
+            self._overlay.write_marker(f"{target.rel}/{OPAQUE_MARKER}")
+            return
+        target.store.makedirs(target.rel)
 
     def makedirs(self, path: Any, exist_ok: bool = False) -> None:
-        logical, store, rel = self._locate(path)
+        logical = self._gate(path)
         if not logical:
             return
-        found = store.info(rel)
-        if found is not None:
-            if found["type"] != "directory":
+        found = self._lookup(logical)
+        if found is not None or self._is_dir(logical):
+            if found is not None and found[1]["type"] != "directory":
                 raise FileExistsError(
                     errno.EEXIST, "a file is in the way", f"{PROTOCOL}://{logical}"
                 )
             if not exist_ok:
                 raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
             return
-        store.makedirs(rel)
+        self._make_directory(logical)
 
     def rmdir(self, path: Any) -> None:
-        logical, store, rel = self._locate(path)
+        logical = self._gate(path)
         if not logical:
             raise PermissionError(errno.EPERM, "the root is never removed", f"{PROTOCOL}://")
-        if not store.isdir(rel):
+        if not self._is_dir(logical):
             raise _not_found(logical)
-        store.rmdir(rel)
+        if self._overlay.listdir(logical):
+            raise OSError(errno.ENOTEMPTY, "directory not empty", f"{PROTOCOL}://{logical}")
+        self._rm(logical)
 
     def touch(self, path: Any, truncate: bool = True, **kwargs: Any) -> None:
-        logical, store, rel = self._locate(path)
-        if truncate or not store.exists(rel):
+        logical = self._gate(path)
+        if truncate or not self.exists(logical):
             self.pipe_file(logical, b"")
+
+
+class CopyUpFile(io.BytesIO):
+    """``r+b``: a private copy of the visible bytes, published atomically at close."""
+
+    def __init__(self, fs: OrchFileSystem, logical: str, data: bytes, autocommit: bool) -> None:
+        super().__init__(data)
+        self._fs = fs
+        self._logical = logical
+        self.autocommit = autocommit
+        self._done = False
+
+    def close(self) -> None:
+        if not self.closed and self.autocommit:
+            self.commit()
+        super().close()
+
+    def commit(self) -> None:
+        if not self._done:
+            self._done = True
+            self._fs.pipe_file(self._logical, self.getvalue())
+
+    def discard(self) -> None:
+        self._done = True
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None:
+            self.discard()
+        self.close()
+
+
+_warned_legacy: set[str] = set()
+_conflicts_checked: set[str] = set()
+
+
+def warn_legacy_once(logical: str, url: str) -> None:
+    """Rule 8: one LegacyPathWarning per legacy file per process."""
+    if url in _warned_legacy:
+        return
+    _warned_legacy.add(url)
+    warnings.warn(
+        f"{logical} was read from its v1 location {url}; run `orchfs migrate` to move it "
+        "into .orchestrator/",
+        LegacyPathWarning,
+        stacklevel=4,
+    )
+
+
+def _has_magic(path: str) -> bool:
+    return any(char in path for char in "*?[")
+
+
+def _ancestors(logical: str) -> list[str]:
+    parts = logical.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _directory_info(logical: str) -> dict[str, Any]:
+    return {"name": logical, "type": "directory", "size": 0, "mtime": None, "created": None}
+
+
+def _is_a_directory(logical: str) -> IsADirectoryError:
+    return IsADirectoryError(errno.EISDIR, "is a directory, not a file", f"{PROTOCOL}://{logical}")
 
 
 def _as_datetime(stamp: float | None) -> datetime:

@@ -34,7 +34,7 @@ from .atomic import (
     fsync_directory,
 )
 from .errors import PathEscapeError
-from .paths import is_marker
+from .paths import MARKER_PREFIXES
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _APPEND_FLAGS = (
@@ -148,18 +148,20 @@ class LocalStorage:
         st = self.lstat(rel)
         return st is not None and stat.S_ISDIR(st.st_mode)
 
-    def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
-        """(name, info) of each child, markers and temp files left out."""
+    def scan(self, rel: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+        """``(name, info)`` of each child and, apart from them, the marker names."""
         if rel and "/" in rel:
             self._check_parents(rel + "/")
         full = self._full(rel)
         if rel and os.path.islink(full):
             self._check_link(full)
         out = []
+        markers = []
         with os.scandir(full) as entries:
             for entry in entries:
                 name = entry.name
-                if is_marker(name):
+                if name.startswith(MARKER_PREFIXES):
+                    markers.append(name)
                     continue
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISLNK(st.st_mode):
@@ -169,14 +171,11 @@ class LocalStorage:
                     except (PathEscapeError, OSError):
                         continue
                 out.append((name, _local_info(st)))
-        return out
+        return out, markers
 
-    def markers(self, rel: str) -> list[str]:
-        """Names of the markers (whiteouts, temp files) in a directory."""
-        try:
-            return [n for n in os.listdir(self._full(rel)) if is_marker(n)]
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+    def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
+        """(name, info) of each child, markers and temp files left out."""
+        return self.scan(rel)[0]
 
     def _open_fd(self, rel: str) -> int:
         if "/" in rel:
@@ -349,6 +348,30 @@ class LocalStorage:
     def rmdir(self, rel: str) -> None:
         self._in_parent(rel, lambda name, fd: os.rmdir(name, dir_fd=fd))
 
+    def remove_tree(self, rel: str) -> None:
+        """Remove a directory and everything in it, markers included, never via a link."""
+        import shutil
+
+        full = self._full(rel)
+        if os.path.islink(full):
+            os.unlink(full)
+            return
+        shutil.rmtree(full)  # fd-based on Linux: safe against symlink swaps
+
+    def find_files(self, rel: str) -> list[str]:
+        """Paths of every file below ``rel`` (relative to it); markers left out."""
+        out = []
+        base = self._full(rel)
+        if not os.path.isdir(base) or os.path.islink(base):
+            return out
+        for top, dirs, files in os.walk(base):
+            dirs[:] = [d for d in dirs if not d.startswith(MARKER_PREFIXES)]
+            prefix = os.path.relpath(top, base)
+            for name in files:
+                if not name.startswith(MARKER_PREFIXES):
+                    out.append(name if prefix == "." else f"{prefix}/{name}")
+        return out
+
     def rename(self, src: str, dst: str) -> None:
         src_head, _, src_name = src.rpartition("/")
         dst_head, _, dst_name = dst.rpartition("/")
@@ -424,26 +447,26 @@ class FsspecStorage:
         found = self.info(rel)
         return found is not None and found["type"] == "directory"
 
-    def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
+    def scan(self, rel: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+        """``(name, info)`` of each child and, apart from them, the marker names."""
         full = self._full(rel)
         entries = self.fs.ls(full, detail=True)
         out = []
+        markers = []
         for entry in entries:
             name = entry["name"].rstrip("/").rpartition("/")[2]
             if entry["name"].rstrip("/") == full.rstrip("/") and entry.get("type") != "directory":
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", self.url(rel))
-            if not name or is_marker(name):
+            if not name:
+                continue
+            if name.startswith(MARKER_PREFIXES):
+                markers.append(name)
                 continue
             out.append((name, self._convert(entry)))
-        return out
+        return out, markers
 
-    def markers(self, rel: str) -> list[str]:
-        try:
-            entries = self.fs.ls(self._full(rel), detail=False)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        names = (e.rstrip("/").rpartition("/")[2] for e in entries)
-        return [n for n in names if is_marker(n)]
+    def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
+        return self.scan(rel)[0]
 
     def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
         try:
@@ -534,6 +557,24 @@ class FsspecStorage:
     def rmdir(self, rel: str) -> None:
         if self.capabilities.empty_directories:
             self.fs.rmdir(self._full(rel))
+
+    def remove_tree(self, rel: str) -> None:
+        full = self._full(rel)
+        if self.fs.exists(full):
+            self.fs.rm(full, recursive=True)
+
+    def find_files(self, rel: str) -> list[str]:
+        full = self._full(rel)
+        try:
+            found = self.fs.find(full)
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in found:
+            relative = name[len(full) + 1 :] if name.startswith(full + "/") else None
+            if relative and not any(p.startswith(MARKER_PREFIXES) for p in relative.split("/")):
+                out.append(relative)
+        return out
 
     def rename(self, src: str, dst: str) -> None:
         self.copy(src, dst)

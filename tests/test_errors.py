@@ -66,4 +66,4 @@ def test_unsupported_mode(local_repo):
     fs = orchfs.OrchFileSystem(root=local_repo)
     fs.pipe_file("state.json", b"{}")
     with pytest.raises(ValueError, match="unsupported mode"):
-        fs.open("state.json", "r+b")
+        fs.open("state.json", "zb")

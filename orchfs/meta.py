@@ -1,0 +1,101 @@
+"""``.orchestrator/FORMAT`` and ``meta.json``: the layout version and the repository identity.
+
+``FORMAT`` is text: the layout version on the first line and, optionally, the
+minimum orchfs that writes it on the second (``orchfs>=0.3``). A repository whose
+layout is newer than :data:`LAYOUT_VERSION` is read-only: every write raises
+:class:`LayoutVersionError` saying which orchfs it needs. ``meta.json`` records the
+``repo_id`` (the secret namespace), the root, the git remote, when it was created
+and by which orchfs. Both are written on the first write, never by a read.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import LayoutVersionError
+
+LAYOUT_VERSION = 2
+FORMAT_FILE = "FORMAT"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    version: int
+    requires: str | None
+
+
+def read_format(state: Any) -> FormatInfo | None:
+    try:
+        text = state.read(FORMAT_FILE).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        version = int(lines[0])
+    except (IndexError, ValueError):
+        version = LAYOUT_VERSION + 1  # unreadable: treat as newer, never overwrite it
+    return FormatInfo(version, lines[1] if len(lines) > 1 else None)
+
+
+def check_writable(found: FormatInfo | None, where: str) -> None:
+    if found is None or found.version <= LAYOUT_VERSION:
+        return
+    from . import __version__
+
+    needed = found.requires or f"an orchfs that supports layout version {found.version}"
+    raise LayoutVersionError(
+        f"{where} uses layout version {found.version}; this orchfs {__version__} writes "
+        f"version {LAYOUT_VERSION} and keeps the repository read-only. Upgrade to {needed}."
+    )
+
+
+def git_remote(root: str) -> str | None:
+    """The ``origin`` URL from ``<root>/.git/config`` (no git binary needed)."""
+    config_path = os.path.join(root, ".git", "config")
+    if not os.path.isfile(config_path):
+        return None
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    try:
+        parser.read(config_path)
+    except configparser.Error:
+        return None
+    section = 'remote "origin"'
+    return parser.get(section, "url", fallback=None) if parser.has_section(section) else None
+
+
+def new_meta(root: str, local_root: bool) -> dict[str, Any]:
+    from . import __version__
+
+    return {
+        "repo_id": uuid.uuid4().hex,
+        "root": root,
+        "git_remote": git_remote(root) if local_root else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "orchfs_version": __version__,
+    }
+
+
+def read_meta(state: Any) -> dict[str, Any] | None:
+    try:
+        return json.loads(state.read(META_FILE))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def ensure_initialized(state: Any, root: str, local_root: bool) -> None:
+    """Create FORMAT and meta.json if missing (exclusive creates: safe against races)."""
+    if state.info(FORMAT_FILE) is None:
+        with contextlib.suppress(FileExistsError):
+            state.write(FORMAT_FILE, f"{LAYOUT_VERSION}\n".encode(), exclusive=True)
+    if state.info(META_FILE) is None:
+        document = json.dumps(new_meta(root, local_root), indent=2).encode() + b"\n"
+        with contextlib.suppress(FileExistsError):
+            state.write(META_FILE, document, exclusive=True)

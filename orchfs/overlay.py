@@ -1,0 +1,217 @@
+"""The overlay: how one logical path resolves over session, contained and legacy layers.
+
+Semantics follow Linux OverlayFS; markers are those of OCI image layers so that they
+work on any backend, object storage included:
+
+* each logical path has an ordered list of :class:`Location` values: the write target
+  first (``sessions/<id>/`` for a session-scoped entry with a session bound, else the
+  contained directory), then the read-only lower ones (contained, then each legacy
+  location of the layout entry);
+* a read is served by the first location that holds the path and is not hidden by a
+  marker in a layer above it: a whiteout ``.wh.<name>`` beside the path (or beside
+  one of its ancestors), or an opaque marker ``.wh..wh..opq`` in an ancestor;
+* a listing merges every layer, upper first, without duplicates or hidden names.
+
+Whiteouts are rare (they only appear when a path that exists below is deleted), so
+a sentinel ``.wh..wh..markers`` at the top of the state directory says whether any
+marker was ever written; without it the marker checks are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PathEscapeError
+from .layout import Layout
+from .paths import OPAQUE_MARKER, WHITEOUT_PREFIX, join
+
+MARKER_SENTINEL = ".wh..wh..markers"
+SESSIONS_DIR = "sessions"
+
+
+@dataclass(frozen=True)
+class Location:
+    """One place a logical path may live: its layer, adapter and physical path."""
+
+    layer: str  # "session" | "contained" | "legacy"
+    store: Any
+    rel: str
+    prefix: str = ""  # physical prefix of the layer's logical namespace (upper layers)
+
+    @property
+    def upper(self) -> bool:
+        return self.layer != "legacy"
+
+    @property
+    def url(self) -> str:
+        return self.store.url(self.rel)
+
+
+def _ancestors(logical: str) -> list[str]:
+    """``a/b/c`` -> ``["a", "a/b"]`` (proper ancestors, outermost first)."""
+    parts = logical.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def whiteout_rel(prefix: str, logical: str) -> str:
+    head, _, name = logical.rpartition("/")
+    return f"{prefix}{join(head, WHITEOUT_PREFIX + name)}"
+
+
+class Overlay:
+    """Resolution of logical paths for one repository, session and legacy phase."""
+
+    def __init__(
+        self, state: Any, repo: Any, layout: Layout, session: str | None, legacy_mode: str
+    ) -> None:
+        self.state = state
+        self.repo = repo
+        self.layout = layout
+        self.session = session
+        self.legacy_mode = legacy_mode
+        self._session_prefix = f"{SESSIONS_DIR}/{session}/" if session else ""
+        self._layers_cache: dict[str, tuple[Location, ...]] = {}
+        self._markers_seen = False
+
+    # --- layers --------------------------------------------------------------------
+    def layers(self, logical: str) -> tuple[Location, ...]:
+        cached = self._layers_cache.get(logical)
+        if cached is not None:
+            return cached
+        match = self.layout.match(logical) if logical else None
+        out = []
+        if self.session and (
+            (match is None and logical == "")
+            or (match is not None and match.entry.scope == "session")
+        ):
+            prefix = self._session_prefix
+            out.append(Location("session", self.state, f"{prefix}{logical}".rstrip("/"), prefix))
+        out.append(Location("contained", self.state, logical))
+        if match is not None and self.legacy_mode != "off":
+            out.extend(Location("legacy", self.repo, rel) for rel in match.legacy_paths())
+        result = tuple(out)
+        if len(self._layers_cache) < 65536:
+            self._layers_cache[logical] = result
+        return result
+
+    def target(self, logical: str) -> Location:
+        return self.layers(logical)[0]
+
+    def upper_layers(self) -> list[Location]:
+        """The layers that can hold markers, for listing the root."""
+        out = []
+        if self.session:
+            out.append(
+                Location(
+                    "session", self.state, self._session_prefix.rstrip("/"), self._session_prefix
+                )
+            )
+        out.append(Location("contained", self.state, ""))
+        return out
+
+    # --- markers -------------------------------------------------------------------
+    def markers_present(self) -> bool:
+        if not self._markers_seen:
+            self._markers_seen = self.state.exists(MARKER_SENTINEL)
+        return self._markers_seen
+
+    def hidden_by(self, layer: Location, logical: str) -> bool:
+        """Whether markers in ``layer`` hide ``logical`` in every layer below it."""
+        store, prefix = layer.store, layer.prefix
+        if store.exists(whiteout_rel(prefix, logical)):
+            return True
+        for ancestor in _ancestors(logical):
+            if store.exists(whiteout_rel(prefix, ancestor)):
+                return True
+            if store.exists(f"{prefix}{ancestor}/{OPAQUE_MARKER}"):
+                return True
+        return store.exists(f"{prefix}{OPAQUE_MARKER}")
+
+    def write_marker(self, rel: str) -> None:
+        if not self._markers_seen and not self.state.exists(MARKER_SENTINEL):
+            self.state.write(MARKER_SENTINEL, b"")
+        self._markers_seen = True
+        self.state.write(rel, b"")
+
+    # --- lookups -------------------------------------------------------------------
+    def lookup(self, logical: str) -> tuple[Location, dict[str, Any]] | None:
+        """The location that serves ``logical`` and its info, or None."""
+        layers = self.layers(logical)
+        check = None
+        for index, location in enumerate(layers):
+            if index:
+                above = layers[index - 1]
+                if above.upper:
+                    if check is None:
+                        check = self.markers_present()
+                    if check and self.hidden_by(above, logical):
+                        return None
+            found = location.store.info(location.rel)
+            if found is not None:
+                return location, found
+        return None
+
+    def lower_exists(self, logical: str) -> bool:
+        """Whether a layer below the write target still shows ``logical``."""
+        found = self.lookup(logical)
+        return found is not None and found[0] != self.target(logical)
+
+    def is_virtual_dir(self, logical: str) -> bool:
+        """A directory that only exists because layout entries place files in it."""
+        for name in self.layout.virtual_children(logical):
+            child = join(logical, name)
+            if self.lookup(child) is not None or self.is_virtual_dir(child):
+                return True
+        return False
+
+    def listdir(self, logical: str) -> dict[str, tuple[dict[str, Any], Location]]:
+        """Merged children of a logical directory: name -> (info, serving location)."""
+        layers = list(self.layers(logical)) if logical else self.upper_layers()
+        if logical and self.session and layers[0].layer != "session":
+            session_dir = Location(
+                "session", self.state, f"{self._session_prefix}{logical}", self._session_prefix
+            )
+            layers.insert(0, session_dir)
+        seen: dict[str, tuple[dict[str, Any], Location]] = {}
+        hidden: set[str] = set()
+        check = None
+        opaque = False
+        for index, location in enumerate(layers):
+            if index and layers[index - 1].upper:
+                if check is None:
+                    check = self.markers_present()
+                if check and logical and self.hidden_by(layers[index - 1], logical):
+                    break
+            try:
+                children, markers = location.store.scan(location.rel)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name, found in children:
+                if name not in seen and name not in hidden:
+                    seen[name] = (found, location)
+            if location.upper:
+                for marker in markers:
+                    if marker == OPAQUE_MARKER:
+                        opaque = True
+                    elif marker.startswith(WHITEOUT_PREFIX):
+                        hidden.add(marker[len(WHITEOUT_PREFIX) :])
+                if opaque:
+                    break
+        if not opaque:
+            for name in self.layout.virtual_children(logical):
+                if name in seen or name in hidden:
+                    continue
+                child = join(logical, name)
+                try:
+                    found_child = self.lookup(child)
+                except PathEscapeError:
+                    continue  # listings leave out links that leave the root
+                if found_child is not None:
+                    seen[name] = (found_child[1], found_child[0])
+                elif self.is_virtual_dir(child):
+                    seen[name] = (
+                        {"type": "directory", "size": 0, "mtime": None, "created": None},
+                        layers[0],
+                    )
+        return seen
