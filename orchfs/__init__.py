@@ -20,12 +20,15 @@ from .errors import (
     SecretsLockedError,
     VersionPinError,
 )
-from .filesystem import OrchFileSystem, Resolution
+from .filesystem import Conflict, OrchFileSystem, Resolution
+from .layout import Layout, default_layout
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "Conflict",
+    "Layout",
     "LayoutVersionError",
     "LegacyConflictWarning",
     "LegacyPathWarning",
@@ -39,5 +42,6 @@ __all__ = [
     "SecretsLockedError",
     "VersionPinError",
     "__version__",
+    "default_layout",
     "errors",
 ]

@@ -281,7 +281,7 @@ class OrchFileSystem(ChainedFileSystem):
             ensure_initialized(self._state, self.root, self._local_root)
             self._writable_checked = True
         target = self._overlay.target(logical)
-        if self._overlay.markers_present():
+        if self._overlay.has_lower(logical) and self._overlay.markers_present():
             for ancestor in _ancestors(logical):
                 marker = whiteout_rel(target.prefix, ancestor)
                 if target.store.exists(marker):
@@ -291,7 +291,7 @@ class OrchFileSystem(ChainedFileSystem):
         return target
 
     def _after_write(self, logical: str, target: Any) -> None:
-        if self._overlay.markers_present():
+        if self._overlay.has_lower(logical) and self._overlay.markers_present():
             marker = whiteout_rel(target.prefix, logical)
             if target.store.exists(marker):
                 target.store.remove(marker)

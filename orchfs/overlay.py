@@ -72,6 +72,7 @@ class Overlay:
         self.legacy_mode = legacy_mode
         self._session_prefix = f"{SESSIONS_DIR}/{session}/" if session else ""
         self._layers_cache: dict[str, tuple[Location, ...]] = {}
+        self._has_lower: dict[str, bool] = {}
         self._markers_seen = False
 
     # --- layers --------------------------------------------------------------------
@@ -97,6 +98,18 @@ class Overlay:
 
     def target(self, logical: str) -> Location:
         return self.layers(logical)[0]
+
+    def has_lower(self, logical: str) -> bool:
+        """Whether a marker could ever matter for ``logical``: it, or one of its
+        ancestors, has a layer below the write target (or is a layout directory)."""
+        cached = self._has_lower.get(logical)
+        if cached is None:
+            cached = len(self.layers(logical)) > 1 or any(
+                len(self.layers(a)) > 1 or self.layout.virtual_children(a)
+                for a in _ancestors(logical)
+            )
+            self._has_lower[logical] = cached
+        return cached
 
     def upper_layers(self) -> list[Location]:
         """The layers that can hold markers, for listing the root."""

@@ -43,6 +43,7 @@ def hold(spec: str, name: str, lease: str) -> None:
 def race(spec: str, prefix: str, first_at: str, trials: str, period: str) -> None:
     """For each trial, try lock ``prefix<trial>`` once at a shared moment; print outcomes."""
     fs = open_fs(spec)
+    held = []  # winners keep every lease to the end, so a late contender still loses
     for trial in range(int(trials)):
         lock = fs.lock(f"{prefix}{trial}", timeout=0, lease=30)
         delay = float(first_at) + trial * float(period) - time.time()
@@ -54,7 +55,9 @@ def race(spec: str, prefix: str, first_at: str, trials: str, period: str) -> Non
             print(trial, "lost", flush=True)
             continue
         print(trial, "won", flush=True)
-        time.sleep(float(period) / 2)
+        held.append(lock)
+    time.sleep(float(period))
+    for lock in held:
         lock.release()
 
 

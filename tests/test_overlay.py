@@ -1,0 +1,532 @@
+"""The legacy overlay: the nine rules, a realistic v1 repository, and a model check."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+
+import fsspec
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+import orchfs
+from orchfs.errors import ConfigError, LayoutVersionError, PathEscapeError
+from orchfs.testing import LEGACY_SAMPLE, build_legacy_repo
+
+
+def tree_state(root: str) -> dict[str, tuple[str, int]]:
+    """Every file under root (outside .orchestrator/) with its hash and mtime_ns."""
+    out = {}
+    for top, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != ".orchestrator"]
+        for name in files:
+            full = os.path.join(top, name)
+            with open(full, "rb") as f:
+                out[os.path.relpath(full, root)] = (
+                    hashlib.sha256(f.read()).hexdigest(),
+                    os.stat(full).st_mtime_ns,
+                )
+    return out
+
+
+def whole_tree_hash(root: str) -> str:
+    digest = hashlib.sha256()
+    for top, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files + dirs):
+            full = os.path.join(top, name)
+            digest.update(os.path.relpath(full, root).encode())
+            if os.path.isfile(full):
+                with open(full, "rb") as f:
+                    digest.update(f.read())
+                digest.update(str(os.stat(full).st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
+REALISTIC = {
+    **LEGACY_SAMPLE,
+    ".orchestrator.yaml": b"state:\n  legacy: off\n",
+    ".workflow_approvals.db": b"SQLite format 3\x00" + b"\x01" * 100,
+    ".workflow_approvals.db-wal": b"wal bytes",
+    ".secrets.enc": b"Salted__" + b"\x02" * 40,
+    "src/app.py": b"print('user code')\n",
+    "README.md": b"# user readme\n",
+    **{f".workflow_checkpoints/cp_{i:03d}.json": f'{{"cp": {i}}}\n'.encode() for i in range(200)},
+    **{f".workflow_sessions/s{i}/state.json": f'{{"s": {i}}}\n'.encode() for i in range(20)},
+}
+
+LOGICAL_OF = {
+    ".workflow_state.json": "state.json",
+    ".workflow_log.jsonl": "log.jsonl",
+    ".workflow_tool_feedback.jsonl": "feedback/tool.jsonl",
+    ".workflow_process_feedback.jsonl": "feedback/process.jsonl",
+    ".orchestra.yaml": "config.yaml",
+    ".workflow_approvals.db": "approvals.db",
+    ".workflow_approvals.db-wal": "approvals.db-wal",
+    ".claude/prd_state.json": "prd/state.json",
+}
+
+
+def logical_for(legacy: str) -> str | None:
+    if legacy in LOGICAL_OF:
+        return LOGICAL_OF[legacy]
+    for old, new in (
+        (".workflow_checkpoints/", "checkpoints/"),
+        (".workflow_sessions/", "sessions/"),
+    ):
+        if legacy.startswith(old):
+            return new + legacy[len(old) :]
+    return None
+
+
+@pytest.fixture
+def v1_repo(tmp_path):
+    return str(build_legacy_repo(tmp_path / "repo", REALISTIC))
+
+
+@pytest.fixture(autouse=True)
+def quiet_legacy_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", orchfs.LegacyPathWarning)
+        warnings.simplefilter("ignore", orchfs.LegacyConflictWarning)
+        yield
+
+
+def test_realistic_v1_repository_reads_back_and_is_never_changed(v1_repo):
+    before = whole_tree_hash(v1_repo)
+    fs = orchfs.OrchFileSystem(root=v1_repo, skip_instance_cache=True)
+    checked = 0
+    for _ in range(3):
+        for legacy, data in REALISTIC.items():
+            logical = logical_for(legacy)
+            if logical is None:
+                continue
+            assert fs.cat_file(logical) == data, logical
+            assert fs.resolve(logical).layer == "legacy"
+            checked += 1
+        assert len(fs.ls("checkpoints")) == sum(
+            k.startswith(".workflow_checkpoints/") for k in REALISTIC
+        )
+        assert len(fs.find("sessions")) == sum(
+            k.startswith(".workflow_sessions/") for k in REALISTIC
+        )
+        assert sorted(fs.ls("feedback", detail=False)) == [
+            "feedback/process.jsonl",
+            "feedback/tool.jsonl",
+        ]
+        root = set(fs.ls("", detail=False))
+        assert {"state.json", "checkpoints", "config.yaml", "prd", "feedback", "sessions"} <= root
+        assert "secrets" not in root and "README.md" not in root
+        fs.exists("nothing.json"), fs.info("checkpoints"), fs.conflicts()
+    assert checked >= 3 * 230
+    assert whole_tree_hash(v1_repo) == before
+    assert not os.path.exists(os.path.join(v1_repo, ".orchestrator"))
+
+
+def test_rule1_read_falls_through_and_never_creates(v1_repo):
+    fs = orchfs.OrchFileSystem(root=v1_repo)
+    assert fs.cat_file("state.json") == REALISTIC[".workflow_state.json"]
+    assert fs.cat_file("config.yaml") == REALISTIC[".orchestra.yaml"]  # first legacy name wins
+    with pytest.raises(FileNotFoundError):
+        fs.cat_file("checkpoints/absent.json")
+    assert not os.path.exists(os.path.join(v1_repo, ".orchestrator"))
+
+
+def test_rule2_write_lands_in_the_write_target(v1_repo):
+    before = tree_state(v1_repo)
+    fs = orchfs.OrchFileSystem(root=v1_repo)
+    fs.pipe_file("state.json", b"new")
+    assert open(os.path.join(v1_repo, ".orchestrator", "state.json"), "rb").read() == b"new"
+    assert fs.cat_file("state.json") == b"new"
+    assert fs.resolve("state.json").layer == "contained"
+    assert tree_state(v1_repo) == before
+    assert os.path.isfile(os.path.join(v1_repo, ".orchestrator", "FORMAT"))
+    assert os.path.isfile(os.path.join(v1_repo, ".orchestrator", "meta.json"))
+
+
+def test_rule3_copy_up_for_append_and_update(v1_repo):
+    before = tree_state(v1_repo)
+    fs = orchfs.OrchFileSystem(root=v1_repo)
+    with fs.open("log.jsonl", "ab") as f:
+        f.write(b'{"event": "more"}\n')
+    assert fs.cat_file("log.jsonl") == REALISTIC[".workflow_log.jsonl"] + b'{"event": "more"}\n'
+    with fs.open("state.json", "r+b") as f:
+        f.seek(0)
+        f.write(b"{")
+    assert fs.cat_file("state.json") == REALISTIC[".workflow_state.json"]
+    fs.append_line("feedback/tool.jsonl", {"x": 1})
+    assert fs.cat_file("feedback/tool.jsonl").endswith(b'{"x":1}\n')
+    assert fs.resolve("feedback/tool.jsonl").layer == "contained"
+    assert tree_state(v1_repo) == before
+
+
+def test_rule4_delete_writes_a_whiteout_and_a_write_removes_it(v1_repo):
+    before = tree_state(v1_repo)
+    fs = orchfs.OrchFileSystem(root=v1_repo)
+    fs.rm_file("state.json")
+    assert not fs.exists("state.json")
+    assert os.path.exists(os.path.join(v1_repo, ".orchestrator", ".wh.state.json"))
+    assert "state.json" not in fs.ls("", detail=False)
+    assert tree_state(v1_repo) == before
+    fs.pipe_file("state.json", b"again")
+    assert fs.cat_file("state.json") == b"again"
+    assert not os.path.exists(os.path.join(v1_repo, ".orchestrator", ".wh.state.json"))
+
+
+def test_rule5_merged_listing_and_opaque_directories(v1_repo):
+    fs = orchfs.OrchFileSystem(root=v1_repo)
+    fs.pipe_file("checkpoints/cp_new.json", b"new")
+    fs.pipe_file("checkpoints/cp_000.json", b"upper wins")
+    names = fs.ls("checkpoints", detail=False)
+    assert len(names) == len(set(names)) == 203
+    assert not any("/.wh." in n for n in names)
+    fs.rm("checkpoints", recursive=True)
+    assert not fs.exists("checkpoints")
+    assert fs.find("checkpoints") == []
+    fs.mkdir("checkpoints")
+    assert fs.ls("checkpoints") == []
+    assert os.path.exists(os.path.join(v1_repo, ".orchestrator", "checkpoints", ".wh..wh..opq"))
+    fs.pipe_file("checkpoints/fresh.json", b"f")
+    assert fs.ls("checkpoints", detail=False) == ["checkpoints/fresh.json"]
+    assert len(os.listdir(os.path.join(v1_repo, ".workflow_checkpoints"))) == 202
+
+
+def test_rule6_rename_is_copy_up_plus_whiteout(v1_repo):
+    before = tree_state(v1_repo)
+    fs = orchfs.OrchFileSystem(root=v1_repo)
+    fs.mv("checkpoints/cp_001.json", "checkpoints/renamed.json")
+    assert fs.cat_file("checkpoints/renamed.json") == REALISTIC[".workflow_checkpoints/cp_001.json"]
+    assert not fs.exists("checkpoints/cp_001.json")
+    fs.mv("prd", "prd_old", recursive=True)
+    assert fs.cat_file("prd_old/state.json") == REALISTIC[".claude/prd_state.json"]
+    assert not fs.exists("prd/state.json")
+    assert tree_state(v1_repo) == before
+
+
+def test_rule7_both_exist_and_differ(v1_repo):
+    fs = orchfs.OrchFileSystem(root=v1_repo, skip_instance_cache=True)
+    fs.pipe_file("state.json", b"upper")
+    fs.pipe_file("log.jsonl", REALISTIC[".workflow_log.jsonl"])  # same bytes: no conflict
+    (conflict,) = fs.conflicts()
+    assert conflict.logical == "state.json"
+    assert conflict.upper_sha256 == hashlib.sha256(b"upper").hexdigest()
+    assert conflict.legacy_sha256 == hashlib.sha256(REALISTIC[".workflow_state.json"]).hexdigest()
+    from orchfs import filesystem
+
+    filesystem._conflicts_checked.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert fs.cat_file("state.json") == b"upper"
+        fs.cat_file("state.json")
+    conflicts = [w for w in caught if issubclass(w.category, orchfs.LegacyConflictWarning)]
+    assert len(conflicts) == 1
+
+
+def test_rule8_legacy_warning_once_per_path(v1_repo):
+    from orchfs import filesystem
+
+    fs = orchfs.OrchFileSystem(root=v1_repo)
+    filesystem._warned_legacy.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fs.cat_file("state.json")
+        fs.cat_file("state.json")
+        fs.cat_file("log.jsonl")
+    legacy = [w for w in caught if issubclass(w.category, orchfs.LegacyPathWarning)]
+    assert len(legacy) == 2
+    assert issubclass(orchfs.LegacyPathWarning, DeprecationWarning)
+    assert "orchfs migrate" in str(legacy[0].message)
+
+
+def test_rule9_legacy_phases(v1_repo):
+    off = orchfs.OrchFileSystem(root=v1_repo, legacy="off")
+    assert not off.exists("state.json")
+    assert off.ls("", detail=False) == []
+    migrate = orchfs.OrchFileSystem(root=v1_repo, legacy="migrate")
+    assert migrate.cat_file("state.json") == REALISTIC[".workflow_state.json"]
+    assert not os.path.exists(os.path.join(v1_repo, ".workflow_state.json"))
+    assert migrate.resolve("state.json").layer == "contained"
+    backup = os.path.join(
+        v1_repo, ".orchestrator", "migration_backup", "on-read", ".workflow_state.json"
+    )
+    assert open(backup, "rb").read() == REALISTIC[".workflow_state.json"]
+    with pytest.raises(ValueError, match="legacy="):
+        orchfs.OrchFileSystem(root=v1_repo, legacy="sometimes")
+
+
+def test_resolve_names_the_file_in_use(v1_repo):
+    fs = orchfs.OrchFileSystem(root=v1_repo)
+    resolution = fs.resolve("checkpoints/cp_002.json")
+    assert resolution == orchfs.Resolution(
+        "checkpoints/cp_002.json",
+        "legacy",
+        os.path.join(v1_repo, ".workflow_checkpoints", "cp_002.json"),
+        True,
+    )
+    assert fs.resolve("notes/todo.md").layer == "contained"
+    assert fs.resolve("notes/todo.md").exists is False
+
+
+def test_sessions_fall_through_session_contained_legacy(v1_repo):
+    fs = orchfs.OrchFileSystem(root=v1_repo)
+    session = fs.session("abc")
+    assert session.cat_file("state.json") == REALISTIC[".workflow_state.json"]
+    fs.pipe_file("state.json", b"repo level")
+    assert session.cat_file("state.json") == b"repo level"
+    session.pipe_file("state.json", b"session level")
+    assert session.resolve("state.json").layer == "session"
+    assert (
+        open(os.path.join(v1_repo, ".orchestrator", "sessions", "abc", "state.json"), "rb").read()
+        == b"session level"
+    )
+    assert fs.cat_file("state.json") == b"repo level"
+    session.pipe_file("config.yaml", b"shared")  # repo-scoped: not in the session dir
+    assert fs.cat_file("config.yaml") == b"shared"
+    session.rm_file("state.json")  # a whiteout in the session hides the lower copies
+    assert not session.exists("state.json")
+    assert "state.json" not in session.ls("", detail=False)
+    assert fs.cat_file("state.json") == b"repo level"
+    for bad in ("a/b", "..", "../x", "a\\b"):
+        with pytest.raises(PathEscapeError):
+            fs.session(bad)
+
+
+def test_web_mode_binds_a_session(v1_repo, monkeypatch):
+    monkeypatch.setenv("ORCHFS_SESSION", "web1")
+    fs = orchfs.OrchFileSystem(root=v1_repo, web_mode=True)
+    assert fs.session_id == "web1"
+    fs.pipe_file("state.json", b"w")
+    assert fs.resolve("state.json").url.endswith("sessions/web1/state.json")
+
+
+def test_newer_format_is_read_only(v1_repo):
+    state = os.path.join(v1_repo, ".orchestrator")
+    os.makedirs(state)
+    with open(os.path.join(state, "FORMAT"), "w") as f:
+        f.write("3\norchfs>=9.0\n")
+    fs = orchfs.OrchFileSystem(root=v1_repo)
+    assert fs.cat_file("state.json") == REALISTIC[".workflow_state.json"]
+    with pytest.raises(LayoutVersionError, match=r"layout version 3.*orchfs>=9.0"):
+        fs.pipe_file("state.json", b"x")
+    with pytest.raises(LayoutVersionError):
+        fs.append_line("log.jsonl", {"a": 1})
+    assert not os.path.exists(os.path.join(state, "state.json"))
+
+
+def test_custom_layout_from_yaml_and_dict(tmp_path):
+    repo = build_legacy_repo(tmp_path / "r", {".old_state": b"old", ".old_dir/a": b"a"})
+    text = "entries:\n  - {logical: state.json, scope: session, legacy: [.missing, .old_state]}\n  - {logical: d/, legacy: [.old_dir/]}\n"
+    fs = orchfs.OrchFileSystem(root=str(repo), layout=orchfs.Layout.from_yaml(text))
+    assert fs.cat_file("state.json") == b"old"
+    assert fs.cat_file("d/a") == b"a"
+    fs2 = orchfs.OrchFileSystem(
+        root=str(repo), layout={"entries": [{"logical": "x.json", "legacy": [".old_state"]}]}
+    )
+    assert fs2.cat_file("x.json") == b"old"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("entries:\n  - logical: a\n   legacy: [x\n", r"layout.yaml:3:4: malformed"),
+        ("entries:\n  - {logical: a, scope: team}\n", r"layout.yaml:2: unknown scope 'team'"),
+        (
+            "entries:\n  - {logical: a}\n  - {logical: a}\n",
+            r"layout.yaml:3: logical path 'a' is claimed twice",
+        ),
+        (
+            "entries:\n  - {logical: a, legacy: [../outside]}\n",
+            r"layout.yaml:2: legacy location '../outside'",
+        ),
+        (
+            "entries:\n  - {logical: a, legacy: [/etc/passwd]}\n",
+            r"layout.yaml:2: legacy location '/etc/passwd'",
+        ),
+        ("entries:\n  - {logical: ../a}\n", r"layout.yaml:2: bad logical path"),
+        (
+            "entries:\n  - {logical: a, colour: red}\n",
+            r"layout.yaml:2: unknown entry keys \['colour'\]",
+        ),
+        ("- just a list\n", r"layout.yaml:1: a layout is a mapping"),
+    ],
+)
+def test_malformed_layouts_name_file_and_line(text, message):
+    with pytest.raises(ConfigError, match=message):
+        orchfs.Layout.from_yaml(text, "layout.yaml")
+
+
+def test_default_layout_is_the_design_table():
+    layout = orchfs.default_layout()
+    match = layout.match("checkpoints/cp_1.json")
+    assert match.legacy_paths() == (".workflow_checkpoints/cp_1.json",)
+    assert layout.match("config.yaml").legacy_paths() == (".orchestra.yaml", ".orchestrator.yaml")
+    assert layout.match("approvals.db-shm").legacy_paths() == (".workflow_approvals.db-shm",)
+    assert layout.match("state.json").entry.scope == "session"
+    assert layout.match("notes/todo.md") is None
+    assert orchfs.Layout.from_dict(layout.to_dict()).entries == layout.entries
+
+
+# --- the model check ---------------------------------------------------------------
+FILES = [
+    "state.json",
+    "log.jsonl",
+    "config.yaml",
+    "checkpoints/cp_1.json",
+    "checkpoints/cp_2.json",
+    "checkpoints/cp_3.json",
+    "notes/a.txt",
+    "feedback/tool.jsonl",
+    "sessions/s1/state.json",
+]
+DIRS = ["checkpoints", "notes", "feedback", "sessions"]
+SEEDS = {
+    ".workflow_state.json": "state.json",
+    ".workflow_log.jsonl": "log.jsonl",
+    ".orchestra.yaml": "config.yaml",
+    ".workflow_checkpoints/cp_1.json": "checkpoints/cp_1.json",
+    ".workflow_checkpoints/cp_2.json": "checkpoints/cp_2.json",
+    ".workflow_tool_feedback.jsonl": "feedback/tool.jsonl",
+    ".workflow_sessions/s1/state.json": "sessions/s1/state.json",
+}
+payloads = st.binary(min_size=0, max_size=20)
+
+
+class OverlayModel(RuleBasedStateMachine):
+    backend = "local"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model: dict[str, bytes] = {}
+        self.seeded: dict[str, bytes] = {}
+        if self.backend == "local":
+            self.tmp = tempfile.mkdtemp(prefix="orchfs-model-")
+            self.fs = orchfs.OrchFileSystem(root=self.tmp, skip_instance_cache=True)
+        else:
+            self.tmp = None
+            name = f"model-{uuid.uuid4().hex}"
+            self.memory_root = f"/{name}"
+            self.fs = orchfs.OrchFileSystem(root=f"memory://{name}", skip_instance_cache=True)
+        self.seeded_stat: dict[str, tuple[bytes, int | None]] = {}
+
+    def _legacy_write(self, rel: str, data: bytes) -> None:
+        if self.tmp:
+            build_legacy_repo(self.tmp, {rel: data})
+        else:
+            fsspec.filesystem("memory").pipe_file(f"{self.memory_root}/{rel}", data)
+
+    def _legacy_state(self, rel: str) -> tuple[bytes, float | None]:
+        if self.tmp:
+            full = os.path.join(self.tmp, rel)
+            with open(full, "rb") as f:
+                return f.read(), os.stat(full).st_mtime_ns
+        memory = fsspec.filesystem("memory")
+        return memory.cat_file(f"{self.memory_root}/{rel}"), memory.info(
+            f"{self.memory_root}/{rel}"
+        ).get("created")
+
+    @rule(seed=st.sets(st.sampled_from(sorted(SEEDS))), data=payloads)
+    def seed(self, seed, data):
+        if self.seeded or self.model:
+            return
+        for rel in sorted(seed):
+            value = data + rel.encode()
+            self._legacy_write(rel, value)
+            self.model[SEEDS[rel]] = value
+            self.seeded[rel] = value
+        self.seeded_stat = {rel: self._legacy_state(rel) for rel in self.seeded}
+
+    @rule(path=st.sampled_from(FILES), data=payloads)
+    def write(self, path, data):
+        self.fs.pipe_file(path, data)
+        self.model[path] = data
+
+    @rule(path=st.sampled_from(FILES), data=payloads)
+    def append(self, path, data):
+        with self.fs.open(path, "ab") as f:
+            f.write(data)
+        self.model[path] = self.model.get(path, b"") + data
+
+    @rule(path=st.sampled_from(FILES))
+    def remove(self, path):
+        if path in self.model:
+            self.fs.rm_file(path)
+            del self.model[path]
+        else:
+            with pytest.raises(FileNotFoundError):
+                self.fs.rm_file(path)
+
+    @rule(source=st.sampled_from(FILES), dest=st.sampled_from(FILES))
+    def move(self, source, dest):
+        if source not in self.model or source == dest:
+            return
+        self.fs.mv(source, dest)
+        self.model[dest] = self.model.pop(source)
+
+    @rule(directory=st.sampled_from(DIRS))
+    def remove_tree(self, directory):
+        if not any(p.startswith(directory + "/") for p in self.model):
+            return
+        self.fs.rm(directory, recursive=True)
+        for path in [p for p in self.model if p.startswith(directory + "/")]:
+            del self.model[path]
+
+    @rule(directory=st.sampled_from(DIRS))
+    def make_directory(self, directory):
+        self.fs.makedirs(directory, exist_ok=True)
+
+    @invariant()
+    def matches_the_model(self):
+        assert sorted(self.fs.find("")) == sorted(self.model)
+        for path in FILES:
+            if path in self.model:
+                assert self.fs.cat_file(path) == self.model[path], path
+            else:
+                assert not self.fs.isfile(path), path
+        for directory in DIRS:
+            expected = sorted(
+                {
+                    p[len(directory) + 1 :].split("/")[0]
+                    for p in self.model
+                    if p.startswith(directory + "/")
+                }
+            )
+            if expected:
+                listed = sorted(n.rpartition("/")[2] for n in self.fs.ls(directory, detail=False))
+                assert listed == expected, directory
+
+    @invariant()
+    def legacy_files_untouched(self):
+        for rel, before in self.seeded_stat.items():
+            assert self._legacy_state(rel) == before, rel
+
+    def teardown(self):
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            memory = fsspec.filesystem("memory")
+            if memory.exists(self.memory_root):
+                memory.rm(self.memory_root, recursive=True)
+
+
+class LocalOverlayModel(OverlayModel):
+    backend = "local"
+
+
+class MemoryOverlayModel(OverlayModel):
+    backend = "memory"
+
+
+model_settings = settings(
+    max_examples=30,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestLocalOverlayModel = model_settings(LocalOverlayModel).TestCase
+TestMemoryOverlayModel = model_settings(MemoryOverlayModel).TestCase
