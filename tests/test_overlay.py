@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import uuid
 import warnings
+from pathlib import Path
 
 import fsspec
 import pytest
@@ -142,7 +143,7 @@ def test_rule2_write_lands_in_the_write_target(v1_repo):
     before = tree_state(v1_repo)
     fs = orchfs.OrchFileSystem(root=v1_repo)
     fs.pipe_file("state.json", b"new")
-    assert open(os.path.join(v1_repo, ".orchestrator", "state.json"), "rb").read() == b"new"
+    assert Path(v1_repo, ".orchestrator", "state.json").read_bytes() == b"new"
     assert fs.cat_file("state.json") == b"new"
     assert fs.resolve("state.json").layer == "contained"
     assert tree_state(v1_repo) == before
@@ -255,7 +256,7 @@ def test_rule9_legacy_phases(v1_repo):
     backup = os.path.join(
         v1_repo, ".orchestrator", "migration_backup", "on-read", ".workflow_state.json"
     )
-    assert open(backup, "rb").read() == REALISTIC[".workflow_state.json"]
+    assert Path(backup).read_bytes() == REALISTIC[".workflow_state.json"]
     with pytest.raises(ValueError, match="legacy="):
         orchfs.OrchFileSystem(root=v1_repo, legacy="sometimes")
 
@@ -281,10 +282,8 @@ def test_sessions_fall_through_session_contained_legacy(v1_repo):
     assert session.cat_file("state.json") == b"repo level"
     session.pipe_file("state.json", b"session level")
     assert session.resolve("state.json").layer == "session"
-    assert (
-        open(os.path.join(v1_repo, ".orchestrator", "sessions", "abc", "state.json"), "rb").read()
-        == b"session level"
-    )
+    session_file = Path(v1_repo, ".orchestrator", "sessions", "abc", "state.json")
+    assert session_file.read_bytes() == b"session level"
     assert fs.cat_file("state.json") == b"repo level"
     session.pipe_file("config.yaml", b"shared")  # repo-scoped: not in the session dir
     assert fs.cat_file("config.yaml") == b"shared"
