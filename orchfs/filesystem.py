@@ -176,6 +176,7 @@ class OrchFileSystem(ChainedFileSystem):
         self.lock_timeout = float(lock_timeout)
         self._overlay = Overlay(self._state, self._repo, self.layout, session, legacy)
         self._writable_checked = False
+        self._quiet_reads: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:
         session = f", session={self.session_id!r}" if self.session_id else ""
@@ -239,12 +240,21 @@ class OrchFileSystem(ChainedFileSystem):
         location, info = found
         if info["type"] == "directory":
             raise _is_a_directory(logical)
+        return self._served(logical, location)
+
+    def _served(self, logical: str, location: Any) -> Any:
+        """Rules 7-9 for a read served by ``location``; returns where to read now."""
+        key = (logical, location.layer)
+        if key in self._quiet_reads:
+            return location
         if location.layer == "legacy":
             if self.legacy == "migrate":
                 return self._migrate_on_read(logical, location)
             warn_legacy_once(logical, location.url)
-        else:
+        elif self._overlay.has_lower(logical) and location.url not in _conflicts_checked:
             self._warn_conflict_once(logical, location)
+        if len(self._quiet_reads) < 65536:
+            self._quiet_reads.add(key)  # warned or checked once: later reads skip this
         return location
 
     def _warn_conflict_once(self, logical: str, upper: Any) -> None:
@@ -400,6 +410,8 @@ class OrchFileSystem(ChainedFileSystem):
         logical = self._gate(path)
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         target = self._overlay.target(logical)
+        if self._writable_checked and target.store.append_existing(target.rel, line):
+            return  # the common case: the log already lives in its write target
         found = self._lookup(logical)
         if target.store.capabilities.native_append and (found is None or found[0] == target):
             if found is None:
@@ -431,7 +443,7 @@ class OrchFileSystem(ChainedFileSystem):
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
         logical = self._gate(path)
-        if not logical or self._overlay.lookup(logical) is not None:
+        if not logical or self._overlay.exists(logical):
             return True
         return bool(self.layout.virtual_children(logical)) and self._overlay.is_virtual_dir(logical)
 
@@ -470,11 +482,20 @@ class OrchFileSystem(ChainedFileSystem):
         self, path: Any, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
         logical = self._gate(path)
-        location = self._serving(logical)
+        if not logical:
+            raise _is_a_directory("")
         try:
-            return location.store.read(location.rel, start, end)
+            location, data = self._overlay.read(logical, start, end)
         except FileNotFoundError:
+            if self._is_dir(logical):
+                raise _is_a_directory(logical) from None
             raise _not_found(logical) from None
+        except IsADirectoryError:
+            raise _is_a_directory(logical) from None
+        served = self._served(logical, location)
+        if served is not location:  # legacy="migrate" moved it up
+            return served.store.read(served.rel, start, end)
+        return data
 
     def created(self, path: Any) -> datetime:
         return _as_datetime(self.info(path).get("created"))

@@ -73,6 +73,7 @@ class Overlay:
         self._session_prefix = f"{SESSIONS_DIR}/{session}/" if session else ""
         self._layers_cache: dict[str, tuple[Location, ...]] = {}
         self._has_lower: dict[str, bool] = {}
+        self._served_below: set[str] = set()
         self._markers_seen = False
 
     # --- layers --------------------------------------------------------------------
@@ -126,7 +127,7 @@ class Overlay:
     # --- markers -------------------------------------------------------------------
     def markers_present(self) -> bool:
         if not self._markers_seen:
-            self._markers_seen = self.state.exists(MARKER_SENTINEL)
+            self._markers_seen = self.state.has_entry(MARKER_SENTINEL)
         return self._markers_seen
 
     def hidden_by(self, layer: Location, logical: str) -> bool:
@@ -151,19 +152,51 @@ class Overlay:
     def lookup(self, logical: str) -> tuple[Location, dict[str, Any]] | None:
         """The location that serves ``logical`` and its info, or None."""
         layers = self.layers(logical)
-        check = None
         for index, location in enumerate(layers):
-            if index:
-                above = layers[index - 1]
-                if above.upper:
-                    if check is None:
-                        check = self.markers_present()
-                    if check and self.hidden_by(above, logical):
-                        return None
             found = location.store.info(location.rel)
             if found is not None:
+                if index and self.hidden_above(layers, index, logical):
+                    return None
                 return location, found
         return None
+
+    def exists(self, logical: str) -> bool:
+        """Whether a layer shows ``logical`` (without building an info dictionary)."""
+        layers = self._layers_cache.get(logical) or self.layers(logical)
+        for index, location in enumerate(layers):
+            if location.store.exists(location.rel):
+                return not (index and self.hidden_above(layers, index, logical))
+        return False
+
+    def read(
+        self, logical: str, start: int | None = None, end: int | None = None
+    ) -> tuple[Location, bytes]:
+        """Read through the layers without a separate lookup (one open per layer)."""
+        layers = self.layers(logical)
+        served_below = logical in self._served_below
+        for index, location in enumerate(layers):
+            if served_below and location.upper and not location.store.maybe_exists(location.rel):
+                continue  # a cheap miss for paths that were served from below last time
+            data = location.store.read_optional(location.rel, start, end)
+            if data is None:
+                continue
+            if index:
+                self._served_below.add(logical)
+            elif served_below:
+                self._served_below.discard(logical)
+            if index and self.hidden_above(layers, index, logical):
+                break
+            return location, data
+        raise FileNotFoundError(logical)
+
+    def hidden_above(self, layers: tuple[Location, ...], index: int, logical: str) -> bool:
+        """Whether markers in the upper layers above ``layers[index]`` hide ``logical``.
+
+        Checked only once something was found below, so absent paths cost nothing.
+        """
+        if not self.markers_present():
+            return False
+        return any(layer.upper and self.hidden_by(layer, logical) for layer in layers[:index])
 
     def lower_exists(self, logical: str) -> bool:
         """Whether a layer below the write target still shows ``logical``."""

@@ -37,13 +37,8 @@ from .errors import PathEscapeError
 from .paths import MARKER_PREFIXES
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_APPEND_FLAGS = (
-    os.O_WRONLY
-    | os.O_APPEND
-    | os.O_CREAT
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-)
+_APPEND_EXISTING_FLAGS = os.O_WRONLY | os.O_APPEND | (_READ_FLAGS & ~os.O_RDONLY)
+_APPEND_FLAGS = _APPEND_EXISTING_FLAGS | os.O_CREAT
 try:
     from fcntl import LOCK_EX as _LOCK_EX
     from fcntl import flock as _flock
@@ -84,6 +79,8 @@ class LocalStorage:
         self.base = os.path.abspath(base)
         self.boundary = os.path.realpath(boundary or self.base)
         self._boundary_prefix = self.boundary.rstrip(os.sep) + os.sep
+        self._clean_dirs: set[str] = set()
+        self._write_clean_dirs: set[str] = set()
         if os.path.islink(self.base) and not self._inside(os.path.realpath(self.base)):
             raise PathEscapeError(f"{self.base} is a symlink that leaves {self.boundary}")
 
@@ -107,7 +104,14 @@ class LocalStorage:
             )
 
     def _check_parents(self, rel: str) -> None:
-        """Refuse a read through an intermediate symlink that leaves the boundary."""
+        """Refuse a read through an intermediate symlink that leaves the boundary.
+
+        Called once a path was found, never for absent ones. Directories found clean
+        are remembered until orchfs itself removes or renames a directory here.
+        """
+        head = rel.rpartition("/")[0]
+        if head in self._clean_dirs:
+            return
         cut = rel.find("/")
         while cut != -1:
             full = self._full(rel[:cut])
@@ -117,18 +121,25 @@ class LocalStorage:
                 return
             if stat.S_ISLNK(st.st_mode):
                 self._check_link(full)
+                return
             cut = rel.find("/", cut + 1)
+        if len(self._clean_dirs) < 65536:
+            self._clean_dirs.add(head)
+
+    def _forget_clean_dirs(self) -> None:
+        self._clean_dirs.clear()
+        self._write_clean_dirs.clear()
 
     # --- reading -------------------------------------------------------------------
     def lstat(self, rel: str) -> os.stat_result | None:
         """The entry's own stat (following only links that stay inside), or None."""
-        if "/" in rel:
-            self._check_parents(rel)
         full = self._full(rel)
         try:
             st = os.lstat(full)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        if "/" in rel:
+            self._check_parents(rel)
         if stat.S_ISLNK(st.st_mode):
             self._check_link(full)
             try:
@@ -141,8 +152,23 @@ class LocalStorage:
         st = self.lstat(rel)
         return None if st is None else _local_info(st)
 
+    def maybe_exists(self, rel: str) -> bool:
+        """A cheap check without an exception on a miss (False means absent)."""
+        return os.access(self._full(rel), os.F_OK, follow_symlinks=False)
+
+    has_entry = maybe_exists  # exact for a name orchfs itself writes (no link involved)
+
     def exists(self, rel: str) -> bool:
-        return self.lstat(rel) is not None
+        full = self._full(rel)
+        try:
+            st = os.lstat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if "/" in rel:
+            self._check_parents(rel)
+        if stat.S_ISLNK(st.st_mode):
+            return self.lstat(rel) is not None
+        return True
 
     def isdir(self, rel: str) -> bool:
         st = self.lstat(rel)
@@ -178,28 +204,56 @@ class LocalStorage:
         return self.scan(rel)[0]
 
     def _open_fd(self, rel: str) -> int:
-        if "/" in rel:
-            self._check_parents(rel)
         full = self._full(rel)
         try:
-            return os.open(full, _READ_FLAGS)
+            fd = os.open(full, _READ_FLAGS)
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 raise
-        self._check_link(full)
-        return os.open(os.path.realpath(full), _READ_FLAGS)
+            self._check_link(full)
+            fd = os.open(os.path.realpath(full), _READ_FLAGS)
+        if "/" in rel:
+            try:
+                self._check_parents(rel)
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
+
+    def read_optional(
+        self, rel: str, start: int | None = None, end: int | None = None
+    ) -> bytes | None:
+        """Like :meth:`read`, but None for an absent file. The hot path of every read."""
+        try:
+            fd = os.open(f"{self.base}/{rel}", _READ_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError:
+            fd = self._open_fd(rel)  # a symlink: the careful path decides
+        else:
+            if "/" in rel and rel.rpartition("/")[0] not in self._clean_dirs:
+                try:
+                    self._check_parents(rel)
+                except BaseException:
+                    os.close(fd)
+                    raise
+        return self._read_fd(fd, start, end)
 
     def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
-        fd = self._open_fd(rel)
+        return self._read_fd(self._open_fd(rel), start, end)
+
+    def _read_fd(self, fd: int, start: int | None, end: int | None) -> bytes:
         try:
             if start is None and end is None:
                 size = os.fstat(fd).st_size
-                chunks = []
                 data = os.read(fd, size + 1)
+                if len(data) <= size:  # the common case: one read, no EOF probe
+                    return data
+                chunks = [data]
                 while data:
-                    chunks.append(data)
                     data = os.read(fd, 1 << 20)
-                return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+                    chunks.append(data)
+                return b"".join(chunks)
             size = os.fstat(fd).st_size
             begin, stop = _clip_range(start, end, size)
             return os.pread(fd, max(stop - begin, 0), begin) if stop > begin else b""
@@ -311,6 +365,34 @@ class LocalStorage:
             raise
         finally:
             os.close(dir_fd)
+        self._append_fd(fd, rel, data)
+
+    def append_existing(self, rel: str, data: bytes) -> bool:
+        """Append to a file that already exists (False, and nothing done, if it does not).
+
+        The fast path of ``append_line``: one open without ``O_CREAT``; the directories
+        on the way were checked to hold no symlink.
+        """
+        try:
+            fd = os.open(self._full(rel), _APPEND_EXISTING_FLAGS)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise PathEscapeError(f"{self._full(rel)} is a symlink; not appended") from None
+            raise
+        head = rel.rpartition("/")[0]
+        if head and head not in self._write_clean_dirs:
+            try:
+                self._open_dir(head, create=False)  # refuses any symlink on the way
+            except BaseException:
+                os.close(fd)
+                raise
+            self._write_clean_dirs.add(head)
+        self._append_fd(fd, rel, data)
+        return True
+
+    def _append_fd(self, fd: int, rel: str, data: bytes) -> None:
         try:
             if _flock is not None:
                 _flock(fd, _LOCK_EX)
@@ -346,12 +428,14 @@ class LocalStorage:
         self._in_parent(rel, lambda name, fd: os.unlink(name, dir_fd=fd))
 
     def rmdir(self, rel: str) -> None:
+        self._forget_clean_dirs()
         self._in_parent(rel, lambda name, fd: os.rmdir(name, dir_fd=fd))
 
     def remove_tree(self, rel: str) -> None:
         """Remove a directory and everything in it, markers included, never via a link."""
         import shutil
 
+        self._forget_clean_dirs()
         full = self._full(rel)
         if os.path.islink(full):
             os.unlink(full)
@@ -375,6 +459,7 @@ class LocalStorage:
     def rename(self, src: str, dst: str) -> None:
         src_head, _, src_name = src.rpartition("/")
         dst_head, _, dst_name = dst.rpartition("/")
+        self._forget_clean_dirs()
         src_fd = self._open_dir(src_head, create=False)
         try:
             dst_fd = self._open_dir(dst_head, create=True)
@@ -475,6 +560,23 @@ class FsspecStorage:
             if self.isdir(rel):
                 raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel)) from None
             raise
+
+    def maybe_exists(self, rel: str) -> bool:
+        return True  # no cheaper question than the read itself
+
+    def has_entry(self, rel: str) -> bool:
+        return self.exists(rel)
+
+    def append_existing(self, rel: str, data: bytes) -> bool:
+        return False  # no append on object storage: the locked read-modify-write does it
+
+    def read_optional(
+        self, rel: str, start: int | None = None, end: int | None = None
+    ) -> bytes | None:
+        try:
+            return self.read(rel, start, end)
+        except FileNotFoundError:
+            return None
 
     def open_read(self, rel: str, block_size: int | None = None) -> IO[bytes]:
         found = self.info(rel)

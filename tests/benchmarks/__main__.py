@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_core, bench_locks
+from . import bench_core, bench_locks, bench_overlay
 
-BENCHMARKS = {"core": bench_core.run, "locks": bench_locks.run}
+BENCHMARKS = {
+    "core": bench_core.run,
+    "overlay": bench_overlay.run,
+    "locks": bench_locks.run,
+}
 
 
 def main(argv: list[str]) -> int:
