@@ -25,6 +25,18 @@ from .layout import Layout, default_layout
 
 __version__ = "0.1.0"
 
+_LAZY_MODULES = ("cli", "doctor", "locks", "migrate", "testing")
+
+
+def __getattr__(name: str) -> object:
+    # orchfs.migrate.plan(...) works without importing the heavier modules up front.
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'orchfs' has no attribute {name!r}")
+
+
 __all__ = [
     "ConfigError",
     "Conflict",

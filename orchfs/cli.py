@@ -1,86 +1,557 @@
-"""The ``orchfs`` command line (click). Groups are importable for embedding."""
+"""The ``orchfs`` command line (click).
+
+Every command takes ``--json`` (before or after its name) for one machine-readable
+document, and finds the repository root by walking up to ``.git/`` or
+``workflow.yaml`` (or ``ORCHFS_ROOT``, or ``--root``). Exit codes: 0 clean, 1
+findings/conflicts/errors, 2 usage errors. The groups are importable so that an
+orchestrator can mount them under its own CLI::
+
+    from orchfs.cli import main as orchfs_cli
+    my_cli.add_command(orchfs_cli, name="state")
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import tempfile
+import warnings
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 import click
 
-from .filesystem import OrchFileSystem
+LEGACY_MARKER = "using legacy paths - run `orchfs migrate`"
 
 
-def _emit(ctx: click.Context, document: Any, human: str) -> None:
-    if ctx.obj.get("json"):
-        click.echo(json.dumps(document, indent=2, default=str))
-    else:
-        click.echo(human)
+def find_root(start: str | None = None) -> str:
+    """Walk up from ``start`` to a directory with ``.git/`` or ``workflow.yaml``."""
+    here = os.path.abspath(start or os.getcwd())
+    probe = here
+    while True:
+        if os.path.isdir(os.path.join(probe, ".git")) or os.path.isfile(os.path.join(probe, "workflow.yaml")):
+            return probe
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            raise click.UsageError(
+                f"no repository found at or above {here} (no .git/ or workflow.yaml); "
+                "pass --root DIR or set ORCHFS_ROOT"
+            )
+        probe = parent
 
 
-@click.group()
+class Context:
+    def __init__(self, root: str | None, as_json: bool, quiet: bool) -> None:
+        self._root = root
+        self.json = as_json
+        self.quiet = quiet
+        self.legacy_used = False
+
+    @property
+    def root(self) -> str:
+        if self._root is None:
+            self._root = os.environ.get("ORCHFS_ROOT") or find_root()
+        return os.path.abspath(self._root)
+
+    def fs(self) -> Any:
+        from .filesystem import OrchFileSystem
+
+        return OrchFileSystem(root=self.root, skip_instance_cache=True)
+
+    def emit(self, document: Any, human: str | Callable[[], str]) -> None:
+        if self.json:
+            click.echo(json.dumps(document, indent=2, default=str))
+        elif not self.quiet:
+            click.echo(human() if callable(human) else human)
+        if self.legacy_used and not self.json and not self.quiet:
+            click.echo(LEGACY_MARKER, err=True)
+
+
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json`` after the command name, same as before it."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+    @wraps(func)
+    def wrapper(*args: Any, as_json: bool = False, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Context)
+        if as_json and ctx is not None:
+            ctx.json = True
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Known errors become one clear line on stderr and exit code 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .errors import OrchFSError
+
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = func(*args, **kwargs)
+            for warning in caught:
+                from .errors import LegacyPathWarning
+
+                if not issubclass(warning.category, LegacyPathWarning):
+                    click.echo(f"orchfs: warning: {warning.message}", err=True)
+            return result
+        except (OrchFSError, OSError, ValueError) as exc:
+            ctx = click.get_current_context().find_object(Context)
+            if ctx is not None and ctx.json:
+                click.echo(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+            else:
+                click.echo(f"orchfs: error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--root",
     type=click.Path(file_okay=False),
-    envvar="ORCHFS_ROOT",
-    help="Repository root (default: walk up to .git/ or workflow.yaml).",
+    help="Repository root (default: walk up to .git/ or workflow.yaml; ORCHFS_ROOT).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.version_option(package_name="orchfs")
 @click.pass_context
-def main(ctx: click.Context, root: str | None, as_json: bool) -> None:
+def main(ctx: click.Context, root: str | None, as_json: bool, quiet: bool) -> None:
     """orchfs: orchestrator state in one .orchestrator/ directory.
 
     \b
-    Example:
-      orchfs demo
+    Examples:
+      orchfs demo                      # a walk-through on a throwaway v1 repository
+      orchfs migrate --dry-run         # what a migration of this repository would do
+      orchfs doctor --json
     """
-    ctx.ensure_object(dict)
-    ctx.obj["root"] = root
-    ctx.obj["json"] = as_json
+    ctx.obj = Context(root, as_json, quiet)
+
+
+def _note_legacy(ctx: Context, fs: Any, logical: str) -> None:
+    if fs.resolve(logical).layer == "legacy":
+        ctx.legacy_used = True
+
+
+@main.command()
+@click.option(
+    "--portable",
+    is_flag=True,
+    help="Keep .orchestrator/ out of .gitignore (state travels with the repository).",
+)
+@json_option
+@pass_ctx
+@handle_errors
+def init(ctx: Context, portable: bool) -> None:
+    """Create .orchestrator/ with FORMAT and meta.json, and ignore it in git.
+
+    \b
+    Example:
+      orchfs init             # adds .orchestrator/ to .gitignore
+      orchfs init --portable  # does not
+    """
+    from .meta import META_FILE, read_meta
+
+    fs = ctx.fs()
+    fs._before_write("state.json")
+    state = fs._state
+    meta = read_meta(state) or {}
+    if portable and not meta.get("portable"):
+        meta["portable"] = True
+        state.write(META_FILE, json.dumps(meta, indent=2).encode() + b"\n")
+    ignored = False
+    if not portable:
+        ignore = os.path.join(ctx.root, ".gitignore")
+        text = ""
+        if os.path.isfile(ignore):
+            with open(ignore, encoding="utf-8") as f:
+                text = f.read()
+        if not any(line.strip().strip("/") == ".orchestrator" for line in text.splitlines()):
+            with open(ignore, "a", encoding="utf-8") as f:
+                f.write(("" if not text or text.endswith("\n") else "\n") + ".orchestrator/\n")
+            ignored = True
+    ctx.emit(
+        {
+            "root": ctx.root,
+            "repo_id": read_meta(state)["repo_id"],
+            "portable": portable,
+            "gitignore_updated": ignored,
+        },
+        f"initialised {ctx.root}/.orchestrator" + (" (added to .gitignore)" if ignored else ""),
+    )
+
+
+@main.command(name="ls")
+@click.argument("path", default="")
+@click.option(
+    "--long", "-l", "long_", is_flag=True, help="Show type, size and which layer serves each entry."
+)
+@json_option
+@pass_ctx
+@handle_errors
+def ls_command(ctx: Context, path: str, long_: bool) -> None:
+    """List a logical directory (v1 and v2 files merged).
+
+    \b
+    Example:
+      orchfs ls checkpoints -l
+    """
+    fs = ctx.fs()
+    entries = fs.ls(path, detail=True)
+    rows = []
+    for entry in sorted(entries, key=lambda e: e["name"]):
+        layer = fs.resolve(entry["name"]).layer
+        ctx.legacy_used |= layer == "legacy"
+        rows.append(
+            {
+                "name": entry["name"],
+                "type": entry["type"],
+                "size": entry.get("size", 0),
+                "layer": layer,
+            }
+        )
+
+    def human() -> str:
+        if long_:
+            return "\n".join(f"{r['type'][0]} {r['size']:>10} {r['layer']:<9} {r['name']}" for r in rows)
+        return "\n".join(r["name"] + ("/" if r["type"] == "directory" else "") for r in rows)
+
+    ctx.emit({"path": path, "entries": rows}, human)
+
+
+@main.command()
+@click.argument("path")
+@pass_ctx
+@handle_errors
+def cat(ctx: Context, path: str) -> None:
+    """Print a logical file's bytes.
+
+    \b
+    Example:
+      orchfs cat state.json
+    """
+    fs = ctx.fs()
+    data = fs.cat_file(path)
+    _note_legacy(ctx, fs, path)
+    click.get_binary_stream("stdout").write(data)
+    if ctx.legacy_used and not ctx.quiet:
+        click.echo(LEGACY_MARKER, err=True)
+
+
+@main.command()
+@click.argument("path")
+@click.argument("source", type=click.File("rb"), default="-")
+@json_option
+@pass_ctx
+@handle_errors
+def put(ctx: Context, path: str, source: Any) -> None:
+    """Write a logical file atomically from SOURCE (a file, or - for stdin).
+
+    \b
+    Example:
+      echo '{}' | orchfs put state.json
+    """
+    data = source.read()
+    fs = ctx.fs()
+    fs.pipe_file(path, data)
+    resolution = fs.resolve(path)
+    ctx.emit(
+        {"path": resolution.logical, "url": resolution.url, "bytes": len(data)},
+        f"wrote {len(data)} bytes to {resolution.url}",
+    )
+
+
+@main.command()
+@click.argument("path")
+@click.option("--recursive", "-r", is_flag=True, help="Remove a directory and everything in it.")
+@json_option
+@pass_ctx
+@handle_errors
+def rm(ctx: Context, path: str, recursive: bool) -> None:
+    """Remove a logical path (v1 files are hidden by a whiteout, never deleted).
+
+    \b
+    Example:
+      orchfs rm checkpoints -r
+    """
+    fs = ctx.fs()
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no such path: {path}")
+    fs.rm(path, recursive=recursive)
+    ctx.emit({"removed": path}, f"removed {path}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@json_option
+@pass_ctx
+@handle_errors
+def resolve(ctx: Context, paths: tuple[str, ...]) -> None:
+    """Say which physical file serves each logical path.
+
+    \b
+    Example:
+      orchfs resolve state.json checkpoints/cp_1.json
+    """
+    fs = ctx.fs()
+    found = [fs.resolve(p) for p in paths]
+    ctx.legacy_used = any(r.layer == "legacy" for r in found)
+    ctx.emit(
+        [{"logical": r.logical, "layer": r.layer, "url": r.url, "exists": r.exists} for r in found],
+        lambda: "\n".join(
+            f"{r.logical}\t{r.layer}\t{r.url}" + ("" if r.exists else "\t(missing)") for r in found
+        ),
+    )
+
+
+def _progress(ctx: Context) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+    """A progress bar on a terminal only; nothing when piped or with --json."""
+    if ctx.json or ctx.quiet or not sys.stderr.isatty():
+        return None, lambda: None
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = click.progressbar(length=total, label="migrating", file=sys.stderr)
+            state["bar"].__enter__()
+        state["bar"].update(done - state.get("done", 0))
+        state["done"] = done
+
+    def close() -> None:
+        if "bar" in state:
+            state["bar"].__exit__(None, None, None)
+
+    return update, close
+
+
+def _human_plan(document: dict[str, Any], dry_run: bool) -> str:
+    lines = []
+    for move in document["moves"][:50]:
+        lines.append(f"  {move['action']:<7} {move['source']} -> {move['target']} ({move['bytes']} B)")
+    if len(document["moves"]) > 50:
+        lines.append(f"  ... and {len(document['moves']) - 50} more")
+    for conflict in document["conflicts"]:
+        lines.append(f"  CONFLICT {conflict['source']} <> {conflict['target']} (both exist and differ)")
+    for name in document["unknown"]:
+        lines.append(f"  unknown  {name} (not moved)")
+    room = "yes" if document["room"] else "NO"
+    lines.append(
+        f"{len(document['moves'])} file(s), {document['total_bytes']} bytes; "
+        f"{document['copy_bytes']} to copy; room on disk: {room}"
+    )
+    if document.get("blocked"):
+        lines.append(f"blocked: {document['blocked']}")
+    if dry_run:
+        lines.append("dry run: nothing was changed")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--rollback", is_flag=True, help="Undo the newest migration (or --id).")
+@click.option("--id", "migration_id", help="The migration to roll back.")
+@click.option(
+    "--prefer",
+    type=click.Choice(["new", "legacy"]),
+    help="Settle conflicts: keep the new or the legacy copy.",
+)
+@click.option(
+    "--no-backup",
+    is_flag=True,
+    help="Do not keep the old files in .orchestrator/migration_backup/.",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Parallel copies (remote or cross-device moves).",
+)
+@json_option
+@pass_ctx
+@handle_errors
+def migrate(
+    ctx: Context,
+    dry_run: bool,
+    rollback: bool,
+    migration_id: str | None,
+    prefer: str | None,
+    no_backup: bool,
+    jobs: int,
+) -> None:
+    """Move a v1 repository to the v2 layout (journaled, resumable, undoable).
+
+    \b
+    Examples:
+      orchfs migrate --dry-run       # the plan: moves, sizes, conflicts, room
+      orchfs migrate                 # do it (rerun to finish an interrupted run)
+      orchfs migrate --prefer new    # keep the new copy where both exist and differ
+      orchfs migrate --rollback      # restore the v1 layout
+    """
+    from . import migrate as migration
+
+    if rollback:
+        result = migration.rollback(ctx.root, migration_id)
+        ctx.emit(result.to_json(), result.message)
+        return
+    if dry_run:
+        the_plan = migration.plan(ctx.root)
+        document = the_plan.to_json(False)
+        ctx.emit(document, lambda: _human_plan(document, True))
+        return
+    update, close = _progress(ctx)
+    try:
+        result = migration.apply(ctx.root, prefer=prefer, backup=not no_backup, jobs=jobs, progress=update)
+    finally:
+        close()
+    document = result.to_json()
+    ctx.emit(document, lambda: _human_plan(document, False) + "\n" + result.message)
+    if result.plan.conflicts and not result.applied:
+        sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--fix",
+    "apply_fixes",
+    is_flag=True,
+    help="Apply the safe fixes (temp files, stale locks, unfinished migration, modes).",
+)
+@json_option
+@pass_ctx
+@handle_errors
+def doctor(ctx: Context, apply_fixes: bool) -> None:
+    """Check the repository; exit 0 when clean, 1 on warnings or errors.
+
+    \b
+    Example:
+      orchfs doctor --json
+      orchfs doctor --fix
+    """
+    from . import doctor as checks
+
+    findings = checks.run(ctx.root)
+    fixed: list[str] = []
+    if apply_fixes and findings:
+        fixed = checks.fix(ctx.root, findings)
+        findings = checks.run(ctx.root)
+    document = {"findings": [f.to_json() for f in findings], "fixed": fixed}
+
+    def human() -> str:
+        lines = [f"fixed: {line}" for line in fixed]
+        for f in findings:
+            lines.append(f"[{f.severity}] {f.id}: {f.message}\n    fix: {f.fix}")
+        return "\n".join(lines) or "no problems found"
+
+    ctx.emit(document, human)
+    sys.exit(checks.exit_code(findings))
 
 
 @main.command()
 @click.option("--keep", is_flag=True, help="Keep the demo repository instead of deleting it.")
-@click.pass_context
-def demo(ctx: click.Context, keep: bool) -> None:
-    """Build a v1 repository in a temp dir and walk through orchfs on it.
+@json_option
+@pass_ctx
+def demo(ctx: Context, keep: bool) -> None:
+    """Walk through orchfs on a throwaway v1 repository in a temp directory.
+
+    Builds a realistic v1 repository, reads it through the overlay, shows the
+    migration plan, migrates, runs doctor, and rolls back.
 
     \b
     Example:
       orchfs demo --keep
     """
+    from . import doctor as checks
+    from . import migrate as migration
+    from .filesystem import OrchFileSystem
     from .testing import build_legacy_repo
 
     workdir = tempfile.mkdtemp(prefix="orchfs-demo-")
-    repo = build_legacy_repo(workdir)
+    repo = str(build_legacy_repo(workdir, _demo_files()))
+    os.makedirs(os.path.join(repo, ".git"))
     steps: list[dict[str, Any]] = []
 
     def step(title: str, detail: Any) -> None:
         steps.append({"step": title, "detail": detail})
-        if not ctx.obj.get("json"):
-            click.echo(f"== {title}")
+        if not ctx.json:
+            click.echo(click.style(f"== {title}", bold=True))
             click.echo(detail if isinstance(detail, str) else json.dumps(detail, indent=2))
 
-    legacy = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
-    step("a v1 repository with scattered state files", legacy)
-    fs = OrchFileSystem(root=str(repo))
-    fs.pipe_file("state.json", b'{"phase": "review"}\n')
-    fs.makedirs("checkpoints", exist_ok=True)
-    fs.pipe_file("checkpoints/cp_3.json", b'{"checkpoint": 3}\n')
-    step("writes land in .orchestrator/ atomically", fs.find(""))
-    resolution = fs.resolve("state.json")
-    step("which file serves state.json?", {"layer": resolution.layer, "url": resolution.url})
-    step("the bytes read back through orch://", fs.cat_file("state.json").decode())
-    if ctx.obj.get("json"):
-        click.echo(json.dumps({"root": str(repo), "steps": steps}, indent=2, default=str))
-    if not keep:
-        import shutil
+    try:
+        legacy = sorted(
+            os.path.relpath(os.path.join(t, n), repo)
+            for t, _d, files in os.walk(repo)
+            for n in files
+            if ".git" not in t
+        )
+        step("1. a v1 repository: state scattered over the root", legacy)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fs = OrchFileSystem(root=repo, skip_instance_cache=True)
+            reads = {
+                p: fs.cat_file(p).decode().strip()
+                for p in ("state.json", "config.yaml", "checkpoints/cp_1.json")
+            }
+            where = {p: f"{fs.resolve(p).layer}: {os.path.relpath(fs.resolve(p).url, repo)}" for p in reads}
+        step(
+            "2. overlay reads: logical paths served from their v1 files",
+            {"bytes": reads, "served by": where},
+        )
+        the_plan = migration.plan(repo)
+        step("3. orchfs migrate --dry-run", _human_plan(the_plan.to_json(False), True))
+        result = migration.apply(repo)
+        step("4. orchfs migrate", result.message)
+        fs = OrchFileSystem(root=repo, skip_instance_cache=True)
+        step(
+            "   after: every logical path now lives in .orchestrator/",
+            {p: os.path.relpath(fs.resolve(p).url, repo) for p in ("state.json", "checkpoints/cp_1.json")},
+        )
+        findings = checks.run(repo)
+        step(
+            "5. orchfs doctor",
+            [f"[{f.severity}] {f.id}: {f.message}" for f in findings] or "no problems found",
+        )
+        undone = migration.rollback(repo)
+        step("6. orchfs migrate --rollback", undone.message)
+        restored = sorted(
+            os.path.relpath(os.path.join(t, n), repo)
+            for t, _d, files in os.walk(repo)
+            for n in files
+            if ".git" not in t and ".orchestrator" not in t
+        )
+        step("   the v1 files are back", {"identical to step 1": restored == legacy})
+    finally:
+        if ctx.json:
+            click.echo(json.dumps({"root": repo, "steps": steps}, indent=2, default=str))
+        if keep:
+            if not ctx.json:
+                click.echo(f"demo repository kept at {repo}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
-        shutil.rmtree(workdir, ignore_errors=True)
-    elif not ctx.obj.get("json"):
-        click.echo(f"demo repository kept at {repo}")
+
+def _demo_files() -> dict[str, bytes]:
+    from .testing import LEGACY_SAMPLE
+
+    files = dict(LEGACY_SAMPLE)
+    files.update(
+        {f".workflow_checkpoints/cp_{i}.json": f'{{"checkpoint": {i}}}\n'.encode() for i in range(3, 40)}
+    )
+    files[".workflow_unknown_tool.json"] = b"{}\n"
+    files[".gitignore"] = b".orchestrator/\n"  # what `orchfs init` adds
+    files["src/app.py"] = b"print('the user code is never touched')\n"
+    return files
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(obj={}))
+    main()

@@ -364,9 +364,7 @@ class OrchFileSystem(ChainedFileSystem):
         return found is not None and found["type"] == "file"
 
     # --- locks and records -----------------------------------------------------------
-    def lock(
-        self, name: str = "repo", timeout: float | None = None, lease: float | None = None
-    ) -> Any:
+    def lock(self, name: str = "repo", timeout: float | None = None, lease: float | None = None) -> Any:
         """A re-entrant repository lock (context manager); ``LockTimeout`` names the holder.
 
         ``timeout`` defaults to ``lock_timeout`` (10 s); ``lease`` is the lease length on
@@ -478,9 +476,7 @@ class OrchFileSystem(ChainedFileSystem):
             out.append(entry)
         return out
 
-    def cat_file(
-        self, path: Any, start: int | None = None, end: int | None = None, **kwargs: Any
-    ) -> bytes:
+    def cat_file(self, path: Any, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         logical = self._gate(path)
         if not logical:
             raise _is_a_directory("")
@@ -663,9 +659,7 @@ class OrchFileSystem(ChainedFileSystem):
         found = self._lookup(logical)
         if found is not None or self._is_dir(logical):
             if found is not None and found[1]["type"] != "directory":
-                raise FileExistsError(
-                    errno.EEXIST, "a file is in the way", f"{PROTOCOL}://{logical}"
-                )
+                raise FileExistsError(errno.EEXIST, "a file is in the way", f"{PROTOCOL}://{logical}")
             if not exist_ok:
                 raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
             return
@@ -726,8 +720,7 @@ def warn_legacy_once(logical: str, url: str) -> None:
         return
     _warned_legacy.add(url)
     warnings.warn(
-        f"{logical} was read from its v1 location {url}; run `orchfs migrate` to move it "
-        "into .orchestrator/",
+        f"{logical} was read from its v1 location {url}; run `orchfs migrate` to move it into .orchestrator/",
         LegacyPathWarning,
         stacklevel=4,
     )

@@ -111,10 +111,7 @@ class Layout:
         """Every legacy location (repo-relative), entries first, then import sources."""
         names = [loc for entry in self.entries for loc in entry.legacy]
         names += [
-            loc + suffix
-            for entry in self.entries
-            for suffix in entry.companions
-            for loc in entry.legacy
+            loc + suffix for entry in self.entries for suffix in entry.companions for loc in entry.legacy
         ]
         return names + [source for source, _ in self.import_sources]
 
@@ -190,11 +187,7 @@ def _build(data: Any, source: str, lines: dict[int, int]) -> Layout:
         entries.append(entry)
     for entry in entries:
         for other in entries:
-            if (
-                other.is_dir
-                and entry is not other
-                and entry.logical.startswith(other.logical + "/")
-            ):
+            if other.is_dir and entry is not other and entry.logical.startswith(other.logical + "/"):
                 raise ConfigError(
                     f"{source}: {entry.logical!r} lies inside directory entry "
                     f"{other.logical + '/'!r}; name one or the other"

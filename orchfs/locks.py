@@ -166,8 +166,7 @@ class LocalFileLock:
             os.close(dir_fd)
             if exc.errno == errno.ELOOP:
                 raise PathEscapeError(
-                    f"{self.url} is a symlink; orchfs refuses to open a lock through it "
-                    "(remove the link)"
+                    f"{self.url} is a symlink; orchfs refuses to open a lock through it (remove the link)"
                 ) from None
             raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -280,9 +279,7 @@ def _server_age(response: dict[str, Any]) -> float:
 class LeaseLock:
     """A lease object on object storage, created and released conditionally."""
 
-    def __init__(
-        self, storage: Any, name: str, session: str | None, lease: float = DEFAULT_LEASE
-    ) -> None:
+    def __init__(self, storage: Any, name: str, session: str | None, lease: float = DEFAULT_LEASE) -> None:
         self.storage = storage
         self.name = name
         self.session = session

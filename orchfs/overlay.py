@@ -62,9 +62,7 @@ def whiteout_rel(prefix: str, logical: str) -> str:
 class Overlay:
     """Resolution of logical paths for one repository, session and legacy phase."""
 
-    def __init__(
-        self, state: Any, repo: Any, layout: Layout, session: str | None, legacy_mode: str
-    ) -> None:
+    def __init__(self, state: Any, repo: Any, layout: Layout, session: str | None, legacy_mode: str) -> None:
         self.state = state
         self.repo = repo
         self.layout = layout
@@ -84,8 +82,7 @@ class Overlay:
         match = self.layout.match(logical) if logical else None
         out = []
         if self.session and (
-            (match is None and logical == "")
-            or (match is not None and match.entry.scope == "session")
+            (match is None and logical == "") or (match is not None and match.entry.scope == "session")
         ):
             prefix = self._session_prefix
             out.append(Location("session", self.state, f"{prefix}{logical}".rstrip("/"), prefix))
@@ -106,8 +103,7 @@ class Overlay:
         cached = self._has_lower.get(logical)
         if cached is None:
             cached = len(self.layers(logical)) > 1 or any(
-                len(self.layers(a)) > 1 or self.layout.virtual_children(a)
-                for a in _ancestors(logical)
+                len(self.layers(a)) > 1 or self.layout.virtual_children(a) for a in _ancestors(logical)
             )
             self._has_lower[logical] = cached
         return cached
@@ -117,9 +113,7 @@ class Overlay:
         out = []
         if self.session:
             out.append(
-                Location(
-                    "session", self.state, self._session_prefix.rstrip("/"), self._session_prefix
-                )
+                Location("session", self.state, self._session_prefix.rstrip("/"), self._session_prefix)
             )
         out.append(Location("contained", self.state, ""))
         return out
@@ -168,9 +162,7 @@ class Overlay:
                 return not (index and self.hidden_above(layers, index, logical))
         return False
 
-    def read(
-        self, logical: str, start: int | None = None, end: int | None = None
-    ) -> tuple[Location, bytes]:
+    def read(self, logical: str, start: int | None = None, end: int | None = None) -> tuple[Location, bytes]:
         """Read through the layers without a separate lookup (one open per layer)."""
         layers = self.layers(logical)
         served_below = logical in self._served_below

@@ -38,9 +38,7 @@ TEMP_PREFIX = ".orchfs-tmp."
 MARKER_PREFIXES = (WHITEOUT_PREFIX, TEMP_PREFIX)
 
 # Entries at the top of the state directory that belong to orchfs, not to the logical view.
-INTERNAL_NAMES = frozenset(
-    {"FORMAT", "meta.json", "locks", "migrations", "migration_backup", "tmp"}
-)
+INTERNAL_NAMES = frozenset({"FORMAT", "meta.json", "locks", "migrations", "migration_backup", "tmp"})
 
 MAX_SEGMENT_BYTES = 255
 MAX_PATH_BYTES = 4096

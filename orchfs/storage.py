@@ -220,9 +220,7 @@ class LocalStorage:
                 raise
         return fd
 
-    def read_optional(
-        self, rel: str, start: int | None = None, end: int | None = None
-    ) -> bytes | None:
+    def read_optional(self, rel: str, start: int | None = None, end: int | None = None) -> bytes | None:
         """Like :meth:`read`, but None for an absent file. The hot path of every read."""
         try:
             fd = os.open(f"{self.base}/{rel}", _READ_FLAGS)
@@ -570,9 +568,7 @@ class FsspecStorage:
     def append_existing(self, rel: str, data: bytes) -> bool:
         return False  # no append on object storage: the locked read-modify-write does it
 
-    def read_optional(
-        self, rel: str, start: int | None = None, end: int | None = None
-    ) -> bytes | None:
+    def read_optional(self, rel: str, start: int | None = None, end: int | None = None) -> bytes | None:
         try:
             return self.read(rel, start, end)
         except FileNotFoundError:

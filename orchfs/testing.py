@@ -32,9 +32,7 @@ LEGACY_SAMPLE: dict[str, bytes] = {
 }
 
 
-def build_legacy_repo(
-    root: str | os.PathLike[str], files: Mapping[str, bytes] | None = None
-) -> Path:
+def build_legacy_repo(root: str | os.PathLike[str], files: Mapping[str, bytes] | None = None) -> Path:
     """Write a v1 repository (legacy paths -> bytes) under ``root``; return it."""
     base = Path(root)
     for rel, data in (LEGACY_SAMPLE if files is None else files).items():

@@ -144,9 +144,7 @@ def test_library_has_no_assert_statements():
     offenders = []
     for source in package.rglob("*.py"):
         tree = ast.parse(source.read_text())
-        offenders += [
-            f"{source.name}:{n.lineno}" for n in ast.walk(tree) if isinstance(n, ast.Assert)
-        ]
+        offenders += [f"{source.name}:{n.lineno}" for n in ast.walk(tree) if isinstance(n, ast.Assert)]
     assert offenders == []
 
 

@@ -111,12 +111,8 @@ def test_realistic_v1_repository_reads_back_and_is_never_changed(v1_repo):
             assert fs.cat_file(logical) == data, logical
             assert fs.resolve(logical).layer == "legacy"
             checked += 1
-        assert len(fs.ls("checkpoints")) == sum(
-            k.startswith(".workflow_checkpoints/") for k in REALISTIC
-        )
-        assert len(fs.find("sessions")) == sum(
-            k.startswith(".workflow_sessions/") for k in REALISTIC
-        )
+        assert len(fs.ls("checkpoints")) == sum(k.startswith(".workflow_checkpoints/") for k in REALISTIC)
+        assert len(fs.find("sessions")) == sum(k.startswith(".workflow_sessions/") for k in REALISTIC)
         assert sorted(fs.ls("feedback", detail=False)) == [
             "feedback/process.jsonl",
             "feedback/tool.jsonl",
@@ -253,9 +249,7 @@ def test_rule9_legacy_phases(v1_repo):
     assert migrate.cat_file("state.json") == REALISTIC[".workflow_state.json"]
     assert not os.path.exists(os.path.join(v1_repo, ".workflow_state.json"))
     assert migrate.resolve("state.json").layer == "contained"
-    backup = os.path.join(
-        v1_repo, ".orchestrator", "migration_backup", "on-read", ".workflow_state.json"
-    )
+    backup = os.path.join(v1_repo, ".orchestrator", "migration_backup", "on-read", ".workflow_state.json")
     assert Path(backup).read_bytes() == REALISTIC[".workflow_state.json"]
     with pytest.raises(ValueError, match="legacy="):
         orchfs.OrchFileSystem(root=v1_repo, legacy="sometimes")
@@ -425,9 +419,9 @@ class OverlayModel(RuleBasedStateMachine):
             with open(full, "rb") as f:
                 return f.read(), os.stat(full).st_mtime_ns
         memory = fsspec.filesystem("memory")
-        return memory.cat_file(f"{self.memory_root}/{rel}"), memory.info(
-            f"{self.memory_root}/{rel}"
-        ).get("created")
+        return memory.cat_file(f"{self.memory_root}/{rel}"), memory.info(f"{self.memory_root}/{rel}").get(
+            "created"
+        )
 
     @rule(seed=st.sets(st.sampled_from(sorted(SEEDS))), data=payloads)
     def seed(self, seed, data):
@@ -489,11 +483,7 @@ class OverlayModel(RuleBasedStateMachine):
                 assert not self.fs.isfile(path), path
         for directory in DIRS:
             expected = sorted(
-                {
-                    p[len(directory) + 1 :].split("/")[0]
-                    for p in self.model
-                    if p.startswith(directory + "/")
-                }
+                {p[len(directory) + 1 :].split("/")[0] for p in self.model if p.startswith(directory + "/")}
             )
             if expected:
                 listed = sorted(n.rpartition("/")[2] for n in self.fs.ls(directory, detail=False))

@@ -171,14 +171,10 @@ def test_session_ids_are_single_segments():
             paths.validate_name(bad, "session id")
 
 
-segment = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12
-)
+segment = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(parts=st.lists(segment, min_size=1, max_size=4))
 def test_any_accepted_path_writes_only_under_the_state_dir(parts, tmp_path_factory):
     base = tmp_path_factory.mktemp("prop")

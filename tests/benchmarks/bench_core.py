@@ -112,9 +112,7 @@ def run() -> Table:
                 ops_per_second(lambda: fs.pipe_file("written.json", PAYLOAD), 300, 3),
                 {
                     "raw os": ops_per_second(raw_plain_write, 300, 3),
-                    "DirFileSystem": ops_per_second(
-                        lambda: dirfs.pipe_file("d.json", PAYLOAD), 300, 3
-                    ),
+                    "DirFileSystem": ops_per_second(lambda: dirfs.pipe_file("d.json", PAYLOAD), 300, 3),
                 },
             )
         )
@@ -123,11 +121,7 @@ def run() -> Table:
                 "durable atomic write",
                 "ops/s",
                 ops_per_second(lambda: fs.pipe_file("durable.json", PAYLOAD), 300, 3),
-                {
-                    "raw os": ops_per_second(
-                        lambda: raw_durable_write(state, "raw.json", PAYLOAD), 300, 3
-                    )
-                },
+                {"raw os": ops_per_second(lambda: raw_durable_write(state, "raw.json", PAYLOAD), 300, 3)},
                 ("raw os", 0.9),
             )
         )

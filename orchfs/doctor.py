@@ -1,0 +1,316 @@
+"""``orchfs doctor``: check a repository and explain what is wrong and how to fix it.
+
+:func:`run` returns :class:`Finding` values, each with a stable ``id``, a severity
+(``error``, ``warning`` or ``info``), a message, the fix, and the paths involved.
+:func:`fix` applies the safe fixes: sweep orphaned temp files, clear stale locks,
+finish an unfinished migration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .layout import coerce_layout
+from .meta import LAYOUT_VERSION, git_remote, read_format, read_meta
+from .paths import TEMP_PREFIX
+
+STATE_DIR = ".orchestrator"
+ORPHAN_TEMP_AGE = 15 * 60.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    severity: str
+    message: str
+    fix: str
+    paths: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["paths"] = list(self.paths)
+        return out
+
+
+def _fs(root: str, layout: Any = None) -> Any:
+    from .filesystem import OrchFileSystem
+
+    return OrchFileSystem(root=root, layout=layout, skip_instance_cache=True)
+
+
+def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Finding]:
+    """Every finding for the repository at ``root`` (local disk)."""
+    root = os.path.abspath(os.fspath(root))
+    now = time.time() if now is None else now
+    fs = _fs(root, layout)
+    layout = coerce_layout(layout)
+    state = os.path.join(root, STATE_DIR)
+    findings: list[Finding] = []
+    findings += _layout_findings(root, state, layout)
+    findings += _conflict_findings(fs)
+    findings += _legacy_changed(root, state, layout)
+    findings += _migration_findings(root)
+    findings += _lock_findings(fs)
+    findings += _temp_findings(state, now)
+    findings += _permission_findings(state)
+    findings += _identity_findings(root, state)
+    return findings
+
+
+def _layout_findings(root: str, state: str, layout: Any) -> list[Finding]:
+    out = []
+    legacy = sorted(name for name in layout.legacy_names() if os.path.lexists(os.path.join(root, name)))
+    found = read_format(fs_state(state)) if os.path.isdir(state) else None
+    if legacy and os.path.isdir(state) and found is not None:
+        out.append(
+            Finding(
+                "mixed-layout",
+                "warning",
+                f"{len(legacy)} v1 file(s) sit beside {STATE_DIR}/; orchfs reads them but never writes them",
+                "run `orchfs migrate` (try `--dry-run` first)",
+                tuple(legacy),
+            )
+        )
+    elif legacy:
+        out.append(
+            Finding(
+                "mixed-layout",
+                "info",
+                f"the repository uses the v1 layout ({len(legacy)} file(s)); orchfs reads it in place",
+                "run `orchfs migrate` when no old orchestrator runs here any more",
+                tuple(legacy),
+            )
+        )
+    if found is not None and found.version > LAYOUT_VERSION:
+        out.append(
+            Finding(
+                "newer-layout",
+                "error",
+                f"{STATE_DIR}/FORMAT says layout {found.version}; this orchfs writes {LAYOUT_VERSION}"
+                " and keeps the repository read-only",
+                f"upgrade orchfs{' to ' + found.requires if found.requires else ''}",
+                (f"{STATE_DIR}/FORMAT",),
+            )
+        )
+    return out
+
+
+def fs_state(state: str) -> Any:
+    from .storage import LocalStorage
+
+    return LocalStorage(state)
+
+
+def _conflict_findings(fs: Any) -> list[Finding]:
+    return [
+        Finding(
+            "conflict",
+            "warning",
+            f"{c.logical}: both copies exist and differ (new sha256 {c.upper_sha256[:12]}, "
+            f"old sha256 {c.legacy_sha256[:12]}); the new one is in use",
+            "keep one: `orchfs migrate --prefer new` or `--prefer legacy`",
+            (c.upper_url, c.legacy_url),
+        )
+        for c in fs.conflicts()
+    ]
+
+
+def _legacy_changed(root: str, state: str, layout: Any) -> list[Finding]:
+    """A v1 file modified after its copy-up or whiteout: an old orchestrator still runs."""
+    out = []
+    for entry in layout.entries:
+        if entry.is_dir:
+            continue
+        for legacy in entry.legacy:
+            old = os.path.join(root, legacy)
+            if not os.path.isfile(old):
+                continue
+            head, _, name = entry.logical.rpartition("/")
+            for newer in (
+                os.path.join(state, entry.logical),
+                os.path.join(state, head, f".wh.{name}"),
+            ):
+                if os.path.lexists(newer) and os.lstat(old).st_mtime > os.lstat(newer).st_mtime:
+                    out.append(
+                        Finding(
+                            "legacy-changed",
+                            "warning",
+                            f"{legacy} changed after orchfs took over {entry.logical}: an old "
+                            "orchestrator may still be writing it",
+                            "stop the old orchestrator, compare the two files, then "
+                            "`orchfs migrate --prefer new|legacy`",
+                            (legacy, os.path.relpath(newer, root)),
+                        )
+                    )
+    return out
+
+
+def _migration_findings(root: str) -> list[Finding]:
+    from .migrate import unfinished
+
+    return [
+        Finding(
+            "unfinished-migration",
+            "error",
+            f"migration journal {os.path.relpath(p, root)} was interrupted",
+            "run `orchfs migrate` to finish it or `orchfs migrate --rollback` to undo it "
+            "(`orchfs doctor --fix` finishes it)",
+            (os.path.relpath(p, root),),
+        )
+        for p in unfinished(root)
+    ]
+
+
+def _lock_findings(fs: Any) -> list[Finding]:
+    from .locks import inspect
+
+    out = []
+    for status in inspect(fs):
+        if status.stale and status.holder is not None:
+            out.append(
+                Finding(
+                    "stale-lock",
+                    "warning",
+                    f"lock {status.name!r} was held by pid {status.holder.pid} on "
+                    f"{status.holder.host}, which is gone",
+                    "`orchfs doctor --fix` removes the stale record",
+                    (status.url,),
+                )
+            )
+    return out
+
+
+def _temp_files(state: str) -> list[str]:
+    out = []
+    if not os.path.isdir(state):
+        return out
+    for top, _dirs, files in os.walk(state):
+        out += [os.path.join(top, n) for n in files if n.startswith(TEMP_PREFIX)]
+    return out
+
+
+def _temp_findings(state: str, now: float) -> list[Finding]:
+    old = [p for p in _temp_files(state) if now - os.lstat(p).st_mtime > ORPHAN_TEMP_AGE]
+    if not old:
+        return []
+    return [
+        Finding(
+            "orphan-temp",
+            "warning",
+            f"{len(old)} temp file(s) left by interrupted writes",
+            "`orchfs doctor --fix` removes them",
+            tuple(old),
+        )
+    ]
+
+
+def _permission_findings(state: str) -> list[Finding]:
+    loose = []
+    for sub in ("secrets", "locks"):
+        top_dir = os.path.join(state, sub)
+        if not os.path.isdir(top_dir):
+            continue
+        for top, _dirs, files in os.walk(top_dir):
+            if stat.S_IMODE(os.lstat(top).st_mode) & 0o077:
+                loose.append(top)
+            loose += [
+                os.path.join(top, n)
+                for n in files
+                if stat.S_IMODE(os.lstat(os.path.join(top, n)).st_mode) & 0o077
+            ]
+    if not loose:
+        return []
+    return [
+        Finding(
+            "loose-permissions",
+            "error",
+            f"{len(loose)} secret or lock path(s) readable by group or others",
+            "`chmod 700` the directories and `chmod 600` the files (or `orchfs doctor --fix`)",
+            tuple(loose),
+        )
+    ]
+
+
+def _identity_findings(root: str, state: str) -> list[Finding]:
+    out = []
+    meta = read_meta(fs_state(state)) if os.path.isdir(state) else None
+    if meta is not None:
+        moved = meta.get("root") not in (None, root)
+        remote = git_remote(root)
+        other_remote = meta.get("git_remote") and remote and meta["git_remote"] != remote
+        if moved or other_remote:
+            out.append(
+                Finding(
+                    "copied-state",
+                    "warning",
+                    f"{STATE_DIR}/meta.json was made for {meta.get('root')} "
+                    f"({meta.get('git_remote') or 'no remote'}); this is {root} ({remote or 'no remote'})",
+                    "if the directory was copied from another repository, remove it or run "
+                    "`orchfs init --force` to give it a new identity",
+                    (f"{STATE_DIR}/meta.json",),
+                )
+            )
+    if (
+        os.path.isdir(os.path.join(root, ".git"))
+        and os.path.isdir(state)
+        and not (meta or {}).get("portable")
+    ):
+        ignore = os.path.join(root, ".gitignore")
+        text = ""
+        if os.path.isfile(ignore):
+            with open(ignore, encoding="utf-8") as f:
+                text = f.read()
+        if not any(line.strip().strip("/") == STATE_DIR for line in text.splitlines()):
+            out.append(
+                Finding(
+                    "not-gitignored",
+                    "warning",
+                    f"{STATE_DIR}/ is not in .gitignore: state (and secrets) could be committed",
+                    f"add `{STATE_DIR}/` to .gitignore (`orchfs init` does it)",
+                    (".gitignore",),
+                )
+            )
+    return out
+
+
+def fix(root: Any, findings: list[Finding] | None = None, *, layout: Any = None) -> list[str]:
+    """Apply the safe fixes; return what was done, one line each."""
+    root = os.path.abspath(os.fspath(root))
+    findings = run(root, layout=layout) if findings is None else findings
+    done = []
+    ids = {f.id for f in findings}
+    if "orphan-temp" in ids:
+        for finding in findings:
+            if finding.id == "orphan-temp":
+                for path in finding.paths:
+                    os.unlink(path)
+                done.append(f"removed {len(finding.paths)} orphaned temp file(s)")
+    if "stale-lock" in ids:
+        from .locks import clear_stale
+
+        cleared = clear_stale(_fs(root, layout))
+        done.append(f"cleared {len(cleared)} stale lock record(s)")
+    if "unfinished-migration" in ids:
+        from .migrate import apply
+
+        done.append(apply(root, layout=layout).message)
+    if "loose-permissions" in ids:
+        for finding in findings:
+            if finding.id == "loose-permissions":
+                for path in finding.paths:
+                    os.chmod(path, 0o700 if os.path.isdir(path) else 0o600)
+        done.append("tightened secret and lock permissions")
+    return done
+
+
+def exit_code(findings: list[Finding]) -> int:
+    return 1 if any(f.severity in ("error", "warning") for f in findings) else 0
+
+
+def to_json(findings: list[Finding]) -> str:
+    return json.dumps({"findings": [f.to_json() for f in findings]}, indent=2)

@@ -1,0 +1,759 @@
+"""Migration of a v1 repository to the v2 layout: plan, apply, resume, rollback.
+
+* :func:`plan` is pure: it reads the tree and says what would move, what conflicts,
+  what it does not know, how many bytes would be copied and whether there is room.
+* :func:`apply` holds the repository lock for the whole run and keeps a write-ahead
+  journal in ``.orchestrator/migrations/<id>.jsonl``: the whole plan as intent
+  records (one fsync), then a ``done`` record per step, fsynced in batches. Every step
+  is idempotent, so an interrupted run (even ``kill -9``) is finished by running
+  again. Same-device moves are renames; other moves copy, check the SHA-256 of what
+  landed, then delete. Modes, mtimes and symlinks are preserved (a relative link is
+  rewritten to point at the same target). Old files are kept in
+  ``.orchestrator/migration_backup/<id>/`` (a hard link where possible) unless
+  ``backup=False``.
+* :func:`rollback` undoes the newest (or a named) migration: every migrated file,
+  with any later change, goes back to its v1 name with its v1 mode and mtime, v1
+  directories get their mtimes back, and the backup is emptied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import MigrationConflictError, OrchFSError
+from .layout import Layout, coerce_layout
+
+STATE_DIR = ".orchestrator"
+JOURNAL_DIR = "migrations"
+BACKUP_DIR = "migration_backup"
+DONE_BATCH = 512
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+@dataclass(frozen=True)
+class Move:
+    """One file of the plan. ``source`` and ``target`` are relative to the root."""
+
+    source: str
+    target: str
+    bytes: int
+    action: str  # rename | copy | retire
+
+
+@dataclass(frozen=True)
+class Conflict:
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    migration_id: str
+    moves: tuple[Move, ...]
+    conflicts: tuple[Conflict, ...]
+    unknown: tuple[str, ...]
+    total_bytes: int
+    copy_bytes: int
+    free_bytes: int | None
+    blocked: str | None = None  # e.g. a SQLite database in use
+
+    @property
+    def room(self) -> bool:
+        return self.free_bytes is None or self.copy_bytes <= self.free_bytes
+
+    def to_json(self, applied: bool) -> dict[str, Any]:
+        return {
+            "migration_id": self.migration_id,
+            "moves": [asdict(m) for m in self.moves],
+            "conflicts": [asdict(c) for c in self.conflicts],
+            "unknown": list(self.unknown),
+            "total_bytes": self.total_bytes,
+            "copy_bytes": self.copy_bytes,
+            "free_bytes": self.free_bytes,
+            "room": self.room,
+            "blocked": self.blocked,
+            "applied": applied,
+        }
+
+
+@dataclass
+class Result:
+    plan: Plan
+    applied: bool
+    message: str
+    resumed: bool = False
+    steps: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = self.plan.to_json(self.applied)
+        doc.update({"message": self.message, "resumed": self.resumed, "steps": self.steps})
+        doc.update(self.extra)
+        return doc
+
+
+class SQLiteInUseError(OrchFSError):
+    """A SQLite database has a hot journal or a lock held on it."""
+
+
+def _root(root: Any) -> str:
+    path = os.path.abspath(os.fspath(root))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"repository root {path} does not exist or is not a directory")
+    return path
+
+
+def _lexists(path: str) -> bool:
+    return os.path.lexists(path)
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    if os.path.islink(path):
+        digest.update(b"link:" + os.readlink(path).encode())
+        return digest.hexdigest()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _same_bytes(a: str, b: str) -> bool:
+    sa, sb = os.lstat(a), os.lstat(b)
+    if stat.S_ISLNK(sa.st_mode) or stat.S_ISLNK(sb.st_mode):
+        return stat.S_ISLNK(sa.st_mode) == stat.S_ISLNK(sb.st_mode) and _sha256_file(a) == _sha256_file(b)
+    return sa.st_size == sb.st_size and _sha256_file(a) == _sha256_file(b)
+
+
+@dataclass(frozen=True)
+class _Pair:
+    source: str  # relative to the root
+    contained: str  # relative to the state directory
+
+
+def _legacy_pairs(root: str, layout: Layout) -> Iterator[_Pair]:
+    """Every v1 file with the contained path it moves to (directories expanded)."""
+    for entry in layout.entries:
+        suffixes = ("", *entry.companions)
+        for legacy in entry.legacy:
+            for suffix in suffixes:
+                source = legacy + suffix
+                full = os.path.join(root, source)
+                if not _lexists(full):
+                    continue
+                contained = entry.logical + suffix
+                if os.path.isdir(full) and not os.path.islink(full):
+                    for top, dirs, files in os.walk(full):
+                        dirs.sort()
+                        rel_top = os.path.relpath(top, root)
+                        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+                            rel = f"{rel_top}/{name}"
+                            yield _Pair(rel, contained + rel[len(source) :])
+                else:
+                    yield _Pair(source, contained)
+                break  # the first legacy location that exists is the one that moves
+    for source, contained in layout.import_sources:
+        if _lexists(os.path.join(root, source)):
+            yield _Pair(source, contained)
+
+
+def _unknown(root: str, layout: Layout) -> list[str]:
+    known = {name.split("/")[0] for name in layout.legacy_names()}
+    return sorted(
+        name
+        for name in os.listdir(root)
+        if name.startswith(".workflow_")
+        and name not in known
+        and not any(name == k or name.startswith(k) for k in known)
+    )
+
+
+def _same_device(root: str, state_dir: str) -> bool:
+    probe = state_dir
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    return os.stat(root).st_dev == os.stat(probe).st_dev
+
+
+def _sqlite_in_use(root: str, sources: list[str]) -> str | None:
+    """A hot journal, or a lock someone holds, on a SQLite database that would move."""
+    import fcntl
+
+    for source in sources:
+        full = os.path.join(root, source)
+        if source.endswith(SQLITE_COMPANIONS) or not os.path.isfile(full):
+            continue
+        with open(full, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                continue
+        journal = full + "-journal"
+        if os.path.exists(journal) and os.path.getsize(journal) > 0:
+            return (
+                f"{source} has a hot journal ({source}-journal): open it with sqlite3 once "
+                "to recover, then migrate"
+            )
+        fd = os.open(full, os.O_RDWR)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+        except OSError:
+            return (
+                f"{source} is in use (a SQLite lock is held on it): stop the process using it, then migrate"
+            )
+        finally:
+            os.close(fd)
+    return None
+
+
+def plan(root: Any, *, layout: Any = None, migration_id: str | None = None) -> Plan:
+    """What a migration of ``root`` would do. Reads only."""
+    root = _root(root)
+    layout = coerce_layout(layout)
+    state_dir = os.path.join(root, STATE_DIR)
+    same_device = _same_device(root, state_dir)
+    moves, conflicts = [], []
+    total = copy_bytes = 0
+    for pair in _legacy_pairs(root, layout):
+        source_full = os.path.join(root, pair.source)
+        target = f"{STATE_DIR}/{pair.contained}"
+        target_full = os.path.join(root, target)
+        size = os.lstat(source_full).st_size
+        if _lexists(target_full):
+            if _same_bytes(source_full, target_full):
+                moves.append(Move(pair.source, target, size, "retire"))
+            else:
+                conflicts.append(Conflict(pair.source, target))
+            continue
+        action = "rename" if same_device else "copy"
+        moves.append(Move(pair.source, target, size, action))
+        total += size
+        copy_bytes += size if action == "copy" else 0
+    free = shutil.disk_usage(root if os.path.exists(state_dir) is False else state_dir).free
+    blocked = _sqlite_in_use(root, [m.source for m in moves])
+    return Plan(
+        migration_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
+        tuple(moves),
+        tuple(conflicts),
+        tuple(_unknown(root, layout)),
+        total,
+        copy_bytes,
+        free if copy_bytes else None,
+        blocked,
+    )
+
+
+# --- the journal -----------------------------------------------------------------------
+class Journal:
+    """Append-only JSON lines with batched fsyncs."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        self._pending = 0
+
+    def write(self, *records: dict[str, Any], sync: bool = False) -> None:
+        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+        os.write(self._fd, data)
+        self._pending += len(records)
+        if sync or self._pending >= DONE_BATCH:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+        self._pending = 0
+
+    def close(self) -> None:
+        self.sync()
+        os.close(self._fd)
+
+    @staticmethod
+    def read(path: str) -> list[dict[str, Any]]:
+        records = []
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    break  # a torn last line from a crash: everything before it counts
+        return records
+
+
+def journals(root: str) -> list[str]:
+    directory = os.path.join(root, STATE_DIR, JOURNAL_DIR)
+    if not os.path.isdir(directory):
+        return []
+    names = sorted(n for n in os.listdir(directory) if n.endswith(".jsonl"))
+    return [os.path.join(directory, n) for n in names]
+
+
+def journal_status(records: list[dict[str, Any]]) -> str:
+    kinds = {r.get("t") for r in records}
+    if "rolled-back" in kinds:
+        return "rolled-back"
+    if "rollback-begin" in kinds:
+        return "rolling-back"
+    if "end" in kinds:
+        return "done"
+    return "unfinished"
+
+
+def unfinished(root: Any) -> list[str]:
+    """Journals of migrations (or rollbacks) that were interrupted."""
+    root = _root(root)
+    return [p for p in journals(root) if journal_status(Journal.read(p)) in ("unfinished", "rolling-back")]
+
+
+# --- steps -------------------------------------------------------------------------------
+def _relink_target(link_text: str, old_path: str, new_path: str) -> str:
+    """The text a moved symlink needs so that it still points at the same place."""
+    if os.path.isabs(link_text):
+        return link_text
+    pointed = os.path.normpath(os.path.join(os.path.dirname(old_path), link_text))
+    return os.path.relpath(pointed, os.path.dirname(new_path))
+
+
+def _ensure_parent(path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _copy_exact(source: str, target: str) -> None:
+    """Copy bytes (or a link), fsync, check the hash, give it the source's mode and mtime."""
+    _ensure_parent(target)
+    st = os.lstat(source)
+    temp = f"{os.path.dirname(target)}/.orchfs-tmp.{os.path.basename(target)[:64]}.{uuid.uuid4().hex[:8]}"
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(source), temp)
+        os.replace(temp, target)
+        return
+    with open(source, "rb") as src:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        finally:
+            os.close(fd)
+    if _sha256_file(temp) != digest.hexdigest():
+        os.unlink(temp)
+        raise OSError(f"copy of {source} did not verify; nothing was changed")
+    os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(temp, target)
+
+
+def _place(source: str, target: str, action: str, link_text: str | None) -> None:
+    """Move ``source`` to ``target`` (rename or verified copy), keeping links pointing right."""
+    _ensure_parent(target)
+    if link_text is not None:
+        new_text = _relink_target(link_text, source, target)
+        st = os.lstat(source)
+        temp = f"{target}.orchfs-link"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        os.symlink(new_text, temp)
+        with contextlib.suppress(OSError, NotImplementedError):
+            os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        os.replace(temp, target)
+        os.unlink(source)
+        return
+    if action == "rename":
+        os.rename(source, target)
+    else:
+        _copy_exact(source, target)
+        os.unlink(source)
+
+
+def _backup(source: str, backup: str) -> None:
+    if _lexists(backup):
+        return
+    _ensure_parent(backup)
+    try:
+        if os.path.islink(source):
+            raise OSError("links are copied")
+        os.link(source, backup)
+    except OSError:
+        _copy_exact(source, backup)
+
+
+def _execute(root: str, step: dict[str, Any], migration_id: str, backup: bool) -> None:
+    """Perform one planned step; safe to repeat after a crash at any point."""
+    source = os.path.join(root, step["source"])
+    target = os.path.join(root, step["target"])
+    backup_path = os.path.join(root, STATE_DIR, BACKUP_DIR, migration_id, step["source"])
+    if step["action"] == "retire":
+        if _lexists(source):
+            if backup or step.get("replaced"):
+                _backup(source, backup_path)
+            os.unlink(source)
+        return
+    if step["action"] == "replace":  # --prefer legacy: the contained copy is put aside
+        aside = os.path.join(
+            root,
+            STATE_DIR,
+            BACKUP_DIR,
+            migration_id,
+            STATE_DIR + "-replaced",
+            step["target"][len(STATE_DIR) + 1 :],
+        )
+        if _lexists(source) and _lexists(target):
+            _backup(target, aside)
+            os.unlink(target)
+    if not _lexists(source):
+        return  # already moved
+    if _lexists(target):
+        if _same_bytes(source, target):
+            os.unlink(source)
+            return
+        os.unlink(target)  # a copy torn by a crash before its rename: redo it
+    if backup:
+        _backup(source, backup_path)
+    _place(source, target, "copy" if step["action"] == "copy" else "rename", step.get("link"))
+
+
+def _legacy_dirs(root: str, moves: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """v1 directories that hold moved files: their mode and mtime, to restore on rollback."""
+    out: dict[str, list[int]] = {}
+    for step in moves:
+        parts = step["source"].split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            rel = "/".join(parts[:depth])
+            if rel not in out:
+                st = os.lstat(os.path.join(root, rel))
+                out[rel] = [stat.S_IMODE(st.st_mode), st.st_mtime_ns]
+    return out
+
+
+def _remove_empty_dirs(root: str, rels: list[str]) -> None:
+    for rel in sorted(rels, key=lambda r: r.count("/"), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(root, rel))
+
+
+def apply(
+    root: Any,
+    *,
+    prefer: str | None = None,
+    backup: bool = True,
+    jobs: int = 1,
+    layout: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+    lock_timeout: float = 10.0,
+) -> Result:
+    """Migrate ``root`` (or finish an interrupted migration). See the module docstring."""
+    from .filesystem import OrchFileSystem
+
+    if prefer not in (None, "new", "legacy"):
+        raise ValueError(f"prefer={prefer!r}: use 'new' or 'legacy'")
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}: give at least 1")
+    root = _root(root)
+    fs = OrchFileSystem(root=root, layout=layout, skip_instance_cache=True)
+    with fs.lock("repo", timeout=lock_timeout):
+        pending = [p for p in journals(root) if journal_status(Journal.read(p)) == "unfinished"]
+        if pending:
+            return _run(root, pending[-1], Journal.read(pending[-1]), jobs, progress, resumed=True)
+        if [p for p in journals(root) if journal_status(Journal.read(p)) == "rolling-back"]:
+            raise OrchFSError(
+                "a rollback was interrupted: run `orchfs migrate --rollback` again to finish it"
+            )
+        the_plan = plan(root, layout=layout)
+        if the_plan.conflicts and prefer is None:
+            return Result(
+                the_plan,
+                False,
+                f"{len(the_plan.conflicts)} conflict(s): both copies exist and differ; "
+                "nothing was moved. Rerun with --prefer new or --prefer legacy.",
+            )
+        if not the_plan.moves and not the_plan.conflicts:
+            return Result(the_plan, False, "nothing to migrate: the repository already uses the v2 layout")
+        if the_plan.blocked:
+            raise SQLiteInUseError(the_plan.blocked)
+        if not the_plan.room:
+            raise OSError(
+                f"not enough free space: {the_plan.copy_bytes} bytes to copy, {the_plan.free_bytes} free"
+            )
+        steps = [dict(asdict(m)) for m in the_plan.moves]
+        for conflict in the_plan.conflicts:
+            action = "retire" if prefer == "new" else "replace"
+            steps.append(
+                {
+                    "source": conflict.source,
+                    "target": conflict.target,
+                    "bytes": os.lstat(os.path.join(root, conflict.source)).st_size,
+                    "action": action,
+                    "replaced": True,
+                }
+            )
+        for index, step in enumerate(steps):
+            full = os.path.join(root, step["source"])
+            st = os.lstat(full)
+            step.update(
+                i=index,
+                mode=stat.S_IMODE(st.st_mode),
+                mtime_ns=st.st_mtime_ns,
+                link=os.readlink(full) if stat.S_ISLNK(st.st_mode) else None,
+            )
+        fs._before_write("state.json")  # FORMAT and meta.json, so that the repo is v2
+        path = os.path.join(root, STATE_DIR, JOURNAL_DIR, f"{the_plan.migration_id}.jsonl")
+        journal = Journal(path)
+        journal.write(
+            {
+                "t": "begin",
+                "id": the_plan.migration_id,
+                "backup": backup,
+                "dirs": _legacy_dirs(root, steps),
+                "root_mtime_ns": os.stat(root).st_mtime_ns,
+                "root": root,
+            },
+            *({"t": "intent", **step} for step in steps),
+            sync=True,
+        )
+        journal.close()
+        return _run(root, path, Journal.read(path), jobs, progress, resumed=False, the_plan=the_plan)
+
+
+def _run(
+    root: str,
+    path: str,
+    records: list[dict[str, Any]],
+    jobs: int,
+    progress: Callable[[int, int], None] | None,
+    resumed: bool,
+    the_plan: Plan | None = None,
+) -> Result:
+    begin = records[0]
+    migration_id = begin["id"]
+    steps = [r for r in records if r.get("t") == "intent"]
+    done = {r["i"] for r in records if r.get("t") == "done"}
+    todo = [s for s in steps if s["i"] not in done]
+    journal = Journal(path)
+    finished = len(done)
+    total = len(steps)
+    try:
+
+        def one(step: dict[str, Any]) -> int:
+            _execute(root, step, migration_id, begin.get("backup", True))
+            return step["i"]
+
+        if jobs > 1 and any(s["action"] == "copy" for s in todo):
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                for index in pool.map(one, todo):
+                    journal.write({"t": "done", "i": index})
+                    finished += 1
+                    if progress:
+                        progress(finished, total)
+        else:
+            for step in todo:
+                journal.write({"t": "done", "i": one(step)})
+                finished += 1
+                if progress:
+                    progress(finished, total)
+        journal.sync()
+        _remove_empty_dirs(root, list(begin.get("dirs", {})))
+        journal.write({"t": "end"}, sync=True)
+    finally:
+        journal.close()
+    if the_plan is None:
+        the_plan = Plan(
+            migration_id,
+            tuple(Move(s["source"], s["target"], s["bytes"], s["action"]) for s in steps),
+            (),
+            (),
+            sum(s["bytes"] for s in steps),
+            0,
+            None,
+        )
+    verb = "finished the interrupted migration" if resumed else "migrated"
+    return Result(
+        the_plan,
+        True,
+        f"{verb} {total} file(s) into {STATE_DIR}/ (id {migration_id})",
+        resumed=resumed,
+        steps=len(todo),
+    )
+
+
+def rollback(
+    root: Any, migration_id: str | None = None, *, lock_timeout: float = 10.0, layout: Any = None
+) -> Result:
+    """Restore the v1 layout of a migration (the newest one if no id is given)."""
+    from .filesystem import OrchFileSystem
+
+    root = _root(root)
+    fs = OrchFileSystem(root=root, layout=layout, skip_instance_cache=True)
+    with fs.lock("repo", timeout=lock_timeout):
+        candidates = journals(root)
+        if migration_id is not None:
+            candidates = [p for p in candidates if os.path.basename(p) == f"{migration_id}.jsonl"]
+            if not candidates:
+                raise FileNotFoundError(f"no migration {migration_id!r} under {STATE_DIR}/{JOURNAL_DIR}/")
+        live = [p for p in candidates if journal_status(Journal.read(p)) != "rolled-back"]
+        empty_plan = Plan(migration_id or "", (), (), (), 0, 0, None)
+        if not live:
+            return Result(empty_plan, False, "nothing to roll back")
+        path = live[-1]
+        records = Journal.read(path)
+        begin = records[0]
+        mid = begin["id"]
+        steps = [r for r in records if r.get("t") == "intent"]
+        journal = Journal(path)
+        journal.write({"t": "rollback-begin"}, sync=True)
+        for name, (mode, _mtime) in sorted(begin.get("dirs", {}).items()):
+            full = os.path.join(root, name)
+            if not os.path.isdir(full):
+                os.makedirs(full, exist_ok=True)
+                os.chmod(full, mode)
+        backup_root = os.path.join(root, STATE_DIR, BACKUP_DIR, mid)
+        for step in reversed(steps):
+            _undo(root, step, backup_root)
+        _carry_back_new_files(root, fs.layout, begin)
+        for name, (mode, mtime) in sorted(begin.get("dirs", {}).items(), key=lambda kv: -kv[0].count("/")):
+            full = os.path.join(root, name)
+            os.chmod(full, mode)
+            os.utime(full, ns=(mtime, mtime))
+        shutil.rmtree(backup_root, ignore_errors=True)
+        _prune_state_dirs(root)
+        with contextlib.suppress(OSError):
+            os.utime(root, ns=(begin["root_mtime_ns"], begin["root_mtime_ns"]))
+        journal.write({"t": "rolled-back"}, sync=True)
+        journal.close()
+        plan_of = Plan(
+            mid,
+            tuple(Move(s["source"], s["target"], s["bytes"], s["action"]) for s in steps),
+            (),
+            (),
+            sum(s["bytes"] for s in steps),
+            0,
+            None,
+        )
+        return Result(plan_of, True, f"rolled back migration {mid}: the v1 layout is restored")
+
+
+def _undo(root: str, step: dict[str, Any], backup_root: str) -> None:
+    source = os.path.join(root, step["source"])
+    target = os.path.join(root, step["target"])
+    backup_path = os.path.join(backup_root, step["source"])
+    if step["action"] == "retire":
+        if not _lexists(source) and _lexists(backup_path):
+            _ensure_parent(source)
+            _copy_or_rename(backup_path, source)
+        return
+    if step["action"] == "replace":
+        aside = os.path.join(backup_root, STATE_DIR + "-replaced", step["target"][len(STATE_DIR) + 1 :])
+        if _lexists(target) and not _lexists(source):
+            _ensure_parent(source)
+            _copy_or_rename(target, source)
+        if _lexists(aside):
+            _copy_or_rename(aside, target)
+        _restore_meta(source, step)
+        return
+    if _lexists(target):
+        _ensure_parent(source)
+        if step.get("link") is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(source)
+            os.symlink(step["link"], source)
+            os.unlink(target)
+        else:
+            _copy_or_rename(target, source)
+    elif not _lexists(source) and _lexists(backup_path):
+        _copy_or_rename(backup_path, source)
+    _restore_meta(source, step)
+
+
+def _copy_or_rename(src: str, dst: str) -> None:
+    _ensure_parent(dst)
+    try:
+        os.replace(src, dst)
+    except OSError:
+        _copy_exact(src, dst)
+        os.unlink(src)
+
+
+def _restore_meta(path: str, step: dict[str, Any]) -> None:
+    """v1 mode back; v1 mtime back unless the file was changed after the migration."""
+    if not _lexists(path):
+        return
+    link = step.get("link") is not None
+    if not link:
+        os.chmod(path, step["mode"])
+        if os.lstat(path).st_mtime_ns != step["mtime_ns"] and step["action"] != "retire":
+            return  # a later change, carried back: its own mtime tells the truth
+    with contextlib.suppress(OSError, NotImplementedError):
+        os.utime(path, ns=(step["mtime_ns"], step["mtime_ns"]), follow_symlinks=not link)
+
+
+def _carry_back_new_files(root: str, layout: Layout, begin: dict[str, Any]) -> None:
+    """Files created in migrated directories after the migration go back with them."""
+    for entry in layout.entries:
+        if not entry.is_dir or not entry.legacy:
+            continue
+        legacy_dir = entry.legacy[0]
+        if legacy_dir not in begin.get("dirs", {}):
+            continue
+        contained = os.path.join(root, STATE_DIR, entry.logical)
+        if not os.path.isdir(contained):
+            continue
+        for top, _dirs, files in os.walk(contained):
+            for name in files:
+                if name.startswith((".wh.", ".orchfs-tmp.")):
+                    continue
+                full = os.path.join(top, name)
+                rel = os.path.relpath(full, contained)
+                _copy_or_rename(full, os.path.join(root, legacy_dir, rel))
+
+
+def _prune_state_dirs(root: str) -> None:
+    """Remove directories the migration left empty inside the state directory."""
+    state = os.path.join(root, STATE_DIR)
+    for top, _dirs, files in os.walk(state, topdown=False):
+        rel = os.path.relpath(top, state)
+        if rel.split(os.sep)[0] in ("locks", "migrations", "tmp", "."):
+            continue
+        for name in files:
+            if name.startswith(".wh."):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(top, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(top)
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(state, ".wh..wh..markers"))
+
+
+__all__ = [
+    "Conflict",
+    "MigrationConflictError",
+    "Move",
+    "Plan",
+    "Result",
+    "SQLiteInUseError",
+    "apply",
+    "plan",
+    "rollback",
+    "unfinished",
+]
