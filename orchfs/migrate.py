@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .atomic import temp_name
 from .errors import MigrationConflictError, OrchFSError
 from .layout import Layout, coerce_layout
 
@@ -67,6 +68,7 @@ class Plan:
     copy_bytes: int
     free_bytes: int | None
     blocked: str | None = None  # e.g. a SQLite database in use
+    stats: dict[str, os.stat_result] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def room(self) -> bool:
@@ -140,32 +142,42 @@ def _same_bytes(a: str, b: str) -> bool:
 class _Pair:
     source: str  # relative to the root
     contained: str  # relative to the state directory
+    st: os.stat_result
+    sqlite: bool = False
 
 
 def _legacy_pairs(root: str, layout: Layout) -> Iterator[_Pair]:
     """Every v1 file with the contained path it moves to (directories expanded)."""
     for entry in layout.entries:
-        suffixes = ("", *entry.companions)
-        for legacy in entry.legacy:
-            for suffix in suffixes:
+        for suffix in ("", *entry.companions):
+            for legacy in entry.legacy:
                 source = legacy + suffix
-                full = os.path.join(root, source)
-                if not _lexists(full):
+                try:
+                    st = os.lstat(os.path.join(root, source))
+                except FileNotFoundError:
                     continue
                 contained = entry.logical + suffix
-                if os.path.isdir(full) and not os.path.islink(full):
-                    for top, dirs, files in os.walk(full):
-                        dirs.sort()
-                        rel_top = os.path.relpath(top, root)
-                        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
-                            rel = f"{rel_top}/{name}"
-                            yield _Pair(rel, contained + rel[len(source) :])
+                if stat.S_ISDIR(st.st_mode):
+                    yield from _directory_pairs(root, source, contained)
                 else:
-                    yield _Pair(source, contained)
+                    yield _Pair(source, contained, st, bool(entry.companions) and not suffix)
                 break  # the first legacy location that exists is the one that moves
     for source, contained in layout.import_sources:
-        if _lexists(os.path.join(root, source)):
-            yield _Pair(source, contained)
+        with contextlib.suppress(FileNotFoundError):
+            yield _Pair(source, contained, os.lstat(os.path.join(root, source)))
+
+
+def _directory_pairs(root: str, source: str, contained: str) -> Iterator[_Pair]:
+    """Files (and links) below a v1 directory, in a stable order, one lstat each."""
+    with os.scandir(os.path.join(root, source)) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    for entry in entries:
+        rel = f"{source}/{entry.name}"
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            yield from _directory_pairs(root, rel, f"{contained}/{entry.name}")
+        else:
+            yield _Pair(rel, f"{contained}/{entry.name}", st)
 
 
 def _unknown(root: str, layout: Layout) -> list[str]:
@@ -216,21 +228,31 @@ def _sqlite_in_use(root: str, sources: list[str]) -> str | None:
     return None
 
 
-def plan(root: Any, *, layout: Any = None, migration_id: str | None = None) -> Plan:
-    """What a migration of ``root`` would do. Reads only."""
+def plan(root: Any, *, layout: Any = None, migration_id: str | None = None, copy: bool = False) -> Plan:
+    """What a migration of ``root`` would do. Reads only.
+
+    ``copy=True`` copies (with hash check) even where a rename would do.
+    """
     root = _root(root)
     layout = coerce_layout(layout)
     state_dir = os.path.join(root, STATE_DIR)
-    same_device = _same_device(root, state_dir)
-    moves, conflicts = [], []
+    same_device = not copy and _same_device(root, state_dir)
+    moves, conflicts, sqlite_sources = [], [], []
+    stats: dict[str, os.stat_result] = {}
+    existing_dirs: dict[str, bool] = {}
     total = copy_bytes = 0
     for pair in _legacy_pairs(root, layout):
-        source_full = os.path.join(root, pair.source)
         target = f"{STATE_DIR}/{pair.contained}"
         target_full = os.path.join(root, target)
-        size = os.lstat(source_full).st_size
-        if _lexists(target_full):
-            if _same_bytes(source_full, target_full):
+        size = pair.st.st_size
+        stats[pair.source] = pair.st
+        if pair.sqlite:
+            sqlite_sources.append(pair.source)
+        parent = os.path.dirname(target_full)
+        if parent not in existing_dirs:
+            existing_dirs[parent] = os.path.isdir(parent)
+        if existing_dirs[parent] and _lexists(target_full):
+            if _same_bytes(os.path.join(root, pair.source), target_full):
                 moves.append(Move(pair.source, target, size, "retire"))
             else:
                 conflicts.append(Conflict(pair.source, target))
@@ -239,8 +261,7 @@ def plan(root: Any, *, layout: Any = None, migration_id: str | None = None) -> P
         moves.append(Move(pair.source, target, size, action))
         total += size
         copy_bytes += size if action == "copy" else 0
-    free = shutil.disk_usage(root if os.path.exists(state_dir) is False else state_dir).free
-    blocked = _sqlite_in_use(root, [m.source for m in moves])
+    free = shutil.disk_usage(state_dir if os.path.exists(state_dir) else root).free
     return Plan(
         migration_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
         tuple(moves),
@@ -249,7 +270,8 @@ def plan(root: Any, *, layout: Any = None, migration_id: str | None = None) -> P
         total,
         copy_bytes,
         free if copy_bytes else None,
-        blocked,
+        _sqlite_in_use(root, sqlite_sources),
+        stats,
     )
 
 
@@ -262,21 +284,76 @@ class Journal:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         self._pending = 0
+        self._buffer: list[bytes] = []
 
     def write(self, *records: dict[str, Any], sync: bool = False) -> None:
-        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
-        os.write(self._fd, data)
+        for record in records:
+            self._buffer.append(json.dumps(record, separators=(",", ":")).encode() + b"\n")
         self._pending += len(records)
         if sync or self._pending >= DONE_BATCH:
             self.sync()
 
+    def done(self, index: int) -> None:
+        """Record a finished step (made durable with the next batch)."""
+        self._buffer.append(b'{"t":"done","i":%d}\n' % index)
+        self._pending += 1
+        if self._pending >= DONE_BATCH:
+            self.sync()
+
     def sync(self) -> None:
+        if self._buffer:
+            data = memoryview(b"".join(self._buffer))
+            self._buffer.clear()
+            while data:
+                data = data[os.write(self._fd, data) :]
         os.fsync(self._fd)
         self._pending = 0
 
     def close(self) -> None:
         self.sync()
         os.close(self._fd)
+
+    @staticmethod
+    def create(path: str, records: list[dict[str, Any]]) -> None:
+        """Write the plan records all at once: a journal exists whole or not at all."""
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        temp = os.path.join(directory, temp_name(os.path.basename(path)))
+        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(temp)
+            raise
+        os.close(fd)
+        try:
+            os.rename(temp, path)
+        except BaseException:
+            os.unlink(temp)
+            raise
+        _fsync_dir(directory)
+
+    @staticmethod
+    def status(path: str) -> str:
+        """unfinished, done, rolling-back or rolled-back, from the journal's last record."""
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().splitlines()
+        for line in reversed(tail):
+            try:
+                kind = json.loads(line).get("t")
+            except ValueError:
+                continue  # a torn last line, or the cut first one
+            return {"end": "done", "rollback-begin": "rolling-back", "rolled-back": "rolled-back"}.get(
+                kind, "unfinished"
+            )
+        return "unfinished"
 
     @staticmethod
     def read(path: str) -> list[dict[str, Any]]:
@@ -298,34 +375,60 @@ def journals(root: str) -> list[str]:
     return [os.path.join(directory, n) for n in names]
 
 
-def journal_status(records: list[dict[str, Any]]) -> str:
-    kinds = {r.get("t") for r in records}
-    if "rolled-back" in kinds:
-        return "rolled-back"
-    if "rollback-begin" in kinds:
-        return "rolling-back"
-    if "end" in kinds:
-        return "done"
-    return "unfinished"
-
-
 def unfinished(root: Any) -> list[str]:
     """Journals of migrations (or rollbacks) that were interrupted."""
     root = _root(root)
-    return [p for p in journals(root) if journal_status(Journal.read(p)) in ("unfinished", "rolling-back")]
+    return [p for p in journals(root) if Journal.status(p) in ("unfinished", "rolling-back")]
 
 
 # --- steps -------------------------------------------------------------------------------
-def _relink_target(link_text: str, old_path: str, new_path: str) -> str:
-    """The text a moved symlink needs so that it still points at the same place."""
+def _relink_target(link_text: str, old_path: str, new_path: str, root: str, moved: dict[str, str]) -> str:
+    """The text a moved symlink needs so that it still points at the same file.
+
+    A target that moves too (it is part of the migration) is followed to its new place.
+    """
     if os.path.isabs(link_text):
         return link_text
     pointed = os.path.normpath(os.path.join(os.path.dirname(old_path), link_text))
+    rel = os.path.relpath(pointed, root)
+    head, tail = rel, ""
+    while head and head != ".":
+        if head in moved:
+            pointed = os.path.join(root, moved[head], tail) if tail else os.path.join(root, moved[head])
+            break
+        head, _, last = head.rpartition("/")
+        tail = f"{last}/{tail}" if tail else last
     return os.path.relpath(pointed, os.path.dirname(new_path))
+
+
+def moved_paths(steps: list[dict[str, Any]]) -> dict[str, str]:
+    """Where each migrated file and directory goes (root-relative), for relinking."""
+    out: dict[str, str] = {}
+    for step in steps:
+        if step["action"] == "retire":
+            continue
+        source, target = step["source"], step["target"]
+        out[source] = target
+        src_parts, dst_parts = source.split("/"), target.split("/")
+        while len(src_parts) > 1 and len(dst_parts) > 1 and src_parts[-1] == dst_parts[-1]:
+            src_parts, dst_parts = src_parts[:-1], dst_parts[:-1]
+            out.setdefault("/".join(src_parts), "/".join(dst_parts))
+    return out
 
 
 def _ensure_parent(path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
+def _make_parent(path: str, fresh: set[str]) -> bool:
+    """Create the parent directory once per run; True when this run created it."""
+    parent = os.path.dirname(path)
+    if parent not in fresh:
+        if os.path.isdir(parent):
+            return False
+        os.makedirs(parent, exist_ok=True)
+        fresh.add(parent)
+    return True
 
 
 def _fsync_dir(path: str) -> None:
@@ -337,48 +440,69 @@ def _fsync_dir(path: str) -> None:
             os.close(fd)
 
 
+def _temp_beside(target: str) -> str:
+    return os.path.join(os.path.dirname(target), temp_name(os.path.basename(target)))
+
+
 def _copy_exact(source: str, target: str) -> None:
-    """Copy bytes (or a link), fsync, check the hash, give it the source's mode and mtime."""
+    """Copy bytes (or a link), fsync, check the hash, give it the source's mode and mtime.
+
+    The copy is made under a temp name and renamed into place; on any failure the
+    temp file is removed and the target is untouched.
+    """
     _ensure_parent(target)
     st = os.lstat(source)
-    temp = f"{os.path.dirname(target)}/.orchfs-tmp.{os.path.basename(target)[:64]}.{uuid.uuid4().hex[:8]}"
-    if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(source), temp)
+    temp = _temp_beside(target)
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(source), temp)
+        else:
+            expected = _write_copy(source, temp, stat.S_IMODE(st.st_mode))
+            if _sha256_file(temp) != expected:
+                raise OSError(f"copy of {source} did not verify; nothing was changed")
+            os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.replace(temp, target)
-        return
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def _write_copy(source: str, temp: str, mode: int) -> str:
+    digest = hashlib.sha256()
     with open(source, "rb") as src:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            digest = hashlib.sha256()
             for chunk in iter(lambda: src.read(1 << 20), b""):
                 digest.update(chunk)
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
             os.fsync(fd)
-            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            os.fchmod(fd, mode)
         finally:
             os.close(fd)
-    if _sha256_file(temp) != digest.hexdigest():
-        os.unlink(temp)
-        raise OSError(f"copy of {source} did not verify; nothing was changed")
-    os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
-    os.replace(temp, target)
+    return digest.hexdigest()
 
 
-def _place(source: str, target: str, action: str, link_text: str | None) -> None:
+def _place(
+    source: str, target: str, action: str, link_text: str | None, root: str, moved: dict[str, str]
+) -> None:
     """Move ``source`` to ``target`` (rename or verified copy), keeping links pointing right."""
     _ensure_parent(target)
     if link_text is not None:
-        new_text = _relink_target(link_text, source, target)
+        new_text = _relink_target(link_text, source, target, root, moved)
         st = os.lstat(source)
-        temp = f"{target}.orchfs-link"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+        temp = _temp_beside(target)
         os.symlink(new_text, temp)
-        with contextlib.suppress(OSError, NotImplementedError):
-            os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-        os.replace(temp, target)
+        try:
+            with contextlib.suppress(OSError, NotImplementedError):
+                os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
         os.unlink(source)
         return
     if action == "rename":
@@ -400,11 +524,30 @@ def _backup(source: str, backup: str) -> None:
         _copy_exact(source, backup)
 
 
-def _execute(root: str, step: dict[str, Any], migration_id: str, backup: bool) -> None:
-    """Perform one planned step; safe to repeat after a crash at any point."""
-    source = os.path.join(root, step["source"])
-    target = os.path.join(root, step["target"])
-    backup_path = os.path.join(root, STATE_DIR, BACKUP_DIR, migration_id, step["source"])
+def _execute(
+    root: str,
+    step: dict[str, Any],
+    migration_id: str,
+    backup: bool,
+    moved: dict[str, str],
+    fresh: set[str] | None = None,
+) -> None:
+    """Perform one planned step; safe to repeat after a crash at any point.
+
+    ``fresh`` (first pass only) holds the directories this run created: a rename into
+    one of them cannot find anything in its way, so it skips the careful checks.
+    """
+    source = f"{root}/{step['source']}"
+    target = f"{root}/{step['target']}"
+    backup_path = f"{root}/{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{step['source']}"
+    if fresh is not None and step["action"] == "rename" and step["link"] is None:
+        if backup:
+            _make_parent(backup_path, fresh)
+            with contextlib.suppress(FileExistsError):
+                os.link(source, backup_path)
+        if _make_parent(target, fresh):
+            os.rename(source, target)
+            return
     if step["action"] == "retire":
         if _lexists(source):
             if backup or step.get("replaced"):
@@ -432,7 +575,7 @@ def _execute(root: str, step: dict[str, Any], migration_id: str, backup: bool) -
         os.unlink(target)  # a copy torn by a crash before its rename: redo it
     if backup:
         _backup(source, backup_path)
-    _place(source, target, "copy" if step["action"] == "copy" else "rename", step.get("link"))
+    _place(source, target, "copy" if step["action"] == "copy" else "rename", step.get("link"), root, moved)
 
 
 def _legacy_dirs(root: str, moves: list[dict[str, Any]]) -> dict[str, list[int]]:
@@ -463,6 +606,7 @@ def apply(
     layout: Any = None,
     progress: Callable[[int, int], None] | None = None,
     lock_timeout: float = 10.0,
+    copy: bool = False,
 ) -> Result:
     """Migrate ``root`` (or finish an interrupted migration). See the module docstring."""
     from .filesystem import OrchFileSystem
@@ -474,14 +618,14 @@ def apply(
     root = _root(root)
     fs = OrchFileSystem(root=root, layout=layout, skip_instance_cache=True)
     with fs.lock("repo", timeout=lock_timeout):
-        pending = [p for p in journals(root) if journal_status(Journal.read(p)) == "unfinished"]
+        pending = [p for p in journals(root) if Journal.status(p) == "unfinished"]
         if pending:
             return _run(root, pending[-1], Journal.read(pending[-1]), jobs, progress, resumed=True)
-        if [p for p in journals(root) if journal_status(Journal.read(p)) == "rolling-back"]:
+        if [p for p in journals(root) if Journal.status(p) == "rolling-back"]:
             raise OrchFSError(
                 "a rollback was interrupted: run `orchfs migrate --rollback` again to finish it"
             )
-        the_plan = plan(root, layout=layout)
+        the_plan = plan(root, layout=layout, copy=copy)
         if the_plan.conflicts and prefer is None:
             return Result(
                 the_plan,
@@ -497,7 +641,10 @@ def apply(
             raise OSError(
                 f"not enough free space: {the_plan.copy_bytes} bytes to copy, {the_plan.free_bytes} free"
             )
-        steps = [dict(asdict(m)) for m in the_plan.moves]
+        steps = [
+            {"source": m.source, "target": m.target, "bytes": m.bytes, "action": m.action}
+            for m in the_plan.moves
+        ]
         for conflict in the_plan.conflicts:
             action = "retire" if prefer == "new" else "replace"
             steps.append(
@@ -509,19 +656,17 @@ def apply(
                     "replaced": True,
                 }
             )
+        stats = the_plan.stats
         for index, step in enumerate(steps):
-            full = os.path.join(root, step["source"])
-            st = os.lstat(full)
-            step.update(
-                i=index,
-                mode=stat.S_IMODE(st.st_mode),
-                mtime_ns=st.st_mtime_ns,
-                link=os.readlink(full) if stat.S_ISLNK(st.st_mode) else None,
-            )
+            source = step["source"]
+            st = stats.get(source) or os.lstat(f"{root}/{source}")
+            step["i"] = index
+            step["mode"] = st.st_mode & 0o7777
+            step["mtime_ns"] = st.st_mtime_ns
+            step["link"] = os.readlink(f"{root}/{source}") if stat.S_ISLNK(st.st_mode) else None
         fs._before_write("state.json")  # FORMAT and meta.json, so that the repo is v2
         path = os.path.join(root, STATE_DIR, JOURNAL_DIR, f"{the_plan.migration_id}.jsonl")
-        journal = Journal(path)
-        journal.write(
+        records = [
             {
                 "t": "begin",
                 "id": the_plan.migration_id,
@@ -530,11 +675,28 @@ def apply(
                 "root_mtime_ns": os.stat(root).st_mtime_ns,
                 "root": root,
             },
-            *({"t": "intent", **step} for step in steps),
-            sync=True,
-        )
-        journal.close()
-        return _run(root, path, Journal.read(path), jobs, progress, resumed=False, the_plan=the_plan)
+            *_intent_records(steps),
+        ]
+        Journal.create(path, records)
+        return _run(root, path, records, jobs, progress, resumed=False, the_plan=the_plan)
+
+
+STEP_FIELDS = ("i", "source", "target", "bytes", "action", "mode", "mtime_ns", "link", "replaced")
+
+
+def _intent_records(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The plan as intent records, 1,024 steps a line (one json.dumps of lists each)."""
+    for start in range(0, len(steps), 1024):
+        chunk = steps[start : start + 1024]
+        yield {"t": "intents", "steps": [[step.get(f) for f in STEP_FIELDS] for step in chunk]}
+
+
+def _steps_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    steps = []
+    for record in records:
+        if record.get("t") == "intents":
+            steps.extend(dict(zip(STEP_FIELDS, row, strict=True)) for row in record["steps"])
+    return steps
 
 
 def _run(
@@ -548,28 +710,30 @@ def _run(
 ) -> Result:
     begin = records[0]
     migration_id = begin["id"]
-    steps = [r for r in records if r.get("t") == "intent"]
+    steps = _steps_of(records)
     done = {r["i"] for r in records if r.get("t") == "done"}
     todo = [s for s in steps if s["i"] not in done]
     journal = Journal(path)
     finished = len(done)
     total = len(steps)
+    moved = moved_paths(steps) if any(s.get("link") for s in steps) else {}
     try:
+        fresh: set[str] | None = None if resumed else set()
 
         def one(step: dict[str, Any]) -> int:
-            _execute(root, step, migration_id, begin.get("backup", True))
+            _execute(root, step, migration_id, begin.get("backup", True), moved, fresh)
             return step["i"]
 
         if jobs > 1 and any(s["action"] == "copy" for s in todo):
             with ThreadPoolExecutor(max_workers=jobs) as pool:
                 for index in pool.map(one, todo):
-                    journal.write({"t": "done", "i": index})
+                    journal.done(index)
                     finished += 1
                     if progress:
                         progress(finished, total)
         else:
             for step in todo:
-                journal.write({"t": "done", "i": one(step)})
+                journal.done(one(step))
                 finished += 1
                 if progress:
                     progress(finished, total)
@@ -612,7 +776,7 @@ def rollback(
             candidates = [p for p in candidates if os.path.basename(p) == f"{migration_id}.jsonl"]
             if not candidates:
                 raise FileNotFoundError(f"no migration {migration_id!r} under {STATE_DIR}/{JOURNAL_DIR}/")
-        live = [p for p in candidates if journal_status(Journal.read(p)) != "rolled-back"]
+        live = [p for p in candidates if Journal.status(p) != "rolled-back"]
         empty_plan = Plan(migration_id or "", (), (), (), 0, 0, None)
         if not live:
             return Result(empty_plan, False, "nothing to roll back")
@@ -620,7 +784,7 @@ def rollback(
         records = Journal.read(path)
         begin = records[0]
         mid = begin["id"]
-        steps = [r for r in records if r.get("t") == "intent"]
+        steps = _steps_of(records)
         journal = Journal(path)
         journal.write({"t": "rollback-begin"}, sync=True)
         for name, (mode, _mtime) in sorted(begin.get("dirs", {}).items()):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_core, bench_locks, bench_overlay
+from . import bench_core, bench_locks, bench_migrate, bench_overlay
 
 BENCHMARKS = {
     "core": bench_core.run,
     "overlay": bench_overlay.run,
     "locks": bench_locks.run,
+    "migrate": bench_migrate.run,
 }
 
 

@@ -1,0 +1,90 @@
+"""Migration on local disk: 20,000 small files against a bare ``os.rename`` loop, and a
+1 GiB copy migration (as across devices) with its peak memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from .harness import Row, Table
+
+FILES = 20_000
+
+
+def _v1_repo(base: str) -> str:
+    root = os.path.join(base, "repo")
+    checkpoints = os.path.join(root, ".workflow_checkpoints")
+    os.makedirs(checkpoints)
+    for i in range(FILES):
+        with open(os.path.join(checkpoints, f"cp_{i:05d}.json"), "wb") as f:
+            f.write(b'{"checkpoint": %d}' % i)
+    return root
+
+
+def _bare_rename_loop(root: str) -> float:
+    source = os.path.join(root, ".workflow_checkpoints")
+    target = os.path.join(root, ".orchestrator", "checkpoints")
+    os.makedirs(target)
+    names = os.listdir(source)
+    start = time.perf_counter()
+    for name in names:
+        os.rename(f"{source}/{name}", f"{target}/{name}")
+    return len(names) / (time.perf_counter() - start)
+
+
+def _migration(root: str, **options) -> float:
+    from orchfs import migrate
+
+    start = time.perf_counter()
+    result = migrate.apply(root, **options)
+    elapsed = time.perf_counter() - start
+    if not result.applied:
+        raise RuntimeError(result.message)
+    return len(result.plan.moves) / elapsed
+
+
+COPY_SCRIPT = """
+import os, resource, sys, time
+from orchfs import migrate
+start = time.perf_counter()
+result = migrate.apply(sys.argv[1], copy=True, backup=False)
+elapsed = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(result.plan.total_bytes / elapsed / 2**20, peak)
+"""
+
+
+def run() -> Table:
+    table = Table("Migration, local disk (files/s; ratios: orchfs / peer)")
+    with tempfile.TemporaryDirectory(prefix="orchfs-bench-") as base:
+        bare = _bare_rename_loop(_v1_repo(os.path.join(base, "bare")))
+        no_backup = _migration(_v1_repo(os.path.join(base, "a")), backup=False)
+        with_backup = _migration(_v1_repo(os.path.join(base, "b")))
+        peers = {"bare os.rename": bare}
+        table.add(
+            Row(
+                "migrate 20,000 files, journal, --no-backup",
+                "files/s",
+                no_backup,
+                peers,
+                ("bare os.rename", 0.5),
+            )
+        )
+        table.add(Row("migrate 20,000 files, journal, backup links", "files/s", with_backup, peers))
+    with tempfile.TemporaryDirectory(prefix="orchfs-bench-") as base:
+        root = os.path.join(base, "repo")
+        os.makedirs(root)
+        chunk = os.urandom(2**20)
+        with open(os.path.join(root, ".workflow_approvals.db-wal"), "wb") as f:
+            for _ in range(1024):
+                f.write(chunk)
+        out = subprocess.run(
+            [sys.executable, "-c", COPY_SCRIPT, root], capture_output=True, text=True, check=True
+        ).stdout.split()
+        rate, peak_mib = float(out[0]), float(out[1])
+        table.add(Row("1 GiB copy migration (hash-checked)", "MiB/s", rate, {}))
+        table.add(Row("  peak RSS of that run", "MiB", peak_mib, {"limit 100 MiB": 100.0}))
+    return table

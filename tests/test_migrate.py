@@ -1,0 +1,384 @@
+"""orchfs migrate: plan, apply, resume after kill -9, fault injection, rollback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+
+import orchfs
+from orchfs import migrate
+from orchfs.testing import LEGACY_SAMPLE, build_legacy_repo
+
+EVERY_ROW = {
+    **LEGACY_SAMPLE,
+    ".workflow_approvals.db-wal": b"wal",
+    ".secrets.enc": b"Salted__" + b"\x07" * 32,
+    "secrets.enc.yaml": b"sops: {}\n",
+    "src/keep.py": b"print('user file')\n",
+    ".workflow_mystery.json": b"{}\n",
+}
+
+
+def tree(root: str, *, inside: bool = False) -> dict[str, tuple]:
+    """Every path under root with (mode, mtime_ns, bytes or link target)."""
+    out = {}
+    for top, dirs, files in os.walk(root):
+        rel_top = os.path.relpath(top, root)
+        if not inside and (rel_top == ".orchestrator" or rel_top.startswith(".orchestrator" + os.sep)):
+            continue
+        if rel_top.startswith(os.path.join(".orchestrator", "locks")):
+            continue  # the repository lock is taken even when nothing moves
+        for name in sorted(dirs + files):
+            full = os.path.join(top, name)
+            rel = os.path.relpath(full, root)
+            if not inside and rel == ".orchestrator" or rel == os.path.join(".orchestrator", "locks"):
+                continue
+            if rel == ".orchestrator" and inside:
+                out[rel] = "dir"
+                continue
+            st = os.lstat(full)
+            if os.path.islink(full):
+                content = "link:" + os.readlink(full)
+            elif os.path.isdir(full):
+                content = "dir"
+            else:
+                with open(full, "rb") as f:
+                    content = hashlib.sha256(f.read()).hexdigest()
+            out[rel] = (st.st_mode, st.st_mtime_ns, content)
+    return out
+
+
+def make_repo(tmp_path, files=EVERY_ROW, checkpoints=0, link=True) -> str:
+    files = dict(files)
+    files.update(
+        {f".workflow_checkpoints/bulk/cp_{i:05d}.json": f'{{"n": {i}}}'.encode() for i in range(checkpoints)}
+    )
+    repo = build_legacy_repo(tmp_path / "repo", files)
+    os.makedirs(repo / ".git")
+    if link:
+        os.symlink("cp_1.json", repo / ".workflow_checkpoints" / "latest.json")
+        os.symlink("../src/keep.py", repo / ".workflow_checkpoints" / "code_link")
+    sqlite3.connect(repo / ".workflow_approvals.db").close()
+    return str(repo)
+
+
+def allowed_inside_after_rollback(root: str) -> None:
+    state = os.path.join(root, ".orchestrator")
+    for top, _dirs, files in os.walk(state):
+        rel = os.path.relpath(top, state)
+        first = rel.split(os.sep)[0]
+        if first in ("locks", "migrations", "tmp"):
+            continue
+        if first == "migration_backup":
+            assert files == [], f"backup not emptied: {top}"
+            continue
+        assert rel == "." or first in ("locks", "migrations", "tmp"), f"left behind: {rel}"
+        assert set(files) <= {"meta.json", "FORMAT", "audit.jsonl"}, files
+
+
+def test_dry_run_changes_nothing(tmp_path):
+    root = make_repo(tmp_path)
+    before = tree(root, inside=True)
+    plan = migrate.plan(root)
+    assert tree(root, inside=True) == before
+    sources = {m.source for m in plan.moves}
+    assert ".workflow_state.json" in sources and ".workflow_checkpoints/latest.json" in sources
+    assert ".secrets.enc" in sources and ".workflow_approvals.db-wal" in sources
+    assert plan.unknown == (".workflow_mystery.json",)
+    assert plan.total_bytes == sum(m.bytes for m in plan.moves)
+    assert all(m.action == "rename" for m in plan.moves)
+    result = subprocess.run(
+        [sys.executable, "-m", "orchfs.cli", "--root", root, "migrate", "--dry-run", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    document = json.loads(result.stdout)
+    assert document["applied"] is False and document["unknown"] == [".workflow_mystery.json"]
+    assert {"source", "target", "bytes", "action"} == set(document["moves"][0])
+    assert tree(root, inside=True) == before
+
+
+def test_apply_then_second_run_then_rollback_carrying_changes(tmp_path):
+    root = make_repo(tmp_path)
+    before = tree(root)
+    originals = {rel: data for rel, data in EVERY_ROW.items()}
+    result = migrate.apply(root)
+    assert result.applied
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    assert fs.cat_file("state.json") == originals[".workflow_state.json"]
+    assert fs.cat_file("checkpoints/latest.json") == originals[".workflow_checkpoints/cp_1.json"]
+    assert os.readlink(os.path.join(root, ".orchestrator/checkpoints/code_link")) == "../../src/keep.py"
+    assert fs.resolve("state.json").layer == "contained"
+    assert not os.path.exists(os.path.join(root, ".workflow_state.json"))
+    assert os.path.exists(os.path.join(root, ".workflow_mystery.json"))
+    assert os.path.exists(os.path.join(root, ".orchestrator/secrets/legacy.enc"))
+    second = migrate.apply(root)
+    assert not second.applied and "nothing to migrate" in second.message
+    fs.pipe_file("state.json", b"changed after the migration")
+    undone = migrate.rollback(root)
+    assert undone.applied
+    after = tree(root)
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    assert changed == {".workflow_state.json"}
+    with open(os.path.join(root, ".workflow_state.json"), "rb") as f:
+        assert f.read() == b"changed after the migration"
+    allowed_inside_after_rollback(root)
+    assert migrate.rollback(root).message == "nothing to roll back"
+
+
+def test_rollback_without_changes_is_byte_for_byte(tmp_path):
+    root = make_repo(tmp_path)
+    before = tree(root)
+    migrate.apply(root)
+    migrate.rollback(root)
+    assert tree(root) == before
+    allowed_inside_after_rollback(root)
+
+
+def test_conflicts_stop_the_run_unless_prefer(tmp_path):
+    root = make_repo(tmp_path)
+    os.makedirs(os.path.join(root, ".orchestrator"))
+    with open(os.path.join(root, ".orchestrator", "state.json"), "wb") as f:
+        f.write(b"newer")
+    with open(os.path.join(root, ".orchestrator", "log.jsonl"), "wb") as f:
+        f.write(EVERY_ROW[".workflow_log.jsonl"])  # moved by hand: same bytes
+    before = tree(root, inside=True)
+    result = migrate.apply(root)
+    assert not result.applied and "conflict" in result.message
+    assert [c.source for c in result.plan.conflicts] == [".workflow_state.json"]
+    assert tree(root, inside=True) == before
+    cli = subprocess.run(
+        [sys.executable, "-m", "orchfs.cli", "--root", root, "migrate", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 1 and json.loads(cli.stdout)["conflicts"]
+    assert migrate.apply(root, prefer="new").applied
+    with open(os.path.join(root, ".orchestrator", "state.json"), "rb") as f:
+        assert f.read() == b"newer"
+    assert not os.path.exists(os.path.join(root, ".workflow_state.json"))
+    migrate.rollback(root)
+    with open(os.path.join(root, ".workflow_state.json"), "rb") as f:
+        assert f.read() == EVERY_ROW[".workflow_state.json"]
+
+
+def test_prefer_legacy_replaces_the_new_copy(tmp_path):
+    root = make_repo(tmp_path)
+    os.makedirs(os.path.join(root, ".orchestrator"))
+    with open(os.path.join(root, ".orchestrator", "state.json"), "wb") as f:
+        f.write(b"newer")
+    assert migrate.apply(root, prefer="legacy").applied
+    with open(os.path.join(root, ".orchestrator", "state.json"), "rb") as f:
+        assert f.read() == EVERY_ROW[".workflow_state.json"]
+    migrate.rollback(root)
+    with open(os.path.join(root, ".orchestrator", "state.json"), "rb") as f:
+        assert f.read() == b"newer"
+
+
+def test_sqlite_in_use_stops_the_migration(tmp_path):
+    root = make_repo(tmp_path)
+    db = os.path.join(root, ".workflow_approvals.db")
+    connection = sqlite3.connect(db)
+    connection.execute("create table t (x)")
+    connection.commit()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); c.execute('begin exclusive');"
+                "print('locked', flush=True); time.sleep(60)"
+            ),
+            db,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = tree(root)
+        with pytest.raises(migrate.SQLiteInUseError, match="workflow_approvals.db"):
+            migrate.apply(root)
+        assert tree(root) == before
+    finally:
+        holder.kill()
+        holder.wait()
+        connection.close()
+    with open(db + "-journal", "wb") as f:
+        f.write(b"hot")
+    with pytest.raises(migrate.SQLiteInUseError, match="hot journal"):
+        migrate.apply(root)
+
+
+def test_no_backup_and_jobs(tmp_path, monkeypatch):
+    root = make_repo(tmp_path, checkpoints=50)
+    monkeypatch.setattr(migrate, "_same_device", lambda *a: False)  # force verified copies
+    plan = migrate.plan(root)
+    assert {m.action for m in plan.moves} == {"copy"} and plan.copy_bytes == plan.total_bytes
+    before = tree(root)
+    assert migrate.apply(root, backup=False, jobs=8).applied
+    assert (
+        not os.listdir(os.path.join(root, ".orchestrator", "migration_backup"))
+        if os.path.isdir(os.path.join(root, ".orchestrator", "migration_backup"))
+        else True
+    )
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    assert fs.cat_file("checkpoints/bulk/cp_00049.json") == b'{"n": 49}'
+    migrate.rollback(root)
+    assert tree(root) == before
+
+
+class FaultyOS(types.SimpleNamespace):
+    """os, except that the Nth call of one operation fails (SQLite's crash-test method)."""
+
+    def __init__(self, operation: str, failing_call: int) -> None:
+        super().__init__()
+        self._operation = operation
+        self._failing = failing_call
+        self.calls = 0
+
+    def __getattr__(self, name):
+        real = getattr(os, name)
+        if name != self._operation:
+            return real
+
+        def faulty(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self._failing:
+                raise OSError(5, f"injected failure of {name} #{self.calls}")
+            return real(*args, **kwargs)
+
+        return faulty
+
+
+@pytest.mark.parametrize("operation", ["rename", "replace", "write", "fsync", "link", "unlink", "symlink"])
+def test_failing_the_nth_operation_then_rerun_or_rollback(operation, tmp_path, monkeypatch):
+    for failing_call in range(1, 40):
+        base = tmp_path / f"{operation}-{failing_call}"
+        base.mkdir()
+        root = make_repo(base)
+        before = tree(root)
+        faulty = FaultyOS(operation, failing_call)
+        monkeypatch.setattr(migrate, "os", faulty)
+        try:
+            migrate.apply(root)
+            completed = True
+        except OSError as exc:
+            assert "injected" in str(exc)
+            completed = False
+        finally:
+            monkeypatch.setattr(migrate, "os", os)
+        if failing_call % 2:
+            migrate.apply(root)  # rerun finishes
+            fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+            assert fs.cat_file("state.json") == EVERY_ROW[".workflow_state.json"]
+            assert fs.cat_file("checkpoints/latest.json") == EVERY_ROW[".workflow_checkpoints/cp_1.json"]
+            assert not os.path.exists(os.path.join(root, ".workflow_checkpoints"))
+            migrate.rollback(root)
+        else:
+            migrate.rollback(root)  # or rollback undoes it
+        assert tree(root) == before, (operation, failing_call)
+        if completed and faulty.calls < failing_call:
+            break  # N is past the last call of this operation: every N was covered
+
+
+def _start_migration(root: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchfs.cli", "--root", root, "--quiet", "migrate"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.slow
+def test_kill_9_twenty_times_then_finish(tmp_path):
+    root = make_repo(tmp_path, checkpoints=20000)
+    before = tree(root)
+    originals = {}
+    for rel, (_mode, _mtime, content) in before.items():
+        if content not in ("dir",) and not content.startswith("link:"):
+            originals[rel] = content
+    rng = random.Random(7)
+    interrupted = 0
+    for _ in range(20):
+        proc = _start_migration(root)
+        time.sleep(rng.uniform(0.3, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        interrupted += bool(migrate.unfinished(root))
+    assert interrupted >= 3, "no kill landed in the middle of a migration"
+    assert (
+        subprocess.run([sys.executable, "-m", "orchfs.cli", "--root", root, "--quiet", "migrate"]).returncode
+        == 0
+    )
+    assert not migrate.unfinished(root)
+    plan = migrate.plan(root)
+    moved = {}
+    for top, _dirs, files in os.walk(os.path.join(root, ".orchestrator")):
+        if "migration_backup" in top or "migrations" in top or "locks" in top:
+            continue
+        for name in files:
+            full = os.path.join(top, name)
+            if not os.path.islink(full):
+                with open(full, "rb") as f:
+                    moved[os.path.relpath(full, root)] = hashlib.sha256(f.read()).hexdigest()
+    layout = orchfs.default_layout()
+    for legacy_rel, digest in originals.items():
+        if legacy_rel in (".workflow_mystery.json", "src/keep.py", "workflow.yaml"):
+            with open(os.path.join(root, legacy_rel), "rb") as f:
+                assert hashlib.sha256(f.read()).hexdigest() == digest
+            continue
+        target = _target_of(layout, legacy_rel)
+        assert moved.get(target) == digest, legacy_rel
+        assert not os.path.lexists(os.path.join(root, legacy_rel)), legacy_rel
+    assert plan.moves == ()
+
+
+def _target_of(layout, legacy_rel: str) -> str:
+    for entry in layout.entries:
+        for loc in entry.legacy:
+            for suffix in ("", *entry.companions):
+                if legacy_rel == loc + suffix:
+                    return f".orchestrator/{entry.logical}{suffix}"
+                if entry.is_dir and legacy_rel.startswith(loc + "/"):
+                    return f".orchestrator/{entry.logical}/{legacy_rel[len(loc) + 1 :]}"
+    for source, contained in layout.import_sources:
+        if legacy_rel == source:
+            return f".orchestrator/{contained}"
+    raise AssertionError(legacy_rel)
+
+
+@pytest.mark.slow
+def test_kill_9_then_rollback_restores_the_tree(tmp_path):
+    root = make_repo(tmp_path, checkpoints=20000)
+    before = tree(root)
+    rng = random.Random(11)
+    for _attempt in range(30):
+        proc = _start_migration(root)
+        time.sleep(rng.uniform(0.2, 0.8))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if migrate.unfinished(root):
+            break
+        if migrate.journals(root):  # finished (or never started): undo and try again
+            migrate.rollback(root)
+    assert migrate.unfinished(root), "no kill landed in the middle of a migration"
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "orchfs.cli", "--root", root, "--quiet", "migrate", "--rollback"]
+        ).returncode
+        == 0
+    )
+    assert tree(root) == before
+    allowed_inside_after_rollback(root)
