@@ -41,7 +41,7 @@ def tree(root: str, *, inside: bool = False) -> dict[str, tuple]:
         for name in sorted(dirs + files):
             full = os.path.join(top, name)
             rel = os.path.relpath(full, root)
-            if not inside and rel == ".orchestrator" or rel == os.path.join(".orchestrator", "locks"):
+            if (not inside and rel == ".orchestrator") or rel == os.path.join(".orchestrator", "locks"):
                 continue
             if rel == ".orchestrator" and inside:
                 out[rel] = "dir"

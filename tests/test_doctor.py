@@ -1,0 +1,163 @@
+"""orchfs doctor: every finding id it can detect, and the safe fixes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import orchfs
+from orchfs import doctor, migrate
+from orchfs.testing import build_legacy_repo
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def ids(root) -> set[str]:
+    return {f.id for f in doctor.run(root)}
+
+
+def fresh_v2(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / ".git").mkdir()
+    (root / ".gitignore").write_text(".orchestrator/\n")
+    fs = orchfs.OrchFileSystem(root=str(root), skip_instance_cache=True)
+    fs.pipe_file("state.json", b"{}")
+    return root, fs
+
+
+def test_clean_v2_repository_has_no_findings(tmp_path):
+    root, _ = fresh_v2(tmp_path)
+    assert doctor.run(root) == []
+    assert doctor.exit_code([]) == 0
+
+
+def test_v1_repository_is_info_only(tmp_path):
+    root = build_legacy_repo(tmp_path / "repo")
+    findings = doctor.run(root)
+    assert [(f.id, f.severity) for f in findings] == [("mixed-layout", "info")]
+    assert doctor.exit_code(findings) == 0
+    assert not (root / ".orchestrator").exists()
+
+
+def test_mixed_layout_conflict_and_legacy_changed(tmp_path):
+    root = build_legacy_repo(tmp_path / "repo")
+    fs = orchfs.OrchFileSystem(root=str(root), skip_instance_cache=True)
+    fs.pipe_file("state.json", b"new")
+    fs.rm_file("log.jsonl")
+    later = time.time() + 5
+    os.utime(root / ".workflow_state.json", (later, later))
+    os.utime(root / ".workflow_log.jsonl", (later, later))
+    found = doctor.run(root)
+    assert {"mixed-layout", "conflict", "legacy-changed"} <= {f.id for f in found}
+    conflict = next(f for f in found if f.id == "conflict")
+    assert "sha256" in conflict.message and len(conflict.paths) == 2
+    changed = [f for f in found if f.id == "legacy-changed"]
+    assert {f.paths[0] for f in changed} == {".workflow_state.json", ".workflow_log.jsonl"}
+
+
+def test_orphan_temp_and_fix(tmp_path):
+    root, _ = fresh_v2(tmp_path)
+    temp = root / ".orchestrator" / ".orchfs-tmp.state.json.deadbeef"
+    temp.write_bytes(b"half")
+    old = time.time() - 3600
+    os.utime(temp, (old, old))
+    recent = root / ".orchestrator" / ".orchfs-tmp.other.cafe"
+    recent.write_bytes(b"in flight")
+    assert "orphan-temp" in ids(root)
+    doctor.fix(root)
+    assert not temp.exists() and recent.exists()
+    assert "orphan-temp" not in ids(root)
+
+
+def test_stale_lock_and_fix(tmp_path):
+    root, _ = fresh_v2(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "tests.workers", "hold", json.dumps({"root": str(root)}), "repo", "30"],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "holding"
+    assert "stale-lock" not in ids(root)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    finding = next(f for f in doctor.run(root) if f.id == "stale-lock")
+    assert str(holder.pid) in finding.message
+    doctor.fix(root)
+    assert "stale-lock" not in ids(root)
+
+
+def test_loose_permissions_and_fix(tmp_path):
+    root, fs = fresh_v2(tmp_path)
+    with fs.lock("repo"):
+        pass
+    os.chmod(root / ".orchestrator" / "locks", 0o755)
+    secrets = root / ".orchestrator" / "secrets" / "abc"
+    secrets.mkdir(parents=True)
+    (secrets / "TOKEN.enc").write_bytes(b"x")
+    os.chmod(secrets / "TOKEN.enc", 0o644)
+    assert "loose-permissions" in ids(root)
+    doctor.fix(root)
+    assert "loose-permissions" not in ids(root)
+    assert (secrets / "TOKEN.enc").stat().st_mode & 0o777 == 0o600
+
+
+def test_not_gitignored_and_copied_state_and_newer_layout(tmp_path):
+    root, _ = fresh_v2(tmp_path)
+    (root / ".gitignore").write_text("build/\n")
+    assert "not-gitignored" in ids(root)
+    meta_path = root / ".orchestrator" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["root"] = "/somewhere/else"
+    meta_path.write_text(json.dumps(meta))
+    assert "copied-state" in ids(root)
+    (root / ".orchestrator" / "FORMAT").write_text("3\n")
+    finding = next(f for f in doctor.run(root) if f.id == "newer-layout")
+    assert finding.severity == "error"
+
+
+def test_unfinished_migration_and_fix(tmp_path):
+    root = build_legacy_repo(tmp_path / "repo")
+    migrate.apply(root)
+    migrate.rollback(root)
+    result = migrate.plan(root)
+    path = root / ".orchestrator" / "migrations" / "cut.jsonl"
+    records = [
+        {"t": "begin", "id": "cut", "backup": True, "dirs": {}, "root_mtime_ns": 0, "root": str(root)},
+        {
+            "t": "intents",
+            "steps": [
+                [
+                    i,
+                    m.source,
+                    m.target,
+                    m.bytes,
+                    m.action,
+                    0o644,
+                    os.lstat(root / m.source).st_mtime_ns,
+                    None,
+                    None,
+                ]
+                for i, m in enumerate(result.plan.moves if hasattr(result, "plan") else result.moves)
+            ],
+        },
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    found = next(f for f in doctor.run(root) if f.id == "unfinished-migration")
+    assert found.severity == "error"
+    done = doctor.fix(root)
+    assert any("finished the interrupted migration" in line for line in done)
+    assert "unfinished-migration" not in ids(root)
+    assert (root / ".orchestrator" / "state.json").exists()
+
+
+def test_json_document_shape(tmp_path):
+    root = build_legacy_repo(tmp_path / "repo")
+    document = json.loads(doctor.to_json(doctor.run(root)))
+    (finding,) = document["findings"]
+    assert set(finding) == {"id", "severity", "message", "fix", "paths"}
