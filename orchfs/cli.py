@@ -377,6 +377,12 @@ def _human_plan(document: dict[str, Any], dry_run: bool) -> str:
     show_default=True,
     help="Parallel copies (remote or cross-device moves).",
 )
+@click.option(
+    "--storage",
+    metavar="URL",
+    help="Move the state to this directory instead of .orchestrator/ (s3://bucket/prefix; "
+    "credentials from the environment).",
+)
 @json_option
 @pass_ctx
 @handle_errors
@@ -388,6 +394,7 @@ def migrate(
     prefer: str | None,
     no_backup: bool,
     jobs: int,
+    storage: str | None,
 ) -> None:
     """Move a v1 repository to the v2 layout (journaled, resumable, undoable).
 
@@ -401,11 +408,11 @@ def migrate(
     from . import migrate as migration
 
     if rollback:
-        result = migration.rollback(ctx.root, migration_id)
+        result = migration.rollback(ctx.root, migration_id, storage=storage)
         ctx.emit(result.to_json(), result.message)
         return
     if dry_run:
-        the_plan = migration.plan(ctx.root)
+        the_plan = migration.plan(ctx.root, storage=storage)
         document = the_plan.to_json(False)
         ctx.emit(document, lambda: _human_plan(document, True))
         return

@@ -228,13 +228,26 @@ def _sqlite_in_use(root: str, sources: list[str]) -> str | None:
     return None
 
 
-def plan(root: Any, *, layout: Any = None, migration_id: str | None = None, copy: bool = False) -> Plan:
+def plan(
+    root: Any,
+    *,
+    layout: Any = None,
+    migration_id: str | None = None,
+    copy: bool = False,
+    storage: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Plan:
     """What a migration of ``root`` would do. Reads only.
 
-    ``copy=True`` copies (with hash check) even where a rename would do.
+    ``copy=True`` copies (with hash check) even where a rename would do. ``storage``
+    names a state directory elsewhere (``s3://bucket/prefix``, ``memory://...``): files
+    are then uploaded to it, hash-checked, and removed from the repository.
     """
     root = _root(root)
     layout = coerce_layout(layout)
+    remote = _remote_store(root, storage, storage_options)
+    if remote is not None:
+        return _remote_plan(root, layout, remote, migration_id)
     state_dir = os.path.join(root, STATE_DIR)
     same_device = not copy and _same_device(root, state_dir)
     moves, conflicts, sqlite_sources = [], [], []
@@ -273,6 +286,83 @@ def plan(root: Any, *, layout: Any = None, migration_id: str | None = None, copy
         _sqlite_in_use(root, sqlite_sources),
         stats,
     )
+
+
+def _remote_store(root: str, storage: str | None, options: dict[str, Any] | None) -> Any:
+    """The adapter of a state directory that is not ``<root>/.orchestrator`` (or None)."""
+    if storage is None:
+        return None
+    from .storage import LocalStorage, open_storage
+
+    store = open_storage(storage, options)
+    if isinstance(store, LocalStorage) and store.base == os.path.join(root, STATE_DIR):
+        return None
+    return store
+
+
+def _remote_plan(root: str, layout: Layout, store: Any, migration_id: str | None) -> Plan:
+    existing = set(store.find_files(""))
+    moves, conflicts, sqlite_sources = [], [], []
+    stats: dict[str, os.stat_result] = {}
+    total = 0
+    for pair in _legacy_pairs(root, layout):
+        stats[pair.source] = pair.st
+        if pair.sqlite:
+            sqlite_sources.append(pair.source)
+        size = pair.st.st_size
+        target = store.url(pair.contained)
+        if pair.contained in existing:
+            same = _sha256_file(os.path.join(root, pair.source)) == _sha256_bytes(store.read(pair.contained))
+            if same:
+                moves.append(Move(pair.source, target, size, "retire"))
+            else:
+                conflicts.append(Conflict(pair.source, target))
+            continue
+        moves.append(Move(pair.source, target, size, "upload"))
+        total += size
+    return Plan(
+        migration_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
+        tuple(moves),
+        tuple(conflicts),
+        tuple(_unknown(root, layout)),
+        total,
+        total,
+        None,
+        _sqlite_in_use(root, sqlite_sources),
+        stats,
+    )
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _upload(source: str, store: Any, rel: str) -> None:
+    """Stream a file (a link: what it points at) to the store; check what landed."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as reader, store.open_write(rel) as writer:
+        for chunk in iter(lambda: reader.read(1 << 20), b""):
+            digest.update(chunk)
+            writer.write(chunk)
+    if _sha256_bytes(store.read(rel)) != digest.hexdigest():
+        raise OSError(f"upload of {source} to {store.url(rel)} did not verify; the source is kept")
+
+
+def _download(store: Any, rel: str, path: str) -> None:
+    """Bring a stored file back to local disk atomically."""
+    _ensure_parent(path)
+    temp = _temp_beside(path)
+    try:
+        with store.open_read(rel) as reader, open(temp, "xb") as writer:
+            for chunk in iter(lambda: reader.read(1 << 20), b""):
+                writer.write(chunk)
+            writer.flush()
+            os.fsync(writer.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 # --- the journal -----------------------------------------------------------------------
@@ -578,6 +668,50 @@ def _execute(
     _place(source, target, "copy" if step["action"] == "copy" else "rename", step.get("link"), root, moved)
 
 
+def _execute_remote(root: str, step: dict[str, Any], migration_id: str, backup: bool, store: Any) -> None:
+    """One step towards a state directory on another backend (upload, verify, delete)."""
+    source = f"{root}/{step['source']}"
+    backup_path = f"{root}/{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{step['source']}"
+    if not _lexists(source):
+        return  # already done
+    if backup or step.get("replaced"):
+        _backup(source, backup_path)
+    if step["action"] == "replace":
+        aside = f"{root}/{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{STATE_DIR}-replaced/{step['rel']}"
+        if not _lexists(aside):
+            _download(store, step["rel"], aside)
+    if step["action"] != "retire":
+        _upload(source, store, step["rel"])
+    os.unlink(source)
+
+
+def _undo_remote(root: str, step: dict[str, Any], backup_root: str, store: Any) -> None:
+    source = f"{root}/{step['source']}"
+    if step["action"] == "retire":
+        backup_path = f"{backup_root}/{step['source']}"
+        if not _lexists(source) and _lexists(backup_path):
+            _copy_or_rename(backup_path, source)
+        _restore_meta(source, step)
+        return
+    unchanged = False
+    if not _lexists(source) and store.exists(step["rel"]):
+        if step.get("link") is not None:
+            _ensure_parent(source)
+            os.symlink(step["link"], source)
+        else:
+            _download(store, step["rel"], source)
+            kept = f"{backup_root}/{step['source']}"
+            # The backup tells whether the file changed while it lived in the store.
+            unchanged = _lexists(kept) and _sha256_file(kept) == _sha256_file(source)
+    if store.exists(step["rel"]):
+        aside = f"{backup_root}/{STATE_DIR}-replaced/{step['rel']}"
+        if step["action"] == "replace" and _lexists(aside):
+            _upload(aside, store, step["rel"])
+        else:
+            store.remove(step["rel"])
+    _restore_meta(source, step, unchanged)
+
+
 def _legacy_dirs(root: str, moves: list[dict[str, Any]]) -> dict[str, list[int]]:
     """v1 directories that hold moved files: their mode and mtime, to restore on rollback."""
     out: dict[str, list[int]] = {}
@@ -607,6 +741,8 @@ def apply(
     progress: Callable[[int, int], None] | None = None,
     lock_timeout: float = 10.0,
     copy: bool = False,
+    storage: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Result:
     """Migrate ``root`` (or finish an interrupted migration). See the module docstring."""
     from .filesystem import OrchFileSystem
@@ -616,16 +752,20 @@ def apply(
     if jobs < 1:
         raise ValueError(f"jobs={jobs}: give at least 1")
     root = _root(root)
-    fs = OrchFileSystem(root=root, layout=layout, skip_instance_cache=True)
+    fs = OrchFileSystem(
+        root=root, layout=layout, storage=storage, storage_options=storage_options, skip_instance_cache=True
+    )
+    remote = _remote_store(root, storage, storage_options)
     with fs.lock("repo", timeout=lock_timeout):
         pending = [p for p in journals(root) if Journal.status(p) == "unfinished"]
         if pending:
-            return _run(root, pending[-1], Journal.read(pending[-1]), jobs, progress, resumed=True)
+            records = Journal.read(pending[-1])
+            return _run(root, pending[-1], records, jobs, progress, resumed=True, remote=remote)
         if [p for p in journals(root) if Journal.status(p) == "rolling-back"]:
             raise OrchFSError(
                 "a rollback was interrupted: run `orchfs migrate --rollback` again to finish it"
             )
-        the_plan = plan(root, layout=layout, copy=copy)
+        the_plan = plan(root, layout=layout, copy=copy, storage=storage, storage_options=storage_options)
         if the_plan.conflicts and prefer is None:
             return Result(
                 the_plan,
@@ -645,6 +785,10 @@ def apply(
             {"source": m.source, "target": m.target, "bytes": m.bytes, "action": m.action}
             for m in the_plan.moves
         ]
+        if remote is not None:
+            base = remote.url("")
+            for step in steps:
+                step["rel"] = step["target"][len(base) :].lstrip("/")
         for conflict in the_plan.conflicts:
             action = "retire" if prefer == "new" else "replace"
             steps.append(
@@ -665,6 +809,7 @@ def apply(
             step["mtime_ns"] = st.st_mtime_ns
             step["link"] = os.readlink(f"{root}/{source}") if stat.S_ISLNK(st.st_mode) else None
         fs._before_write("state.json")  # FORMAT and meta.json, so that the repo is v2
+        os.makedirs(os.path.join(root, STATE_DIR), exist_ok=True)  # the journal stays local
         path = os.path.join(root, STATE_DIR, JOURNAL_DIR, f"{the_plan.migration_id}.jsonl")
         records = [
             {
@@ -674,14 +819,15 @@ def apply(
                 "dirs": _legacy_dirs(root, steps),
                 "root_mtime_ns": os.stat(root).st_mtime_ns,
                 "root": root,
+                "storage": storage if remote is not None else None,
             },
             *_intent_records(steps),
         ]
         Journal.create(path, records)
-        return _run(root, path, records, jobs, progress, resumed=False, the_plan=the_plan)
+        return _run(root, path, records, jobs, progress, resumed=False, the_plan=the_plan, remote=remote)
 
 
-STEP_FIELDS = ("i", "source", "target", "bytes", "action", "mode", "mtime_ns", "link", "replaced")
+STEP_FIELDS = ("i", "source", "target", "bytes", "action", "mode", "mtime_ns", "link", "replaced", "rel")
 
 
 def _intent_records(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -707,6 +853,7 @@ def _run(
     progress: Callable[[int, int], None] | None,
     resumed: bool,
     the_plan: Plan | None = None,
+    remote: Any = None,
 ) -> Result:
     begin = records[0]
     migration_id = begin["id"]
@@ -721,10 +868,13 @@ def _run(
         fresh: set[str] | None = None if resumed else set()
 
         def one(step: dict[str, Any]) -> int:
-            _execute(root, step, migration_id, begin.get("backup", True), moved, fresh)
+            if remote is not None:
+                _execute_remote(root, step, migration_id, begin.get("backup", True), remote)
+            else:
+                _execute(root, step, migration_id, begin.get("backup", True), moved, fresh)
             return step["i"]
 
-        if jobs > 1 and any(s["action"] == "copy" for s in todo):
+        if jobs > 1 and any(s["action"] in ("copy", "upload") for s in todo):
             with ThreadPoolExecutor(max_workers=jobs) as pool:
                 for index in pool.map(one, todo):
                     journal.done(index)
@@ -763,13 +913,25 @@ def _run(
 
 
 def rollback(
-    root: Any, migration_id: str | None = None, *, lock_timeout: float = 10.0, layout: Any = None
+    root: Any,
+    migration_id: str | None = None,
+    *,
+    lock_timeout: float = 10.0,
+    layout: Any = None,
+    storage: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Result:
-    """Restore the v1 layout of a migration (the newest one if no id is given)."""
+    """Restore the v1 layout of a migration (the newest one if no id is given).
+
+    A migration to another backend is rolled back from it: pass the same
+    ``storage_options`` (they are never written to the journal).
+    """
     from .filesystem import OrchFileSystem
 
     root = _root(root)
-    fs = OrchFileSystem(root=root, layout=layout, skip_instance_cache=True)
+    fs = OrchFileSystem(
+        root=root, layout=layout, storage=storage, storage_options=storage_options, skip_instance_cache=True
+    )
     with fs.lock("repo", timeout=lock_timeout):
         candidates = journals(root)
         if migration_id is not None:
@@ -793,9 +955,14 @@ def rollback(
                 os.makedirs(full, exist_ok=True)
                 os.chmod(full, mode)
         backup_root = os.path.join(root, STATE_DIR, BACKUP_DIR, mid)
+        remote = _remote_store(root, begin.get("storage") or storage, storage_options)
         for step in reversed(steps):
-            _undo(root, step, backup_root)
-        _carry_back_new_files(root, fs.layout, begin)
+            if remote is not None:
+                _undo_remote(root, step, backup_root, remote)
+            else:
+                _undo(root, step, backup_root)
+        if remote is None:
+            _carry_back_new_files(root, fs.layout, begin)
         for name, (mode, mtime) in sorted(begin.get("dirs", {}).items(), key=lambda kv: -kv[0].count("/")):
             full = os.path.join(root, name)
             os.chmod(full, mode)
@@ -859,14 +1026,15 @@ def _copy_or_rename(src: str, dst: str) -> None:
         os.unlink(src)
 
 
-def _restore_meta(path: str, step: dict[str, Any]) -> None:
+def _restore_meta(path: str, step: dict[str, Any], unchanged: bool = False) -> None:
     """v1 mode back; v1 mtime back unless the file was changed after the migration."""
     if not _lexists(path):
         return
     link = step.get("link") is not None
     if not link:
         os.chmod(path, step["mode"])
-        if os.lstat(path).st_mtime_ns != step["mtime_ns"] and step["action"] != "retire":
+        changed = os.lstat(path).st_mtime_ns != step["mtime_ns"] and step["action"] != "retire"
+        if changed and not unchanged:
             return  # a later change, carried back: its own mtime tells the truth
     with contextlib.suppress(OSError, NotImplementedError):
         os.utime(path, ns=(step["mtime_ns"], step["mtime_ns"]), follow_symlinks=not link)

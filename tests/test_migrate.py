@@ -382,3 +382,35 @@ def test_kill_9_then_rollback_restores_the_tree(tmp_path):
     )
     assert tree(root) == before
     allowed_inside_after_rollback(root)
+
+
+@pytest.mark.parametrize("kind", ["memory", "s3"])
+def test_migration_to_memory_and_s3_storage_with_eight_jobs(kind, tmp_path, request):
+    import uuid
+
+    root = make_repo(tmp_path, checkpoints=200, link=False)
+    before = tree(root)
+    if kind == "memory":
+        storage, options = f"memory://migrated-{uuid.uuid4().hex}/state", None
+    else:
+        server = request.getfixturevalue("moto_server")
+        bucket = request.getfixturevalue("s3_bucket")
+        storage, options = f"s3://{bucket}/migrated-{uuid.uuid4().hex}", server.storage_options
+    the_plan = migrate.plan(root, storage=storage, storage_options=options)
+    assert {m.action for m in the_plan.moves} == {"upload"}
+    assert the_plan.moves[0].target.startswith(("memory://", "s3://"))
+    result = migrate.apply(root, storage=storage, storage_options=options, jobs=8)
+    assert result.applied
+    fs = orchfs.OrchFileSystem(root=root, storage=storage, storage_options=options, skip_instance_cache=True)
+    assert fs.cat_file("state.json") == EVERY_ROW[".workflow_state.json"]
+    assert fs.cat_file("checkpoints/bulk/cp_00199.json") == b'{"n": 199}'
+    assert fs.resolve("checkpoints/bulk/cp_00007.json").layer == "contained"
+    assert not os.path.exists(os.path.join(root, ".workflow_state.json"))
+    assert not migrate.apply(root, storage=storage, storage_options=options).applied
+    fs.pipe_file("log.jsonl", b"changed remotely")
+    assert migrate.rollback(root, storage_options=options).applied
+    after = tree(root)
+    assert {k for k in set(before) | set(after) if before.get(k) != after.get(k)} == {".workflow_log.jsonl"}
+    left = {p for p in fs._state.find_files("") if not p.startswith("locks/")}
+    assert left <= {"FORMAT", "meta.json"}
+    assert fs.resolve("state.json").layer == "legacy"
