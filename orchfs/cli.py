@@ -418,7 +418,9 @@ def migrate(
         return
     update, close = _progress(ctx)
     try:
-        result = migration.apply(ctx.root, prefer=prefer, backup=not no_backup, jobs=jobs, progress=update)
+        result = migration.apply(
+            ctx.root, prefer=prefer, backup=not no_backup, jobs=jobs, progress=update, storage=storage
+        )
     finally:
         close()
     document = result.to_json()
