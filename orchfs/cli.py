@@ -466,6 +466,178 @@ def doctor(ctx: Context, apply_fixes: bool) -> None:
     sys.exit(checks.exit_code(findings))
 
 
+@main.group()
+def secrets() -> None:
+    """Encrypted secrets of this repository (AES-256-GCM, a namespace per repository).
+
+    \b
+    Examples:
+      orchfs secrets init                 # a user key file, 0600
+      printf %s "$TOKEN" | orchfs secrets set API_TOKEN
+      orchfs secrets get API_TOKEN
+    """
+
+
+def _read_value(prompt: str) -> str:
+    stdin = click.get_text_stream("stdin")
+    if not stdin.isatty():
+        return stdin.read().rstrip("\n")
+    return click.prompt(prompt, hide_input=True, confirmation_prompt=False)
+
+
+@secrets.command(name="init")
+@json_option
+@pass_ctx
+@handle_errors
+def secrets_init(ctx: Context) -> None:
+    """Create the user key file (~/.config/orchfs/key, mode 0600).
+
+    \b
+    Example:
+      orchfs secrets init
+    """
+    from .secrets import init_user_key, user_key_path
+
+    if os.path.exists(user_key_path()):
+        raise FileExistsError(f"{user_key_path()} already exists; it is left as it is")
+    path = init_user_key()
+    ctx.emit({"key_file": path}, f"created {path} (mode 0600); keep a copy somewhere safe")
+
+
+@secrets.command(name="set")
+@click.argument("name")
+@json_option
+@pass_ctx
+@handle_errors
+def secrets_set(ctx: Context, name: str) -> None:
+    """Store a secret; the value comes from stdin or a prompt, never from the command line.
+
+    \b
+    Example:
+      printf %s "$TOKEN" | orchfs secrets set API_TOKEN
+    """
+    value = _read_value(f"value of {name}")
+    ctx.fs().secrets.set(name, value)
+    ctx.emit({"set": name}, f"stored {name}")
+
+
+@secrets.command(name="get")
+@click.argument("name")
+@pass_ctx
+@handle_errors
+def secrets_get(ctx: Context, name: str) -> None:
+    """Print a secret's value, and nothing else.
+
+    \b
+    Example:
+      export TOKEN="$(orchfs secrets get API_TOKEN)"
+    """
+    try:
+        value = ctx.fs().secrets.get(name)
+    except KeyError as exc:
+        raise FileNotFoundError(str(exc)) from None
+    click.echo(value)
+
+
+@secrets.command(name="list")
+@json_option
+@pass_ctx
+@handle_errors
+def secrets_list(ctx: Context) -> None:
+    """List secret names (never values).
+
+    \b
+    Example:
+      orchfs secrets list --json
+    """
+    names = ctx.fs().secrets.list()
+    ctx.emit({"secrets": names}, "\n".join(names))
+
+
+@secrets.command(name="rm")
+@click.argument("name")
+@json_option
+@pass_ctx
+@handle_errors
+def secrets_rm(ctx: Context, name: str) -> None:
+    """Delete a secret.
+
+    \b
+    Example:
+      orchfs secrets rm API_TOKEN
+    """
+    try:
+        ctx.fs().secrets.delete(name)
+    except KeyError as exc:
+        raise FileNotFoundError(str(exc)) from None
+    ctx.emit({"removed": name}, f"removed {name}")
+
+
+@secrets.command(name="rotate")
+@click.option(
+    "--new-key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="File holding the new key (url-safe base64 of 32 bytes); else read from stdin.",
+)
+@json_option
+@pass_ctx
+@handle_errors
+def secrets_rotate(ctx: Context, new_key_file: str | None) -> None:
+    """Re-encrypt every secret under a new key (resumable: rerun after a crash).
+
+    \b
+    Example:
+      orchfs secrets rotate --new-key-file ~/.config/orchfs/key.new
+    """
+    if new_key_file:
+        with open(new_key_file, encoding="ascii") as f:
+            new_key = f.read().strip()
+    else:
+        new_key = _read_value("new key (url-safe base64)")
+    report = ctx.fs().secrets.rotate(new_key)
+    ctx.emit(
+        report,
+        f"re-encrypted {report['rewritten']} secret(s) under key id {report['key_id']}; "
+        + (f"retired {', '.join(report['retired'])}" if report["retired"] else "old key still needed"),
+    )
+
+
+@secrets.command(name="import-legacy")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The v1 .secrets.enc (default: found in the repository).",
+)
+@json_option
+@pass_ctx
+@handle_errors
+def secrets_import_legacy(ctx: Context, path: str | None) -> None:
+    """Import the v1 .secrets.enc (openssl aes-256-cbc -pbkdf2; password in SECRETS_PASSWORD).
+
+    \b
+    Example:
+      SECRETS_PASSWORD=... orchfs secrets import-legacy
+    """
+    names = ctx.fs().secrets.import_legacy(path=path)
+    ctx.emit({"imported": names}, f"imported {len(names)} secret(s): {', '.join(names)}")
+
+
+@secrets.command(name="where")
+@json_option
+@pass_ctx
+@handle_errors
+def secrets_where(ctx: Context) -> None:
+    """Say which key source is in use.
+
+    \b
+    Example:
+      orchfs secrets where
+    """
+    store = ctx.fs().secrets
+    ctx.emit({"source": store.where(), "repo_id": store.repo_id}, store.where())
+
+
 @main.command()
 @click.option("--keep", is_flag=True, help="Keep the demo repository instead of deleting it.")
 @json_option

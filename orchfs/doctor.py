@@ -59,7 +59,47 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
     findings += _temp_findings(state, now)
     findings += _permission_findings(state)
     findings += _identity_findings(root, state)
+    findings += _secret_findings(fs, state)
     return findings
+
+
+def _secret_findings(fs: Any, state: str) -> list[Finding]:
+    """Secrets that the keys available here cannot open."""
+    if not os.path.isdir(os.path.join(state, "secrets")):
+        return []
+    from .errors import SecretIntegrityError, SecretsLockedError
+
+    store = fs.secrets
+    unreadable = []
+    try:
+        names = store.list()
+    except (SecretsLockedError, SecretIntegrityError) as exc:
+        return [
+            Finding(
+                "secret-unreadable",
+                "error",
+                str(exc),
+                "provide the key (ORCHFS_KEY, ORCHFS_KEY_FILE, `orchfs secrets where`)",
+                ("secrets/",),
+            )
+        ]
+    for name in names:
+        try:
+            store.get_bytes(name)
+        except (SecretsLockedError, SecretIntegrityError, KeyError) as exc:
+            unreadable.append((name, str(exc)))
+    if not unreadable:
+        return []
+    return [
+        Finding(
+            "secret-unreadable",
+            "error",
+            f"{len(unreadable)} secret(s) cannot be read with the keys available: "
+            + "; ".join(message for _, message in unreadable),
+            "provide the key they were written with, or set them again",
+            tuple(f"secrets/{name}" for name, _ in unreadable),
+        )
+    ]
 
 
 def _layout_findings(root: str, state: str, layout: Any) -> list[Finding]:

@@ -45,6 +45,7 @@ STATE_DIR = ".orchestrator"
 
 
 LEGACY_MODES = ("read", "migrate", "off")
+SECRETS_VIEW = "secrets"
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ class OrchFileSystem(ChainedFileSystem):
         self._overlay = Overlay(self._state, self._repo, self.layout, session, legacy)
         self._writable_checked = False
         self._quiet_reads: set[tuple[str, str]] = set()
+        self._secret_store: Any = None
 
     def __repr__(self) -> str:
         session = f", session={self.session_id!r}" if self.session_id else ""
@@ -186,6 +188,24 @@ class OrchFileSystem(ChainedFileSystem):
     def storage_capabilities(self) -> Any:
         """What the state backend does natively (rename, conditional put, ...)."""
         return self._state.capabilities
+
+    @property
+    def secrets(self) -> Any:
+        """The encrypted secret namespace of this repository (a ``SecretStore``)."""
+        if self._secret_store is None:
+            from .secrets import SecretStore
+
+            self._secret_store = SecretStore(self, key=self._key)
+        return self._secret_store
+
+    def _secret_name(self, logical: str) -> str | None:
+        """``secrets/NAME`` -> NAME: that subtree is the secret store seen as files."""
+        head, _, name = logical.partition("/")
+        if head != SECRETS_VIEW:
+            return None
+        if not name or "/" in name:
+            raise IsADirectoryError(errno.EISDIR, "secrets/ holds names, not directories", logical)
+        return name
 
     def session(self, session_id: str) -> OrchFileSystem:
         """The same repository with session-scoped entries bound to ``session_id``."""
@@ -430,6 +450,10 @@ class OrchFileSystem(ChainedFileSystem):
         logical = self._gate(path)
         if not logical:
             return _directory_info("")
+        if logical == SECRETS_VIEW:
+            return _directory_info(SECRETS_VIEW)
+        if logical.startswith(SECRETS_VIEW + "/"):
+            return self._secret_info(logical)
         found = self._overlay.lookup(logical)
         if found is not None:
             out = dict(found[1])
@@ -443,6 +467,12 @@ class OrchFileSystem(ChainedFileSystem):
         logical = self._gate(path)
         if not logical or self._overlay.exists(logical):
             return True
+        if logical.startswith(SECRETS_VIEW):
+            try:
+                self.info(logical)
+            except FileNotFoundError:
+                return False
+            return True
         return bool(self.layout.virtual_children(logical)) and self._overlay.is_virtual_dir(logical)
 
     def isdir(self, path: Any) -> bool:
@@ -454,6 +484,9 @@ class OrchFileSystem(ChainedFileSystem):
 
     def ls(self, path: Any, detail: bool = True, **kwargs: Any) -> list[Any]:
         logical = self._gate(path)
+        if logical == SECRETS_VIEW:
+            infos = [self._secret_info(f"{SECRETS_VIEW}/{n}") for n in self.secrets.list()]
+            return infos if detail else [i["name"] for i in infos]
         children = self._overlay.listdir(logical)
         if not children:
             found = self._lookup(logical)
@@ -467,6 +500,8 @@ class OrchFileSystem(ChainedFileSystem):
         if not logical:
             for name in INTERNAL_NAMES.intersection(children):
                 del children[name]
+            if SECRETS_VIEW in children:
+                children[SECRETS_VIEW] = (_directory_info(SECRETS_VIEW), None)
         if not detail:
             return [join(logical, name) for name in children]
         out = []
@@ -480,6 +515,12 @@ class OrchFileSystem(ChainedFileSystem):
         logical = self._gate(path)
         if not logical:
             raise _is_a_directory("")
+        name = self._secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
+        if name is not None:
+            try:
+                return self.secrets.get_bytes(name)[start:end]
+            except KeyError:
+                raise _not_found(logical) from None
         try:
             location, data = self._overlay.read(logical, start, end)
         except FileNotFoundError:
@@ -512,6 +553,9 @@ class OrchFileSystem(ChainedFileSystem):
         logical = self._gate(path)
         if not logical:
             raise _is_a_directory("")
+        name = self._secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
+        if name is not None:
+            return self._open_secret(logical, name, mode, autocommit)
         if mode == "rb":
             location = self._serving(logical)
             size = block_size if isinstance(block_size, int) else None
@@ -539,10 +583,38 @@ class OrchFileSystem(ChainedFileSystem):
             writer.write(found[0].store.read(found[0].rel))
         return writer
 
+    def _open_secret(self, logical: str, name: str, mode: str, autocommit: bool) -> Any:
+        if mode == "rb":
+            return io.BytesIO(self.cat_file(logical))
+        if mode in ("wb", "xb"):
+            if mode == "xb" and name in self.secrets.list():
+                raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
+            return CopyUpFile(self, logical, b"", autocommit)
+        raise ValueError(f"secrets open as rb, wb or xb, not {mode!r}")
+
+    def _secret_info(self, logical: str) -> dict[str, Any]:
+        name = self._secret_name(logical)
+        if name not in self.secrets.list():
+            raise _not_found(logical)
+        found = self._state.info(self.secrets._path(name)) or {}
+        return {
+            "name": logical,
+            "type": "file",
+            "size": None,
+            "mtime": found.get("mtime"),
+            "created": found.get("created"),
+        }
+
     def pipe_file(self, path: Any, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
         logical = self._gate(path)
         if not logical:
             raise _is_a_directory("")
+        name = self._secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
+        if name is not None:
+            if mode == "create" and name in self.secrets.list():
+                raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
+            self.secrets.set(name, bytes(value))
+            return
         exclusive = mode == "create"
         if exclusive and self.exists(logical):
             raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
@@ -598,6 +670,13 @@ class OrchFileSystem(ChainedFileSystem):
 
     def rm_file(self, path: Any) -> None:
         logical = self._gate(path)
+        name = self._secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
+        if name is not None:
+            try:
+                self.secrets.delete(name)
+            except KeyError:
+                raise _not_found(logical) from None
+            return
         found = self._lookup(logical)
         if found is None:
             raise _not_found(logical)

@@ -1,0 +1,540 @@
+"""Encrypted secrets, one namespace per repository.
+
+A secret ``NAME`` lives at ``.orchestrator/secrets/<repo_id>/NAME.enc`` (files 0600,
+directories 0700, written atomically). The file format, all integers big-endian::
+
+    magic "OFSX" | version 1 | algorithm 1 (AES-256-GCM) | key id (8) | salt (16) | nonce (12)
+    | ciphertext and 16-byte tag
+
+* namespace key = HKDF-SHA256(master key, info = "orchfs namespace" + repo_id);
+* file key = HKDF-SHA256(namespace key, salt, info = "orchfs file"): a fresh random
+  salt per write gives a fresh key per write, so a nonce never repeats under a key;
+* associated data = the header + length-prefixed repo_id + length-prefixed NFC name,
+  so a file moved to another namespace, renamed, truncated or altered fails.
+
+A manifest (``MANIFEST``: name -> version and SHA-256 of the file) is MAC'ed with a key
+derived from the namespace key; a deleted secret, or an older valid file put back, is
+detected. During a rotation the manifest carries a MAC for the old and the new key and
+both file hashes of the secret in flight, so a crash at any point leaves every secret
+readable with the old or the new key.
+
+Key sources, first found wins: ``key=``, ``ORCHFS_KEY``, ``ORCHFS_KEY_FILE``, the user
+key file (``orchfs secrets init``), the OS keyring (extra ``keyring``; off in web
+mode), ``ORCHFS_PASSPHRASE`` (scrypt). No plaintext or key material is ever written
+to a log, a ``repr`` or an error message.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import stat
+import struct
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import SecretIntegrityError, SecretsLockedError
+from .paths import validate_name
+
+MAGIC = b"OFSX"
+VERSION = 1
+ALG_AES_256_GCM = 1
+KEY_ID_BYTES = 8
+SALT_BYTES = 16
+NONCE_BYTES = 12
+TAG_BYTES = 16
+HEADER = struct.Struct(f">4sBB{KEY_ID_BYTES}s{SALT_BYTES}s{NONCE_BYTES}s")
+SECRETS_DIR = "secrets"
+MANIFEST = "MANIFEST"
+SUFFIX = ".enc"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+SCRYPT_MIN_N = 2**15  # the cost used for writing
+SCRYPT_MAX_N = 2**20  # the most a reader accepts
+
+
+def _hkdf(key: bytes, info: bytes, salt: bytes | None = None) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(key)
+
+
+def _length_prefixed(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def key_id(master: bytes) -> bytes:
+    """8 bytes that name a master key without revealing it."""
+    return hashlib.sha256(b"orchfs key id\x00" + master).digest()[:KEY_ID_BYTES]
+
+
+class MasterKey:
+    """32 bytes of key material with where they came from; never shown."""
+
+    __slots__ = ("_material", "id", "source")
+
+    def __init__(self, material: bytes, source: str) -> None:
+        if len(material) != 32:
+            raise SecretsLockedError(f"a key from {source} must be 32 bytes, not {len(material)}")
+        self._material = material
+        self.id = key_id(material)
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"<MasterKey id={self.id.hex()} from {self.source}>"
+
+    def namespace_key(self, repo_id: str) -> bytes:
+        return _hkdf(self._material, b"orchfs namespace\x00" + repo_id.encode())
+
+
+def parse_key(value: Any, source: str) -> MasterKey:
+    """32 raw bytes, or their url-safe base64 text (as in ORCHFS_KEY and key files)."""
+    if isinstance(value, MasterKey):
+        return value
+    if isinstance(value, (bytes, bytearray)) and len(value) == 32:
+        return MasterKey(bytes(value), source)
+    try:
+        text = value.decode("ascii") if isinstance(value, (bytes, bytearray)) else str(value)
+    except UnicodeDecodeError:
+        raise SecretsLockedError(
+            f"the key from {source} is neither 32 raw bytes nor url-safe base64 text"
+        ) from None
+    try:
+        raw = base64.urlsafe_b64decode(text.strip().encode() + b"=" * (-len(text.strip()) % 4))
+    except (ValueError, TypeError):
+        raise SecretsLockedError(f"the key from {source} is not url-safe base64 of 32 bytes") from None
+    return MasterKey(raw, source)
+
+
+def new_key_text() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+def user_key_path() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "orchfs", "key")
+
+
+def _read_key_file(path: str, source: str) -> MasterKey:
+    st = os.stat(path)
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise SecretsLockedError(
+            f"{source} {path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
+            "run `chmod 600` on it"
+        )
+    with open(path, encoding="ascii") as f:
+        return parse_key(f.read(), f"{source} {path}")
+
+
+def _passphrase_key(passphrase: str, repo_id: str, n: int = SCRYPT_MIN_N) -> MasterKey:
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    if not SCRYPT_MIN_N <= n <= SCRYPT_MAX_N:
+        raise SecretIntegrityError(f"scrypt cost {n} is outside [{SCRYPT_MIN_N}, {SCRYPT_MAX_N}]")
+    salt = b"orchfs passphrase\x00" + repo_id.encode()
+    material = Scrypt(salt=salt, length=32, n=n, r=8, p=1).derive(passphrase.encode())
+    return MasterKey(material, "ORCHFS_PASSPHRASE")
+
+
+def find_keys(explicit: Any, repo_id: str, *, web_mode: bool = False) -> list[MasterKey]:
+    """Every available key, in the order of precedence (the first is used for writing)."""
+    keys: list[MasterKey] = []
+    if explicit is not None:
+        for item in explicit if isinstance(explicit, (list, tuple)) else [explicit]:
+            keys.append(parse_key(item, "key= argument"))
+    if os.environ.get("ORCHFS_KEY"):
+        keys.append(parse_key(os.environ["ORCHFS_KEY"], "ORCHFS_KEY"))
+    if os.environ.get("ORCHFS_KEY_FILE"):
+        keys.append(_read_key_file(os.environ["ORCHFS_KEY_FILE"], "ORCHFS_KEY_FILE"))
+    user_file = user_key_path()
+    if os.path.isfile(user_file):
+        keys.append(_read_key_file(user_file, "user key file"))
+    if not web_mode:
+        ring = _keyring_key()
+        if ring is not None:
+            keys.append(ring)
+    if os.environ.get("ORCHFS_PASSPHRASE"):
+        keys.append(_passphrase_key(os.environ["ORCHFS_PASSPHRASE"], repo_id))
+    return keys
+
+
+def _keyring_key() -> MasterKey | None:
+    try:
+        import keyring
+    except ImportError:
+        return None
+    try:
+        value = keyring.get_password("orchfs", "master-key")
+    except Exception:  # a keyring without a backend: treated as absent
+        return None
+    return parse_key(value, "OS keyring") if value else None
+
+
+@dataclass(frozen=True)
+class Header:
+    version: int
+    algorithm: int
+    key_id: bytes
+    salt: bytes
+    nonce: bytes
+
+
+def parse_header(blob: bytes, where: str) -> Header:
+    if len(blob) < HEADER.size + TAG_BYTES:
+        raise SecretIntegrityError(f"{where} is truncated ({len(blob)} bytes)")
+    magic, version, algorithm, kid, salt, nonce = HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise SecretIntegrityError(f"{where} is not an orchfs secret (bad magic)")
+    if version != VERSION:
+        raise SecretIntegrityError(f"{where} has format version {version}; this orchfs reads {VERSION}")
+    if algorithm != ALG_AES_256_GCM:
+        raise SecretIntegrityError(f"{where} uses unknown algorithm {algorithm}")
+    return Header(version, algorithm, kid, salt, nonce)
+
+
+def _aad(header_bytes: bytes, repo_id: str, name: str) -> bytes:
+    name = unicodedata.normalize("NFC", name)
+    return header_bytes + _length_prefixed(repo_id.encode()) + _length_prefixed(name.encode())
+
+
+def encrypt(
+    key: MasterKey, repo_id: str, name: str, plaintext: bytes, namespace_key: bytes | None = None
+) -> bytes:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    salt = os.urandom(SALT_BYTES)
+    nonce = os.urandom(NONCE_BYTES)
+    header = HEADER.pack(MAGIC, VERSION, ALG_AES_256_GCM, key.id, salt, nonce)
+    file_key = _hkdf(namespace_key or key.namespace_key(repo_id), b"orchfs file", salt)
+    return header + AESGCM(file_key).encrypt(nonce, plaintext, _aad(header, repo_id, name))
+
+
+def decrypt(
+    keys: dict[bytes, tuple[MasterKey, bytes]], repo_id: str, name: str, blob: bytes, where: str
+) -> bytes:
+    """``keys``: key id -> (key, namespace key)."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    header = parse_header(blob, where)
+    if header.key_id not in keys:
+        raise SecretsLockedError(
+            f"{where} is encrypted with key id {header.key_id.hex()}, which no available key has; "
+            "provide it with key=, ORCHFS_KEY, ORCHFS_KEY_FILE or `orchfs secrets init`"
+        )
+    _key, namespace = keys[header.key_id]
+    file_key = _hkdf(namespace, b"orchfs file", header.salt)
+    try:
+        return AESGCM(file_key).decrypt(
+            header.nonce, blob[HEADER.size :], _aad(blob[: HEADER.size], repo_id, name)
+        )
+    except InvalidTag:
+        raise SecretIntegrityError(
+            f"{where} failed its integrity check (altered, truncated, renamed or moved from "
+            "another repository)"
+        ) from None
+
+
+class SecretStore:
+    """The secret namespace of one repository (``fs.secrets``)."""
+
+    def __init__(self, fs: Any, key: Any = None) -> None:
+        self._fs = fs
+        self._explicit = key
+        self._keys: list[MasterKey] | None = None
+        self._namespace: dict[bytes, tuple[MasterKey, bytes]] = {}
+
+    def __repr__(self) -> str:
+        return f"<SecretStore of {self._fs.root!r}>"
+
+    # --- where things are -------------------------------------------------------------
+    @property
+    def repo_id(self) -> str:
+        from .meta import read_meta
+
+        meta = read_meta(self._fs._state)
+        if meta is None:
+            self._fs._before_write("state.json")
+            meta = read_meta(self._fs._state)
+        return meta["repo_id"]
+
+    def _dir(self) -> str:
+        return f"{SECRETS_DIR}/{self.repo_id}"
+
+    def _path(self, name: str) -> str:
+        return f"{self._dir()}/{name}{SUFFIX}"
+
+    def _check_name(self, name: str) -> str:
+        name = validate_name(name, "secret name")
+        if name == MANIFEST or name.endswith(SUFFIX):
+            raise ValueError(f"{name!r} is reserved; choose another secret name")
+        return name
+
+    # --- keys -------------------------------------------------------------------------
+    def keys(self) -> list[MasterKey]:
+        if self._keys is None:
+            self._keys = find_keys(self._explicit, self.repo_id, web_mode=self._fs.web_mode)
+        return self._keys
+
+    def where(self) -> str:
+        """Which key source is in use (for ``orchfs secrets where``)."""
+        keys = self.keys()
+        return f"{keys[0].source} (key id {keys[0].id.hex()})" if keys else "no key available"
+
+    def _writing_key(self) -> MasterKey:
+        keys = self.keys()
+        if not keys:
+            raise SecretsLockedError(
+                "no secrets key: set ORCHFS_KEY (url-safe base64 of 32 bytes), ORCHFS_KEY_FILE, "
+                "ORCHFS_PASSPHRASE, pass key=, or run `orchfs secrets init`"
+            )
+        return keys[0]
+
+    def _table(self, extra: list[MasterKey] = ()) -> dict[bytes, tuple[MasterKey, bytes]]:
+        repo_id = self.repo_id
+        for key in [*self.keys(), *extra]:
+            if key.id not in self._namespace:
+                self._namespace[key.id] = (key, key.namespace_key(repo_id))
+        return self._namespace
+
+    def _mac_key(self, key: MasterKey) -> bytes:
+        namespace = self._table([key])[key.id][1]
+        return _hkdf(namespace, b"orchfs manifest")
+
+    # --- the manifest -----------------------------------------------------------------
+    def _read_manifest(self) -> dict[str, Any]:
+        store = self._fs._state
+        try:
+            blob = store.read(f"{self._dir()}/{MANIFEST}")
+        except FileNotFoundError:
+            return {"entries": {}, "macs": {}}
+        try:
+            document = json.loads(blob)
+            body = json.dumps(document["entries"], sort_keys=True).encode()
+            macs = document["macs"]
+        except (ValueError, KeyError, TypeError):
+            raise SecretIntegrityError("the secrets manifest is damaged") from None
+        table = self._table()
+        checked = False
+        for kid_hex, mac in macs.items():
+            kid = bytes.fromhex(kid_hex)
+            if kid in table:
+                expected = hmac.new(self._mac_key(table[kid][0]), body, hashlib.sha256).hexdigest()
+                if not hmac.compare_digest(expected, mac):
+                    raise SecretIntegrityError("the secrets manifest failed its integrity check")
+                checked = True
+        if macs and not checked:
+            raise SecretsLockedError(
+                "the secrets manifest is sealed with key id(s) "
+                f"{', '.join(sorted(macs))}, which no available key has; provide that key with "
+                "key=, ORCHFS_KEY, ORCHFS_KEY_FILE, ORCHFS_PASSPHRASE or `orchfs secrets init`"
+            )
+        return document
+
+    def _write_manifest(self, entries: dict[str, Any], keys: list[MasterKey]) -> None:
+        body = json.dumps(entries, sort_keys=True).encode()
+        macs = {k.id.hex(): hmac.new(self._mac_key(k), body, hashlib.sha256).hexdigest() for k in keys}
+        document = json.dumps({"entries": entries, "macs": macs}, sort_keys=True, indent=1).encode()
+        self._write_private(f"{self._dir()}/{MANIFEST}", document)
+
+    def _write_private(self, rel: str, data: bytes) -> None:
+        store = self._fs._state
+        if store.kind == "local":
+            store.makedirs(self._dir())
+            for part in (SECRETS_DIR, self._dir()):
+                os.chmod(store.url(part), DIR_MODE)
+            store.write(rel, data, mode=FILE_MODE)
+        else:
+            store.write(rel, data)
+
+    # --- the API ----------------------------------------------------------------------
+    def set(self, name: str, value: str | bytes) -> None:
+        name = self._check_name(name)
+        plaintext = value.encode() if isinstance(value, str) else bytes(value)
+        key = self._writing_key()
+        blob = encrypt(key, self.repo_id, name, plaintext, self._table()[key.id][1])
+        with self._fs.lock("secrets"):
+            manifest = self._read_manifest()
+            entries = manifest["entries"]
+            version = entries.get(name, {}).get("version", 0) + 1
+            digest = hashlib.sha256(blob).hexdigest()
+            seal = self._sealing_keys(manifest, key)
+            # The manifest learns the new hash first: a crash before the file lands leaves
+            # the old file, still accepted, never a file the manifest refuses.
+            pending = dict(entries)
+            old = entries.get(name)
+            pending[name] = {"version": version, "sha256": digest, "also": [old["sha256"]] if old else []}
+            self._write_manifest(pending, seal)
+            self._write_private(self._path(name), blob)
+            entries[name] = {"version": version, "sha256": digest, "also": []}
+            self._write_manifest(entries, seal)
+
+    def _sealing_keys(self, manifest: dict[str, Any], key: MasterKey) -> list[MasterKey]:
+        table = self._table()
+        keys = [key]
+        for kid_hex in manifest.get("macs", {}):
+            kid = bytes.fromhex(kid_hex)
+            if kid in table and kid != key.id:
+                keys.append(table[kid][0])
+        return keys
+
+    def get(self, name: str) -> str:
+        return self.get_bytes(name).decode()
+
+    def get_bytes(self, name: str) -> bytes:
+        name = self._check_name(name)
+        manifest = self._read_manifest()
+        entry = manifest["entries"].get(name)
+        where = f"secret {name!r}"
+        try:
+            blob = self._fs._state.read(self._path(name))
+        except FileNotFoundError:
+            if entry is not None:
+                raise SecretIntegrityError(f"{where} is in the manifest but its file is gone") from None
+            raise KeyError(f"no secret named {name!r}") from None
+        if entry is None:
+            raise SecretIntegrityError(f"{where} has a file but no manifest entry (planted?)")
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != entry["sha256"] and digest not in entry.get("also", []):
+            raise SecretIntegrityError(f"{where} is not the version the manifest records (replaced?)")
+        if not self.keys():
+            parse_header(blob, where)
+            raise SecretsLockedError(
+                f"{where} is encrypted with key id {blob[6:14].hex()}; no key is available: set "
+                "ORCHFS_KEY, ORCHFS_KEY_FILE or ORCHFS_PASSPHRASE, or run `orchfs secrets init`"
+            )
+        return decrypt(self._table(), self.repo_id, name, blob, where)
+
+    def list(self) -> list[str]:
+        return sorted(self._read_manifest()["entries"])
+
+    def delete(self, name: str) -> None:
+        name = self._check_name(name)
+        with self._fs.lock("secrets"):
+            manifest = self._read_manifest()
+            if name not in manifest["entries"]:
+                raise KeyError(f"no secret named {name!r}")
+            entries = dict(manifest["entries"])
+            del entries[name]
+            self._write_manifest(entries, self._sealing_keys(manifest, self._writing_key()))
+            with contextlib.suppress(FileNotFoundError):
+                self._fs._state.remove(self._path(name))
+
+    def rotate(self, new_key: Any) -> dict[str, Any]:
+        """Re-encrypt every secret under ``new_key``; resumable after a crash.
+
+        Returns a report: how many secrets were rewritten, and whether the old key(s)
+        are retired (only after a pass proved that nothing needs them).
+        """
+        new = parse_key(new_key, "new key")
+        self._table([new])
+        rewritten = 0
+        with self._fs.lock("secrets"):
+            manifest = self._read_manifest()
+            old_keys = [k for k in self._sealing_keys(manifest, self._writing_key()) if k.id != new.id]
+            seal = [new, *old_keys]
+            entries = manifest["entries"]
+            self._write_manifest(entries, seal)  # both keys open the manifest from now on
+            for name in sorted(entries):
+                blob = self._fs._state.read(self._path(name))
+                if parse_header(blob, name).key_id == new.id:
+                    continue  # done by an earlier, interrupted run
+                plaintext = decrypt(self._table(), self.repo_id, name, blob, f"secret {name!r}")
+                fresh = encrypt(new, self.repo_id, name, plaintext, self._table()[new.id][1])
+                check = decrypt({new.id: self._table()[new.id]}, self.repo_id, name, fresh, name)
+                if check != plaintext:  # never write what the new key cannot read back
+                    raise SecretIntegrityError(f"re-encryption of {name!r} did not round-trip")
+                entry = entries[name]
+                entries[name] = {
+                    "version": entry["version"],
+                    "sha256": entry["sha256"],
+                    "also": [hashlib.sha256(fresh).hexdigest()],
+                }
+                self._write_manifest(entries, seal)
+                self._write_private(self._path(name), fresh)
+                entries[name] = {
+                    "version": entry["version"] + 1,
+                    "sha256": hashlib.sha256(fresh).hexdigest(),
+                    "also": [],
+                }
+                self._write_manifest(entries, seal)
+                rewritten += 1
+            # The proving pass: every file must now carry the new key id.
+            still_old = [
+                n
+                for n in sorted(entries)
+                if parse_header(self._fs._state.read(self._path(n)), n).key_id != new.id
+            ]
+            retired = not still_old
+            self._write_manifest(entries, [new] if retired else seal)
+        self._keys = [new, *[k for k in self.keys() if k.id != new.id]]
+        return {
+            "rewritten": rewritten,
+            "key_id": new.id.hex(),
+            "retired": [k.id.hex() for k in old_keys] if retired else [],
+            "pending": still_old,
+        }
+
+    def import_legacy(self, password: str | None = None, path: str | None = None) -> list[str]:
+        """Store every entry of the v1 ``.secrets.enc`` (openssl aes-256-cbc -pbkdf2)."""
+        password = password if password is not None else os.environ.get("SECRETS_PASSWORD")
+        if not password:
+            raise SecretsLockedError("set SECRETS_PASSWORD to the password of the v1 .secrets.enc")
+        blob = self._legacy_blob(path)
+        mapping = decrypt_openssl(blob, password)
+        for name, value in mapping.items():
+            self.set(str(name), str(value))
+        return sorted(str(n) for n in mapping)
+
+    def _legacy_blob(self, path: str | None) -> bytes:
+        if path is not None:
+            with open(path, "rb") as f:
+                return f.read()
+        for store, rel in ((self._fs._repo, ".secrets.enc"), (self._fs._state, "secrets/legacy.enc")):
+            try:
+                return store.read(rel)
+            except FileNotFoundError:
+                continue
+        raise FileNotFoundError("no v1 .secrets.enc in the repository root or .orchestrator/secrets/")
+
+
+def decrypt_openssl(blob: bytes, password: str) -> dict[str, Any]:
+    """``openssl enc -aes-256-cbc -pbkdf2 -salt`` output -> the YAML mapping inside."""
+    import yaml
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    if len(blob) < 32 or not blob.startswith(b"Salted__") or (len(blob) - 16) % 16:
+        raise SecretIntegrityError(".secrets.enc is not openssl `enc -salt` output")
+    salt = blob[8:16]
+    derived = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 10000, 48)
+    decryptor = Cipher(algorithms.AES(derived[:32]), modes.CBC(derived[32:])).decryptor()
+    padded = decryptor.update(blob[16:]) + decryptor.finalize()
+    unpadder = padding.PKCS7(128).unpadder()
+    try:
+        plaintext = unpadder.update(padded) + unpadder.finalize()
+        mapping = yaml.safe_load(plaintext.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, yaml.YAMLError):
+        raise SecretIntegrityError(".secrets.enc did not decrypt: wrong SECRETS_PASSWORD?") from None
+    if not isinstance(mapping, dict):
+        raise SecretIntegrityError(".secrets.enc does not hold a YAML mapping")
+    return mapping
+
+
+def init_user_key(path: str | None = None) -> str:
+    """Create the user key file (0600, directory 0700); refuse to overwrite one."""
+    path = path or user_key_path()
+    os.makedirs(os.path.dirname(path), mode=DIR_MODE, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        os.write(fd, new_key_text().encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
