@@ -249,6 +249,8 @@ class SecretStore:
         self._explicit = key
         self._keys: list[MasterKey] | None = None
         self._namespace: dict[bytes, tuple[MasterKey, bytes]] = {}
+        self._mac_keys: dict[bytes, bytes] = {}
+        self._repo_id: str | None = None
 
     def __repr__(self) -> str:
         return f"<SecretStore of {self._fs.root!r}>"
@@ -256,13 +258,16 @@ class SecretStore:
     # --- where things are -------------------------------------------------------------
     @property
     def repo_id(self) -> str:
-        from .meta import read_meta
+        """The namespace: ``repo_id`` of meta.json (created with it on first use)."""
+        if self._repo_id is None:
+            from .meta import read_meta
 
-        meta = read_meta(self._fs._state)
-        if meta is None:
-            self._fs._before_write("state.json")
             meta = read_meta(self._fs._state)
-        return meta["repo_id"]
+            if meta is None:
+                self._fs._before_write("state.json")
+                meta = read_meta(self._fs._state)
+            self._repo_id = str(meta["repo_id"])
+        return self._repo_id
 
     def _dir(self) -> str:
         return f"{SECRETS_DIR}/{self.repo_id}"
@@ -304,8 +309,11 @@ class SecretStore:
         return self._namespace
 
     def _mac_key(self, key: MasterKey) -> bytes:
-        namespace = self._table([key])[key.id][1]
-        return _hkdf(namespace, b"orchfs manifest")
+        mac_key = self._mac_keys.get(key.id)
+        if mac_key is None:
+            namespace = self._table([key])[key.id][1]
+            mac_key = self._mac_keys[key.id] = _hkdf(namespace, b"orchfs manifest")
+        return mac_key
 
     # --- the manifest -----------------------------------------------------------------
     def _read_manifest(self) -> dict[str, Any]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_core, bench_locks, bench_migrate, bench_overlay
+from . import bench_core, bench_locks, bench_migrate, bench_overlay, bench_secrets
 
 BENCHMARKS = {
     "core": bench_core.run,
     "overlay": bench_overlay.run,
     "locks": bench_locks.run,
     "migrate": bench_migrate.run,
+    "secrets": bench_secrets.run,
 }
 
 
