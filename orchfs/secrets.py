@@ -51,6 +51,7 @@ TAG_BYTES = 16
 HEADER = struct.Struct(f">4sBB{KEY_ID_BYTES}s{SALT_BYTES}s{NONCE_BYTES}s")
 SECRETS_DIR = "secrets"
 MANIFEST = "MANIFEST"
+PASSPHRASE_PARAMS = "PASSPHRASE.json"  # noqa: S105 (a file name, not a password)
 SUFFIX = ".enc"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -132,17 +133,37 @@ def _read_key_file(path: str, source: str) -> MasterKey:
         return parse_key(f.read(), f"{source} {path}")
 
 
-def _passphrase_key(passphrase: str, repo_id: str, n: int = SCRYPT_MIN_N) -> MasterKey:
+def new_passphrase_params() -> dict[str, Any]:
+    """scrypt parameters for a new namespace: never below the minimum cost."""
+    wanted = int(os.environ.get("ORCHFS_SCRYPT_N", SCRYPT_MIN_N))
+    return {"n": max(wanted, SCRYPT_MIN_N), "r": 8, "p": 1, "salt": os.urandom(16).hex()}
+
+
+def _passphrase_key(passphrase: str, params: dict[str, Any]) -> MasterKey:
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-    if not SCRYPT_MIN_N <= n <= SCRYPT_MAX_N:
-        raise SecretIntegrityError(f"scrypt cost {n} is outside [{SCRYPT_MIN_N}, {SCRYPT_MAX_N}]")
-    salt = b"orchfs passphrase\x00" + repo_id.encode()
-    material = Scrypt(salt=salt, length=32, n=n, r=8, p=1).derive(passphrase.encode())
+    try:
+        n, r, p, salt = int(params["n"]), int(params["r"]), int(params["p"]), bytes.fromhex(params["salt"])
+    except (KeyError, TypeError, ValueError):
+        raise SecretIntegrityError("the passphrase parameters of this namespace are damaged") from None
+    # A reader refuses a cost above the maximum (a planted file must not stall it for
+    # minutes or exhaust memory), and below the minimum (a planted weak setting).
+    if not SCRYPT_MIN_N <= n <= SCRYPT_MAX_N or r != 8 or p != 1:
+        raise SecretIntegrityError(
+            f"scrypt parameters n={n}, r={r}, p={p} are outside what orchfs accepts "
+            f"(n in [{SCRYPT_MIN_N}, {SCRYPT_MAX_N}], r=8, p=1)"
+        )
+    material = Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode())
     return MasterKey(material, "ORCHFS_PASSPHRASE")
 
 
-def find_keys(explicit: Any, repo_id: str, *, web_mode: bool = False) -> list[MasterKey]:
+def find_keys(
+    explicit: Any,
+    repo_id: str,
+    *,
+    web_mode: bool = False,
+    passphrase_params: Any = new_passphrase_params,
+) -> list[MasterKey]:
     """Every available key, in the order of precedence (the first is used for writing)."""
     keys: list[MasterKey] = []
     if explicit is not None:
@@ -160,7 +181,7 @@ def find_keys(explicit: Any, repo_id: str, *, web_mode: bool = False) -> list[Ma
         if ring is not None:
             keys.append(ring)
     if os.environ.get("ORCHFS_PASSPHRASE"):
-        keys.append(_passphrase_key(os.environ["ORCHFS_PASSPHRASE"], repo_id))
+        keys.append(_passphrase_key(os.environ["ORCHFS_PASSPHRASE"], passphrase_params()))
     return keys
 
 
@@ -277,15 +298,32 @@ class SecretStore:
 
     def _check_name(self, name: str) -> str:
         name = validate_name(name, "secret name")
-        if name == MANIFEST or name.endswith(SUFFIX):
+        if name in (MANIFEST, PASSPHRASE_PARAMS) or name.endswith(SUFFIX):
             raise ValueError(f"{name!r} is reserved; choose another secret name")
         return name
 
     # --- keys -------------------------------------------------------------------------
     def keys(self) -> list[MasterKey]:
         if self._keys is None:
-            self._keys = find_keys(self._explicit, self.repo_id, web_mode=self._fs.web_mode)
+            self._keys = find_keys(
+                self._explicit,
+                self.repo_id,
+                web_mode=self._fs.web_mode,
+                passphrase_params=self._passphrase_params,
+            )
         return self._keys
+
+    def _passphrase_params(self) -> dict[str, Any]:
+        """The namespace's scrypt parameters (created, at the minimum cost, on first use)."""
+        rel = f"{self._dir()}/{PASSPHRASE_PARAMS}"
+        try:
+            return json.loads(self._fs._state.read(rel))
+        except FileNotFoundError:
+            params = new_passphrase_params()
+            self._write_private(rel, json.dumps(params).encode())
+            return params
+        except ValueError:
+            raise SecretIntegrityError("the passphrase parameters of this namespace are damaged") from None
 
     def where(self) -> str:
         """Which key source is in use (for ``orchfs secrets where``)."""

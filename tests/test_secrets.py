@@ -389,3 +389,18 @@ def test_cli_secrets(repo, monkeypatch):
     for command in ("init", "set", "get", "list", "rm", "rotate", "import-legacy", "where"):
         help_text = runner.invoke(main, ["secrets", command, "--help"]).output
         assert "Example" in help_text, command
+
+
+def test_passphrase_cost_bounds(repo, monkeypatch):
+    monkeypatch.setenv("ORCHFS_PASSPHRASE", "a long passphrase")
+    monkeypatch.setenv("ORCHFS_SCRYPT_N", "1024")  # below the minimum: raised to it
+    fs = orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True)
+    fs.secrets.set("P", "v")
+    params_path = repo / ".orchestrator" / "secrets" / fs.secrets.repo_id / "PASSPHRASE.json"
+    params = json.loads(params_path.read_text())
+    assert params["n"] == sec.SCRYPT_MIN_N
+    assert stat.S_IMODE(params_path.stat().st_mode) == 0o600
+    params["n"] = 2**24  # a planted cost above the maximum is refused, not computed
+    params_path.write_text(json.dumps(params))
+    with pytest.raises(SecretIntegrityError, match="outside"):
+        orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True).secrets.get("P")
