@@ -354,7 +354,17 @@ class SecretStore:
         return mac_key
 
     # --- the manifest -----------------------------------------------------------------
+    def _exists(self) -> bool:
+        """Whether the repository has an identity yet (reads never create one)."""
+        if self._repo_id is not None:
+            return True
+        from .meta import read_meta
+
+        return read_meta(self._fs._state) is not None
+
     def _read_manifest(self) -> dict[str, Any]:
+        if not self._exists():
+            return {"entries": {}, "macs": {}}
         store = self._fs._state
         try:
             blob = store.read(f"{self._dir()}/{MANIFEST}")
@@ -436,6 +446,8 @@ class SecretStore:
     def get_bytes(self, name: str) -> bytes:
         name = self._check_name(name)
         manifest = self._read_manifest()
+        if not self._exists():
+            raise KeyError(f"no secret named {name!r}")
         entry = manifest["entries"].get(name)
         where = f"secret {name!r}"
         try:

@@ -404,3 +404,12 @@ def test_passphrase_cost_bounds(repo, monkeypatch):
     params_path.write_text(json.dumps(params))
     with pytest.raises(SecretIntegrityError, match="outside"):
         orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True).secrets.get("P")
+
+
+def test_reading_secrets_of_a_new_repository_writes_nothing(repo):
+    fs = store(repo, key_text())
+    assert fs.secrets.list() == [] and fs.ls("secrets") == []
+    with pytest.raises(KeyError):
+        fs.secrets.get("NOPE")
+    assert not fs.exists("secrets/NOPE")
+    assert list(repo.iterdir()) == []
