@@ -841,7 +841,10 @@ def _steps_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     steps = []
     for record in records:
         if record.get("t") == "intents":
-            steps.extend(dict(zip(STEP_FIELDS, row, strict=True)) for row in record["steps"])
+            for row in record["steps"]:
+                step = dict.fromkeys(STEP_FIELDS)  # fields a shorter row lacks are None
+                step.update(zip(STEP_FIELDS, row, strict=False))
+                steps.append(step)
     return steps
 
 
