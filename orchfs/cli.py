@@ -655,7 +655,7 @@ def demo(ctx: Context, keep: bool) -> None:
     from . import doctor as checks
     from . import migrate as migration
     from .filesystem import OrchFileSystem
-    from .testing import build_legacy_repo
+    from .sample import build_legacy_repo
 
     workdir = tempfile.mkdtemp(prefix="orchfs-demo-")
     repo = str(build_legacy_repo(workdir, _demo_files()))
@@ -722,7 +722,7 @@ def demo(ctx: Context, keep: bool) -> None:
 
 
 def _demo_files() -> dict[str, bytes]:
-    from .testing import LEGACY_SAMPLE
+    from .sample import LEGACY_SAMPLE
 
     files = dict(LEGACY_SAMPLE)
     files.update(
