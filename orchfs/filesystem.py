@@ -179,6 +179,7 @@ class OrchFileSystem(ChainedFileSystem):
         self._writable_checked = False
         self._quiet_reads: set[tuple[str, str]] = set()
         self._secret_store: Any = None
+        self._virtual_dirs = frozenset(d for d in self.layout._virtual if d)
 
     def __repr__(self) -> str:
         session = f", session={self.session_id!r}" if self.session_id else ""
@@ -464,7 +465,7 @@ class OrchFileSystem(ChainedFileSystem):
         raise _not_found(logical)
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
-        logical = self._gate(path)
+        logical = validate(path) if type(path) is str else self._gate(path)
         if not logical or self._overlay.exists(logical):
             return True
         if logical.startswith(SECRETS_VIEW):
@@ -473,7 +474,7 @@ class OrchFileSystem(ChainedFileSystem):
             except FileNotFoundError:
                 return False
             return True
-        return bool(self.layout.virtual_children(logical)) and self._overlay.is_virtual_dir(logical)
+        return logical in self._virtual_dirs and self._overlay.is_virtual_dir(logical)
 
     def isdir(self, path: Any) -> bool:
         return self._is_dir(self._gate(path))
@@ -502,13 +503,13 @@ class OrchFileSystem(ChainedFileSystem):
                 del children[name]
             if SECRETS_VIEW in children:
                 children[SECRETS_VIEW] = (_directory_info(SECRETS_VIEW), None)
+        prefix = f"{logical}/" if logical else ""
         if not detail:
-            return [join(logical, name) for name in children]
+            return [prefix + name for name in children]
         out = []
         for name, (found, _location) in children.items():
-            entry = dict(found)
-            entry["name"] = join(logical, name)
-            out.append(entry)
+            found["name"] = prefix + name  # every scan builds fresh dictionaries
+            out.append(found)
         return out
 
     def cat_file(self, path: Any, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:

@@ -157,6 +157,8 @@ class Overlay:
     def exists(self, logical: str) -> bool:
         """Whether a layer shows ``logical`` (without building an info dictionary)."""
         layers = self._layers_cache.get(logical) or self.layers(logical)
+        if len(layers) == 1:  # most paths: one place to look, no markers to weigh
+            return layers[0].store.exists(layers[0].rel)
         for index, location in enumerate(layers):
             if location.store.exists(location.rel):
                 return not (index and self.hidden_above(layers, index, logical))
@@ -164,7 +166,7 @@ class Overlay:
 
     def read(self, logical: str, start: int | None = None, end: int | None = None) -> tuple[Location, bytes]:
         """Read through the layers without a separate lookup (one open per layer)."""
-        layers = self.layers(logical)
+        layers = self._layers_cache.get(logical) or self.layers(logical)
         served_below = logical in self._served_below
         for index, location in enumerate(layers):
             if served_below and location.upper and not location.store.maybe_exists(location.rel):

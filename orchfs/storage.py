@@ -235,6 +235,15 @@ class LocalStorage:
                 except BaseException:
                     os.close(fd)
                     raise
+        if start is None and end is None:
+            try:
+                size = os.fstat(fd).st_size
+                data = os.read(fd, size + 1)
+                if len(data) > size:  # it grew since fstat: read on to the end
+                    data += b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+            finally:
+                os.close(fd)
+            return data
         return self._read_fd(fd, start, end)
 
     def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
