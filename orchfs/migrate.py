@@ -275,14 +275,38 @@ def plan(
         total += size
         copy_bytes += size if action == "copy" else 0
     free = shutil.disk_usage(state_dir if os.path.exists(state_dir) else root).free
+    return _make_plan(
+        root,
+        layout,
+        migration_id,
+        moves,
+        conflicts,
+        (total, copy_bytes),
+        free if copy_bytes else None,
+        sqlite_sources,
+        stats,
+    )
+
+
+def _make_plan(
+    root: str,
+    layout: Layout,
+    migration_id: str | None,
+    moves: list[Move],
+    conflicts: list[Conflict],
+    sizes: tuple[int, int],
+    free: int | None,
+    sqlite_sources: list[str],
+    stats: dict[str, os.stat_result],
+) -> Plan:
     return Plan(
         migration_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
         tuple(moves),
         tuple(conflicts),
         tuple(_unknown(root, layout)),
-        total,
-        copy_bytes,
-        free if copy_bytes else None,
+        sizes[0],
+        sizes[1],
+        free,
         _sqlite_in_use(root, sqlite_sources),
         stats,
     )
@@ -320,16 +344,8 @@ def _remote_plan(root: str, layout: Layout, store: Any, migration_id: str | None
             continue
         moves.append(Move(pair.source, target, size, "upload"))
         total += size
-    return Plan(
-        migration_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
-        tuple(moves),
-        tuple(conflicts),
-        tuple(_unknown(root, layout)),
-        total,
-        total,
-        None,
-        _sqlite_in_use(root, sqlite_sources),
-        stats,
+    return _make_plan(
+        root, layout, migration_id, moves, conflicts, (total, total), None, sqlite_sources, stats
     )
 
 
