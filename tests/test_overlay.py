@@ -519,3 +519,47 @@ model_settings = settings(
 )
 TestLocalOverlayModel = model_settings(LocalOverlayModel).TestCase
 TestMemoryOverlayModel = model_settings(MemoryOverlayModel).TestCase
+
+
+@pytest.mark.parametrize("kind", ["memory", "s3"])
+def test_the_rules_on_fsspec_backends(kind, request):
+    """Rules 1-7 where the repository itself lives on memory or on S3."""
+    if kind == "memory":
+        root, options = f"memory://overlay-{uuid.uuid4().hex}", None
+        raw = fsspec.filesystem("memory")
+    else:
+        import s3fs
+
+        server = request.getfixturevalue("moto_server")
+        root = f"s3://{request.getfixturevalue('s3_bucket')}/overlay-{uuid.uuid4().hex}"
+        options = server.storage_options
+        raw = s3fs.S3FileSystem(**options, use_listings_cache=False)
+    base = raw._strip_protocol(root)
+    seeded = {
+        ".workflow_state.json": b"v1 state",
+        ".workflow_checkpoints/cp_1.json": b"one",
+        ".workflow_checkpoints/cp_2.json": b"two",
+        ".orchestra.yaml": b"cfg",
+    }
+    for rel, data in seeded.items():
+        raw.pipe_file(f"{base}/{rel}", data)
+    fs = orchfs.OrchFileSystem(root=root, storage_options=options, skip_instance_cache=True)
+    assert fs.cat_file("state.json") == b"v1 state"  # rule 1
+    assert fs.resolve("checkpoints/cp_1.json").layer == "legacy"
+    fs.pipe_file("checkpoints/cp_3.json", b"three")  # rule 2
+    assert sorted(fs.ls("checkpoints", detail=False)) == [f"checkpoints/cp_{i}.json" for i in (1, 2, 3)]
+    with fs.open("config.yaml", "ab") as f:  # rule 3
+        f.write(b"+more")
+    assert fs.cat_file("config.yaml") == b"cfg+more"
+    fs.rm_file("checkpoints/cp_1.json")  # rule 4
+    assert not fs.exists("checkpoints/cp_1.json")
+    assert sorted(fs.ls("checkpoints", detail=False)) == ["checkpoints/cp_2.json", "checkpoints/cp_3.json"]
+    fs.mv("checkpoints/cp_2.json", "checkpoints/renamed.json")  # rule 6
+    assert fs.cat_file("checkpoints/renamed.json") == b"two" and not fs.exists("checkpoints/cp_2.json")
+    fs.rm("checkpoints", recursive=True)  # rule 5
+    assert fs.find("checkpoints") == []
+    fs.pipe_file("state.json", b"new state")  # rule 7 (config.yaml differs since its copy-up)
+    assert sorted(c.logical for c in fs.conflicts()) == ["config.yaml", "state.json"]
+    assert fs.cat_file("state.json") == b"new state"
+    for rel, data in seeded.items():
+        assert raw.cat_file(f"{base}/{rel}") == data, rel  # legacy bytes untouched
