@@ -416,17 +416,22 @@ def migrate(
         document = the_plan.to_json(False)
         ctx.emit(document, lambda: _human_plan(document, True))
         return
+    from .errors import MigrationConflictError
+
     update, close = _progress(ctx)
     try:
         result = migration.apply(
             ctx.root, prefer=prefer, backup=not no_backup, jobs=jobs, progress=update, storage=storage
         )
+    except MigrationConflictError as conflict:
+        document = conflict.plan.to_json(False)
+        human = _human_plan(document, False) + f"\n{conflict}"
+        ctx.emit(document, human)
+        sys.exit(1)
     finally:
         close()
     document = result.to_json()
     ctx.emit(document, lambda: _human_plan(document, False) + "\n" + result.message)
-    if result.plan.conflicts and not result.applied:
-        sys.exit(1)
 
 
 @main.command()

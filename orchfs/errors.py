@@ -43,7 +43,11 @@ class LayoutVersionError(OrchFSError, PermissionError):
 
 
 class MigrationConflictError(OrchFSError):
-    """A legacy file and its new location both exist and differ."""
+    """A legacy file and its new location both exist and differ; ``plan`` says which."""
+
+    def __init__(self, message: str, plan: object = None) -> None:
+        super().__init__(message)
+        self.plan = plan
 
 
 class LegacyPathWarning(DeprecationWarning):

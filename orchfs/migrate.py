@@ -783,11 +783,11 @@ def apply(
             )
         the_plan = plan(root, layout=layout, copy=copy, storage=storage, storage_options=storage_options)
         if the_plan.conflicts and prefer is None:
-            return Result(
+            raise MigrationConflictError(
+                f"{len(the_plan.conflicts)} conflict(s): both copies exist and differ "
+                f"({', '.join(c.source for c in the_plan.conflicts[:5])}); nothing was moved. "
+                "Rerun with --prefer new or --prefer legacy.",
                 the_plan,
-                False,
-                f"{len(the_plan.conflicts)} conflict(s): both copies exist and differ; "
-                "nothing was moved. Rerun with --prefer new or --prefer legacy.",
             )
         if not the_plan.moves and not the_plan.conflicts:
             return Result(the_plan, False, "nothing to migrate: the repository already uses the v2 layout")

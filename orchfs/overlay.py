@@ -192,11 +192,6 @@ class Overlay:
             return False
         return any(layer.upper and self.hidden_by(layer, logical) for layer in layers[:index])
 
-    def lower_exists(self, logical: str) -> bool:
-        """Whether a layer below the write target still shows ``logical``."""
-        found = self.lookup(logical)
-        return found is not None and found[0] != self.target(logical)
-
     def is_virtual_dir(self, logical: str) -> bool:
         """A directory that only exists because layout entries place files in it."""
         for name in self.layout.virtual_children(logical):

@@ -131,14 +131,3 @@ def validate_name(name: str, what: str = "name") -> str:
 def join(*parts: str) -> str:
     """Join already validated logical parts with '/', skipping empty ones."""
     return "/".join(p for p in parts if p)
-
-
-def parent(path: str) -> str:
-    """The logical parent of a normalised path ('' for top-level names)."""
-    head, _, _ = path.rpartition("/")
-    return head
-
-
-def is_marker(name: str) -> bool:
-    """Whether a physical entry name is an orchfs marker or temp file, never shown."""
-    return name.startswith(MARKER_PREFIXES)

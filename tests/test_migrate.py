@@ -154,9 +154,9 @@ def test_conflicts_stop_the_run_unless_prefer(tmp_path):
     with open(os.path.join(root, ".orchestrator", "log.jsonl"), "wb") as f:
         f.write(EVERY_ROW[".workflow_log.jsonl"])  # moved by hand: same bytes
     before = tree(root, inside=True)
-    result = migrate.apply(root)
-    assert not result.applied and "conflict" in result.message
-    assert [c.source for c in result.plan.conflicts] == [".workflow_state.json"]
+    with pytest.raises(orchfs.MigrationConflictError, match="workflow_state.json") as info:
+        migrate.apply(root)
+    assert [c.source for c in info.value.plan.conflicts] == [".workflow_state.json"]
     assert tree(root, inside=True) == before
     cli = subprocess.run(
         [sys.executable, "-m", "orchfs.cli", "--root", root, "migrate", "--json"],
