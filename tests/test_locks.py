@@ -118,7 +118,7 @@ def test_kill_9_holder_does_not_block_the_next_acquirer(shared_fs, request):
     started = time.monotonic()
     with shared_fs.lock("repo", timeout=20, lease=lease):
         waited = time.monotonic() - started
-    bound = 0.5 if shared_fs._state.kind == "local" else lease + 2.5
+    bound = 0.5 if shared_fs._state.kind == "local" else lease + 3.5  # 1 s Date resolution, probe
     assert waited < bound
 
 
