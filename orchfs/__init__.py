@@ -25,15 +25,17 @@ from .layout import Layout, default_layout
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("cli", "doctor", "locks", "migrate", "testing")
+_LAZY_MODULES = ("cli", "config", "doctor", "locks", "migrate", "secrets", "testing")
 
 
 def __getattr__(name: str) -> object:
     # orchfs.migrate.plan(...) works without importing the heavier modules up front.
-    if name in _LAZY_MODULES:
-        import importlib
+    import importlib
 
+    if name in _LAZY_MODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name == "load_config":
+        return importlib.import_module(".config", __name__).load_config
     raise AttributeError(f"module 'orchfs' has no attribute {name!r}")
 
 
