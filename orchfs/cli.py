@@ -472,6 +472,46 @@ def doctor(ctx: Context, apply_fixes: bool) -> None:
 
 
 @main.group()
+def config() -> None:
+    """The effective configuration (defaults, org file, includes, workflow.yaml, env).
+
+    \b
+    Example:
+      orchfs config show --show-origin
+    """
+
+
+@config.command(name="show")
+@click.option("--show-origin", is_flag=True, help="Say which file and line each value comes from.")
+@click.option("--orchestrator-version", help="Check the repository's orchestrator_version pin against this.")
+@json_option
+@pass_ctx
+@handle_errors
+def config_show(ctx: Context, show_origin: bool, orchestrator_version: str | None) -> None:
+    """Print the effective configuration, one dotted key a line.
+
+    \b
+    Example:
+      orchfs config show --show-origin
+    """
+    from .config import load_config
+
+    effective = load_config(ctx.root, orchestrator_version=orchestrator_version)
+    flat = effective.flat()
+    document = {
+        key: ({"value": value, "origin": origin} if show_origin else value)
+        for key, (value, origin) in flat.items()
+    }
+    ctx.emit(
+        document,
+        lambda: "\n".join(
+            f"{key} = {json.dumps(value)}" + (f"\t# {origin}" if show_origin else "")
+            for key, (value, origin) in flat.items()
+        ),
+    )
+
+
+@main.group()
 def secrets() -> None:
     """Encrypted secrets of this repository (AES-256-GCM, a namespace per repository).
 

@@ -81,6 +81,22 @@ def test_include_cycles_and_depth(repo, tmp_path):
         orchfs.load_config(repo, environ=env())
 
 
+def test_config_show_cli(repo):
+    import json
+
+    from click.testing import CliRunner
+
+    from orchfs.cli import main
+
+    (repo / "workflow.yaml").write_text("state:\n  legacy: migrate\n")
+    result = CliRunner().invoke(main, ["--root", str(repo), "--json", "config", "show", "--show-origin"])
+    document = json.loads(result.output)
+    assert document["state.legacy"]["value"] == "migrate"
+    assert document["state.legacy"]["origin"].endswith("workflow.yaml:2:3")
+    human = CliRunner().invoke(main, ["--root", str(repo), "config", "show", "--show-origin"])
+    assert 'state.legacy = "migrate"' in human.output
+
+
 def test_version_pin(repo):
     (repo / "workflow.yaml").write_text('orchestrator_version: ">=2.7,<3"\n')
     assert orchfs.load_config(repo, orchestrator_version="2.8.0", environ=env()).get("orchestrator_version")
