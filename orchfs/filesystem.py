@@ -139,21 +139,32 @@ class OrchFileSystem(ChainedFileSystem):
         storage: str | None = None,
         storage_options: dict[str, Any] | None = None,
         session: str | None = None,
-        web_mode: bool = False,
-        legacy: str = "read",
+        web_mode: bool | None = None,
+        legacy: str | None = None,
         layout: Any = None,
         key: Any = None,
-        lock_timeout: float = 10.0,
+        lock_timeout: float | str | None = None,
         fo: str | None = None,
         target_protocol: str | None = None,
         target_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        from .config import parse_duration
         from .layout import coerce_layout
         from .overlay import Overlay
         from .storage import open_storage
 
+        # Unset arguments come from the environment layer of the configuration (DESIGN §6).
+        environ = os.environ
+        legacy = legacy if legacy is not None else environ.get("ORCHFS_LEGACY", "read")
+        if web_mode is None:
+            web_mode = environ.get("ORCHFS_WEB_MODE", "").strip().lower() in ("1", "true", "yes", "on")
+        if lock_timeout is None:
+            lock_timeout = environ.get("ORCHFS_LOCK_TIMEOUT", 10.0)
+        lock_timeout = parse_duration(lock_timeout)
+        if storage is None and environ.get("ORCHFS_STORAGE"):
+            storage = environ["ORCHFS_STORAGE"]
         if legacy not in LEGACY_MODES:
             raise ValueError(f"legacy={legacy!r} is not one of {', '.join(LEGACY_MODES)}")
         if web_mode and session is None:

@@ -102,3 +102,17 @@ def test_version_pin(repo):
     assert orchfs.load_config(repo, orchestrator_version="2.8.0", environ=env()).get("orchestrator_version")
     with pytest.raises(VersionPinError, match=r"workflow.yaml:1:1: .*>=2.7,<3.*3.1"):
         orchfs.load_config(repo, orchestrator_version="3.1", environ=env())
+
+
+def test_environment_layer_reaches_the_filesystem(repo, monkeypatch):
+    monkeypatch.setenv("ORCHFS_LEGACY", "off")
+    monkeypatch.setenv("ORCHFS_LOCK_TIMEOUT", "2.5s")
+    monkeypatch.setenv("ORCHFS_WEB_MODE", "true")
+    monkeypatch.setenv("ORCHFS_SESSION", "envsession")
+    (repo / ".workflow_state.json").write_bytes(b"v1")
+    fs = orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True)
+    assert fs.legacy == "off" and fs.lock_timeout == 2.5
+    assert fs.web_mode and fs.session_id == "envsession"
+    assert not fs.exists("state.json")
+    explicit = orchfs.OrchFileSystem(root=str(repo), legacy="read", skip_instance_cache=True)
+    assert explicit.cat_file("state.json") == b"v1"
