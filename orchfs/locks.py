@@ -45,6 +45,7 @@ _FREE_RECORD = b" " * (HOLDER_RECORD_BYTES - 1) + b"\n"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_LEASE = 30.0
 _MAX_POLL = 0.05
+_MAX_LEASE_POLL = 0.15  # each lease probe is a request: waiters must not crowd out the holder
 _HOST = socket.gethostname()
 
 try:
@@ -138,9 +139,9 @@ def _timeout_error(
     )
 
 
-def _sleep_step(delay: float, deadline: float) -> float:
+def _sleep_step(delay: float, deadline: float, ceiling: float = _MAX_POLL) -> float:
     time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-    return min(delay * 2, _MAX_POLL)
+    return min(delay * 2, ceiling)
 
 
 class LocalFileLock:
@@ -343,7 +344,7 @@ class LeaseLock:
                     continue
                 if now >= deadline:
                     raise _timeout_error(self.name, self.storage.url(""), timeout, current.holder)
-            delay = _sleep_step(delay * (0.5 + random.random()), deadline)
+            delay = _sleep_step(delay * (0.5 + random.random()), deadline, _MAX_LEASE_POLL)
 
     def _start_heartbeat(self) -> None:
         self._stop.clear()
