@@ -206,14 +206,14 @@ class LocalAtomicWriter(StagedWriter):
 
 
 class BufferedUploadWriter(StagedWriter):
-    """Bytes kept in memory (spilling to a temp file), handed over in one call."""
+    """Bytes kept in memory (spilling to a temp file), handed over in one call (one PUT)."""
 
     SPILL_BYTES = 16 * 2**20
 
     def __init__(
         self,
         path: str,
-        upload: Callable[[Any], None],
+        upload: Callable[[bytes], None],
         autocommit: bool = True,
     ) -> None:
         super().__init__(path, autocommit)
@@ -228,7 +228,7 @@ class BufferedUploadWriter(StagedWriter):
     def _publish(self) -> None:
         self._buffer.seek(0)
         try:
-            self._upload(self._buffer)
+            self._upload(self._buffer.read())
         finally:
             self._buffer.close()
 

@@ -101,12 +101,13 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 if not issubclass(warning.category, LegacyPathWarning):
                     click.echo(f"orchfs: warning: {warning.message}", err=True)
             return result
-        except (OrchFSError, OSError, ValueError) as exc:
+        except (OrchFSError, OSError, ValueError, KeyError) as exc:
             ctx = click.get_current_context().find_object(Context)
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             if ctx is not None and ctx.json:
-                click.echo(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+                click.echo(json.dumps({"error": type(exc).__name__, "message": message}))
             else:
-                click.echo(f"orchfs: error: {exc}", err=True)
+                click.echo(f"orchfs: error: {message}", err=True)
             sys.exit(1)
 
     return wrapper
@@ -577,11 +578,7 @@ def secrets_get(ctx: Context, name: str) -> None:
     Example:
       export TOKEN="$(orchfs secrets get API_TOKEN)"
     """
-    try:
-        value = ctx.fs().secrets.get(name)
-    except KeyError as exc:
-        raise FileNotFoundError(str(exc)) from None
-    click.echo(value)
+    click.echo(ctx.fs().secrets.get(name))
 
 
 @secrets.command(name="list")
@@ -611,10 +608,7 @@ def secrets_rm(ctx: Context, name: str) -> None:
     Example:
       orchfs secrets rm API_TOKEN
     """
-    try:
-        ctx.fs().secrets.delete(name)
-    except KeyError as exc:
-        raise FileNotFoundError(str(exc)) from None
+    ctx.fs().secrets.delete(name)
     ctx.emit({"removed": name}, f"removed {name}")
 
 

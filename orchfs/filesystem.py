@@ -10,6 +10,7 @@ atomicity on that backend. Names that come back are logical again, as in fsspec'
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import os
@@ -30,7 +31,7 @@ except ImportError:  # fsspec before 2025.10 chains every filesystem the same wa
 
 
 from .errors import LegacyConflictWarning, LegacyPathWarning
-from .overlay import whiteout_rel
+from .overlay import ancestors, whiteout_rel
 from .paths import (
     INTERNAL_NAMES,
     OPAQUE_MARKER,
@@ -190,7 +191,6 @@ class OrchFileSystem(ChainedFileSystem):
         self._writable_checked = False
         self._quiet_reads: set[tuple[str, str]] = set()
         self._secret_store: Any = None
-        self._virtual_dirs = frozenset(d for d in self.layout._virtual if d)
 
     def __repr__(self) -> str:
         session = f", session={self.session_id!r}" if self.session_id else ""
@@ -260,7 +260,7 @@ class OrchFileSystem(ChainedFileSystem):
         found = self._overlay.lookup(logical)
         if found is not None:
             return found[1]["type"] == "directory"
-        return bool(self.layout.virtual_children(logical)) and self._overlay.is_virtual_dir(logical)
+        return self._overlay.is_virtual_dir(logical)
 
     def _serving(self, logical: str) -> Any:
         """The location a content read uses (warnings and legacy="migrate" applied)."""
@@ -324,7 +324,7 @@ class OrchFileSystem(ChainedFileSystem):
             self._writable_checked = True
         target = self._overlay.target(logical)
         if self._overlay.has_lower(logical) and self._overlay.markers_present():
-            for ancestor in _ancestors(logical):
+            for ancestor in ancestors(logical):
                 marker = whiteout_rel(target.prefix, ancestor)
                 if target.store.exists(marker):
                     target.store.remove(marker)
@@ -340,9 +340,7 @@ class OrchFileSystem(ChainedFileSystem):
 
     def _whiteout_if_lower(self, logical: str) -> None:
         """Rule 4: hide what lower layers still show of ``logical``."""
-        if self._overlay.lookup(logical) is not None or (
-            self.layout.virtual_children(logical) and self._overlay.is_virtual_dir(logical)
-        ):
+        if self._overlay.lookup(logical) is not None or self._overlay.is_virtual_dir(logical):
             target = self._before_write(logical)
             self._overlay.write_marker(whiteout_rel(target.prefix, logical))
 
@@ -384,8 +382,8 @@ class OrchFileSystem(ChainedFileSystem):
             if location.upper or not self._is_file_at(location):
                 continue
             if upper_hash is None:
-                upper_hash = _sha256(upper.store.read(upper.rel))
-            legacy_hash = _sha256(location.store.read(location.rel))
+                upper_hash = hashlib.sha256(upper.store.read(upper.rel)).hexdigest()
+            legacy_hash = hashlib.sha256(location.store.read(location.rel)).hexdigest()
             if legacy_hash != upper_hash:
                 out.append(Conflict(logical, upper.url, location.url, upper_hash, legacy_hash))
         return out
@@ -471,7 +469,7 @@ class OrchFileSystem(ChainedFileSystem):
             out = dict(found[1])
             out["name"] = logical
             return out
-        if self.layout.virtual_children(logical) and self._overlay.is_virtual_dir(logical):
+        if self._overlay.is_virtual_dir(logical):
             return _directory_info(logical)
         raise _not_found(logical)
 
@@ -485,7 +483,7 @@ class OrchFileSystem(ChainedFileSystem):
             except FileNotFoundError:
                 return False
             return True
-        return logical in self._virtual_dirs and self._overlay.is_virtual_dir(logical)
+        return self._overlay.is_virtual_dir(logical)
 
     def isdir(self, path: Any) -> bool:
         return self._is_dir(self._gate(path))
@@ -819,17 +817,6 @@ def warn_legacy_once(logical: str, url: str) -> None:
 
 def _has_magic(path: str) -> bool:
     return any(char in path for char in "*?[")
-
-
-def _ancestors(logical: str) -> list[str]:
-    parts = logical.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
 
 
 def _directory_info(logical: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .atomic import temp_name
@@ -64,11 +64,19 @@ class Plan:
     moves: tuple[Move, ...]
     conflicts: tuple[Conflict, ...]
     unknown: tuple[str, ...]
-    total_bytes: int
-    copy_bytes: int
     free_bytes: int | None
     blocked: str | None = None  # e.g. a SQLite database in use
     stats: dict[str, os.stat_result] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes that move (files retired into the backup do not count)."""
+        return sum(m.bytes for m in self.moves if m.action != "retire")
+
+    @property
+    def copy_bytes(self) -> int:
+        """Bytes that are copied rather than renamed: what needs free space."""
+        return sum(m.bytes for m in self.moves if m.action in ("copy", "upload"))
 
     @property
     def room(self) -> bool:
@@ -96,12 +104,10 @@ class Result:
     message: str
     resumed: bool = False
     steps: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         doc = self.plan.to_json(self.applied)
         doc.update({"message": self.message, "resumed": self.resumed, "steps": self.steps})
-        doc.update(self.extra)
         return doc
 
 
@@ -249,64 +255,62 @@ def plan(
     if remote is not None:
         return _remote_plan(root, layout, remote, migration_id)
     state_dir = os.path.join(root, STATE_DIR)
-    same_device = not copy and _same_device(root, state_dir)
-    moves, conflicts, sqlite_sources = [], [], []
-    stats: dict[str, os.stat_result] = {}
+    action = "rename" if not copy and _same_device(root, state_dir) else "copy"
     existing_dirs: dict[str, bool] = {}
-    total = copy_bytes = 0
-    for pair in _legacy_pairs(root, layout):
-        target = f"{STATE_DIR}/{pair.contained}"
-        target_full = os.path.join(root, target)
-        size = pair.st.st_size
-        stats[pair.source] = pair.st
-        if pair.sqlite:
-            sqlite_sources.append(pair.source)
-        parent = os.path.dirname(target_full)
-        if parent not in existing_dirs:
+
+    def present(contained: str) -> bool:
+        full = os.path.join(state_dir, contained)
+        parent = os.path.dirname(full)
+        if parent not in existing_dirs:  # a directory this run has not seen: one check
             existing_dirs[parent] = os.path.isdir(parent)
-        if existing_dirs[parent] and _lexists(target_full):
-            if _same_bytes(os.path.join(root, pair.source), target_full):
-                moves.append(Move(pair.source, target, size, "retire"))
-            else:
-                conflicts.append(Conflict(pair.source, target))
-            continue
-        action = "rename" if same_device else "copy"
-        moves.append(Move(pair.source, target, size, action))
-        total += size
-        copy_bytes += size if action == "copy" else 0
-    free = shutil.disk_usage(state_dir if os.path.exists(state_dir) else root).free
-    return _make_plan(
+        return existing_dirs[parent] and _lexists(full)
+
+    the_plan = _plan_moves(
         root,
         layout,
         migration_id,
-        moves,
-        conflicts,
-        (total, copy_bytes),
-        free if copy_bytes else None,
-        sqlite_sources,
-        stats,
+        target=lambda contained: f"{STATE_DIR}/{contained}",
+        present=present,
+        same=lambda source, contained: _same_bytes(source, os.path.join(state_dir, contained)),
+        action=action,
     )
+    if the_plan.copy_bytes:
+        free = shutil.disk_usage(state_dir if os.path.exists(state_dir) else root).free
+        the_plan = replace(the_plan, free_bytes=free)
+    return the_plan
 
 
-def _make_plan(
+def _plan_moves(
     root: str,
     layout: Layout,
     migration_id: str | None,
-    moves: list[Move],
-    conflicts: list[Conflict],
-    sizes: tuple[int, int],
-    free: int | None,
-    sqlite_sources: list[str],
-    stats: dict[str, os.stat_result],
+    *,
+    target: Callable[[str], str],
+    present: Callable[[str], bool],
+    same: Callable[[str, str], bool],
+    action: str,
 ) -> Plan:
+    """Every v1 file as a move, a retirement (already there) or a conflict (there, different)."""
+    moves, conflicts, sqlite_sources = [], [], []
+    stats: dict[str, os.stat_result] = {}
+    for pair in _legacy_pairs(root, layout):
+        stats[pair.source] = pair.st
+        if pair.sqlite:
+            sqlite_sources.append(pair.source)
+        where = target(pair.contained)
+        if present(pair.contained):
+            if same(os.path.join(root, pair.source), pair.contained):
+                moves.append(Move(pair.source, where, pair.st.st_size, "retire"))
+            else:
+                conflicts.append(Conflict(pair.source, where))
+            continue
+        moves.append(Move(pair.source, where, pair.st.st_size, action))
     return Plan(
         migration_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
         tuple(moves),
         tuple(conflicts),
         tuple(_unknown(root, layout)),
-        sizes[0],
-        sizes[1],
-        free,
+        None,
         _sqlite_in_use(root, sqlite_sources),
         stats,
     )
@@ -325,27 +329,15 @@ def _remote_store(root: str, storage: str | None, options: dict[str, Any] | None
 
 
 def _remote_plan(root: str, layout: Layout, store: Any, migration_id: str | None) -> Plan:
-    existing = set(store.find_files(""))
-    moves, conflicts, sqlite_sources = [], [], []
-    stats: dict[str, os.stat_result] = {}
-    total = 0
-    for pair in _legacy_pairs(root, layout):
-        stats[pair.source] = pair.st
-        if pair.sqlite:
-            sqlite_sources.append(pair.source)
-        size = pair.st.st_size
-        target = store.url(pair.contained)
-        if pair.contained in existing:
-            same = _sha256_file(os.path.join(root, pair.source)) == _sha256_bytes(store.read(pair.contained))
-            if same:
-                moves.append(Move(pair.source, target, size, "retire"))
-            else:
-                conflicts.append(Conflict(pair.source, target))
-            continue
-        moves.append(Move(pair.source, target, size, "upload"))
-        total += size
-    return _make_plan(
-        root, layout, migration_id, moves, conflicts, (total, total), None, sqlite_sources, stats
+    existing = set(store.find_files(""))  # one listing instead of a request per file
+    return _plan_moves(
+        root,
+        layout,
+        migration_id,
+        target=store.url,
+        present=existing.__contains__,
+        same=lambda source, contained: _sha256_file(source) == _sha256_bytes(store.read(contained)),
+        action="upload",
     )
 
 
@@ -846,6 +838,12 @@ def apply(
 STEP_FIELDS = ("i", "source", "target", "bytes", "action", "mode", "mtime_ns", "link", "replaced", "rel")
 
 
+def _plan_of_steps(migration_id: str, steps: list[dict[str, Any]]) -> Plan:
+    """The plan a journal recorded, as a Plan (for results of resumed runs and rollbacks)."""
+    moves = tuple(Move(s["source"], s["target"], s["bytes"], s["action"]) for s in steps)
+    return Plan(migration_id, moves, (), (), None)
+
+
 def _intent_records(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """The plan as intent records, 1,024 steps a line (one json.dumps of lists each)."""
     for start in range(0, len(steps), 1024):
@@ -912,15 +910,7 @@ def _run(
     finally:
         journal.close()
     if the_plan is None:
-        the_plan = Plan(
-            migration_id,
-            tuple(Move(s["source"], s["target"], s["bytes"], s["action"]) for s in steps),
-            (),
-            (),
-            sum(s["bytes"] for s in steps),
-            0,
-            None,
-        )
+        the_plan = _plan_of_steps(migration_id, steps)
     verb = "finished the interrupted migration" if resumed else "migrated"
     return Result(
         the_plan,
@@ -958,7 +948,7 @@ def rollback(
             if not candidates:
                 raise FileNotFoundError(f"no migration {migration_id!r} under {STATE_DIR}/{JOURNAL_DIR}/")
         live = [p for p in candidates if Journal.status(p) != "rolled-back"]
-        empty_plan = Plan(migration_id or "", (), (), (), 0, 0, None)
+        empty_plan = _plan_of_steps(migration_id or "", [])
         if not live:
             return Result(empty_plan, False, "nothing to roll back")
         path = live[-1]
@@ -992,16 +982,9 @@ def rollback(
             os.utime(root, ns=(begin["root_mtime_ns"], begin["root_mtime_ns"]))
         journal.write({"t": "rolled-back"}, sync=True)
         journal.close()
-        plan_of = Plan(
-            mid,
-            tuple(Move(s["source"], s["target"], s["bytes"], s["action"]) for s in steps),
-            (),
-            (),
-            sum(s["bytes"] for s in steps),
-            0,
-            None,
+        return Result(
+            _plan_of_steps(mid, steps), True, f"rolled back migration {mid}: the v1 layout is restored"
         )
-        return Result(plan_of, True, f"rolled back migration {mid}: the v1 layout is restored")
 
 
 def _undo(root: str, step: dict[str, Any], backup_root: str) -> None:

@@ -48,7 +48,7 @@ class Location:
         return self.store.url(self.rel)
 
 
-def _ancestors(logical: str) -> list[str]:
+def ancestors(logical: str) -> list[str]:
     """``a/b/c`` -> ``["a", "a/b"]`` (proper ancestors, outermost first)."""
     parts = logical.split("/")
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
@@ -103,7 +103,7 @@ class Overlay:
         cached = self._has_lower.get(logical)
         if cached is None:
             cached = len(self.layers(logical)) > 1 or any(
-                len(self.layers(a)) > 1 or self.layout.virtual_children(a) for a in _ancestors(logical)
+                len(self.layers(a)) > 1 or self.layout.virtual_children(a) for a in ancestors(logical)
             )
             self._has_lower[logical] = cached
         return cached
@@ -129,7 +129,7 @@ class Overlay:
         store, prefix = layer.store, layer.prefix
         if store.exists(whiteout_rel(prefix, logical)):
             return True
-        for ancestor in _ancestors(logical):
+        for ancestor in ancestors(logical):
             if store.exists(whiteout_rel(prefix, ancestor)):
                 return True
             if store.exists(f"{prefix}{ancestor}/{OPAQUE_MARKER}"):

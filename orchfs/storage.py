@@ -159,16 +159,7 @@ class LocalStorage:
     has_entry = maybe_exists  # exact for a name orchfs itself writes (no link involved)
 
     def exists(self, rel: str) -> bool:
-        full = self._full(rel)
-        try:
-            st = os.lstat(full)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        if "/" in rel:
-            self._check_parents(rel)
-        if stat.S_ISLNK(st.st_mode):
-            return self.lstat(rel) is not None
-        return True
+        return self.lstat(rel) is not None
 
     def isdir(self, rel: str) -> bool:
         st = self.lstat(rel)
@@ -221,51 +212,32 @@ class LocalStorage:
         return fd
 
     def read_optional(self, rel: str, start: int | None = None, end: int | None = None) -> bytes | None:
-        """Like :meth:`read`, but None for an absent file. The hot path of every read."""
+        """The file's bytes (or a range of them), or None when it is absent: every read's path."""
         try:
             fd = os.open(f"{self.base}/{rel}", _READ_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError:
             fd = self._open_fd(rel)  # a symlink: the careful path decides
-        else:
+        try:
             if "/" in rel and rel.rpartition("/")[0] not in self._clean_dirs:
-                try:
-                    self._check_parents(rel)
-                except BaseException:
-                    os.close(fd)
-                    raise
-        if start is None and end is None:
-            try:
-                size = os.fstat(fd).st_size
+                self._check_parents(rel)
+            size = os.fstat(fd).st_size
+            if start is None and end is None:
                 data = os.read(fd, size + 1)
                 if len(data) > size:  # it grew since fstat: read on to the end
                     data += b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
-            finally:
-                os.close(fd)
-            return data
-        return self._read_fd(fd, start, end)
-
-    def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
-        return self._read_fd(self._open_fd(rel), start, end)
-
-    def _read_fd(self, fd: int, start: int | None, end: int | None) -> bytes:
-        try:
-            if start is None and end is None:
-                size = os.fstat(fd).st_size
-                data = os.read(fd, size + 1)
-                if len(data) <= size:  # the common case: one read, no EOF probe
-                    return data
-                chunks = [data]
-                while data:
-                    data = os.read(fd, 1 << 20)
-                    chunks.append(data)
-                return b"".join(chunks)
-            size = os.fstat(fd).st_size
+                return data
             begin, stop = _clip_range(start, end, size)
-            return os.pread(fd, max(stop - begin, 0), begin) if stop > begin else b""
+            return os.pread(fd, stop - begin, begin) if stop > begin else b""
         finally:
             os.close(fd)
+
+    def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
+        data = self.read_optional(rel, start, end)
+        if data is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file", self._full(rel))
+        return data
 
     def open_read(self, rel: str, block_size: int | None = None) -> IO[bytes]:
         fd = self._open_fd(rel)
@@ -604,8 +576,7 @@ class FsspecStorage:
         url = self.url(rel)
         mode = "create" if exclusive else "overwrite"
 
-        def upload(buffer: Any) -> None:
-            data = buffer.read()
+        def upload(data: bytes) -> None:
             try:
                 if self.kind == "memory":
                     self.fs.makedirs(full.rpartition("/")[0], exist_ok=True)
@@ -641,7 +612,7 @@ class FsspecStorage:
     ) -> None:
         if not known_file:  # saves a request when the caller has just read the file
             self._check_writable_target(rel, exclusive)
-        self._upload(rel, exclusive)(_BytesSource(data))
+        self._upload(rel, exclusive)(data)
 
     def append(self, rel: str, data: bytes) -> None:
         """Read-modify-write; callers hold the repository lock."""
@@ -691,14 +662,6 @@ class FsspecStorage:
         if self.kind == "memory":
             self.fs.makedirs(self._full(dst).rpartition("/")[0], exist_ok=True)
         self.fs.cp_file(self._full(src), self._full(dst))
-
-
-class _BytesSource:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def read(self) -> bytes:
-        return self._data
 
 
 def _timestamp(value: Any) -> float | None:

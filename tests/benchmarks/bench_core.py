@@ -11,7 +11,7 @@ from fsspec.implementations.local import LocalFileSystem
 import orchfs
 from orchfs.atomic import fsync_directory
 
-from .harness import Row, Table, ops_per_second
+from .harness import Table, compare, raw_read
 
 PAYLOAD = b'{"phase": "build", "step": 3, "notes": "' + b"x" * 400 + b'"}\n'
 
@@ -43,39 +43,28 @@ def run() -> Table:
         fs.pipe_file("state.json", PAYLOAD)
         path = os.path.join(state, "state.json")
 
-        def raw_read() -> bytes:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                return os.read(fd, os.fstat(fd).st_size + 1)
-            finally:
-                os.close(fd)
-
-        table.add(
-            Row(
-                "read (cat_file)",
-                "ops/s",
-                ops_per_second(lambda: fs.cat_file("state.json"), 20000),
-                {
-                    "raw os": ops_per_second(raw_read, 20000),
-                    "DirFileSystem": ops_per_second(lambda: dirfs.cat_file("state.json"), 20000),
-                },
-                ("raw os", 0.8),
-            )
+        compare(
+            table,
+            "read (cat_file)",
+            "ops/s",
+            lambda: fs.cat_file("state.json"),
+            {"raw os": lambda: raw_read(path), "DirFileSystem": lambda: dirfs.cat_file("state.json")},
+            20000,
+            ("raw os", 0.8),
         )
-
         for label, name in (("present", "state.json"), ("absent", "absent.json")):
             physical = os.path.join(state, name)
-            table.add(
-                Row(
-                    f"exists ({label})",
-                    "ops/s",
-                    ops_per_second(lambda name=name: fs.exists(name), 50000),
-                    {
-                        "raw os": ops_per_second(lambda p=physical: os.path.exists(p), 50000),
-                        "DirFileSystem": ops_per_second(lambda n=name: dirfs.exists(n), 50000),
-                    },
-                    ("raw os", 0.7),
-                )
+            compare(
+                table,
+                f"exists ({label})",
+                "ops/s",
+                lambda n=name: fs.exists(n),
+                {
+                    "raw os": lambda p=physical: os.path.exists(p),
+                    "DirFileSystem": lambda n=name: dirfs.exists(n),
+                },
+                50000,
+                ("raw os", 0.7),
             )
 
         big = os.path.join(state, "checkpoints")
@@ -88,41 +77,37 @@ def run() -> Table:
             with os.scandir(big) as entries:
                 return [(e.name, e.stat(follow_symlinks=False)) for e in entries]
 
-        table.add(
-            Row(
-                "ls 5,000 entries (detail)",
-                "ls/s",
-                ops_per_second(lambda: fs.ls("checkpoints"), 30),
-                {
-                    "raw os": ops_per_second(raw_ls, 30),
-                    "DirFileSystem": ops_per_second(lambda: dirfs.ls("checkpoints"), 30),
-                },
-                ("raw os", 0.6),
-            )
+        compare(
+            table,
+            "ls 5,000 entries (detail)",
+            "ls/s",
+            lambda: fs.ls("checkpoints"),
+            {"raw os": raw_ls, "DirFileSystem": lambda: dirfs.ls("checkpoints")},
+            30,
+            ("raw os", 0.6),
         )
 
         def raw_plain_write() -> None:
             with open(os.path.join(state, "plain.json"), "wb") as f:
                 f.write(PAYLOAD)
 
-        table.add(
-            Row(
-                "write (pipe_file, durable)",
-                "ops/s",
-                ops_per_second(lambda: fs.pipe_file("written.json", PAYLOAD), 300, 3),
-                {
-                    "raw os": ops_per_second(raw_plain_write, 300, 3),
-                    "DirFileSystem": ops_per_second(lambda: dirfs.pipe_file("d.json", PAYLOAD), 300, 3),
-                },
-            )
+        compare(
+            table,
+            "write (pipe_file, durable)",
+            "ops/s",
+            lambda: fs.pipe_file("written.json", PAYLOAD),
+            {"raw os": raw_plain_write, "DirFileSystem": lambda: dirfs.pipe_file("d.json", PAYLOAD)},
+            300,
+            repeat=3,
         )
-        table.add(
-            Row(
-                "durable atomic write",
-                "ops/s",
-                ops_per_second(lambda: fs.pipe_file("durable.json", PAYLOAD), 300, 3),
-                {"raw os": ops_per_second(lambda: raw_durable_write(state, "raw.json", PAYLOAD), 300, 3)},
-                ("raw os", 0.9),
-            )
+        compare(
+            table,
+            "durable atomic write",
+            "ops/s",
+            lambda: fs.pipe_file("durable.json", PAYLOAD),
+            {"raw os": lambda: raw_durable_write(state, "raw.json", PAYLOAD)},
+            300,
+            ("raw os", 0.9),
+            repeat=3,
         )
     return table

@@ -13,7 +13,7 @@ import warnings
 
 import orchfs
 
-from .harness import Row, Table, ops_per_second
+from .harness import Table, compare, raw_read
 
 HALF = 2500
 
@@ -55,23 +55,17 @@ def run() -> Table:
                         out.setdefault(entry.name, entry.stat(follow_symlinks=False))
             return list(out.items())
 
-        peers = {"raw os": ops_per_second(raw_ls, 20)}
-        if multi is not None:
-            peers["MultiFS"] = ops_per_second(
-                lambda: (
-                    multi.scandir("/", namespaces=["details"])
-                    and list(multi.scandir("/", namespaces=["details"]))
-                ),
-                5,
-            )
-        table.add(
-            Row(
-                "merged ls (detail)",
-                "ls/s",
-                ops_per_second(lambda: fs.ls("checkpoints"), 20),
-                peers,
-                ("raw os", 0.6),
-            )
+        def with_multifs(peers: dict, multifs_op) -> dict:
+            return {**peers, "MultiFS": multifs_op} if multi is not None else peers
+
+        compare(
+            table,
+            "merged ls (detail)",
+            "ls/s",
+            lambda: fs.ls("checkpoints"),
+            with_multifs({"raw os": raw_ls}, lambda: list(multi.scandir("/", namespaces=["details"]))),
+            10,
+            ("raw os", 0.6),
         )
 
         absent_contained = os.path.join(contained_dir, "absent.json")
@@ -80,41 +74,28 @@ def run() -> Table:
         def raw_exists() -> bool:
             return os.path.exists(absent_contained) or os.path.exists(absent_legacy)
 
-        peers = {"raw os": ops_per_second(raw_exists, 50000)}
-        if multi is not None:
-            peers["MultiFS"] = ops_per_second(lambda: multi.exists("/absent.json"), 20000)
-        table.add(
-            Row(
-                "exists (absent)",
-                "ops/s",
-                ops_per_second(lambda: fs.exists("checkpoints/absent.json"), 50000),
-                peers,
-                ("raw os", 0.4),
-            )
+        compare(
+            table,
+            "exists (absent)",
+            "ops/s",
+            lambda: fs.exists("checkpoints/absent.json"),
+            with_multifs({"raw os": raw_exists}, lambda: multi.exists("/absent.json")),
+            20000,
+            ("raw os", 0.4),
         )
 
         legacy_file = os.path.join(legacy_dir, "old_00007.json")
-
-        def raw_read() -> bytes:
-            fd = os.open(legacy_file, os.O_RDONLY)
-            try:
-                return os.read(fd, os.fstat(fd).st_size + 1)
-            finally:
-                os.close(fd)
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fs.cat_file("checkpoints/old_00007.json")
-            peers = {"raw os": ops_per_second(raw_read, 20000)}
-            if multi is not None:
-                peers["MultiFS"] = ops_per_second(lambda: multi.readbytes("/old_00007.json"), 10000)
-            table.add(
-                Row(
-                    "legacy read",
-                    "ops/s",
-                    ops_per_second(lambda: fs.cat_file("checkpoints/old_00007.json"), 20000),
-                    peers,
-                    ("raw os", 0.5),
-                )
+            compare(
+                table,
+                "legacy read",
+                "ops/s",
+                lambda: fs.cat_file("checkpoints/old_00007.json"),
+                with_multifs(
+                    {"raw os": lambda: raw_read(legacy_file)}, lambda: multi.readbytes("/old_00007.json")
+                ),
+                10000,
+                ("raw os", 0.5),
             )
     return table

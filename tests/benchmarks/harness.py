@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,3 +71,28 @@ class Table:
             cells.append(row.verdict())
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+
+def compare(
+    table: Table,
+    name: str,
+    unit: str,
+    orch: Callable[[], object],
+    peers: dict[str, Callable[[], object]],
+    number: int,
+    target: tuple[str, float] | None = None,
+    repeat: int = 5,
+) -> None:
+    """Time orchfs and each peer doing the same operation, in the same run; add the row."""
+    ours = ops_per_second(orch, number, repeat)
+    measured = {peer: ops_per_second(op, number, repeat) for peer, op in peers.items()}
+    table.add(Row(name, unit, ours, measured, target))
+
+
+def raw_read(path: str) -> bytes:
+    """What a careful program does by hand to read a whole small file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, os.fstat(fd).st_size + 1)
+    finally:
+        os.close(fd)
