@@ -46,6 +46,7 @@ STATE_DIR = ".orchestrator"
 
 
 LEGACY_MODES = ("read", "migrate", "off")
+_SHORTCUTS_MAX = 65536
 SECRETS_VIEW = "secrets"
 
 
@@ -190,6 +191,10 @@ class OrchFileSystem(ChainedFileSystem):
         self._overlay = Overlay(self._state, self._repo, self.layout, session, legacy)
         self._writable_checked = False
         self._quiet_reads: set[tuple[str, str]] = set()
+        # Shortcuts keyed by the caller's own spelling of a path that already passed the
+        # gate: the top layer that served it quietly, and where exists() can look first.
+        self._top_reads: dict[str, Any] = {}
+        self._exists_places: dict[str, tuple[Any, bool]] = {}
         self._secret_store: Any = None
 
     def __repr__(self) -> str:
@@ -474,7 +479,16 @@ class OrchFileSystem(ChainedFileSystem):
         raise _not_found(logical)
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
-        logical = validate(path) if type(path) is str else self._gate(path)
+        known = self._exists_places.get(path)
+        if known is not None:
+            location, sole = known
+            if location.store.exists(location.rel):
+                return True
+            if sole:  # no layer below and nothing the layout places under it
+                return False
+        logical = self._gate(path)
+        if logical and not logical.startswith(SECRETS_VIEW) and len(self._exists_places) < _SHORTCUTS_MAX:
+            self._exists_places[path] = self._overlay.place(logical)
         if not logical or self._overlay.exists(logical):
             return True
         if logical.startswith(SECRETS_VIEW):
@@ -522,6 +536,14 @@ class OrchFileSystem(ChainedFileSystem):
         return out
 
     def cat_file(self, path: Any, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+        top = self._top_reads.get(path)
+        if top is not None:
+            try:
+                data = top.store.read_optional(top.rel, start, end)
+            except IsADirectoryError:
+                data = None
+            if data is not None:
+                return data
         logical = self._gate(path)
         if not logical:
             raise _is_a_directory("")
@@ -542,6 +564,8 @@ class OrchFileSystem(ChainedFileSystem):
         served = self._served(logical, location)
         if served is not location:  # legacy="migrate" moved it up
             return served.store.read(served.rel, start, end)
+        if self._overlay.layers(logical)[0] is location and len(self._top_reads) < _SHORTCUTS_MAX:
+            self._top_reads[path] = location  # quiet from now on: later reads go straight there
         return data
 
     def created(self, path: Any) -> datetime:

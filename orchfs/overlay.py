@@ -94,6 +94,12 @@ class Overlay:
             self._layers_cache[logical] = result
         return result
 
+    def place(self, logical: str) -> tuple[Location, bool]:
+        """The top layer of ``logical`` and whether it is the only place ``logical`` can
+        be (no layer below it, no layout entry under it)."""
+        layers = self.layers(logical)
+        return layers[0], len(layers) == 1 and not self.layout.virtual_children(logical)
+
     def target(self, logical: str) -> Location:
         return self.layers(logical)[0]
 

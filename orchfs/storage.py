@@ -138,7 +138,7 @@ class LocalStorage:
             st = os.lstat(full)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        if "/" in rel:
+        if "/" in rel and rel.rpartition("/")[0] not in self._clean_dirs:
             self._check_parents(rel)
         if stat.S_ISLNK(st.st_mode):
             self._check_link(full)
@@ -293,18 +293,24 @@ class LocalStorage:
         autocommit: bool = True,
         mode: int = DEFAULT_FILE_MODE,
     ) -> StagedWriter:
+        """A writer that refuses a directory (or, exclusive, any entry) at ``rel`` before
+        the caller stages a single byte."""
+        return self._writer(rel, exclusive, autocommit, mode, check_target=True)
+
+    def _writer(
+        self, rel: str, exclusive: bool, autocommit: bool, mode: int, *, check_target: bool
+    ) -> LocalAtomicWriter:
         head, _, name = rel.rpartition("/")
         dir_fd = self._open_dir(head, create=True)
-        try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            if stat.S_ISDIR(st.st_mode):
+        if check_target:
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None and (exclusive or stat.S_ISDIR(st.st_mode)):
                 os.close(dir_fd)
-                raise IsADirectoryError(errno.EISDIR, "is a directory", self._full(rel))
-            if exclusive:
-                os.close(dir_fd)
+                if stat.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError(errno.EISDIR, "is a directory", self._full(rel))
                 raise FileExistsError(errno.EEXIST, "file exists", self._full(rel))
         return LocalAtomicWriter(
             dir_fd,
@@ -324,7 +330,9 @@ class LocalStorage:
         mode: int | None = None,
         known_file: bool = False,
     ) -> None:
-        with self.open_write(rel, exclusive=exclusive, mode=mode or DEFAULT_FILE_MODE) as f:
+        # All bytes are at hand: the publishing rename or link itself refuses a
+        # directory or an existing entry, so the early check's extra stat is not needed.
+        with self._writer(rel, exclusive, True, mode or DEFAULT_FILE_MODE, check_target=False) as f:
             f.write(data)
 
     def append(self, rel: str, data: bytes) -> None:

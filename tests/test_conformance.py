@@ -176,6 +176,29 @@ def test_directory_opened_as_file(orch):
         orch.pipe_file("checkpoints", b"x")
 
 
+def test_repeated_calls_see_every_change(orch):
+    """Reads and exists() remember where a path was found; the next call must still
+    see a removal, a directory in the file's place and another spelling of the path."""
+    other = orchfs.OrchFileSystem(
+        root=orch.root, storage_options=orch.storage_options_, skip_instance_cache=True
+    )
+    for _ in range(2):
+        assert not orch.exists("run.json")
+    other.pipe_file("run.json", b"1")
+    for spelling in ("run.json", "/run.json", "orch://run.json"):
+        assert orch.exists(spelling)
+        assert orch.cat_file(spelling) == b"1"
+    other.rm_file("run.json")
+    assert not orch.exists("run.json")
+    with pytest.raises(FileNotFoundError, match="run.json"):
+        orch.cat_file("run.json")
+    other.pipe_file("run.json/inner.json", b"2")
+    assert orch.exists("run.json")
+    with pytest.raises(IsADirectoryError, match="run.json"):
+        orch.cat_file("run.json")
+    assert orch.cat_file("run.json/inner.json") == b"2"
+
+
 def test_pickle_reopens_same_repository(orch):
     orch.pipe_file("state.json", b"pickled")
     clone = pickle.loads(pickle.dumps(orch))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 
 from fsspec.implementations.dirfs import DirFileSystem
@@ -49,8 +50,9 @@ def run() -> Table:
             "ops/s",
             lambda: fs.cat_file("state.json"),
             {"raw os": lambda: raw_read(path), "DirFileSystem": lambda: dirfs.cat_file("state.json")},
-            20000,
+            5000,
             ("raw os", 0.8),
+            repeat=20,
         )
         for label, name in (("present", "state.json"), ("absent", "absent.json")):
             physical = os.path.join(state, name)
@@ -63,8 +65,9 @@ def run() -> Table:
                     "raw os": lambda p=physical: os.path.exists(p),
                     "DirFileSystem": lambda n=name: dirfs.exists(n),
                 },
-                50000,
+                10000,
                 ("raw os", 0.7),
+                repeat=20,
             )
 
         big = os.path.join(state, "checkpoints")
@@ -83,8 +86,9 @@ def run() -> Table:
             "ls/s",
             lambda: fs.ls("checkpoints"),
             {"raw os": raw_ls, "DirFileSystem": lambda: dirfs.ls("checkpoints")},
-            30,
+            10,
             ("raw os", 0.6),
+            repeat=10,
         )
 
         def raw_plain_write() -> None:
@@ -97,8 +101,9 @@ def run() -> Table:
             "ops/s",
             lambda: fs.pipe_file("written.json", PAYLOAD),
             {"raw os": raw_plain_write, "DirFileSystem": lambda: dirfs.pipe_file("d.json", PAYLOAD)},
-            300,
-            repeat=3,
+            1,
+            repeat=1000,
+            statistic=statistics.median,
         )
         compare(
             table,
@@ -106,8 +111,9 @@ def run() -> Table:
             "ops/s",
             lambda: fs.pipe_file("durable.json", PAYLOAD),
             {"raw os": lambda: raw_durable_write(state, "raw.json", PAYLOAD)},
-            300,
+            1,
             ("raw os", 0.9),
-            repeat=3,
+            repeat=1000,
+            statistic=statistics.median,
         )
     return table

@@ -9,21 +9,38 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
-def ops_per_second(operation: Callable[[], object], number: int, repeat: int = 5) -> float:
-    """Best throughput over ``repeat`` runs of ``number`` calls (GC off while timing)."""
-    best = float("inf")
+def ops_per_second(
+    operations: list[Callable[[], object]],
+    number: int,
+    repeat: int = 5,
+    statistic: Callable[[list[float]], float] = min,
+) -> list[float]:
+    """Throughput of each operation from ``repeat`` rounds of ``number`` calls.
+
+    The operations take turns within every round (GC off while timing), so a slow
+    spell of the machine or the disk falls on all of them rather than on one. The
+    round times are summed up by ``statistic``: the best round for CPU-bound calls,
+    the median of many single calls for fsync-bound ones, whose best is luck.
+    """
+    rounds: list[list[float]] = [[] for _ in operations]
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for _ in range(repeat):
-            start = time.perf_counter()
-            for _ in range(number):
-                operation()
-            best = min(best, time.perf_counter() - start)
+            for index, operation in enumerate(operations):
+                start = time.perf_counter()
+                for _ in range(number):
+                    operation()
+                rounds[index].append(time.perf_counter() - start)
     finally:
         if gc_was_enabled:
             gc.enable()
-    return number / best
+    return [number / statistic(times) for times in rounds]
+
+
+def throughput(operation: Callable[[], object], number: int, repeat: int = 5) -> float:
+    """Best throughput of one operation on its own (for rows measured against a fixed target)."""
+    return ops_per_second([operation], number, repeat)[0]
 
 
 @dataclass
@@ -82,11 +99,11 @@ def compare(
     number: int,
     target: tuple[str, float] | None = None,
     repeat: int = 5,
+    statistic: Callable[[list[float]], float] = min,
 ) -> None:
     """Time orchfs and each peer doing the same operation, in the same run; add the row."""
-    ours = ops_per_second(orch, number, repeat)
-    measured = {peer: ops_per_second(op, number, repeat) for peer, op in peers.items()}
-    table.add(Row(name, unit, ours, measured, target))
+    ours, *theirs = ops_per_second([orch, *peers.values()], number, repeat, statistic)
+    table.add(Row(name, unit, ours, dict(zip(peers, theirs, strict=True)), target))
 
 
 def raw_read(path: str) -> bytes:
