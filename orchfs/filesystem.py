@@ -331,7 +331,7 @@ class OrchFileSystem(ChainedFileSystem):
         if self._overlay.has_lower(logical) and self._overlay.markers_present():
             for ancestor in ancestors(logical):
                 marker = whiteout_rel(target.prefix, ancestor)
-                if target.store.exists(marker):
+                if target.store.has_entry(marker):
                     target.store.remove(marker)
                     target.store.makedirs(f"{target.prefix}{ancestor}")
                     self._overlay.write_marker(f"{target.prefix}{ancestor}/{OPAQUE_MARKER}")
@@ -340,12 +340,15 @@ class OrchFileSystem(ChainedFileSystem):
     def _after_write(self, logical: str, target: Any) -> None:
         if self._overlay.has_lower(logical) and self._overlay.markers_present():
             marker = whiteout_rel(target.prefix, logical)
-            if target.store.exists(marker):
+            if target.store.has_entry(marker):
                 target.store.remove(marker)
 
     def _whiteout_if_lower(self, logical: str) -> None:
         """Rule 4: hide what lower layers still show of ``logical``."""
-        if self._overlay.lookup(logical) is not None or self._overlay.is_virtual_dir(logical):
+        overlay = self._overlay
+        if not overlay.has_lower(logical):
+            return  # no layer below could show it: nothing to hide, nothing to ask the backend
+        if overlay.lookup(logical) is not None or overlay.is_virtual_dir(logical):
             target = self._before_write(logical)
             self._overlay.write_marker(whiteout_rel(target.prefix, logical))
 
@@ -433,8 +436,8 @@ class OrchFileSystem(ChainedFileSystem):
             value = current if result is None else result
             data = json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"
             target = self._before_write(logical)
-            known = found is not None and found[0] == target
-            target.store.write(target.rel, data, known_file=known)
+            # The lookup asked the write target first, so what is there is known.
+            target.store.write(target.rel, data, target_checked=True)
             self._after_write(logical, target)
         return value
 
@@ -601,7 +604,7 @@ class OrchFileSystem(ChainedFileSystem):
             )
         found = self._lookup(logical)
         if (found is not None and found[1]["type"] == "directory") or (
-            found is None and self._is_dir(logical)
+            found is None and self._overlay.is_virtual_dir(logical)
         ):
             raise _is_a_directory(logical)
         if mode == "xb" and found is not None:
@@ -611,7 +614,9 @@ class OrchFileSystem(ChainedFileSystem):
                 raise _not_found(logical)
             return CopyUpFile(self, logical, found[0].store.read(found[0].rel), autocommit)
         target = self._before_write(logical)
-        writer = target.store.open_write(target.rel, exclusive=mode == "xb", autocommit=autocommit)
+        writer = target.store.open_write(  # the lookup above asked the write target first
+            target.rel, exclusive=mode == "xb", autocommit=autocommit, target_checked=True
+        )
         writer.after_publish = lambda: self._after_write(logical, target)
         if mode == "ab" and found is not None:  # copy-up: the lower file stays untouched
             writer.write(found[0].store.read(found[0].rel))
@@ -718,17 +723,23 @@ class OrchFileSystem(ChainedFileSystem):
             raise IsADirectoryError(
                 errno.EISDIR, "is a directory (use rm(recursive=True))", f"{PROTOCOL}://{logical}"
             )
-        if found[0] == self._overlay.target(logical):
-            found[0].store.remove(found[0].rel)
+        self._remove_file(logical, found[0])
+
+    def _remove_file(self, logical: str, location: Any) -> None:
+        if location == self._overlay.target(logical):
+            location.store.remove(location.rel)
         self._whiteout_if_lower(logical)
 
     def _rm(self, path: Any) -> None:
         logical = self._gate(path)
-        found = self._lookup(logical)
-        if found is not None and found[1]["type"] == "file":
+        if logical.startswith(SECRETS_VIEW) and self._secret_name(logical) is not None:
             self.rm_file(logical)
             return
-        if found is None and not self._is_dir(logical):
+        found = self._lookup(logical)
+        if found is not None and found[1]["type"] == "file":
+            self._remove_file(logical, found[0])
+            return
+        if found is None and logical and not self._overlay.is_virtual_dir(logical):
             if self._state.capabilities.empty_directories:
                 raise _not_found(logical)
             return  # an implicit directory vanished with its last key
@@ -757,7 +768,8 @@ class OrchFileSystem(ChainedFileSystem):
     def _make_directory(self, logical: str) -> None:
         target = self._before_write(logical)
         marker = whiteout_rel(target.prefix, logical)
-        if self._overlay.markers_present() and target.store.exists(marker):
+        overlay = self._overlay
+        if overlay.has_lower(logical) and overlay.markers_present() and target.store.has_entry(marker):
             # Rule 5: a directory re-created after rm -r is opaque to the layers below.
             target.store.remove(marker)
             target.store.makedirs(target.rel)
@@ -770,7 +782,7 @@ class OrchFileSystem(ChainedFileSystem):
         if not logical:
             return
         found = self._lookup(logical)
-        if found is not None or self._is_dir(logical):
+        if found is not None or self._overlay.is_virtual_dir(logical):
             if found is not None and found[1]["type"] != "directory":
                 raise FileExistsError(errno.EEXIST, "a file is in the way", f"{PROTOCOL}://{logical}")
             if not exist_ok:

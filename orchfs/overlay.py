@@ -108,8 +108,9 @@ class Overlay:
         ancestors, has a layer below the write target (or is a layout directory)."""
         cached = self._has_lower.get(logical)
         if cached is None:
-            cached = len(self.layers(logical)) > 1 or any(
-                len(self.layers(a)) > 1 or self.layout.virtual_children(a) for a in ancestors(logical)
+            cached = any(
+                len(self.layers(a)) > 1 or self.layout.virtual_children(a)
+                for a in (logical, *ancestors(logical))
             )
             self._has_lower[logical] = cached
         return cached
@@ -133,17 +134,17 @@ class Overlay:
     def hidden_by(self, layer: Location, logical: str) -> bool:
         """Whether markers in ``layer`` hide ``logical`` in every layer below it."""
         store, prefix = layer.store, layer.prefix
-        if store.exists(whiteout_rel(prefix, logical)):
+        if store.has_entry(whiteout_rel(prefix, logical)):
             return True
         for ancestor in ancestors(logical):
-            if store.exists(whiteout_rel(prefix, ancestor)):
+            if store.has_entry(whiteout_rel(prefix, ancestor)):
                 return True
-            if store.exists(f"{prefix}{ancestor}/{OPAQUE_MARKER}"):
+            if store.has_entry(f"{prefix}{ancestor}/{OPAQUE_MARKER}"):
                 return True
-        return store.exists(f"{prefix}{OPAQUE_MARKER}")
+        return store.has_entry(f"{prefix}{OPAQUE_MARKER}")
 
     def write_marker(self, rel: str) -> None:
-        if not self._markers_seen and not self.state.exists(MARKER_SENTINEL):
+        if not self._markers_seen and not self.state.has_entry(MARKER_SENTINEL):
             self.state.write(MARKER_SENTINEL, b"")
         self._markers_seen = True
         self.state.write(rel, b"")

@@ -292,10 +292,11 @@ class LocalStorage:
         exclusive: bool = False,
         autocommit: bool = True,
         mode: int = DEFAULT_FILE_MODE,
+        target_checked: bool = False,
     ) -> StagedWriter:
         """A writer that refuses a directory (or, exclusive, any entry) at ``rel`` before
-        the caller stages a single byte."""
-        return self._writer(rel, exclusive, autocommit, mode, check_target=True)
+        the caller stages a single byte (unless the caller has just looked itself)."""
+        return self._writer(rel, exclusive, autocommit, mode, check_target=not target_checked)
 
     def _writer(
         self, rel: str, exclusive: bool, autocommit: bool, mode: int, *, check_target: bool
@@ -328,7 +329,7 @@ class LocalStorage:
         *,
         exclusive: bool = False,
         mode: int | None = None,
-        known_file: bool = False,
+        target_checked: bool = False,
     ) -> None:
         # All bytes are at hand: the publishing rename or link itself refuses a
         # directory or an existing entry, so the early check's extra stat is not needed.
@@ -474,10 +475,12 @@ def _clip_range(start: int | None, end: int | None, size: int) -> tuple[int, int
 class FsspecStorage:
     """Any fsspec filesystem (memory, object storage), rooted at ``base``."""
 
-    def __init__(self, fs: Any, base: str, kind: str) -> None:
+    def __init__(self, fs: Any, base: str, kind: str, read_options: dict[str, Any] | None = None) -> None:
         self.fs = fs
         self.base = base.rstrip("/")
         self.kind = kind
+        self._read_options = read_options or {}
+        self._container_ready = False
         memory = kind == "memory"
         self.capabilities = Capabilities(
             atomic_rename=False,
@@ -516,8 +519,7 @@ class FsspecStorage:
         return self.info(rel) is not None
 
     def isdir(self, rel: str) -> bool:
-        found = self.info(rel)
-        return found is not None and found["type"] == "directory"
+        return bool(self.fs.isdir(self._full(rel)))
 
     def scan(self, rel: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
         """``(name, info)`` of each child and, apart from them, the marker names."""
@@ -540,28 +542,36 @@ class FsspecStorage:
     def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
         return self.scan(rel)[0]
 
-    def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
+    def read_optional(self, rel: str, start: int | None = None, end: int | None = None) -> bytes | None:
+        """The object's bytes (or a range of them) in one request, or None when it is absent."""
+        full = self._full(rel)
         try:
-            return self.fs.cat_file(self._full(rel), start=start, end=end)
+            return self.fs.cat_file(full, start=start, end=end, **self._read_options)
         except (IsADirectoryError, FileNotFoundError):
-            if self.isdir(rel):
+            if self.fs.isdir(full):
                 raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel)) from None
-            raise
+            return None
+
+    def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
+        data = self.read_optional(rel, start, end)
+        if data is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file", self.url(rel))
+        return data
 
     def maybe_exists(self, rel: str) -> bool:
         return True  # no cheaper question than the read itself
 
     def has_entry(self, rel: str) -> bool:
-        return self.exists(rel)
+        """Whether an object is stored under exactly ``rel``: one request, no directory
+        probe. Meant for the empty marker objects orchfs writes itself."""
+        try:
+            self.fs.cat_file(self._full(rel), **self._read_options)
+        except (FileNotFoundError, IsADirectoryError):
+            return False
+        return True
 
     def append_existing(self, rel: str, data: bytes) -> bool:
         return False  # no append on object storage: the locked read-modify-write does it
-
-    def read_optional(self, rel: str, start: int | None = None, end: int | None = None) -> bytes | None:
-        try:
-            return self.read(rel, start, end)
-        except FileNotFoundError:
-            return None
 
     def open_read(self, rel: str, block_size: int | None = None) -> IO[bytes]:
         found = self.info(rel)
@@ -605,8 +615,10 @@ class FsspecStorage:
         exclusive: bool = False,
         autocommit: bool = True,
         mode: int = DEFAULT_FILE_MODE,
+        target_checked: bool = False,
     ) -> StagedWriter:
-        self._check_writable_target(rel, exclusive)
+        if not target_checked:
+            self._check_writable_target(rel, exclusive)
         return BufferedUploadWriter(self.url(rel), self._upload(rel, exclusive), autocommit)
 
     def write(
@@ -616,9 +628,9 @@ class FsspecStorage:
         *,
         exclusive: bool = False,
         mode: int | None = None,
-        known_file: bool = False,
+        target_checked: bool = False,
     ) -> None:
-        if not known_file:  # saves a request when the caller has just read the file
+        if not target_checked:  # saves a request when the caller has just looked
             self._check_writable_target(rel, exclusive)
         self._upload(rel, exclusive)(data)
 
@@ -629,10 +641,13 @@ class FsspecStorage:
         except FileNotFoundError:
             self.write(rel, data)
             return
-        self.write(rel, old + data, known_file=True)
+        self.write(rel, old + data, target_checked=True)
 
     def makedirs(self, rel: str) -> None:
+        if self._container_ready:
+            return  # object storage has no directories: only its bucket has to exist
         self.fs.makedirs(self._full(rel), exist_ok=True)
+        self._container_ready = not self.capabilities.empty_directories
 
     def mkdir(self, rel: str) -> None:
         self.fs.mkdir(self._full(rel), create_parents=False)
@@ -699,4 +714,7 @@ def open_storage(url: str, options: dict[str, Any] | None, boundary: str | None 
         options.setdefault("use_listings_cache", False)
     fs = cls(**options)
     kind = "memory" if protocol == "memory" else "object"
-    return FsspecStorage(fs, cls._strip_protocol(url), kind)
+    # s3fs asks for an object's size before reading it whole (to split large downloads);
+    # state files are small, so one GET per read is the better trade.
+    read_options = {"max_concurrency": 1} if protocol in ("s3", "s3a") else None
+    return FsspecStorage(fs, cls._strip_protocol(url), kind, read_options)
