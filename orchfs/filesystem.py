@@ -260,24 +260,24 @@ class OrchFileSystem(ChainedFileSystem):
         return self._overlay.lookup(logical) if logical else None
 
     def _is_dir(self, logical: str) -> bool:
-        if not logical:
-            return True
-        found = self._overlay.lookup(logical)
+        return self._shows_directory(logical, self._lookup(logical))
+
+    def _shows_directory(self, logical: str, found: tuple[Any, dict[str, Any]] | None) -> bool:
+        """Whether ``logical`` is a directory, given what :meth:`_lookup` found for it."""
         if found is not None:
             return found[1]["type"] == "directory"
-        return self._overlay.is_virtual_dir(logical)
+        return not logical or self._overlay.is_virtual_dir(logical)
 
-    def _serving(self, logical: str) -> Any:
-        """The location a content read uses (warnings and legacy="migrate" applied)."""
-        found = self._lookup(logical)
-        if found is None:
-            if self._is_dir(logical):
+    def _serving(self, logical: str, found: tuple[Any, dict[str, Any]] | None) -> tuple[Any, int | None]:
+        """The location a content read uses (warnings and legacy="migrate" applied) and
+        the size the lookup saw there (None once legacy="migrate" has moved the file)."""
+        if found is None or found[1]["type"] == "directory":
+            if self._shows_directory(logical, found):
                 raise _is_a_directory(logical)
             raise _not_found(logical)
         location, info = found
-        if info["type"] == "directory":
-            raise _is_a_directory(logical)
-        return self._served(logical, location)
+        served = self._served(logical, location)
+        return served, (info.get("size") if served is location else None)
 
     def _served(self, logical: str, location: Any) -> Any:
         """Rules 7-9 for a read served by ``location``; returns where to read now."""
@@ -427,16 +427,15 @@ class OrchFileSystem(ChainedFileSystem):
         """
         logical = self._gate(path)
         with self.lock("repo", timeout=timeout):
-            found = self._lookup(logical)
-            if found is not None:
-                current = json.loads(found[0].store.read(found[0].rel))
-            else:
+            try:  # one read through the layers, no separate lookup: a request less on S3
+                current = json.loads(self._overlay.read(logical)[1])
+            except FileNotFoundError:
                 current = {} if default is None else default
             result = update(current)
             value = current if result is None else result
             data = json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"
             target = self._before_write(logical)
-            # The lookup asked the write target first, so what is there is known.
+            # The read asked the write target first, so what is there is known.
             target.store.write(target.rel, data, target_checked=True)
             self._after_write(logical, target)
         return value
@@ -448,19 +447,25 @@ class OrchFileSystem(ChainedFileSystem):
         target = self._overlay.target(logical)
         if self._writable_checked and target.store.append_existing(target.rel, line):
             return  # the common case: the log already lives in its write target
-        found = self._lookup(logical)
-        if target.store.capabilities.native_append and (found is None or found[0] == target):
-            if found is None:
-                target = self._before_write(logical)
-            target.store.append(target.rel, line)
-            return
+        native = target.store.capabilities.native_append
+        if native:
+            found = self._lookup(logical)
+            if found is None or found[0] == target:
+                if found is None:
+                    target = self._before_write(logical)
+                target.store.append(target.rel, line)
+                return
         lock_name = "append-" + sha1(logical.encode(), usedforsecurity=False).hexdigest()[:16]
         with self.lock(lock_name):
-            found = self._lookup(logical)
+            try:  # one read through the layers; it asks the write target first
+                location, old = self._overlay.read(logical)
+            except FileNotFoundError:
+                location, old = None, b""
             target = self._before_write(logical)
-            if found is not None and found[0] != target:  # copy-up first (rule 3)
-                target.store.write(target.rel, found[0].store.read(found[0].rel))
-            target.store.append(target.rel, line)
+            if native and location == target:
+                target.store.append(target.rel, line)
+            else:  # read-modify-write, or the copy-up of a lower log (rule 3)
+                target.store.write(target.rel, old + line, target_checked=True)
             self._after_write(logical, target)
 
     # --- reading ---------------------------------------------------------------------
@@ -594,9 +599,9 @@ class OrchFileSystem(ChainedFileSystem):
         if name is not None:
             return self._open_secret(logical, name, mode, autocommit)
         if mode == "rb":
-            location = self._serving(logical)
-            size = block_size if isinstance(block_size, int) else None
-            return location.store.open_read(location.rel, size)
+            location, size = self._serving(logical, self._lookup(logical))
+            buffer = block_size if isinstance(block_size, int) else None
+            return location.store.open_read(location.rel, buffer, size)
         if mode not in ("wb", "xb", "ab", "r+b"):
             raise ValueError(
                 f"unsupported mode {mode!r} for {PROTOCOL}://{logical}: use rb, wb, xb, ab or "
@@ -667,10 +672,11 @@ class OrchFileSystem(ChainedFileSystem):
     def cp_file(self, path1: Any, path2: Any, **kwargs: Any) -> None:
         logical1 = self._gate(path1)
         logical2 = self._gate(path2)
-        if self._is_dir(logical1):
+        found = self._lookup(logical1)
+        if self._shows_directory(logical1, found):
             self.makedirs(logical2, exist_ok=True)
             return
-        source = self._serving(logical1)
+        source, _size = self._serving(logical1, found)
         target = self._before_write(logical2)
         if source.store is target.store:
             target.store.copy(source.rel, target.rel)

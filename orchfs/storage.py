@@ -239,7 +239,7 @@ class LocalStorage:
             raise FileNotFoundError(errno.ENOENT, "no such file", self._full(rel))
         return data
 
-    def open_read(self, rel: str, block_size: int | None = None) -> IO[bytes]:
+    def open_read(self, rel: str, block_size: int | None = None, size: int | None = None) -> IO[bytes]:
         fd = self._open_fd(rel)
         if stat.S_ISDIR(os.fstat(fd).st_mode):
             os.close(fd)
@@ -573,13 +573,16 @@ class FsspecStorage:
     def append_existing(self, rel: str, data: bytes) -> bool:
         return False  # no append on object storage: the locked read-modify-write does it
 
-    def open_read(self, rel: str, block_size: int | None = None) -> IO[bytes]:
-        found = self.info(rel)
-        if found is None:
-            raise FileNotFoundError(errno.ENOENT, "no such file", self.url(rel))
-        if found["type"] == "directory":
-            raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel))
-        return self.fs.open(self._full(rel), "rb", block_size=block_size)
+    def open_read(self, rel: str, block_size: int | None = None, size: int | None = None) -> IO[bytes]:
+        """A reader; ``size`` is what the caller's own lookup just saw (saves two requests)."""
+        if size is None:
+            found = self.info(rel)
+            if found is None:
+                raise FileNotFoundError(errno.ENOENT, "no such file", self.url(rel))
+            if found["type"] == "directory":
+                raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel))
+            size = found["size"]
+        return self.fs.open(self._full(rel), "rb", block_size=block_size, size=size)
 
     def _check_writable_target(self, rel: str, exclusive: bool) -> None:
         found = self.info(rel)
