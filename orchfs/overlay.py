@@ -150,10 +150,16 @@ class Overlay:
         self.state.write(rel, b"")
 
     # --- lookups -------------------------------------------------------------------
-    def lookup(self, logical: str) -> tuple[Location, dict[str, Any]] | None:
-        """The location that serves ``logical`` and its info, or None."""
+    def lookup(self, logical: str, upper_listed: bool = False) -> tuple[Location, dict[str, Any]] | None:
+        """The location that serves ``logical`` and its info, or None.
+
+        ``upper_listed``: the caller has just listed the parent in every upper layer and
+        did not find ``logical`` there, so only the legacy layers are asked.
+        """
         layers = self.layers(logical)
         for index, location in enumerate(layers):
+            if upper_listed and location.upper:
+                continue
             found = location.store.info(location.rel)
             if found is not None:
                 if index and self.hidden_above(layers, index, logical):
@@ -246,7 +252,7 @@ class Overlay:
                     continue
                 child = join(logical, name)
                 try:
-                    found_child = self.lookup(child)
+                    found_child = self.lookup(child, upper_listed=True)
                 except PathEscapeError:
                     continue  # listings leave out links that leave the root
                 if found_child is not None:

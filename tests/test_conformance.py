@@ -11,6 +11,8 @@ from fsspec.callbacks import Callback
 
 import orchfs
 
+from .conftest import make_fs
+
 
 def test_pipe_and_cat_roundtrip(orch):
     orch.pipe_file("state.json", b'{"a": 1}')
@@ -246,3 +248,38 @@ def test_s3_storage_for_local_root(local_repo, moto_server, s3_bucket):
 
     s3 = s3fs.S3FileSystem(**moto_server.storage_options)
     assert s3.cat_file(f"{s3_bucket}/elsewhere/prefix/state.json") == b"remote"
+
+
+def test_s3_requests_per_operation(request, tmp_path):
+    """Every round trip to object storage costs milliseconds: pin how many each call makes."""
+    fs = make_fs("s3", request, tmp_path)
+    fs.pipe_file("state.json", b"{}")
+    fs.cat_file("state.json")
+    sent: list[str] = []
+
+    def record(request, **kwargs):
+        is_list = request.method == "GET" and "list-type=2" in request.url
+        sent.append("LIST" if is_list else request.method)
+
+    for client in {id(s.fs.s3): s.fs.s3 for s in (fs._state, fs._repo)}.values():
+        client.meta.events.register("before-send.s3", record)
+
+    def requests(operation) -> list[str]:
+        sent.clear()
+        operation()
+        return sorted(sent)
+
+    assert requests(lambda: fs.cat_file("state.json")) == ["GET"]
+    assert requests(lambda: fs.exists("state.json")) == ["HEAD"]
+    assert requests(lambda: fs.exists("absent.json")) == ["HEAD", "LIST"]
+    assert requests(lambda: fs.pipe_file("state.json", b"{1}")) == ["GET", "GET", "HEAD", "PUT"]
+
+    def write_new() -> None:
+        with fs.open("run/new.json", "wb") as f:
+            f.write(b"abc")
+
+    assert requests(write_new) == ["HEAD", "LIST", "PUT"]
+    # The lookup's HEAD, then s3fs's own (it keeps the ETag to notice a changed object).
+    assert requests(lambda: fs.open("run/new.json", "rb").read()) == ["GET", "HEAD", "HEAD"]
+    assert requests(lambda: fs.rm_file("run/new.json")) == ["DELETE", "HEAD"]
+    assert fs.cat_file("state.json") == b"{1}"
