@@ -49,6 +49,7 @@ class Context:
         self.json = as_json
         self.quiet = quiet
         self.legacy_used = False
+        self._settings: dict[str, Any] | None = None
 
     @property
     def root(self) -> str:
@@ -56,10 +57,30 @@ class Context:
             self._root = os.environ.get("ORCHFS_ROOT") or find_root()
         return os.path.abspath(self._root)
 
+    def settings(self) -> dict[str, Any]:
+        """What the effective configuration (DESIGN §6: org file, workflow.yaml and its
+        includes, .orchestrator/config.yaml, ORCHFS_*) says about the state."""
+        if self._settings is None:
+            from .config import load_config
+
+            config = load_config(self.root)
+            self._settings = {
+                "storage": config.get("state.storage"),
+                "legacy": config.get("state.legacy"),
+                "lock_timeout": config.get("state.lock_timeout"),
+                "web_mode": bool(config.get("web_mode")),
+                "session": config.get("session"),
+            }
+        return self._settings
+
     def fs(self) -> Any:
         from .filesystem import OrchFileSystem
 
-        return OrchFileSystem(root=self.root, skip_instance_cache=True)
+        return OrchFileSystem(root=self.root, skip_instance_cache=True, **self.settings())
+
+    def storage(self, given: str | None) -> str | None:
+        """``--storage``, else the configured ``state.storage``."""
+        return given or self.settings()["storage"]
 
     def emit(self, document: Any, human: str | Callable[[], str]) -> None:
         if self.json:
@@ -382,7 +403,7 @@ def _human_plan(document: dict[str, Any], dry_run: bool) -> str:
     "--storage",
     metavar="URL",
     help="Move the state to this directory instead of .orchestrator/ (s3://bucket/prefix; "
-    "credentials from the environment).",
+    "credentials from the environment). Default: state.storage from the configuration.",
 )
 @json_option
 @pass_ctx
@@ -409,11 +430,11 @@ def migrate(
     from . import migrate as migration
 
     if rollback:
-        result = migration.rollback(ctx.root, migration_id, storage=storage)
+        result = migration.rollback(ctx.root, migration_id, storage=ctx.storage(storage))
         ctx.emit(result.to_json(), result.message)
         return
     if dry_run:
-        the_plan = migration.plan(ctx.root, storage=storage)
+        the_plan = migration.plan(ctx.root, storage=ctx.storage(storage))
         document = the_plan.to_json(False)
         ctx.emit(document, lambda: _human_plan(document, True))
         return
@@ -422,7 +443,12 @@ def migrate(
     update, close = _progress(ctx)
     try:
         result = migration.apply(
-            ctx.root, prefer=prefer, backup=not no_backup, jobs=jobs, progress=update, storage=storage
+            ctx.root,
+            prefer=prefer,
+            backup=not no_backup,
+            jobs=jobs,
+            progress=update,
+            storage=ctx.storage(storage),
         )
     except MigrationConflictError as conflict:
         document = conflict.plan.to_json(False)

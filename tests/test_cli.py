@@ -86,6 +86,30 @@ def test_ls_cat_put_rm_resolve_with_legacy_marker(repo):
     assert bad.exit_code == 1
 
 
+def test_commands_follow_the_configuration(repo, tmp_path, monkeypatch):
+    """workflow.yaml's state: section decides where the commands read and write."""
+    monkeypatch.setenv("ORCHFS_ORG_CONFIG", str(tmp_path / "no-org.yaml"))
+    elsewhere = tmp_path / "elsewhere"
+    (repo / "workflow.yaml").write_text(f"state:\n  storage: {elsewhere}\n")
+    (repo / ".orchestra.yaml").write_text("state:\n  legacy: 'off'\n")  # the local layer
+    root = str(repo)
+    assert run("--root", root, "cat", "state.json").exit_code == 1  # legacy: off hides v1
+    assert run("--root", root, "put", "state.json", input='{"v": 2}').exit_code == 0
+    assert (elsewhere / "state.json").read_bytes() == b'{"v": 2}'
+    assert not (repo / ".orchestrator" / "state.json").exists()
+    assert run("--root", root, "cat", "state.json").output == '{"v": 2}'
+    resolved = json.loads(run("--root", root, "--json", "resolve", "state.json").output)
+    assert resolved[0]["url"] == str(elsewhere / "state.json")
+    monkeypatch.setenv("ORCHFS_LEGACY", "read")  # the environment layer sits above the files
+    (elsewhere / "state.json").unlink()
+    legacy = run("--root", root, "cat", "state.json")
+    assert legacy.stdout.encode() == (repo / ".workflow_state.json").read_bytes()
+    (repo / "workflow.yaml").write_text("state:\n  legacy: sometimes\n")
+    broken = run("--root", root, "cat", "state.json")
+    assert broken.exit_code == 1
+    assert "workflow.yaml" in broken.output and "legacy" in broken.output
+
+
 def test_init_adds_gitignore_unless_portable(repo, tmp_path):
     result = run("--root", str(repo), "init", "--json")
     document = json.loads(result.output)
