@@ -499,6 +499,115 @@ def doctor(ctx: Context, apply_fixes: bool) -> None:
 
 
 @main.group()
+def sessions() -> None:
+    """Working sessions under sessions/ and their retention policy (state.retention).
+
+    \b
+    Examples:
+      orchfs sessions list
+      orchfs sessions prune --dry-run
+      orchfs sessions prune --max-age 7d --max-sessions 20
+    """
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@sessions.command(name="list")
+@json_option
+@pass_ctx
+@handle_errors
+def sessions_list(ctx: Context) -> None:
+    """Every session, oldest first: files, bytes, age, locked, current.
+
+    \b
+    Example:
+      orchfs sessions list --json
+    """
+    import time
+
+    from .sessions import list_sessions
+
+    now = time.time()
+    found = list_sessions(ctx.fs())
+    document = {"sessions": [s.to_json(now) for s in found]}
+
+    def human() -> str:
+        lines = []
+        for s in found:
+            flags = " ".join(f for f, on in (("current", s.current), ("locked", s.locked)) if on)
+            lines.append(f"{s.id:<24} {s.files:>6} files {s.bytes:>12} B  {_age(s.age(now)):>7} old  {flags}")
+        return "\n".join(lines) or "no sessions"
+
+    ctx.emit(document, human)
+
+
+@sessions.command(name="prune")
+@click.option("--dry-run", is_flag=True, help="Say which sessions would go; remove nothing.")
+@click.option("--max-age", metavar="DURATION", help="Override state.retention.max_age (e.g. 7d).")
+@click.option("--max-sessions", type=click.IntRange(0), help="Override state.retention.max_sessions.")
+@click.option("--max-bytes", metavar="SIZE", help="Override state.retention.max_bytes (e.g. 500MB).")
+@click.option("--min-age", metavar="DURATION", help="Override state.retention.min_age (default 1h).")
+@json_option
+@pass_ctx
+@handle_errors
+def sessions_prune(
+    ctx: Context,
+    dry_run: bool,
+    max_age: str | None,
+    max_sessions: int | None,
+    max_bytes: str | None,
+    min_age: str | None,
+) -> None:
+    """Remove the sessions over the retention policy, each directory as a whole.
+
+    Never the current session, never a locked one, never one younger than min_age.
+
+    \b
+    Examples:
+      orchfs sessions prune --dry-run
+      orchfs sessions prune --max-sessions 5
+    """
+    import dataclasses
+    import time
+
+    from .sessions import Retention, policy_of, prune
+
+    configured = policy_of(ctx.root)
+    given = {"max_age": max_age, "max_sessions": max_sessions, "max_bytes": max_bytes, "min_age": min_age}
+    given = {key: value for key, value in given.items() if value is not None}
+    policy = configured
+    if given:
+        parsed = Retention.from_config(given, lambda key: "--" + key.replace("_", "-"))
+        policy = dataclasses.replace(configured, **{key: getattr(parsed, key) for key in given})
+    if not policy.limited:
+        raise ValueError(
+            "no retention policy: set state.retention (max_age, max_sessions, max_bytes) in "
+            "workflow.yaml, or pass --max-age, --max-sessions or --max-bytes"
+        )
+    now = time.time()
+    chosen = prune(ctx.fs(), policy, dry_run=dry_run, now=now)
+    document = {
+        "dry_run": dry_run,
+        "pruned": [{**p.session.to_json(now), "reason": p.reason} for p in chosen],
+    }
+
+    def human() -> str:
+        verb = "would remove" if dry_run else "removed"
+        lines = [
+            f"{verb} {p.session.id} ({p.session.bytes} B, {_age(p.session.age(now))} old): {p.reason}"
+            for p in chosen
+        ]
+        return "\n".join(lines) or "nothing to prune"
+
+    ctx.emit(document, human)
+
+
+@main.group()
 def config() -> None:
     """The effective configuration (defaults, org file, includes, workflow.yaml, env).
 

@@ -60,7 +60,30 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
     findings += _permission_findings(state)
     findings += _identity_findings(root, state)
     findings += _secret_findings(fs, state)
+    findings += _retention_findings(root, fs, now)
     return findings
+
+
+def _retention_findings(root: str, fs: Any, now: float) -> list[Finding]:
+    """Sessions that the configured retention policy would remove."""
+    from .sessions import SESSIONS, choose, list_sessions, policy_of
+
+    policy = policy_of(root)
+    if not policy.limited:
+        return []
+    over = choose(list_sessions(fs), policy, now)
+    if not over:
+        return []
+    total = sum(p.session.bytes for p in over)
+    return [
+        Finding(
+            "retention",
+            "warning",
+            f"{len(over)} session(s) ({total} bytes) are over the retention policy (state.retention)",
+            "`orchfs sessions prune --dry-run` shows them; `orchfs sessions prune` removes them",
+            tuple(f"{SESSIONS}/{p.session.id}" for p in over),
+        )
+    ]
 
 
 def _secret_findings(fs: Any, state: str) -> list[Finding]:
