@@ -25,7 +25,7 @@ from .layout import Layout, default_layout
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("cli", "config", "doctor", "locks", "migrate", "secrets", "sessions", "testing")
+_LAZY_MODULES = ("cli", "config", "doctor", "locks", "migrate", "secrets", "sessions", "snapshot", "testing")
 
 
 def __getattr__(name: str) -> object:

@@ -608,6 +608,56 @@ def sessions_prune(
 
 
 @main.group()
+def snapshot() -> None:
+    """Move a whole .orchestrator/ (minus locks and temp files) between machines.
+
+    \b
+    Examples:
+      orchfs snapshot export state.tgz --encrypt
+      orchfs snapshot import state.tgz
+    """
+
+
+@snapshot.command(name="export")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--encrypt", is_flag=True, help="Seal the archive with the master key (AES-256-GCM).")
+@json_option
+@pass_ctx
+@handle_errors
+def snapshot_export(ctx: Context, file: str, encrypt: bool) -> None:
+    """Write the repository's state to FILE (mode 0600, atomically).
+
+    \b
+    Example:
+      orchfs snapshot export /backups/repo.tgz --encrypt
+    """
+    from .snapshot import export
+
+    info = export(ctx.fs(), file, encrypt=encrypt)
+    sealed = ", encrypted" if info.encrypted else ""
+    ctx.emit(info.to_json(), f"exported {info.files} file(s), {info.bytes} bytes{sealed} to {info.path}")
+
+
+@snapshot.command(name="import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--force", is_flag=True, help="Import even though the repository already holds state.")
+@json_option
+@pass_ctx
+@handle_errors
+def snapshot_import(ctx: Context, file: str, force: bool) -> None:
+    """Restore FILE into the repository's state (checked whole before anything is written).
+
+    \b
+    Example:
+      orchfs snapshot import /backups/repo.tgz
+    """
+    from .snapshot import import_snapshot
+
+    info = import_snapshot(ctx.fs(), file, force=force)
+    ctx.emit(info.to_json(), f"imported {info.files} file(s), {info.bytes} bytes from {info.path}")
+
+
+@main.group()
 def config() -> None:
     """The effective configuration (defaults, org file, includes, workflow.yaml, env).
 

@@ -34,7 +34,7 @@ from .atomic import (
     fsync_directory,
 )
 from .errors import PathEscapeError
-from .paths import MARKER_PREFIXES
+from .paths import MARKER_PREFIXES, TEMP_PREFIX
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _APPEND_EXISTING_FLAGS = os.O_WRONLY | os.O_APPEND | (_READ_FLAGS & ~os.O_RDONLY)
@@ -430,17 +430,19 @@ class LocalStorage:
             return
         shutil.rmtree(full)  # fd-based on Linux: safe against symlink swaps
 
-    def find_files(self, rel: str) -> list[str]:
-        """Paths of every file below ``rel`` (relative to it); markers left out."""
+    def find_files(self, rel: str, include_markers: bool = False) -> list[str]:
+        """Paths of every file below ``rel`` (relative to it); temp files left out, and
+        whiteout markers too unless ``include_markers``."""
         out = []
         base = self._full(rel)
         if not os.path.isdir(base) or os.path.islink(base):
             return out
+        skipped = TEMP_PREFIX if include_markers else MARKER_PREFIXES
         for top, dirs, files in os.walk(base):
-            dirs[:] = [d for d in dirs if not d.startswith(MARKER_PREFIXES)]
+            dirs[:] = [d for d in dirs if not d.startswith(skipped)]
             prefix = os.path.relpath(top, base)
             for name in files:
-                if not name.startswith(MARKER_PREFIXES):
+                if not name.startswith(skipped):
                     out.append(name if prefix == "." else f"{prefix}/{name}")
         return out
 
@@ -667,16 +669,17 @@ class FsspecStorage:
         if self.fs.exists(full):
             self.fs.rm(full, recursive=True)
 
-    def find_files(self, rel: str) -> list[str]:
+    def find_files(self, rel: str, include_markers: bool = False) -> list[str]:
         full = self._full(rel)
         try:
             found = self.fs.find(full)
         except FileNotFoundError:
             return []
+        skipped = TEMP_PREFIX if include_markers else MARKER_PREFIXES
         out = []
         for name in found:
             relative = name[len(full) + 1 :] if name.startswith(full + "/") else None
-            if relative and not any(p.startswith(MARKER_PREFIXES) for p in relative.split("/")):
+            if relative and not any(p.startswith(skipped) for p in relative.split("/")):
                 out.append(relative)
         return out
 

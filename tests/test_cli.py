@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from orchfs.cli import main
 from orchfs.testing import build_legacy_repo
 
-COMMANDS = ["init", "ls", "cat", "put", "rm", "resolve", "migrate", "doctor", "demo", "sessions"]
+COMMANDS = ["init", "ls", "cat", "put", "rm", "resolve", "migrate", "doctor", "demo", "sessions", "snapshot"]
 
 
 @pytest.fixture
