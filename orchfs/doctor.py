@@ -61,7 +61,46 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
     findings += _identity_findings(root, state)
     findings += _secret_findings(fs, state)
     findings += _retention_findings(root, fs, now)
+    findings += _web_findings(root, state)
     return findings
+
+
+def _web_findings(root: str, state: str) -> list[Finding]:
+    """Settings that need a desktop while ``web_mode`` is on (an ephemeral machine, no
+    OS keyring)."""
+    from .config import load_config
+    from .secrets import user_key_path
+
+    config = load_config(root)
+    if not config.get("web_mode"):
+        return []
+    where = (str(config.origin("web_mode") or "web_mode"),)
+    out = []
+    storage = config.get("state.storage")
+    if storage is None or "://" not in storage or storage.startswith("file://"):
+        out.append(
+            Finding(
+                "web-incompatible",
+                "warning",
+                "web_mode is on but the state stays on this machine's disk, which a web "
+                "session's machine does not keep",
+                "set state.storage to object storage (s3://bucket/prefix) in workflow.yaml",
+                where,
+            )
+        )
+    key_sources = ("ORCHFS_KEY", "ORCHFS_KEY_FILE", "ORCHFS_PASSPHRASE")
+    has_key = any(os.environ.get(name) for name in key_sources) or os.path.isfile(user_key_path())
+    if os.path.isdir(os.path.join(state, "secrets")) and not has_key:
+        out.append(
+            Finding(
+                "web-incompatible",
+                "warning",
+                "this repository has secrets, and web mode never asks the OS keyring for their key",
+                "provide the key as ORCHFS_KEY or ORCHFS_KEY_FILE (or ORCHFS_PASSPHRASE)",
+                where,
+            )
+        )
+    return out
 
 
 def _retention_findings(root: str, fs: Any, now: float) -> list[Finding]:

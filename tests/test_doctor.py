@@ -161,3 +161,28 @@ def test_json_document_shape(tmp_path):
     document = json.loads(doctor.to_json(doctor.run(root)))
     (finding,) = document["findings"]
     assert set(finding) == {"id", "severity", "message", "fix", "paths"}
+
+
+def test_web_incompatible_settings(tmp_path, monkeypatch):
+    for name in ("ORCHFS_KEY", "ORCHFS_KEY_FILE", "ORCHFS_PASSPHRASE", "ORCHFS_WEB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-user-key"))
+    monkeypatch.setenv("ORCHFS_ORG_CONFIG", str(tmp_path / "no-org.yaml"))
+    root, _fs = fresh_v2(tmp_path)
+    key = "A" * 43 + "="
+    orchfs.OrchFileSystem(root=str(root), key=key, skip_instance_cache=True).secrets.set("TOKEN", "t")
+    assert "web-incompatible" not in ids(root)
+    (root / "workflow.yaml").write_text("web_mode: true\n")
+
+    def web_messages() -> list[str]:
+        found = [f for f in doctor.run(root) if f.id == "web-incompatible"]
+        assert all(f.severity == "warning" and "workflow.yaml" in f.paths[0] for f in found)
+        return sorted(f.message for f in found)
+
+    messages = web_messages()
+    assert len(messages) == 2
+    assert "keyring" in messages[0] and "disk" in messages[1]
+    monkeypatch.setenv("ORCHFS_KEY", key)
+    assert len(web_messages()) == 1
+    (root / "workflow.yaml").write_text("web_mode: true\nstate:\n  storage: s3://bucket/prefix\n")
+    assert web_messages() == []
