@@ -116,10 +116,12 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 result = func(*args, **kwargs)
-            for warning in caught:
-                from .errors import LegacyPathWarning
+            from .errors import LegacyConflictWarning
 
-                if not issubclass(warning.category, LegacyPathWarning):
+            for warning in caught:
+                # orchfs's own advice only: a library's deprecation notice is not the user's
+                # business, and v1 reads are summed up by the legacy marker instead.
+                if issubclass(warning.category, LegacyConflictWarning):
                     click.echo(f"orchfs: warning: {warning.message}", err=True)
             return result
         except (OrchFSError, OSError, ValueError, KeyError) as exc:
@@ -264,7 +266,7 @@ def cat(ctx: Context, path: str) -> None:
     fs = ctx.fs()
     data = fs.cat_file(path)
     _note_legacy(ctx, fs, path)
-    click.get_binary_stream("stdout").write(data)
+    click.echo(data, nl=False)  # bytes go to the binary stdout unchanged
     if ctx.legacy_used and not ctx.quiet:
         click.echo(LEGACY_MARKER, err=True)
 
@@ -710,7 +712,7 @@ def secrets() -> None:
 
 
 def _read_value(prompt: str) -> str:
-    stdin = click.get_text_stream("stdin")
+    stdin = sys.stdin
     if not stdin.isatty():
         return stdin.read().rstrip("\n")
     return click.prompt(prompt, hide_input=True, confirmation_prompt=False)

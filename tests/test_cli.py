@@ -46,7 +46,7 @@ def test_root_discovery_walks_up(repo):
     nested = repo / "src" / "deep"
     nested.mkdir(parents=True)
     result = run("--json", "resolve", "state.json", cwd=nested)
-    assert json.loads(result.output)[0]["url"] == str(repo / ".workflow_state.json")
+    assert json.loads(result.stdout)[0]["url"] == str(repo / ".workflow_state.json")
 
 
 def test_no_repository_is_a_usage_error(tmp_path, monkeypatch):
@@ -72,12 +72,12 @@ def test_ls_cat_put_rm_resolve_with_legacy_marker(repo):
     )
     assert result.stdout == (repo / ".workflow_state.json").read_bytes()
     assert b"using legacy paths - run `orchfs migrate`" in result.stderr
-    listing = json.loads(run("--root", root, "ls", "--json").output)
+    listing = json.loads(run("--root", root, "ls", "--json").stdout)
     names = {e["name"]: e["layer"] for e in listing["entries"]}
     assert names["state.json"] == "legacy" and names["checkpoints"] == "legacy"
     assert run("--root", root, "put", "notes/todo.md", input="hello").exit_code == 0
     assert (repo / ".orchestrator" / "notes" / "todo.md").read_text() == "hello"
-    resolved = json.loads(run("--root", root, "--json", "resolve", "notes/todo.md", "state.json").output)
+    resolved = json.loads(run("--root", root, "--json", "resolve", "notes/todo.md", "state.json").stdout)
     assert [r["layer"] for r in resolved] == ["contained", "legacy"]
     assert run("--root", root, "rm", "state.json").exit_code == 0
     assert (repo / ".workflow_state.json").exists()
@@ -97,8 +97,8 @@ def test_commands_follow_the_configuration(repo, tmp_path, monkeypatch):
     assert run("--root", root, "put", "state.json", input='{"v": 2}').exit_code == 0
     assert (elsewhere / "state.json").read_bytes() == b'{"v": 2}'
     assert not (repo / ".orchestrator" / "state.json").exists()
-    assert run("--root", root, "cat", "state.json").output == '{"v": 2}'
-    resolved = json.loads(run("--root", root, "--json", "resolve", "state.json").output)
+    assert run("--root", root, "cat", "state.json").stdout == '{"v": 2}'
+    resolved = json.loads(run("--root", root, "--json", "resolve", "state.json").stdout)
     assert resolved[0]["url"] == str(elsewhere / "state.json")
     monkeypatch.setenv("ORCHFS_LEGACY", "read")  # the environment layer sits above the files
     (elsewhere / "state.json").unlink()
@@ -112,12 +112,12 @@ def test_commands_follow_the_configuration(repo, tmp_path, monkeypatch):
 
 def test_init_adds_gitignore_unless_portable(repo, tmp_path):
     result = run("--root", str(repo), "init", "--json")
-    document = json.loads(result.output)
+    document = json.loads(result.stdout)
     assert document["gitignore_updated"] is True
     assert ".orchestrator/" in (repo / ".gitignore").read_text()
     assert (repo / ".orchestrator" / "FORMAT").read_text() == "2\n"
     assert json.loads((repo / ".orchestrator" / "meta.json").read_text())["repo_id"] == document["repo_id"]
-    again = json.loads(run("--root", str(repo), "init", "--json").output)
+    again = json.loads(run("--root", str(repo), "init", "--json").stdout)
     assert again["gitignore_updated"] is False and again["repo_id"] == document["repo_id"]
     other = tmp_path / "portable"
     other.mkdir()
@@ -128,19 +128,19 @@ def test_init_adds_gitignore_unless_portable(repo, tmp_path):
 def test_migrate_and_doctor_exit_codes(repo):
     root = str(repo)
     run("--root", root, "init")
-    dry = json.loads(run("--root", root, "migrate", "--dry-run", "--json").output)
+    dry = json.loads(run("--root", root, "migrate", "--dry-run", "--json").stdout)
     assert dry["applied"] is False and dry["moves"]
     assert run("--root", root, "doctor").exit_code == 1  # mixed layout: v1 files beside .orchestrator/
     done = run("--root", root, "migrate", "--json")
-    assert done.exit_code == 0 and json.loads(done.output)["applied"] is True
+    assert done.exit_code == 0 and json.loads(done.stdout)["applied"] is True
     again = run("--root", root, "migrate")
     assert again.exit_code == 0 and "nothing to migrate" in again.output
     clean = run("--root", root, "doctor", "--json")
     assert clean.exit_code == 0, clean.output
-    assert json.loads(clean.output)["findings"] == []
+    assert json.loads(clean.stdout)["findings"] == []
     assert run("--root", root, "doctor", "--bogus").exit_code == 2
     back = run("--root", root, "migrate", "--rollback", "--json")
-    assert json.loads(back.output)["applied"] is True
+    assert json.loads(back.stdout)["applied"] is True
     assert (repo / ".workflow_state.json").exists()
 
 

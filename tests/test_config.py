@@ -90,7 +90,7 @@ def test_config_show_cli(repo):
 
     (repo / "workflow.yaml").write_text("state:\n  legacy: migrate\n")
     result = CliRunner().invoke(main, ["--root", str(repo), "--json", "config", "show", "--show-origin"])
-    document = json.loads(result.output)
+    document = json.loads(result.stdout)
     assert document["state.legacy"]["value"] == "migrate"
     assert document["state.legacy"]["origin"].endswith("workflow.yaml:2:3")
     human = CliRunner().invoke(main, ["--root", str(repo), "config", "show", "--show-origin"])

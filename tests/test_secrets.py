@@ -375,11 +375,11 @@ def test_cli_secrets(repo, monkeypatch):
     runner = CliRunner()
     assert runner.invoke(main, ["--root", str(repo), "secrets", "set", "TOKEN"], input=MARKER).exit_code == 0
     got = runner.invoke(main, ["--root", str(repo), "secrets", "get", "TOKEN"])
-    assert got.output == MARKER + "\n"
+    assert got.stdout == MARKER + "\n"
     listed = runner.invoke(main, ["--root", str(repo), "--json", "secrets", "list"])
-    assert json.loads(listed.output) == {"secrets": ["TOKEN"]}
+    assert json.loads(listed.stdout) == {"secrets": ["TOKEN"]}
     where = runner.invoke(main, ["--root", str(repo), "secrets", "where"])
-    assert where.output.startswith("ORCHFS_KEY")
+    assert where.stdout.startswith("ORCHFS_KEY")
     monkeypatch.setenv("ORCHFS_KEY", key_text())
     locked = runner.invoke(main, ["--root", str(repo), "secrets", "get", "TOKEN"])
     assert locked.exit_code == 1 and MARKER not in locked.output
