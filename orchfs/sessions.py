@@ -10,7 +10,9 @@ file was modified.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -204,3 +206,103 @@ def policy_of(root: Any) -> Retention:
         return f"{origin}: state.retention.{key}" if origin else f"state.retention.{key}"
 
     return Retention.from_config(config.get("state.retention"), where)
+
+
+class Persister:
+    """Keeps a copy of the bound session's directory at ``url`` (``state.persist``).
+
+    :meth:`sync` uploads what changed since the last sync and deletes what was removed;
+    :meth:`start` runs it every ``interval`` seconds on a daemon thread, and :meth:`stop`
+    (or leaving the ``with`` block) runs it once more, so an ephemeral machine loses at
+    most one interval. A failed background sync is kept in :attr:`error` and retried
+    at the next interval; the final sync raises.
+    """
+
+    def __init__(
+        self, fs: Any, url: str, interval: float = 30.0, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
+        from fsspec.core import url_to_fs
+
+        if not fs.session_id:
+            raise ValueError("persisting needs a bound session (session= or web_mode=True)")
+        self.fs = fs
+        self.prefix = f"{SESSIONS}/{fs.session_id}"
+        self.remote, base = url_to_fs(f"{url.rstrip('/')}/{fs.session_id}", **dict(storage_options or {}))
+        self.base = base.rstrip("/")
+        self.interval = parse_duration(interval)
+        self.error: BaseException | None = None
+        self._sent: dict[str, tuple[Any, Any]] = {}
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sync(self) -> int:
+        """Upload changed files, delete removed ones; returns how many files changed."""
+        with self._guard:
+            files = self.fs.find(self.prefix, detail=True) if self.fs.isdir(self.prefix) else {}
+            now = {name[len(self.prefix) + 1 :]: (f.get("size"), f.get("mtime")) for name, f in files.items()}
+            changed = [rel for rel, stamp in now.items() if self._sent.get(rel) != stamp]
+            for rel in changed:
+                self.remote.pipe_file(f"{self.base}/{rel}", self.fs.cat_file(f"{self.prefix}/{rel}"))
+            gone = [rel for rel in self._sent if rel not in now]
+            for rel in gone:
+                with contextlib.suppress(FileNotFoundError):
+                    self.remote.rm_file(f"{self.base}/{rel}")
+            self._sent = now
+            return len(changed) + len(gone)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sync()
+                self.error = None
+            except Exception as exc:  # kept for the caller; the next interval retries
+                self.error = exc
+
+    def start(self) -> Persister:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="orchfs-persist")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.sync()
+
+    def __enter__(self) -> Persister:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def restore(fs: Any, url: str, storage_options: Mapping[str, Any] | None = None) -> int:
+    """Bring the bound session's persisted copy back into the repository (on a new
+    machine); returns how many files were written."""
+    from fsspec.core import url_to_fs
+
+    if not fs.session_id:
+        raise ValueError("restoring needs a bound session (session= or web_mode=True)")
+    remote, base = url_to_fs(f"{url.rstrip('/')}/{fs.session_id}", **dict(storage_options or {}))
+    base = base.rstrip("/")
+    try:
+        names = remote.find(base)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        rel = name[len(base) + 1 :]
+        fs.pipe_file(f"{SESSIONS}/{fs.session_id}/{rel}", remote.cat_file(name))
+    return len(names)
+
+
+def persister_of(fs: Any, root: Any, storage_options: Mapping[str, Any] | None = None) -> Persister | None:
+    """A :class:`Persister` for the configured ``state.persist`` (``None`` when unset)."""
+    from .config import load_config
+
+    settings = load_config(root).get("state.persist") or {}
+    if not settings.get("url"):
+        return None
+    return Persister(fs, settings["url"], settings.get("interval", 30.0), storage_options)

@@ -190,3 +190,88 @@ def test_command_line_and_doctor(repo_with_sessions, monkeypatch, tmp_path):
     ]
     bad = run_cli("--root", root, "sessions", "prune", "--max-bytes", "lots")
     assert bad.exit_code == 1 and "--max-bytes" in bad.output
+
+
+def _remote_files(remote_fs, base) -> dict[str, bytes]:
+    if not remote_fs.exists(base):
+        return {}
+    return {name[len(base) + 1 :]: remote_fs.cat_file(name) for name in remote_fs.find(base)}
+
+
+@pytest.fixture
+def bound_session(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    fs = orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True)
+    return repo, fs.session("web1")
+
+
+def test_persist_syncs_changes_and_deletions_and_restores(bound_session, tmp_path):
+    import fsspec
+
+    from orchfs.sessions import Persister, restore
+
+    _repo, session = bound_session
+    url = f"memory://persist-{time.time_ns()}"
+    memory = fsspec.filesystem("memory")
+    base = memory._strip_protocol(url) + "/web1"
+    session.pipe_file("state.json", b'{"step": 1}')
+    session.pipe_file("checkpoints/cp_1.json", b"{}")
+    persister = Persister(session, url, interval="1h")
+    assert persister.sync() == 2
+    assert _remote_files(memory, base) == {"state.json": b'{"step": 1}', "checkpoints/cp_1.json": b"{}"}
+    assert persister.sync() == 0  # nothing changed: nothing sent
+    session.pipe_file("state.json", b'{"step": 2}')
+    session.rm_file("checkpoints/cp_1.json")
+    assert persister.sync() == 2
+    assert _remote_files(memory, base) == {"state.json": b'{"step": 2}'}
+    elsewhere = tmp_path / "new-machine"
+    elsewhere.mkdir()
+    fresh = orchfs.OrchFileSystem(root=str(elsewhere), skip_instance_cache=True).session("web1")
+    assert restore(fresh, url) == 1
+    assert fresh.cat_file("state.json") == b'{"step": 2}'
+    with pytest.raises(ValueError, match="bound session"):
+        Persister(orchfs.OrchFileSystem(root=str(elsewhere), skip_instance_cache=True), url)
+
+
+def test_persist_runs_every_interval_and_once_more_at_the_end(bound_session):
+    import fsspec
+
+    from orchfs.sessions import Persister
+
+    _repo, session = bound_session
+    url = f"memory://persist-{time.time_ns()}"
+    memory = fsspec.filesystem("memory")
+    base = memory._strip_protocol(url) + "/web1"
+    with Persister(session, url, interval=0.05) as persister:
+        session.pipe_file("state.json", b"first")
+        deadline = time.monotonic() + 10
+        while _remote_files(memory, base).get("state.json") != b"first":
+            assert time.monotonic() < deadline, "the background sync never ran"
+            time.sleep(0.02)
+        session.pipe_file("state.json", b"last words")  # written just before the block ends
+    assert persister.error is None
+    assert _remote_files(memory, base) == {"state.json": b"last words"}
+
+
+def test_persist_to_s3_and_from_configuration(bound_session, moto_server, s3_bucket, monkeypatch, tmp_path):
+    import s3fs
+
+    from orchfs.sessions import persister_of, restore
+
+    repo, session = bound_session
+    monkeypatch.setenv("ORCHFS_ORG_CONFIG", str(tmp_path / "none.yaml"))
+    assert persister_of(session, repo) is None
+    url = f"s3://{s3_bucket}/persist-{time.time_ns()}"
+    (repo / "workflow.yaml").write_text(f"state:\n  persist: {{url: {url}, interval: 2s}}\n")
+    persister = persister_of(session, repo, moto_server.storage_options)
+    assert persister is not None and persister.interval == 2.0
+    session.pipe_file("state.json", b"on s3")
+    assert persister.sync() == 1
+    remote = s3fs.S3FileSystem(**moto_server.storage_options, skip_instance_cache=True)
+    assert remote.cat_file(f"{url}/web1/state.json") == b"on s3"
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    fresh = orchfs.OrchFileSystem(root=str(elsewhere), skip_instance_cache=True).session("web1")
+    assert restore(fresh, url, moto_server.storage_options) == 1
+    assert fresh.cat_file("state.json") == b"on s3"
