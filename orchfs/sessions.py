@@ -1,5 +1,5 @@
-"""Working sessions of a repository: what ``sessions/`` holds, and pruning by the
-retention policy (DESIGN §7).
+"""Working sessions of a repository: what ``sessions/`` holds, pruning by the retention
+policy, and persisting a session to remote storage (DESIGN §7).
 
 A session is the logical directory ``sessions/<id>/`` (v2, or v1's
 ``.workflow_sessions/<id>/`` seen through the overlay). Pruning removes a session's
