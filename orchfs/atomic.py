@@ -32,7 +32,8 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
 TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC
-SECRET_FILE_MODE = 0o600
+PRIVATE_FILE_MODE = 0o600  # secrets, locks, journals, temp files
+PRIVATE_DIR_MODE = 0o700
 
 
 def _current_umask() -> int:
@@ -164,7 +165,7 @@ class LocalAtomicWriter(StagedWriter):
         self._temp = temp_name(name)
         self._fd = -1
         try:
-            self._fd = os.open(self._temp, TEMP_FLAGS, SECRET_FILE_MODE, dir_fd=dir_fd)
+            self._fd = os.open(self._temp, TEMP_FLAGS, PRIVATE_FILE_MODE, dir_fd=dir_fd)
         except BaseException:
             self._finished = True
             os.close(dir_fd)
@@ -186,7 +187,7 @@ class LocalAtomicWriter(StagedWriter):
         fd, self._fd = self._fd, -1
         try:
             # Widened only once published, so that a temp file left by a crash is 0600.
-            if self._final_mode != SECRET_FILE_MODE:
+            if self._final_mode != PRIVATE_FILE_MODE:
                 os.fchmod(fd, self._final_mode)
         finally:
             os.close(fd)

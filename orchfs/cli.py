@@ -49,7 +49,7 @@ class Context:
         self.json = as_json
         self.quiet = quiet
         self.legacy_used = False
-        self._settings: dict[str, Any] | None = None
+        self._config: Any = None
 
     @property
     def root(self) -> str:
@@ -57,30 +57,32 @@ class Context:
             self._root = os.environ.get("ORCHFS_ROOT") or find_root()
         return os.path.abspath(self._root)
 
-    def settings(self) -> dict[str, Any]:
-        """What the effective configuration (DESIGN §6: org file, workflow.yaml and its
-        includes, .orchestrator/config.yaml, ORCHFS_*) says about the state."""
-        if self._settings is None:
+    def config(self) -> Any:
+        """The effective configuration (DESIGN §6: org file, workflow.yaml and its
+        includes, .orchestrator/config.yaml, ORCHFS_*), loaded once per command."""
+        if self._config is None:
             from .config import load_config
 
-            config = load_config(self.root)
-            self._settings = {
-                "storage": config.get("state.storage"),
-                "legacy": config.get("state.legacy"),
-                "lock_timeout": config.get("state.lock_timeout"),
-                "web_mode": bool(config.get("web_mode")),
-                "session": config.get("session"),
-            }
-        return self._settings
+            self._config = load_config(self.root)
+        return self._config
 
     def fs(self) -> Any:
         from .filesystem import OrchFileSystem
 
-        return OrchFileSystem(root=self.root, skip_instance_cache=True, **self.settings())
+        config = self.config()
+        return OrchFileSystem(
+            root=self.root,
+            skip_instance_cache=True,
+            storage=config.get("state.storage"),
+            legacy=config.get("state.legacy"),
+            lock_timeout=config.get("state.lock_timeout"),
+            web_mode=bool(config.get("web_mode")),
+            session=config.get("session"),
+        )
 
     def storage(self, given: str | None) -> str | None:
         """``--storage``, else the configured ``state.storage``."""
-        return given or self.settings()["storage"]
+        return given or self.config().get("state.storage")
 
     def emit(self, document: Any, human: str | Callable[[], str]) -> None:
         if self.json:
@@ -579,7 +581,7 @@ def sessions_prune(
 
     from .sessions import Retention, policy_of, prune
 
-    configured = policy_of(ctx.root)
+    configured = policy_of(ctx.config())
     given = {"max_age": max_age, "max_sessions": max_sessions, "max_bytes": max_bytes, "min_age": min_age}
     given = {key: value for key, value in given.items() if value is not None}
     policy = configured

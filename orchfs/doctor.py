@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .layout import coerce_layout
 from .meta import LAYOUT_VERSION, git_remote, read_format, read_meta
 from .paths import TEMP_PREFIX
@@ -60,18 +61,17 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
     findings += _permission_findings(state)
     findings += _identity_findings(root, state)
     findings += _secret_findings(fs, state)
-    findings += _retention_findings(root, fs, now)
-    findings += _web_findings(root, state)
+    from .config import load_config
+
+    config = load_config(root)
+    findings += _retention_findings(config, fs, now)
+    findings += _web_findings(config, state)
     return findings
 
 
-def _web_findings(root: str, state: str) -> list[Finding]:
+def _web_findings(config: Any, state: str) -> list[Finding]:
     """Settings that need a desktop while ``web_mode`` is on (an ephemeral machine, no
     OS keyring)."""
-    from .config import load_config
-    from .secrets import user_key_path
-
-    config = load_config(root)
     if not config.get("web_mode"):
         return []
     where = (str(config.origin("web_mode") or "web_mode"),)
@@ -88,9 +88,7 @@ def _web_findings(root: str, state: str) -> list[Finding]:
                 where,
             )
         )
-    key_sources = ("ORCHFS_KEY", "ORCHFS_KEY_FILE", "ORCHFS_PASSPHRASE")
-    has_key = any(os.environ.get(name) for name in key_sources) or os.path.isfile(user_key_path())
-    if os.path.isdir(os.path.join(state, "secrets")) and not has_key:
+    if os.path.isdir(os.path.join(state, "secrets")) and not _web_mode_finds_a_key():
         out.append(
             Finding(
                 "web-incompatible",
@@ -103,11 +101,22 @@ def _web_findings(root: str, state: str) -> list[Finding]:
     return out
 
 
-def _retention_findings(root: str, fs: Any, now: float) -> list[Finding]:
+def _web_mode_finds_a_key() -> bool:
+    """Whether the key sources that web mode asks (all but the OS keyring) give a key."""
+    from .errors import OrchFSError
+    from .secrets import find_keys
+
+    try:
+        return bool(find_keys(None, "doctor", web_mode=True))
+    except OrchFSError:  # a key file with loose modes is no key; secret-unreadable says why
+        return False
+
+
+def _retention_findings(config: Any, fs: Any, now: float) -> list[Finding]:
     """Sessions that the configured retention policy would remove."""
     from .sessions import SESSIONS, choose, list_sessions, policy_of
 
-    policy = policy_of(root)
+    policy = policy_of(config)
     if not policy.limited:
         return []
     over = choose(list_sessions(fs), policy, now)
@@ -405,7 +414,7 @@ def fix(root: Any, findings: list[Finding] | None = None, *, layout: Any = None)
         for finding in findings:
             if finding.id == "loose-permissions":
                 for path in finding.paths:
-                    os.chmod(path, 0o700 if os.path.isdir(path) else 0o600)
+                    os.chmod(path, PRIVATE_DIR_MODE if os.path.isdir(path) else PRIVATE_FILE_MODE)
         done.append("tightened secret and lock permissions")
     return done
 

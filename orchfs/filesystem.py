@@ -34,6 +34,7 @@ from .errors import LegacyConflictWarning, LegacyPathWarning
 from .overlay import ancestors, whiteout_rel
 from .paths import (
     INTERNAL_NAMES,
+    MEMO_LIMIT,
     OPAQUE_MARKER,
     PROTOCOL,
     join,
@@ -46,7 +47,6 @@ STATE_DIR = ".orchestrator"
 
 
 LEGACY_MODES = ("read", "migrate", "off")
-_SHORTCUTS_MAX = 65536
 SECRETS_VIEW = "secrets"
 
 
@@ -290,7 +290,7 @@ class OrchFileSystem(ChainedFileSystem):
             warn_legacy_once(logical, location.url)
         elif self._overlay.has_lower(logical) and location.url not in _conflicts_checked:
             self._warn_conflict_once(logical, location)
-        if len(self._quiet_reads) < 65536:
+        if len(self._quiet_reads) < MEMO_LIMIT:
             self._quiet_reads.add(key)  # warned or checked once: later reads skip this
         return location
 
@@ -350,7 +350,7 @@ class OrchFileSystem(ChainedFileSystem):
             return  # no layer below could show it: nothing to hide, nothing to ask the backend
         if overlay.lookup(logical) is not None or overlay.is_virtual_dir(logical):
             target = self._before_write(logical)
-            self._overlay.write_marker(whiteout_rel(target.prefix, logical))
+            overlay.write_marker(whiteout_rel(target.prefix, logical))
 
     def resolve(self, path: str) -> Resolution:
         """Which location serves ``path`` (layer session/contained/legacy), with its URL."""
@@ -495,7 +495,7 @@ class OrchFileSystem(ChainedFileSystem):
             if sole:  # no layer below and nothing the layout places under it
                 return False
         logical = self._gate(path)
-        if logical and not logical.startswith(SECRETS_VIEW) and len(self._exists_places) < _SHORTCUTS_MAX:
+        if logical and not logical.startswith(SECRETS_VIEW) and len(self._exists_places) < MEMO_LIMIT:
             self._exists_places[path] = self._overlay.place(logical)
         if not logical or self._overlay.exists(logical):
             return True
@@ -572,7 +572,7 @@ class OrchFileSystem(ChainedFileSystem):
         served = self._served(logical, location)
         if served is not location:  # legacy="migrate" moved it up
             return served.store.read(served.rel, start, end)
-        if self._overlay.layers(logical)[0] is location and len(self._top_reads) < _SHORTCUTS_MAX:
+        if self._overlay.layers(logical)[0] is location and len(self._top_reads) < MEMO_LIMIT:
             self._top_reads[path] = location  # quiet from now on: later reads go straight there
         return data
 
@@ -608,9 +608,7 @@ class OrchFileSystem(ChainedFileSystem):
                 "r+b (text variants too)"
             )
         found = self._lookup(logical)
-        if (found is not None and found[1]["type"] == "directory") or (
-            found is None and self._overlay.is_virtual_dir(logical)
-        ):
+        if self._shows_directory(logical, found):
             raise _is_a_directory(logical)
         if mode == "xb" and found is not None:
             raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
@@ -745,7 +743,7 @@ class OrchFileSystem(ChainedFileSystem):
         if found is not None and found[1]["type"] == "file":
             self._remove_file(logical, found[0])
             return
-        if found is None and logical and not self._overlay.is_virtual_dir(logical):
+        if found is None and not self._shows_directory(logical, found):
             if self._state.capabilities.empty_directories:
                 raise _not_found(logical)
             return  # an implicit directory vanished with its last key

@@ -34,12 +34,11 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .errors import LockTimeout, PathEscapeError
 from .paths import validate_name
 
 LOCKS_DIR = "locks"
-LOCK_DIR_MODE = 0o700
-LOCK_FILE_MODE = 0o600
 HOLDER_RECORD_BYTES = 512
 _FREE_RECORD = b" " * (HOLDER_RECORD_BYTES - 1) + b"\n"
 DEFAULT_TIMEOUT = 10.0
@@ -159,10 +158,10 @@ class LocalFileLock:
     def _open(self) -> None:
         dir_fd = self.storage._open_dir(LOCKS_DIR, create=True)
         try:
-            if stat.S_IMODE(os.fstat(dir_fd).st_mode) != LOCK_DIR_MODE:
-                os.fchmod(dir_fd, LOCK_DIR_MODE)
+            if stat.S_IMODE(os.fstat(dir_fd).st_mode) != PRIVATE_DIR_MODE:
+                os.fchmod(dir_fd, PRIVATE_DIR_MODE)
             flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(f"{self.name}.lock", flags, LOCK_FILE_MODE, dir_fd=dir_fd)
+            fd = os.open(f"{self.name}.lock", flags, PRIVATE_FILE_MODE, dir_fd=dir_fd)
         except OSError as exc:
             os.close(dir_fd)
             if exc.errno == errno.ELOOP:
@@ -190,7 +189,7 @@ class LocalFileLock:
         # A fixed-size record rewritten in place: no truncation, no rename, one write.
         record = Holder.current(self.session).to_json()
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._holder_fd = os.open(f"{self.name}.holder", flags, LOCK_FILE_MODE, dir_fd=self._dir_fd)
+        self._holder_fd = os.open(f"{self.name}.holder", flags, PRIVATE_FILE_MODE, dir_fd=self._dir_fd)
         os.pwrite(
             self._holder_fd,
             record[: HOLDER_RECORD_BYTES - 1].ljust(HOLDER_RECORD_BYTES - 1) + b"\n",

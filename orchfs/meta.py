@@ -34,14 +34,19 @@ class FormatInfo:
 
 def read_format(state: Any) -> FormatInfo | None:
     try:
-        text = state.read(FORMAT_FILE).decode("utf-8", "replace")
+        return parse_format(state.read(FORMAT_FILE))
     except FileNotFoundError:
         return None
+
+
+def parse_format(data: bytes) -> FormatInfo:
+    """The content of a FORMAT file; unreadable counts as newer, so it is never overwritten."""
+    text = data.decode("utf-8", "replace")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     try:
         version = int(lines[0])
     except (IndexError, ValueError):
-        version = LAYOUT_VERSION + 1  # unreadable: treat as newer, never overwrite it
+        version = LAYOUT_VERSION + 1
     return FormatInfo(version, lines[1] if len(lines) > 1 else None)
 
 

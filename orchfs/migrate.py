@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .atomic import temp_name
+from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, temp_name
 from .errors import MigrationConflictError, OrchFSError
 from .layout import Layout, coerce_layout
 
@@ -373,14 +373,22 @@ def _download(store: Any, rel: str, path: str) -> None:
         raise
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (through this module's ``os``, which the
+    fault-injection tests replace)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 # --- the journal -----------------------------------------------------------------------
 class Journal:
     """Append-only JSON lines with batched fsyncs."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.makedirs(os.path.dirname(path), mode=PRIVATE_DIR_MODE, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
         self._pending = 0
         self._buffer: list[bytes] = []
 
@@ -400,10 +408,8 @@ class Journal:
 
     def sync(self) -> None:
         if self._buffer:
-            data = memoryview(b"".join(self._buffer))
+            _write_all(self._fd, b"".join(self._buffer))
             self._buffer.clear()
-            while data:
-                data = data[os.write(self._fd, data) :]
         os.fsync(self._fd)
         self._pending = 0
 
@@ -415,14 +421,12 @@ class Journal:
     def create(path: str, records: list[dict[str, Any]]) -> None:
         """Write the plan records all at once: a journal exists whole or not at all."""
         directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.makedirs(directory, mode=PRIVATE_DIR_MODE, exist_ok=True)
         temp = os.path.join(directory, temp_name(os.path.basename(path)))
         data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -569,13 +573,11 @@ def _copy_exact(source: str, target: str) -> None:
 def _write_copy(source: str, temp: str, mode: int) -> str:
     digest = hashlib.sha256()
     with open(source, "rb") as src:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
         try:
             for chunk in iter(lambda: src.read(1 << 20), b""):
                 digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+                _write_all(fd, chunk)
             os.fsync(fd)
             os.fchmod(fd, mode)
         finally:

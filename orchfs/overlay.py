@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import PathEscapeError
 from .layout import Layout
-from .paths import OPAQUE_MARKER, WHITEOUT_PREFIX, join
+from .paths import MEMO_LIMIT, OPAQUE_MARKER, WHITEOUT_PREFIX, join
 
 MARKER_SENTINEL = ".wh..wh..markers"
 SESSIONS_DIR = "sessions"
@@ -90,7 +90,7 @@ class Overlay:
         if match is not None and self.legacy_mode != "off":
             out.extend(Location("legacy", self.repo, rel) for rel in match.legacy_paths())
         result = tuple(out)
-        if len(self._layers_cache) < 65536:
+        if len(self._layers_cache) < MEMO_LIMIT:
             self._layers_cache[logical] = result
         return result
 

@@ -40,6 +40,9 @@ MARKER_PREFIXES = (WHITEOUT_PREFIX, TEMP_PREFIX)
 # Entries at the top of the state directory that belong to orchfs, not to the logical view.
 INTERNAL_NAMES = frozenset({"FORMAT", "meta.json", "locks", "migrations", "migration_backup", "tmp"})
 
+# How many entries any per-path memo keeps (gate results, layers, shortcuts, clean dirs).
+MEMO_LIMIT = 65536
+
 MAX_SEGMENT_BYTES = 255
 MAX_PATH_BYTES = 4096
 
@@ -96,7 +99,7 @@ def _check_segment(original: str, segment: str, *, first: bool) -> None:
         raise _refuse(original, f"names starting with {segment[:4]!r}... are reserved for orchfs")
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=MEMO_LIMIT)
 def validate(path: str) -> str:
     """Return the normalised logical path, or raise :class:`PathEscapeError`."""
     if not isinstance(path, str):

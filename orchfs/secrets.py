@@ -38,6 +38,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .errors import SecretIntegrityError, SecretsLockedError
 from .paths import validate_name
 
@@ -53,8 +54,6 @@ SECRETS_DIR = "secrets"
 MANIFEST = "MANIFEST"
 PASSPHRASE_PARAMS = "PASSPHRASE.json"  # noqa: S105 (a file name, not a password)
 SUFFIX = ".enc"
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 SCRYPT_MIN_N = 2**15  # the cost used for writing
 SCRYPT_MAX_N = 2**20  # the most a reader accepts
 
@@ -401,13 +400,8 @@ class SecretStore:
 
     def _write_private(self, rel: str, data: bytes) -> None:
         store = self._fs._state
-        if store.kind == "local":
-            store.makedirs(self._dir())
-            for part in (SECRETS_DIR, self._dir()):
-                os.chmod(store.url(part), DIR_MODE)
-            store.write(rel, data, mode=FILE_MODE)
-        else:
-            store.write(rel, data)
+        store.makedirs_private(self._dir())
+        store.write(rel, data, mode=PRIVATE_FILE_MODE)
 
     # --- the API ----------------------------------------------------------------------
     def set(self, name: str, value: str | bytes) -> None:
@@ -588,8 +582,8 @@ def decrypt_openssl(blob: bytes, password: str) -> dict[str, Any]:
 def init_user_key(path: str | None = None) -> str:
     """Create the user key file (0600, directory 0700); refuse to overwrite one."""
     path = path or user_key_path()
-    os.makedirs(os.path.dirname(path), mode=DIR_MODE, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    os.makedirs(os.path.dirname(path), mode=PRIVATE_DIR_MODE, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
     try:
         os.write(fd, new_key_text().encode() + b"\n")
         os.fsync(fd)

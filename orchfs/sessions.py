@@ -145,40 +145,41 @@ def list_sessions(fs: Any) -> list[Session]:
                 current=session_id == fs.session_id,
             )
         )
-    return sorted(out, key=lambda s: (s.newest or 0.0, s.id))
+    return _oldest_first(out)
+
+
+def _oldest_first(sessions: list[Session]) -> list[Session]:
+    return sorted(sessions, key=lambda s: (s.newest or 0.0, s.id))
 
 
 def choose(sessions: list[Session], policy: Retention, now: float) -> list[Pruning]:
     """The sessions ``policy`` removes, oldest first (a pure function of its inputs).
 
-    First every candidate older than ``max_age``; then the oldest candidates until no
-    more than ``max_sessions`` remain, then until the rest fit in ``max_bytes``. The
+    First every candidate older than ``max_age``; then the oldest remaining candidates
+    while more than ``max_sessions`` are kept or the kept ones exceed ``max_bytes``. The
     current session, locked ones and those younger than ``min_age`` are never
     candidates, but they count towards the limits.
     """
-    oldest_first = sorted(sessions, key=lambda s: (s.newest or 0.0, s.id))
+    oldest_first = _oldest_first(sessions)
     candidates = [s for s in oldest_first if not s.current and not s.locked and s.age(now) >= policy.min_age]
-    chosen: dict[str, str] = {}
-    if policy.max_age is not None:
-        for session in candidates:
-            if session.age(now) > policy.max_age:
-                chosen[session.id] = "older than max_age"
-
-    def kept() -> list[Session]:
-        return [s for s in oldest_first if s.id not in chosen]
-
-    def too_many() -> bool:
-        return policy.max_sessions is not None and len(kept()) > policy.max_sessions
-
-    def too_large() -> bool:
-        return policy.max_bytes is not None and sum(s.bytes for s in kept()) > policy.max_bytes
-
-    for reason, over in (("more than max_sessions", too_many), ("over max_bytes", too_large)):
-        for session in candidates:
-            if not over():
-                break
-            if session.id not in chosen:
-                chosen[session.id] = reason
+    chosen = {
+        s.id: "older than max_age"
+        for s in candidates
+        if policy.max_age is not None and s.age(now) > policy.max_age
+    }
+    kept = len(oldest_first) - len(chosen)
+    kept_bytes = sum(s.bytes for s in oldest_first if s.id not in chosen)
+    for session in candidates:
+        if session.id in chosen:
+            continue
+        if policy.max_sessions is not None and kept > policy.max_sessions:
+            chosen[session.id] = "more than max_sessions"
+        elif policy.max_bytes is not None and kept_bytes > policy.max_bytes:
+            chosen[session.id] = "over max_bytes"
+        else:
+            break
+        kept -= 1
+        kept_bytes -= session.bytes
     return [Pruning(s, chosen[s.id]) for s in oldest_first if s.id in chosen]
 
 
@@ -186,26 +187,33 @@ def prune(fs: Any, policy: Retention, *, dry_run: bool = False, now: float | Non
     """Remove the sessions ``policy`` chooses (under the ``sessions`` lock); with
     ``dry_run``, only say which."""
     now = time.time() if now is None else now
-    if dry_run:
-        return choose(list_sessions(fs), policy, now)
-    with fs.lock("sessions"):
+    with contextlib.nullcontext() if dry_run else fs.lock("sessions"):
         chosen = choose(list_sessions(fs), policy, now)
-        for pruning in chosen:
-            fs.rm(f"{SESSIONS}/{pruning.session.id}", recursive=True)
+        if not dry_run:
+            for pruning in chosen:
+                fs.rm(f"{SESSIONS}/{pruning.session.id}", recursive=True)
     return chosen
 
 
-def policy_of(root: Any) -> Retention:
-    """The repository's configured retention policy (``state.retention``)."""
-    from .config import load_config
-
-    config = load_config(root)
+def policy_of(config: Any) -> Retention:
+    """The retention policy (``state.retention``) of a loaded configuration
+    (:func:`orchfs.load_config`)."""
 
     def where(key: str) -> str:
         origin = config.origin(f"state.retention.{key}")
         return f"{origin}: state.retention.{key}" if origin else f"state.retention.{key}"
 
     return Retention.from_config(config.get("state.retention"), where)
+
+
+def _remote_copy(fs: Any, url: str, storage_options: Mapping[str, Any] | None, what: str) -> tuple[Any, str]:
+    """The filesystem and directory that hold the bound session's copy: ``<url>/<id>``."""
+    from fsspec.core import url_to_fs
+
+    if not fs.session_id:
+        raise ValueError(f"{what} needs a bound session (session= or web_mode=True)")
+    remote, base = url_to_fs(f"{url.rstrip('/')}/{fs.session_id}", **dict(storage_options or {}))
+    return remote, base.rstrip("/")
 
 
 class Persister:
@@ -221,14 +229,9 @@ class Persister:
     def __init__(
         self, fs: Any, url: str, interval: float = 30.0, storage_options: Mapping[str, Any] | None = None
     ) -> None:
-        from fsspec.core import url_to_fs
-
-        if not fs.session_id:
-            raise ValueError("persisting needs a bound session (session= or web_mode=True)")
         self.fs = fs
         self.prefix = f"{SESSIONS}/{fs.session_id}"
-        self.remote, base = url_to_fs(f"{url.rstrip('/')}/{fs.session_id}", **dict(storage_options or {}))
-        self.base = base.rstrip("/")
+        self.remote, self.base = _remote_copy(fs, url, storage_options, "persisting")
         self.interval = parse_duration(interval)
         self.error: BaseException | None = None
         self._sent: dict[str, tuple[Any, Any]] = {}
@@ -282,12 +285,7 @@ class Persister:
 def restore(fs: Any, url: str, storage_options: Mapping[str, Any] | None = None) -> int:
     """Bring the bound session's persisted copy back into the repository (on a new
     machine); returns how many files were written."""
-    from fsspec.core import url_to_fs
-
-    if not fs.session_id:
-        raise ValueError("restoring needs a bound session (session= or web_mode=True)")
-    remote, base = url_to_fs(f"{url.rstrip('/')}/{fs.session_id}", **dict(storage_options or {}))
-    base = base.rstrip("/")
+    remote, base = _remote_copy(fs, url, storage_options, "restoring")
     try:
         names = remote.find(base)
     except FileNotFoundError:
@@ -299,7 +297,7 @@ def restore(fs: Any, url: str, storage_options: Mapping[str, Any] | None = None)
 
 
 def persister_of(fs: Any, root: Any, storage_options: Mapping[str, Any] | None = None) -> Persister | None:
-    """A :class:`Persister` for the configured ``state.persist`` (``None`` when unset)."""
+    """A :class:`Persister` for the repository's ``state.persist`` (``None`` when unset)."""
     from .config import load_config
 
     settings = load_config(root).get("state.persist") or {}

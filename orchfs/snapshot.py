@@ -25,13 +25,13 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from .atomic import PRIVATE_FILE_MODE
 from .errors import OrchFSError
 from .paths import MAX_PATH_BYTES, MAX_SEGMENT_BYTES
 
 EXCLUDED_TOP = frozenset({"locks", "tmp"})
 SNAPSHOT_NAMESPACE = "orchfs-snapshot"
 SNAPSHOT_NAME = "snapshot"
-SECRET_MODE = 0o600
 PRIVATE_DIRS = ("secrets",)
 
 
@@ -66,7 +66,7 @@ def _included(rel: str) -> bool:
 def _mode_of(state: Any, rel: str) -> int:
     if state.kind == "local":
         return stat.S_IMODE(os.lstat(state.url(rel)).st_mode)
-    return SECRET_MODE if rel.startswith(PRIVATE_DIRS) else 0o644
+    return PRIVATE_FILE_MODE if rel.startswith(PRIVATE_DIRS) else 0o644
 
 
 def export(fs: Any, path: str | os.PathLike[str], *, encrypt: bool = False, key: Any = None) -> SnapshotInfo:
@@ -96,7 +96,7 @@ def import_snapshot(
     fs: Any, path: str | os.PathLike[str], *, force: bool = False, key: Any = None
 ) -> SnapshotInfo:
     """Restore the snapshot at ``path`` into the state directory of ``fs``."""
-    from .meta import FORMAT_FILE, META_FILE, check_writable, read_format
+    from .meta import FORMAT_FILE, META_FILE, check_writable, parse_format, read_format
 
     source = os.path.abspath(os.fspath(path))
     with open(source, "rb") as f:
@@ -117,15 +117,15 @@ def import_snapshot(
                 "empty repository, or pass --force to overwrite the files the snapshot has"
             )
         if FORMAT_FILE in members:
-            check_writable(_format_of(members[FORMAT_FILE][1]), source)
+            check_writable(parse_format(members[FORMAT_FILE][1]), source)
         else:
             check_writable(read_format(state), state.url(""))
         for rel, (mode, data) in members.items():
             if rel == META_FILE:
                 data = _rehomed_meta(data, fs)
-            if rel.startswith(PRIVATE_DIRS) and state.kind == "local":
-                _private_dirs(state, rel)
-            state.write(rel, data, mode=mode if state.kind == "local" else None)
+            if rel.startswith(PRIVATE_DIRS):
+                state.makedirs_private(rel.rpartition("/")[0])
+            state.write(rel, data, mode=mode)
     total = sum(len(data) for _mode, data in members.values())
     return SnapshotInfo(source, len(members), total, encrypted, hashlib.sha256(blob).hexdigest())
 
@@ -174,16 +174,6 @@ def _checked_name(name: str, source: str) -> str:
     return name
 
 
-def _format_of(data: bytes) -> Any:
-    from .meta import LAYOUT_VERSION, FormatInfo
-
-    lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
-    try:
-        return FormatInfo(int(lines[0]), lines[1] if len(lines) > 1 else None)
-    except (IndexError, ValueError):
-        return FormatInfo(LAYOUT_VERSION + 1, None)
-
-
 def _rehomed_meta(data: bytes, fs: Any) -> bytes:
     """The snapshot's identity (repo_id: the secrets' namespace) at its new root."""
     from .meta import git_remote
@@ -199,21 +189,13 @@ def _rehomed_meta(data: bytes, fs: Any) -> bytes:
     return data
 
 
-def _private_dirs(state: Any, rel: str) -> None:
-    head = rel.rpartition("/")[0]
-    state.makedirs(head)
-    parts = head.split("/")
-    for depth in range(1, len(parts) + 1):
-        os.chmod(state.url("/".join(parts[:depth])), 0o700)
-
-
 def _write_private_file(target: str, blob: bytes) -> None:
     from .storage import LocalStorage
 
     directory, name = os.path.split(target)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory} does not exist; create it or choose another place")
-    LocalStorage(directory).write(name, blob, mode=SECRET_MODE)
+    LocalStorage(directory).write(name, blob, mode=PRIVATE_FILE_MODE)
 
 
 # --- sealing -----------------------------------------------------------------------------

@@ -28,13 +28,14 @@ from typing import IO, Any
 from .atomic import (
     DEFAULT_FILE_MODE,
     DIR_FLAGS,
+    PRIVATE_DIR_MODE,
     BufferedUploadWriter,
     LocalAtomicWriter,
     StagedWriter,
     fsync_directory,
 )
 from .errors import PathEscapeError
-from .paths import MARKER_PREFIXES, TEMP_PREFIX
+from .paths import MARKER_PREFIXES, MEMO_LIMIT, TEMP_PREFIX
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _APPEND_EXISTING_FLAGS = os.O_WRONLY | os.O_APPEND | (_READ_FLAGS & ~os.O_RDONLY)
@@ -123,7 +124,7 @@ class LocalStorage:
                 self._check_link(full)
                 return
             cut = rel.find("/", cut + 1)
-        if len(self._clean_dirs) < 65536:
+        if len(self._clean_dirs) < MEMO_LIMIT:
             self._clean_dirs.add(head)
 
     def _forget_clean_dirs(self) -> None:
@@ -296,14 +297,14 @@ class LocalStorage:
     ) -> StagedWriter:
         """A writer that refuses a directory (or, exclusive, any entry) at ``rel`` before
         the caller stages a single byte (unless the caller has just looked itself)."""
-        return self._writer(rel, exclusive, autocommit, mode, check_target=not target_checked)
+        return self._writer(rel, exclusive, autocommit, mode, target_checked=target_checked)
 
     def _writer(
-        self, rel: str, exclusive: bool, autocommit: bool, mode: int, *, check_target: bool
+        self, rel: str, exclusive: bool, autocommit: bool, mode: int, *, target_checked: bool
     ) -> LocalAtomicWriter:
         head, _, name = rel.rpartition("/")
         dir_fd = self._open_dir(head, create=True)
-        if check_target:
+        if not target_checked:
             try:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
@@ -333,7 +334,7 @@ class LocalStorage:
     ) -> None:
         # All bytes are at hand: the publishing rename or link itself refuses a
         # directory or an existing entry, so the early check's extra stat is not needed.
-        with self._writer(rel, exclusive, True, mode or DEFAULT_FILE_MODE, check_target=False) as f:
+        with self._writer(rel, exclusive, True, mode or DEFAULT_FILE_MODE, target_checked=True) as f:
             f.write(data)
 
     def append(self, rel: str, data: bytes) -> None:
@@ -393,6 +394,17 @@ class LocalStorage:
 
     def makedirs(self, rel: str) -> None:
         os.close(self._open_dir(rel, create=True))
+
+    def makedirs_private(self, rel: str) -> None:
+        """``rel`` and every directory on the way to it made 0700, each reached without
+        following a symlink."""
+        parts = rel.split("/")
+        for depth in range(1, len(parts) + 1):
+            fd = self._open_dir("/".join(parts[:depth]), create=True)
+            try:
+                os.fchmod(fd, PRIVATE_DIR_MODE)
+            finally:
+                os.close(fd)
 
     def mkdir(self, rel: str) -> None:
         head, _, name = rel.rpartition("/")
@@ -482,7 +494,7 @@ class FsspecStorage:
         self.base = base.rstrip("/")
         self.kind = kind
         self._read_options = read_options or {}
-        self._container_ready = False
+        self._bucket_ready = False
         memory = kind == "memory"
         self.capabilities = Capabilities(
             atomic_rename=False,
@@ -649,10 +661,13 @@ class FsspecStorage:
         self.write(rel, old + data, target_checked=True)
 
     def makedirs(self, rel: str) -> None:
-        if self._container_ready:
-            return  # object storage has no directories: only its bucket has to exist
-        self.fs.makedirs(self._full(rel), exist_ok=True)
-        self._container_ready = not self.capabilities.empty_directories
+        if self.capabilities.empty_directories:
+            self.fs.makedirs(self._full(rel), exist_ok=True)
+        elif not self._bucket_ready:  # object storage has no directories, only a bucket
+            self.fs.makedirs(self.base, exist_ok=True)
+            self._bucket_ready = True
+
+    makedirs_private = makedirs  # modes are the bucket's access policy, not orchfs's
 
     def mkdir(self, rel: str) -> None:
         self.fs.mkdir(self._full(rel), create_parents=False)
