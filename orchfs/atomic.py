@@ -235,3 +235,17 @@ class BufferedUploadWriter(StagedWriter):
 
     def _drop(self) -> None:
         self._buffer.close()
+
+
+__all__ = [
+    "DEFAULT_FILE_MODE",
+    "DIR_FLAGS",
+    "PRIVATE_DIR_MODE",
+    "PRIVATE_FILE_MODE",
+    "UMASK",
+    "BufferedUploadWriter",
+    "LocalAtomicWriter",
+    "StagedWriter",
+    "fsync_directory",
+    "temp_name",
+]

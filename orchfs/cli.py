@@ -964,3 +964,8 @@ def _demo_files() -> dict[str, bytes]:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+__all__ = [
+    "main",
+]

@@ -307,3 +307,10 @@ def _check_pin(
             f"{where}: this repository pins orchestrator_version {pin!r}; the running orchestrator "
             f"is {version}. Use an orchestrator in that range, or change the pin."
         )
+
+
+__all__ = [
+    "Config",
+    "Origin",
+    "load_config",
+]

@@ -9,6 +9,7 @@ finish an unfinished migration.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import time
@@ -22,6 +23,8 @@ from .paths import TEMP_PREFIX
 
 STATE_DIR = ".orchestrator"
 ORPHAN_TEMP_AGE = 15 * 60.0
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -416,6 +419,8 @@ def fix(root: Any, findings: list[Finding] | None = None, *, layout: Any = None)
                 for path in finding.paths:
                     os.chmod(path, PRIVATE_DIR_MODE if os.path.isdir(path) else PRIVATE_FILE_MODE)
         done.append("tightened secret and lock permissions")
+    for line in done:
+        logger.info("doctor fix: %s", line)
     return done
 
 
@@ -425,3 +430,12 @@ def exit_code(findings: list[Finding]) -> int:
 
 def to_json(findings: list[Finding]) -> str:
     return json.dumps({"findings": [f.to_json() for f in findings]}, indent=2)
+
+
+__all__ = [
+    "Finding",
+    "exit_code",
+    "fix",
+    "run",
+    "to_json",
+]

@@ -50,6 +50,14 @@ class MigrationConflictError(OrchFSError):
         self.plan = plan
 
 
+class SQLiteInUseError(OrchFSError):
+    """A SQLite database has a hot journal or a lock held on it; migration waits for it."""
+
+
+class SnapshotError(OrchFSError, ValueError):
+    """A snapshot file that cannot be imported (the message says why; nothing was written)."""
+
+
 class LegacyPathWarning(DeprecationWarning):
     """A logical path was served from its v1 (legacy) location."""
 
@@ -67,7 +75,9 @@ __all__ = [
     "MigrationConflictError",
     "OrchFSError",
     "PathEscapeError",
+    "SQLiteInUseError",
     "SecretIntegrityError",
     "SecretsLockedError",
+    "SnapshotError",
     "VersionPinError",
 ]

@@ -871,3 +871,10 @@ def _as_datetime(stamp: float | None) -> datetime:
     if stamp is None:
         raise FileNotFoundError("no timestamp recorded for this entry")
     return datetime.fromtimestamp(stamp, tz=timezone.utc)
+
+
+__all__ = [
+    "Conflict",
+    "OrchFileSystem",
+    "Resolution",
+]

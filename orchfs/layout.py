@@ -311,3 +311,11 @@ def coerce_layout(layout: Any) -> Layout:
     if isinstance(layout, str):
         return Layout.from_yaml(layout)
     raise TypeError(f"layout= takes a Layout, a dict or YAML text, not {type(layout).__name__}")
+
+
+__all__ = [
+    "Entry",
+    "Layout",
+    "Match",
+    "default_layout",
+]

@@ -104,3 +104,17 @@ def ensure_initialized(state: Any, root: str, local_root: bool) -> None:
         document = json.dumps(new_meta(root, local_root), indent=2).encode() + b"\n"
         with contextlib.suppress(FileExistsError):
             state.write(META_FILE, document, exclusive=True)
+
+
+__all__ = [
+    "FORMAT_FILE",
+    "LAYOUT_VERSION",
+    "META_FILE",
+    "FormatInfo",
+    "check_writable",
+    "ensure_initialized",
+    "git_remote",
+    "parse_format",
+    "read_format",
+    "read_meta",
+]

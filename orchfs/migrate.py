@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, temp_name
-from .errors import MigrationConflictError, OrchFSError
+from .errors import MigrationConflictError, OrchFSError, SQLiteInUseError
 from .layout import Layout, coerce_layout
 
 STATE_DIR = ".orchestrator"
@@ -40,6 +41,8 @@ JOURNAL_DIR = "migrations"
 BACKUP_DIR = "migration_backup"
 DONE_BATCH = 512
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,9 @@ class Move:
 
 
 @dataclass(frozen=True)
-class Conflict:
+class MoveConflict:
+    """A v1 file whose v2 place already holds other bytes (``prefer`` settles it)."""
+
     source: str
     target: str
 
@@ -62,7 +67,7 @@ class Conflict:
 class Plan:
     migration_id: str
     moves: tuple[Move, ...]
-    conflicts: tuple[Conflict, ...]
+    conflicts: tuple[MoveConflict, ...]
     unknown: tuple[str, ...]
     free_bytes: int | None
     blocked: str | None = None  # e.g. a SQLite database in use
@@ -109,10 +114,6 @@ class Result:
         doc = self.plan.to_json(self.applied)
         doc.update({"message": self.message, "resumed": self.resumed, "steps": self.steps})
         return doc
-
-
-class SQLiteInUseError(OrchFSError):
-    """A SQLite database has a hot journal or a lock held on it."""
 
 
 def _root(root: Any) -> str:
@@ -302,7 +303,7 @@ def _plan_moves(
             if same(os.path.join(root, pair.source), pair.contained):
                 moves.append(Move(pair.source, where, pair.st.st_size, "retire"))
             else:
-                conflicts.append(Conflict(pair.source, where))
+                conflicts.append(MoveConflict(pair.source, where))
             continue
         moves.append(Move(pair.source, where, pair.st.st_size, action))
     return Plan(
@@ -885,8 +886,23 @@ def _run(
     moved = moved_paths(steps) if any(s.get("link") for s in steps) else {}
     try:
         fresh: set[str] | None = None if resumed else set()
+        logger.info(
+            "%s migration %s: %d of %d step(s) to run",
+            "resuming" if resumed else "starting",
+            migration_id,
+            len(todo),
+            total,
+        )
 
         def one(step: dict[str, Any]) -> int:
+            logger.debug(
+                "migration %s step %d: %s %s -> %s",
+                migration_id,
+                step["i"],
+                step["action"],
+                step["source"],
+                step["target"],
+            )
             if remote is not None:
                 _execute_remote(root, step, migration_id, begin.get("backup", True), remote)
             else:
@@ -911,6 +927,7 @@ def _run(
         journal.write({"t": "end"}, sync=True)
     finally:
         journal.close()
+    logger.info("migration %s finished: %d file(s)", migration_id, total)
     if the_plan is None:
         the_plan = _plan_of_steps(migration_id, steps)
     verb = "finished the interrupted migration" if resumed else "migrated"
@@ -959,6 +976,7 @@ def rollback(
         mid = begin["id"]
         steps = _steps_of(records)
         journal = Journal(path)
+        logger.info("rolling back migration %s: %d step(s)", mid, len(steps))
         journal.write({"t": "rollback-begin"}, sync=True)
         for name, (mode, _mtime) in sorted(begin.get("dirs", {}).items()):
             full = os.path.join(root, name)
@@ -1082,9 +1100,9 @@ def _prune_state_dirs(root: str) -> None:
 
 
 __all__ = [
-    "Conflict",
     "MigrationConflictError",
     "Move",
+    "MoveConflict",
     "Plan",
     "Result",
     "SQLiteInUseError",

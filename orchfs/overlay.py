@@ -263,3 +263,9 @@ class Overlay:
                         layers[0],
                     )
         return seen
+
+
+__all__ = [
+    "Location",
+    "Overlay",
+]

@@ -134,3 +134,18 @@ def validate_name(name: str, what: str = "name") -> str:
 def join(*parts: str) -> str:
     """Join already validated logical parts with '/', skipping empty ones."""
     return "/".join(p for p in parts if p)
+
+
+__all__ = [
+    "INTERNAL_NAMES",
+    "MARKER_PREFIXES",
+    "MEMO_LIMIT",
+    "OPAQUE_MARKER",
+    "PROTOCOL",
+    "TEMP_PREFIX",
+    "WHITEOUT_PREFIX",
+    "join",
+    "strip_protocol",
+    "validate",
+    "validate_name",
+]

@@ -28,3 +28,9 @@ def build_legacy_repo(root: str | os.PathLike[str], files: Mapping[str, bytes] |
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     return base
+
+
+__all__ = [
+    "LEGACY_SAMPLE",
+    "build_legacy_repo",
+]

@@ -590,3 +590,10 @@ def init_user_key(path: str | None = None) -> str:
     finally:
         os.close(fd)
     return path
+
+
+__all__ = [
+    "SecretStore",
+    "init_user_key",
+    "new_key_text",
+]

@@ -304,3 +304,18 @@ def persister_of(fs: Any, root: Any, storage_options: Mapping[str, Any] | None =
     if not settings.get("url"):
         return None
     return Persister(fs, settings["url"], settings.get("interval", 30.0), storage_options)
+
+
+__all__ = [
+    "Persister",
+    "Pruning",
+    "Retention",
+    "Session",
+    "choose",
+    "list_sessions",
+    "parse_size",
+    "persister_of",
+    "policy_of",
+    "prune",
+    "restore",
+]

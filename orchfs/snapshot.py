@@ -26,17 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .atomic import PRIVATE_FILE_MODE
-from .errors import OrchFSError
+from .errors import SnapshotError
 from .paths import MAX_PATH_BYTES, MAX_SEGMENT_BYTES
 
 EXCLUDED_TOP = frozenset({"locks", "tmp"})
 SNAPSHOT_NAMESPACE = "orchfs-snapshot"
 SNAPSHOT_NAME = "snapshot"
 PRIVATE_DIRS = ("secrets",)
-
-
-class SnapshotError(OrchFSError, ValueError):
-    """A snapshot file that cannot be imported (the message says why; nothing was written)."""
 
 
 @dataclass(frozen=True)
@@ -229,3 +225,11 @@ def _open_sealed(fs: Any, blob: bytes, source: str, key: Any) -> bytes:
 
     table = {k.id: (k, k.namespace_key(SNAPSHOT_NAMESPACE)) for k in _keys(fs, key)}
     return decrypt(table, SNAPSHOT_NAMESPACE, SNAPSHOT_NAME, blob, source)
+
+
+__all__ = [
+    "SnapshotError",
+    "SnapshotInfo",
+    "export",
+    "import_snapshot",
+]

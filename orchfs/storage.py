@@ -739,3 +739,11 @@ def open_storage(url: str, options: dict[str, Any] | None, boundary: str | None 
     # state files are small, so one GET per read is the better trade.
     read_options = {"max_concurrency": 1} if protocol in ("s3", "s3a") else None
     return FsspecStorage(fs, cls._strip_protocol(url), kind, read_options)
+
+
+__all__ = [
+    "Capabilities",
+    "FsspecStorage",
+    "LocalStorage",
+    "open_storage",
+]
