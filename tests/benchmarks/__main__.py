@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_core, bench_locks, bench_migrate, bench_overlay, bench_secrets
+from . import (
+    bench_core,
+    bench_locks,
+    bench_migrate,
+    bench_overlay,
+    bench_realistic,
+    bench_secrets,
+    bench_startup,
+)
 
 BENCHMARKS = {
     "core": bench_core.run,
     "overlay": bench_overlay.run,
+    "realistic": bench_realistic.run,
+    "startup": bench_startup.run,
     "locks": bench_locks.run,
     "migrate": bench_migrate.run,
     "secrets": bench_secrets.run,

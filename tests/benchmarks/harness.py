@@ -84,7 +84,7 @@ class Table:
             cells = [row.name, f"{row.orch:,.0f} {row.unit}"]
             cells += [f"{row.peers[p]:,.0f}" if p in row.peers else "-" for p in peers]
             cells += [f"{row.ratio(p):.2f}x" if p in row.peers else "-" for p in peers]
-            cells.append(f">= {row.target[1]}x {row.target[0]}" if row.target else "")
+            cells.append(f">= {row.target[1]:.2f}x {row.target[0]}" if row.target else "")
             cells.append(row.verdict())
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)

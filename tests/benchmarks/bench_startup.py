@@ -1,0 +1,105 @@
+"""Whole processes: start-up of ``import orchfs`` and ``orchfs --help`` against a bare
+interpreter, and ``orchfs migrate`` of a small realistic v1 repository against the
+yardstick script (``yardstick_migrate.py``) on the same input.
+
+Each run is a fresh ``python`` process; the contenders take turns and each row is
+the median of its runs (whole processes on a shared machine: the best run is luck).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from .harness import Table, compare
+
+RUNS = 15
+# What the ``orchfs`` console script runs (without a shell shim in front of it).
+CLI = "import sys; from orchfs.cli import main; sys.exit(main())"
+YARDSTICK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "yardstick_migrate.py")
+
+
+def realistic_repository() -> dict[str, bytes]:
+    """Twelve files shaped like a real v1 repository (sizes as in workflow-orchestrator's own)."""
+    state = {
+        "phase": "review",
+        "items": [{"id": i, "status": "done", "notes": "n" * 300} for i in range(120)],
+    }
+    log = b"".join(
+        json.dumps({"event": "step", "n": i, "detail": "d" * 180}).encode() + b"\n" for i in range(600)
+    )
+    checkpoint = {"state": state, "files": [f"src/module_{i}.py" for i in range(400)]}
+    return {
+        ".workflow_state.json": json.dumps(state, indent=2).encode(),
+        ".workflow_log.jsonl": log,
+        ".workflow_checkpoints/cp_20260106_053301_bddea0.json": json.dumps(checkpoint).encode(),
+        ".workflow_checkpoints/cp_20260106_053904_bddea0.json": json.dumps([checkpoint, 1]).encode(),
+        "workflow.yaml": b"name: development\nphases:\n" + b"  - id: plan\n    items: []\n" * 400,
+        "README.md": b"# project\n" + b"Some documentation.\n" * 400,
+        "AGENTS.md": b"# agents\n" + b"Be careful.\n" * 90,
+        ".gitignore": b"__pycache__/\n.env\n" * 20,
+        ".claude/settings.json": b'{"permissions": {"allow": []}}\n' * 14,
+        "docs/SETUP_GUIDE.md": b"## Setup\n" + b"Step.\n" * 2000,
+        ".secrets.enc": b"Salted__" + os.urandom(344),
+        ".manus/secrets.enc.yaml": b"sops:\n  version: 3.8.1\n" + b"  key: ENC[AES256_GCM,data:abc]\n" * 55,
+    }
+
+
+def _write_tree(root: str, files: dict[str, bytes]) -> str:
+    for rel, data in files.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+    return root
+
+
+def _process(argv: list[str]) -> None:
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+
+
+def run() -> Table:
+    table = Table("Start-up and whole processes (runs/s; ratios: orchfs / peer)")
+    python = sys.executable
+    bare = {"bare python": lambda: _process([python, "-c", "pass"])}
+    compare(
+        table,
+        "import orchfs",
+        "runs/s",
+        lambda: _process([python, "-c", "import orchfs"]),
+        bare,
+        1,
+        repeat=RUNS,
+        statistic=statistics.median,
+    )
+    compare(
+        table,
+        "orchfs --help (<= 3x bare)",
+        "runs/s",
+        lambda: _process([python, "-c", CLI, "--help"]),
+        bare,
+        1,
+        ("bare python", 1 / 3),
+        repeat=RUNS,
+        statistic=statistics.median,
+    )
+    files = realistic_repository()
+    with tempfile.TemporaryDirectory(prefix="orchfs-bench-") as base:
+        ours = [_write_tree(os.path.join(base, f"o{i}"), files) for i in range(RUNS)]
+        theirs = [_write_tree(os.path.join(base, f"y{i}"), files) for i in range(RUNS)]
+        compare(
+            table,
+            "orchfs migrate, 12-file repository (<= 1.5x yardstick)",
+            "runs/s",
+            lambda: _process([python, "-c", CLI, "--root", ours.pop(), "migrate"]),
+            {"yardstick script": lambda: _process([python, YARDSTICK, theirs.pop()])},
+            1,
+            ("yardstick script", 1 / 1.5),
+            repeat=RUNS,
+            statistic=statistics.median,
+        )
+    return table
