@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ ENVIRONMENT = {
     "ORCHFS_LEGACY": ("state", "legacy"),
     "ORCHFS_LOCK_TIMEOUT": ("state", "lock_timeout"),
 }
+_TRUE = ("1", "true", "yes", "on")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -210,6 +212,23 @@ def _includes(
     return out
 
 
+def environment_layer(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``ORCHFS_*`` layer (DESIGN §6): ``{dotted key: value}`` for each variable set.
+
+    The one reader of these variables: :func:`load_config` and ``OrchFileSystem``
+    (for its unset arguments) both ask it.
+    """
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name, keys in ENVIRONMENT.items():
+        if name in environ:
+            value: Any = environ[name]
+            if keys == ("web_mode",):
+                value = value.strip().lower() in _TRUE
+            out[".".join(keys)] = value
+    return out
+
+
 def load_config(
     root: Any,
     *,
@@ -248,12 +267,10 @@ def load_config(
     _apply(config, DEFAULTS, {k: Origin("default") for k in _dotted(DEFAULTS)})
     for _path, values, origins in layers:
         _apply(config, {k: v for k, v in values.items() if k != "include"}, origins)
-    for name, keys in ENVIRONMENT.items():
-        if name in environ:
-            value: Any = environ[name]
-            if keys == ("web_mode",):
-                value = value.strip().lower() in ("1", "true", "yes", "on")
-            _apply(config, _nest(keys, value), {".".join(keys): Origin(f"env:{name}")})
+    variables = {".".join(keys): name for name, keys in ENVIRONMENT.items()}
+    for dotted, value in environment_layer(environ).items():
+        keys = tuple(dotted.split("."))
+        _apply(config, _nest(keys, value), {dotted: Origin(f"env:{variables[dotted]}")})
     for key, value in arguments.items():
         keys = ("state", key) if key in STATE_KEYS else (key,)
         _apply(config, _nest(keys, value), {".".join(keys): Origin("argument")})

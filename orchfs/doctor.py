@@ -19,9 +19,8 @@ from typing import Any
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .layout import coerce_layout
 from .meta import LAYOUT_VERSION, git_remote, read_format, read_meta
-from .paths import TEMP_PREFIX
+from .paths import STATE_DIR, TEMP_PREFIX, WHITEOUT_PREFIX
 
-STATE_DIR = ".orchestrator"
 ORPHAN_TEMP_AGE = 15 * 60.0
 
 logger = logging.getLogger(__name__)
@@ -247,7 +246,7 @@ def _legacy_changed(root: str, state: str, layout: Any) -> list[Finding]:
             head, _, name = entry.logical.rpartition("/")
             for newer in (
                 os.path.join(state, entry.logical),
-                os.path.join(state, head, f".wh.{name}"),
+                os.path.join(state, head, WHITEOUT_PREFIX + name),
             ):
                 if os.path.lexists(newer) and os.lstat(old).st_mtime > os.lstat(newer).st_mtime:
                     out.append(

@@ -37,14 +37,12 @@ from .paths import (
     MEMO_LIMIT,
     OPAQUE_MARKER,
     PROTOCOL,
+    STATE_DIR,
     join,
     strip_protocol,
     validate,
     validate_name,
 )
-
-STATE_DIR = ".orchestrator"
-
 
 LEGACY_MODES = ("read", "migrate", "off")
 SECRETS_VIEW = "secrets"
@@ -152,25 +150,25 @@ class OrchFileSystem(ChainedFileSystem):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        from .config import parse_duration
+        from .config import environment_layer, parse_duration
         from .layout import coerce_layout
         from .overlay import Overlay
         from .storage import open_storage
 
         # Unset arguments come from the environment layer of the configuration (DESIGN §6).
-        environ = os.environ
-        legacy = legacy if legacy is not None else environ.get("ORCHFS_LEGACY", "read")
+        environ = environment_layer()
+        legacy = legacy if legacy is not None else environ.get("state.legacy", "read")
         if web_mode is None:
-            web_mode = environ.get("ORCHFS_WEB_MODE", "").strip().lower() in ("1", "true", "yes", "on")
+            web_mode = environ.get("web_mode", False)
         if lock_timeout is None:
-            lock_timeout = environ.get("ORCHFS_LOCK_TIMEOUT", 10.0)
+            lock_timeout = environ.get("state.lock_timeout", 10.0)
         lock_timeout = parse_duration(lock_timeout)
-        if storage is None and environ.get("ORCHFS_STORAGE"):
-            storage = environ["ORCHFS_STORAGE"]
+        if storage is None:
+            storage = environ.get("state.storage") or None
         if legacy not in LEGACY_MODES:
             raise ValueError(f"legacy={legacy!r} is not one of {', '.join(LEGACY_MODES)}")
         if web_mode and session is None:
-            session = os.environ.get("ORCHFS_SESSION") or uuid.uuid4().hex[:12]
+            session = environ.get("session") or uuid.uuid4().hex[:12]
         if session is not None:
             validate_name(session, "session id")
         options = dict(storage_options or target_options or {})

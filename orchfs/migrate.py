@@ -35,8 +35,8 @@ from typing import Any
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, temp_name
 from .errors import MigrationConflictError, OrchFSError, SQLiteInUseError
 from .layout import Layout, coerce_layout
+from .paths import MARKER_PREFIXES, MARKER_SENTINEL, STATE_DIR, WHITEOUT_PREFIX
 
-STATE_DIR = ".orchestrator"
 JOURNAL_DIR = "migrations"
 BACKUP_DIR = "migration_backup"
 DONE_BATCH = 512
@@ -1075,7 +1075,7 @@ def _carry_back_new_files(root: str, layout: Layout, begin: dict[str, Any]) -> N
             continue
         for top, _dirs, files in os.walk(contained):
             for name in files:
-                if name.startswith((".wh.", ".orchfs-tmp.")):
+                if name.startswith(MARKER_PREFIXES):
                     continue
                 full = os.path.join(top, name)
                 rel = os.path.relpath(full, contained)
@@ -1090,13 +1090,13 @@ def _prune_state_dirs(root: str) -> None:
         if rel.split(os.sep)[0] in ("locks", "migrations", "tmp", "."):
             continue
         for name in files:
-            if name.startswith(".wh."):
+            if name.startswith(WHITEOUT_PREFIX):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(top, name))
         with contextlib.suppress(OSError):
             os.rmdir(top)
     with contextlib.suppress(OSError):
-        os.unlink(os.path.join(state, ".wh..wh..markers"))
+        os.unlink(os.path.join(state, MARKER_SENTINEL))
 
 
 __all__ = [

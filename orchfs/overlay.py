@@ -24,9 +24,8 @@ from typing import Any
 
 from .errors import PathEscapeError
 from .layout import Layout
-from .paths import MEMO_LIMIT, OPAQUE_MARKER, WHITEOUT_PREFIX, join
+from .paths import MARKER_SENTINEL, MEMO_LIMIT, OPAQUE_MARKER, WHITEOUT_PREFIX, join
 
-MARKER_SENTINEL = ".wh..wh..markers"
 SESSIONS_DIR = "sessions"
 
 

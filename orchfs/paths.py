@@ -32,8 +32,11 @@ from urllib.parse import unquote
 from .errors import PathEscapeError
 
 PROTOCOL = "orch"
+STATE_DIR = ".orchestrator"  # the directory that plays the state directory inside a local root
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
+# Written once any marker exists: while it is absent, marker checks are skipped.
+MARKER_SENTINEL = ".wh..wh..markers"
 TEMP_PREFIX = ".orchfs-tmp."
 MARKER_PREFIXES = (WHITEOUT_PREFIX, TEMP_PREFIX)
 
@@ -76,11 +79,15 @@ def _check_characters(original: str, text: str) -> None:
             raise _refuse(original, f"control character U+{ord(char):04X} is not allowed in a path")
 
 
-def _check_segment(original: str, segment: str, *, first: bool) -> None:
+def _check_plain_segment(original: str, segment: str) -> None:
     if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
         raise _refuse(original, f"a path segment is longer than {MAX_SEGMENT_BYTES} bytes")
     if unicodedata.normalize("NFC", segment) != segment:
         raise _refuse(original, "names must be in Unicode NFC form (normalise the name first)")
+
+
+def _check_segment(original: str, segment: str, *, first: bool) -> None:
+    _check_plain_segment(original, segment)
     spellings = {segment, unquote(segment), unquote(unquote(segment))}
     for spelling in list(spellings):
         spellings.add(unicodedata.normalize("NFKC", spelling))
@@ -119,6 +126,25 @@ def validate(path: str) -> str:
     return "/".join(segments)
 
 
+def validate_stored(path: str) -> str:
+    """Check a physical path relative to the state directory (a snapshot member, say).
+
+    Orchfs's own names (markers, ``FORMAT``, ``locks/``) are allowed here; what is
+    refused is what no stored name may be: absolute, empty, ``.``/``..`` segments,
+    backslashes, control characters, non-NFC names and names over the length limits.
+    """
+    if not path or path.startswith("/"):
+        raise _refuse(path, "not a relative path")
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise _refuse(path, f"longer than {MAX_PATH_BYTES} bytes")
+    _check_characters(path, path)
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            raise _refuse(path, "empty, '.' and '..' segments are not allowed")
+        _check_plain_segment(path, segment)
+    return path
+
+
 def validate_name(name: str, what: str = "name") -> str:
     """Validate a single path segment such as a session id; no '/' allowed."""
     if not isinstance(name, str) or not name:
@@ -139,13 +165,16 @@ def join(*parts: str) -> str:
 __all__ = [
     "INTERNAL_NAMES",
     "MARKER_PREFIXES",
+    "MARKER_SENTINEL",
     "MEMO_LIMIT",
     "OPAQUE_MARKER",
     "PROTOCOL",
+    "STATE_DIR",
     "TEMP_PREFIX",
     "WHITEOUT_PREFIX",
     "join",
     "strip_protocol",
     "validate",
     "validate_name",
+    "validate_stored",
 ]

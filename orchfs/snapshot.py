@@ -21,13 +21,12 @@ import json
 import os
 import stat
 import tarfile
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from .atomic import PRIVATE_FILE_MODE
-from .errors import SnapshotError
-from .paths import MAX_PATH_BYTES, MAX_SEGMENT_BYTES
+from .errors import PathEscapeError, SnapshotError
+from .paths import validate_stored
 
 EXCLUDED_TOP = frozenset({"locks", "tmp"})
 SNAPSHOT_NAMESPACE = "orchfs-snapshot"
@@ -155,19 +154,10 @@ def _checked_members(archive: bytes, source: str) -> dict[str, tuple[int, bytes]
 
 def _checked_name(name: str, source: str) -> str:
     """A member name as a plain relative path inside the state directory."""
-    parts = name.split("/")
-    if (
-        not name
-        or name.startswith("/")
-        or "\\" in name
-        or len(name.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES
-        or any(p in ("", ".", "..") for p in parts)
-        or any(len(p.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES for p in parts)
-        or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name)
-        or unicodedata.normalize("NFC", name) != name
-    ):
-        raise SnapshotError(f"{source}: member name {name!r} is not a plain relative path; refused")
-    return name
+    try:
+        return validate_stored(name)
+    except PathEscapeError:
+        raise SnapshotError(f"{source}: member name {name!r} is not a plain relative path; refused") from None
 
 
 def _rehomed_meta(data: bytes, fs: Any) -> bytes:
