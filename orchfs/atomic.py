@@ -171,6 +171,10 @@ class LocalAtomicWriter(StagedWriter):
             os.close(dir_fd)
             raise
 
+    def staged_fd(self) -> int:
+        """The temp file's descriptor, for copies that fill it in the kernel (reflink)."""
+        return self._fd
+
     def _stage(self, data: memoryview) -> None:
         while data:
             written = os.write(self._fd, data)

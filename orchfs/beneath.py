@@ -1,0 +1,635 @@
+"""The beneath-root disk layer: every local-disk operation of orchfs, confined to one root.
+
+A :class:`Beneath` holds a directory descriptor of a root directory (the repository
+root) and resolves every path it is given *beneath* that descriptor without following
+a single symlink, so that "check, then use" is one step and nothing on disk (a planted
+link, a directory swapped for a link by another process) can lead an operation
+outside the root.
+
+Contract (what a caller may rely on):
+
+* Paths are root-relative, ``/``-separated strings: no empty, ``.`` or ``..``
+  segment, no leading ``/``, no NUL. ``""`` is the root itself. A bad path raises
+  :class:`~orchfs.errors.PathEscapeError` before any I/O.
+* No operation follows a symlink, at any component. A symlink met on the way (an
+  intermediate directory, or the final name of anything but :meth:`lstat`,
+  :meth:`readlink`, :meth:`unlink`, :meth:`rename` and :meth:`remove_tree`, which act
+  on the link itself) raises :class:`PathEscapeError` naming the path. A missing
+  component stays :class:`FileNotFoundError`; a file where a directory is needed,
+  :class:`NotADirectoryError`.
+* Symlinks orchfs must handle on purpose (v1 files that are links) are judged, never
+  followed: :meth:`resolve` reads each link with ``readlink`` and returns the link-free
+  path it stands for, or raises :class:`PathEscapeError` when it would leave the root;
+  the caller then opens that path beneath the root like any other (if a link appears
+  there in between, that open refuses it).
+* Writes are atomic and durable: :meth:`writer` / :meth:`write_bytes` stage a temp file
+  created ``O_CREAT|O_EXCL|O_NOFOLLOW`` 0600 in the target's directory, fsync it,
+  rename it over the target through the directory descriptor and fsync the directory.
+* Descriptors returned (:meth:`open`, :meth:`open_dir`) belong to the caller, who
+  closes them; file objects (:meth:`open_read`) close theirs.
+
+On Linux (x86_64, aarch64, riscv64) a path is resolved in one ``openat2(2)`` call
+(through ``ctypes``) with ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+RESOLVE_NO_MAGICLINKS``: the kernel enforces the rule. Where ``openat2`` is missing
+(an older kernel, a seccomp filter, another system) each component is opened in turn
+with ``O_NOFOLLOW`` relative to its parent's descriptor; ``use_openat2=False`` forces
+that path (the tests run every operation both ways).
+
+The root itself is opened when first needed (it may not exist yet) and then kept:
+renaming the root directory away carries the descriptor with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import platform
+import stat
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+from .atomic import DEFAULT_FILE_MODE, LocalAtomicWriter, fsync_directory
+from .errors import PathEscapeError
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a planted FIFO must not hang a read
+READ_FLAGS = os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK
+DIR_OPEN_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
+# errnos that mean "this component is a symlink" under O_NOFOLLOW (EMLINK: FreeBSD).
+_LINK_ERRNOS = (errno.ELOOP, errno.EMLINK)
+# openat2 errnos the component walk looks into: a link (ELOOP; ENOTDIR for a link
+# opened O_DIRECTORY), an escape (EXDEV), a rename racing the lookup (EAGAIN).
+_WALK_ERRNOS = frozenset({*_LINK_ERRNOS, errno.ENOTDIR, errno.EXDEV, errno.EAGAIN})
+_MAX_LINKS = 40  # as the kernel's own limit on links followed in one resolution
+_COPY_CHUNK = 1 << 20
+_FICLONE = 0x40049409  # _IOW(0x94, 9, int): share the source's extents (btrfs, XFS)
+
+# openat2(2): struct open_how and the RESOLVE_* flags (linux/openat2.h).
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+_RESOLVE = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
+_SYS_OPENAT2 = 437  # the same number on every architecture with the generic syscall table
+_OPENAT2_MACHINES = frozenset({"x86_64", "amd64", "aarch64", "arm64", "riscv64"})
+
+
+class _Openat2:
+    """``openat2(2)`` through ``ctypes``, or nothing where the kernel lacks it."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        class OpenHow(ctypes.Structure):
+            _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+        self._ctypes = ctypes
+        self._how_type = OpenHow
+        self._hows: dict[tuple[int, int], Any] = {}
+        syscall = ctypes.CDLL(None, use_errno=True).syscall
+        syscall.restype = ctypes.c_long
+        self._syscall = syscall
+
+    def how(self, flags: int, mode: int) -> Any:
+        """A prebuilt ``byref(open_how)`` for one flags/mode pair (the kernel copies it)."""
+        key = (flags, mode)
+        ref = self._hows.get(key)
+        if ref is None:
+            how = self._how_type(flags, mode, _RESOLVE)
+            ref = self._hows[key] = (how, self._ctypes.byref(how))
+        return ref[1]
+
+    def __call__(self, dir_fd: int, path: bytes, how: Any) -> int:
+        """The descriptor, or ``-errno``."""
+        fd = self._syscall(_SYS_OPENAT2, dir_fd, path, how, 24)
+        return fd if fd >= 0 else -self._ctypes.get_errno()
+
+
+def _probe_openat2() -> _Openat2 | None:
+    if not sys.platform.startswith("linux") or platform.machine().lower() not in _OPENAT2_MACHINES:
+        return None
+    try:
+        call = _Openat2()
+    except (OSError, AttributeError):
+        return None
+    root = os.open("/", DIR_OPEN_FLAGS)
+    try:
+        fd = call(root, b".", call.how(DIR_OPEN_FLAGS, 0))
+    finally:
+        os.close(root)
+    if fd < 0:  # ENOSYS (old kernel), EPERM (a seccomp filter), EINVAL/E2BIG (old ABI)
+        return None
+    os.close(fd)
+    return call
+
+
+_OPENAT2 = _probe_openat2()
+OPENAT2_AVAILABLE = _OPENAT2 is not None
+
+
+def check_rel(rel: str) -> str:
+    """``rel`` if it is a valid root-relative path, else :class:`PathEscapeError`."""
+    if not isinstance(rel, str):
+        raise PathEscapeError(f"a path beneath the root must be a str, not {type(rel).__name__}")
+    if not rel:
+        return rel
+    if rel.startswith("/") or "\x00" in rel:
+        raise PathEscapeError(f"{rel!r} is not a relative path beneath the root")
+    for part in rel.split("/"):
+        if part in ("", ".", ".."):
+            raise PathEscapeError(f"{rel!r} has an empty, '.' or '..' segment; refused beneath the root")
+    return rel
+
+
+def _split(rel: str) -> tuple[str, str]:
+    head, _, name = rel.rpartition("/")
+    return head, name
+
+
+class Beneath:
+    """A directory descriptor of ``root`` and the operations resolved beneath it."""
+
+    def __init__(self, root: str, *, use_openat2: bool | None = None) -> None:
+        self.root = os.path.abspath(root)
+        if use_openat2 and _OPENAT2 is None:
+            raise OSError(errno.ENOSYS, "openat2(2) is not available here")
+        self._openat2 = _OPENAT2 if use_openat2 is not False else None
+        self._fd = -1
+        self._opening = threading.Lock()
+        self._encoded: dict[str, bytes] = {}
+
+    def __repr__(self) -> str:
+        how = "openat2" if self._openat2 is not None else "O_NOFOLLOW walk"
+        return f"Beneath({self.root!r}, {how})"
+
+    @property
+    def uses_openat2(self) -> bool:
+        return self._openat2 is not None
+
+    # --- the root descriptor ---------------------------------------------------------
+    def fileno(self, create: bool = False) -> int:
+        """The root's descriptor, opened on first use (``create``: make the root first)."""
+        fd = self._fd
+        if fd >= 0:
+            return fd
+        with self._opening:
+            if self._fd < 0:
+                try:
+                    fd = os.open(self.root, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.makedirs(self.root, exist_ok=True)
+                    fd = os.open(self.root, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+                self._fd = fd
+            return self._fd
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A descriptor does not travel: the copy opens the root again when first used.
+        return {"root": self.root, "use_openat2": self.uses_openat2}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # openat2 where the new process has it, unless the walk was chosen.
+        self.__init__(state["root"], use_openat2=None if state["use_openat2"] else False)  # type: ignore[misc]
+
+    def show(self, rel: str) -> str:
+        """The physical path of ``rel``, for messages."""
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def relpath(self, path: str) -> str:
+        """``path`` (absolute, or relative to the current directory) as a path beneath the
+        root, judged lexically; :class:`PathEscapeError` if it is not beneath it."""
+        full = os.path.abspath(path)
+        for root in (self.root, os.path.realpath(self.root)):
+            if full == root:
+                return ""
+            if full.startswith(root.rstrip("/") + "/"):
+                return check_rel(full[len(root.rstrip("/")) + 1 :])
+        raise PathEscapeError(f"{path} is outside {self.root}; refused")
+
+    # --- resolution ------------------------------------------------------------------
+    def _refuse_link(self, rel: str, part: str | None = None) -> PathEscapeError:
+        where = f"{part!r} in {self.show(rel)}" if part else self.show(rel)
+        return PathEscapeError(
+            f"{where} is a symlink (or leaves {self.root}); orchfs never follows symlinks "
+            "there: remove the link"
+        )
+
+    def open(self, rel: str, flags: int = READ_FLAGS, mode: int = 0o666, *, create_root: bool = False) -> int:
+        """A descriptor for ``rel`` opened with ``flags`` (``O_NOFOLLOW`` always added)."""
+        flags |= _O_NOFOLLOW | _O_CLOEXEC
+        root = self.fileno(create_root)
+        if not rel:
+            return os.open(".", flags & ~_O_NOFOLLOW, mode, dir_fd=root)
+        openat2 = self._openat2
+        if openat2 is not None:
+            path = self._encoded.get(rel)
+            if path is None:
+                path = self._encode(rel)
+            # openat2 refuses a mode without O_CREAT (EINVAL), unlike open(2).
+            fd = openat2(root, path, openat2.how(flags, mode if flags & os.O_CREAT else 0))
+            if fd >= 0:
+                return fd
+            err = -fd
+            if err not in _WALK_ERRNOS:
+                raise OSError(err, os.strerror(err), self.show(rel))
+            # A link, an escape or a race: the walk names the component (or finds it gone).
+        return self._walk_open(check_rel(rel), flags, mode, root)
+
+    def _encode(self, rel: str) -> bytes:
+        path = os.fsencode(check_rel(rel))
+        if len(self._encoded) < 65536:
+            self._encoded[rel] = path
+        return path
+
+    def _walk_open(self, rel: str, flags: int, mode: int, root: int) -> int:
+        head, name = _split(rel)
+        parent = self._walk_dir(head, root, create=False) if head else root
+        try:
+            return os.open(name, flags, mode, dir_fd=parent)
+        except OSError as exc:
+            maybe_link = exc.errno in _LINK_ERRNOS or (exc.errno == errno.ENOTDIR and flags & _O_DIRECTORY)
+            if maybe_link and self._is_link(name, parent):
+                raise self._refuse_link(rel) from None
+            raise OSError(exc.errno, exc.strerror, self.show(rel)) from None
+        finally:
+            if parent != root:
+                os.close(parent)
+
+    def _walk_dir(self, rel: str, root: int, create: bool, mode: int = 0o777) -> int:
+        """A descriptor of directory ``rel``, one ``O_NOFOLLOW`` component at a time."""
+        fd = root
+        done: list[str] = []
+        try:
+            for part in rel.split("/"):
+                done.append(part)
+                child = self._child_dir(fd, part, "/".join(done), create, mode)
+                if fd != root:
+                    os.close(fd)
+                fd = child
+        except BaseException:
+            if fd != root:
+                os.close(fd)
+            raise
+        return fd if fd != root else os.dup(root)
+
+    def _child_dir(self, fd: int, part: str, rel: str, create: bool, mode: int) -> int:
+        try:
+            return os.open(part, DIR_OPEN_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise FileNotFoundError(errno.ENOENT, "no such directory", self.show(rel)) from None
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, mode, dir_fd=fd)
+                fsync_directory(fd)
+            return self._child_dir(fd, part, rel, False, mode)
+        except OSError as exc:
+            if exc.errno not in (*_LINK_ERRNOS, errno.ENOTDIR):
+                raise
+            if self._is_link(part, fd):
+                raise self._refuse_link(rel) from None
+            raise NotADirectoryError(errno.ENOTDIR, "a file is in the way", self.show(rel)) from None
+
+    @staticmethod
+    def _is_link(name: str, dir_fd: int) -> bool:
+        try:
+            return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+
+    def open_dir(self, rel: str, *, create: bool = False, mode: int = 0o777) -> int:
+        """A descriptor of directory ``rel`` (``create``: make it and its parents, each
+        new one with ``mode`` less the umask, as ``os.makedirs``)."""
+        try:
+            return self.open(rel, DIR_OPEN_FLAGS, create_root=create)
+        except FileNotFoundError:
+            if not create:
+                raise
+        return self._walk_dir(check_rel(rel), self.fileno(True), True, mode) if rel else os.dup(self.fileno())
+
+    @contextlib.contextmanager
+    def _parent(self, rel: str, *, create: bool = False) -> Iterator[tuple[int, str]]:
+        """``(descriptor of rel's directory, rel's last name)`` for the ``*at`` calls."""
+        check_rel(rel)
+        if not rel:
+            raise PathEscapeError("this operation needs a path beneath the root, not the root itself")
+        head, name = _split(rel)
+        fd = self.open_dir(head, create=create)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    def resolve(self, rel: str) -> str:
+        """The link-free path ``rel`` stands for, each link on the way read and judged.
+
+        A link whose target (absolute, or relative with ``..``) leaves the root raises
+        :class:`PathEscapeError`; so does a loop. The part after a missing component is
+        returned as it is (opening it then fails with ``FileNotFoundError``).
+        """
+        pending = check_rel(rel).split("/") if rel else []
+        pending.reverse()
+        done: list[str] = []
+        links = 0
+        while pending:
+            part = pending.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not done:
+                    raise PathEscapeError(f"{self.show(rel)} resolves outside {self.root}; refused")
+                done.pop()
+                continue
+            here = "/".join([*done, part])
+            try:
+                st = self.lstat(here)
+            except (FileNotFoundError, NotADirectoryError):
+                return "/".join([here, *reversed(pending)])
+            if not stat.S_ISLNK(st.st_mode):
+                done.append(part)
+                continue
+            links += 1
+            if links > _MAX_LINKS:
+                raise PathEscapeError(f"{self.show(rel)}: too many levels of symlinks")
+            target = self.readlink(here)
+            if target.startswith("/"):
+                try:
+                    target = self.relpath(target)
+                except PathEscapeError:
+                    raise PathEscapeError(
+                        f"{self.show(here)} is a symlink to {target}, outside {self.root}; refused"
+                    ) from None
+                done = []
+            pending.extend(reversed(target.split("/")))
+        return "/".join(done)
+
+    # --- reading ---------------------------------------------------------------------
+    def lstat(self, rel: str) -> os.stat_result:
+        """The entry's own stat (a link is described, not followed)."""
+        if not rel:
+            return os.fstat(self.fileno())
+        with self._parent(rel) as (fd, name):
+            return os.stat(name, dir_fd=fd, follow_symlinks=False)
+
+    def open_read(self, rel: str, buffering: int = -1) -> IO[bytes]:
+        """A binary reader of the file ``rel``."""
+        fd = self.open(rel)
+        try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise IsADirectoryError(errno.EISDIR, "is a directory", self.show(rel))
+            return os.fdopen(fd, "rb", buffering=buffering)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def read_bytes(self, rel: str) -> bytes:
+        fd = self.open(rel)
+        try:
+            return read_all(fd)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def scandir(self, rel: str = "") -> Iterator[Iterator[os.DirEntry[str]]]:
+        """The entries of directory ``rel``; ``entry.stat(follow_symlinks=False)`` and
+        ``entry.is_dir(follow_symlinks=False)`` answer without following links."""
+        fd = self.open_dir(rel)
+        try:
+            with os.scandir(fd) as entries:
+                yield entries
+        finally:
+            os.close(fd)
+
+    def listdir(self, rel: str = "") -> list[str]:
+        fd = self.open_dir(rel)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    def readlink(self, rel: str) -> str:
+        with self._parent(rel) as (fd, name):
+            return os.readlink(name, dir_fd=fd)
+
+    # --- writing ---------------------------------------------------------------------
+    def mkdir(self, rel: str, mode: int = 0o777) -> None:
+        """One directory (its parent must exist); ``mode`` less the umask, as ``os.mkdir``."""
+        with self._parent(rel) as (fd, name):
+            os.mkdir(name, mode, dir_fd=fd)
+            fsync_directory(fd)
+
+    def makedirs(self, rel: str, mode: int = 0o777, *, exact_mode: bool = False) -> None:
+        """``rel`` and its missing parents (existing ones are left as they are).
+
+        ``exact_mode``: every directory on the way (existing ones too) gets exactly
+        ``mode`` by ``fchmod`` on its descriptor, e.g. 0700 for private state.
+        """
+        if not exact_mode:
+            os.close(self.open_dir(rel, create=True, mode=mode))
+            return
+        parts = check_rel(rel).split("/") if rel else []
+        for depth in range(1, len(parts) + 1):
+            fd = self.open_dir("/".join(parts[:depth]), create=True, mode=mode)
+            try:
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+
+    def writer(
+        self,
+        rel: str,
+        *,
+        mode: int = DEFAULT_FILE_MODE,
+        exclusive: bool = False,
+        autocommit: bool = True,
+        make_parents: bool = True,
+    ) -> LocalAtomicWriter:
+        """An atomic writer of ``rel`` (see :mod:`orchfs.atomic`); its final mode is ``mode``."""
+        check_rel(rel)
+        head, name = _split(rel)
+        if not name:
+            raise PathEscapeError("a write needs a file name beneath the root")
+        dir_fd = self.open_dir(head, create=make_parents)
+        return LocalAtomicWriter(
+            dir_fd, name, self.show(rel), exclusive=exclusive, autocommit=autocommit, final_mode=mode
+        )
+
+    def write_bytes(
+        self, rel: str, data: bytes, *, mode: int = DEFAULT_FILE_MODE, exclusive: bool = False
+    ) -> None:
+        """Replace (``exclusive``: create) ``rel`` with ``data``, atomically and durably."""
+        with self.writer(rel, mode=mode, exclusive=exclusive) as f:
+            f.write(data)
+
+    def rename(self, src: str, dst: str, *, make_parents: bool = False) -> None:
+        """Move ``src`` over ``dst`` (``os.replace``); a link is moved, never followed."""
+        with (
+            self._parent(src) as (src_fd, src_name),
+            self._parent(dst, create=make_parents) as (dst_fd, dst_name),
+        ):
+            os.replace(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            fsync_directory(dst_fd)
+            fsync_directory(src_fd)
+
+    def unlink(self, rel: str) -> None:
+        """Remove a file or a link (the link itself)."""
+        with self._parent(rel) as (fd, name):
+            os.unlink(name, dir_fd=fd)
+            fsync_directory(fd)
+
+    def rmdir(self, rel: str) -> None:
+        with self._parent(rel) as (fd, name):
+            os.rmdir(name, dir_fd=fd)
+            fsync_directory(fd)
+
+    def remove_tree(self, rel: str) -> None:
+        """Remove ``rel`` and everything below it, walking by descriptors; a link (at
+        ``rel`` or anywhere below) is removed itself, never followed."""
+        with self._parent(rel) as (fd, name):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                _remove_below(fd, name, self.show(rel))
+                os.rmdir(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+            fsync_directory(fd)
+
+    def chmod(self, rel: str, mode: int) -> None:
+        """Set ``rel``'s permission bits; a symlink there is refused, never followed."""
+        if not rel:
+            os.fchmod(self.fileno(), mode)
+            return
+        with self._parent(rel) as (fd, name):
+            if self._is_link(name, fd):
+                raise self._refuse_link(rel)
+            try:
+                os.chmod(name, mode, dir_fd=fd, follow_symlinks=False)
+                return
+            except (NotImplementedError, OSError) as exc:
+                if isinstance(exc, OSError) and exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+            # No lchmod here: change it through a descriptor opened without following.
+            try:
+                target = os.open(name, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in _LINK_ERRNOS:
+                    raise self._refuse_link(rel) from None
+                raise
+            try:
+                os.fchmod(target, mode)
+            finally:
+                os.close(target)
+
+    def symlink(self, target: str, rel: str) -> None:
+        """Create link ``rel`` with the text ``target`` (not resolved, not judged here)."""
+        with self._parent(rel) as (fd, name):
+            os.symlink(target, name, dir_fd=fd)
+            fsync_directory(fd)
+
+    def utime(self, rel: str, ns: tuple[int, int]) -> None:
+        """Set access and modification times of ``rel`` itself (a link's own times)."""
+        with self._parent(rel) as (fd, name):
+            os.utime(name, ns=ns, dir_fd=fd, follow_symlinks=False)
+
+    def copy(self, src: str, dst: str, *, mode: int | None = None, exclusive: bool = False) -> None:
+        """Copy file ``src`` to ``dst`` atomically (reflink where the filesystem offers
+        it, ``copy_file_range`` otherwise, plain reads and writes last); ``dst`` gets
+        ``mode``, or ``src``'s permission bits, and ``src``'s times."""
+        source = self.open(src)
+        try:
+            st = os.fstat(source)
+            if not stat.S_ISREG(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "not a regular file", self.show(src))
+            final = stat.S_IMODE(st.st_mode) if mode is None else mode
+            with self.writer(dst, mode=final, exclusive=exclusive) as out:
+                _copy_fd(source, out.staged_fd(), st.st_size)
+                os.utime(out.staged_fd(), ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(source)
+
+
+def read_all(fd: int) -> bytes:
+    """Every byte from ``fd``'s position to its end.
+
+    The first read asks for 64 KiB rather than ``fstat`` first: state files are small,
+    and an ``fstat`` costs more in Python than reading to the end in one call.
+    """
+    data = os.read(fd, 65536)
+    if not data:
+        return data
+    more = os.read(fd, 65536)
+    if not more:
+        return data
+    chunks = [data, more]
+    while more:
+        more = os.read(fd, _COPY_CHUNK)
+        chunks.append(more)
+    return b"".join(chunks)
+
+
+def _remove_below(parent: int, name: str, shown: str) -> None:
+    fd = os.open(name, DIR_OPEN_FLAGS, dir_fd=parent)
+    try:
+        with os.scandir(fd) as entries:
+            children = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        for child, is_dir in children:
+            if is_dir:
+                _remove_below(fd, child, f"{shown}/{child}")
+                os.rmdir(child, dir_fd=fd)
+            else:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_fd(source: int, target: int, size: int) -> None:
+    with contextlib.suppress(OSError):
+        import fcntl
+
+        fcntl.ioctl(target, _FICLONE, source)
+        return
+    copy_range: Callable[..., int] | None = getattr(os, "copy_file_range", None)
+    offset = 0
+    if copy_range is not None:
+        try:
+            while offset < size:
+                done = copy_range(source, target, size - offset, offset, offset)
+                if done == 0:
+                    break
+                offset += done
+        except OSError as exc:  # EXDEV before Linux 5.3, or a filesystem without it
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or offset:
+                raise
+    _copy_plain(source, target, offset)  # the rest: all of it, or what grew meanwhile
+
+
+def _copy_plain(source: int, target: int, offset: int) -> None:
+    os.lseek(target, offset, os.SEEK_SET)
+    while chunk := os.pread(source, _COPY_CHUNK, offset):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target, view) :]
+        offset += len(chunk)
+
+
+__all__ = [
+    "DIR_OPEN_FLAGS",
+    "OPENAT2_AVAILABLE",
+    "READ_FLAGS",
+    "Beneath",
+    "check_rel",
+    "read_all",
+]

@@ -1,0 +1,409 @@
+"""The beneath-root disk layer: every operation stays beneath its root, on openat2 and on
+the component walk, whatever symlinks are planted on the way; a canary directory outside
+the root keeps its bytes, modes and times."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import stat
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchfs.beneath import OPENAT2_AVAILABLE, Beneath, check_rel
+from orchfs.errors import PathEscapeError
+
+WAYS = [
+    pytest.param(True, id="openat2", marks=pytest.mark.skipif(not OPENAT2_AVAILABLE, reason="no openat2")),
+    pytest.param(False, id="walk"),
+]
+
+
+def snapshot(top: str) -> dict[str, tuple]:
+    """Every entry below ``top``: mode, mtime and bytes (or link text)."""
+    out: dict[str, tuple] = {".": (os.lstat(top).st_mode, os.lstat(top).st_mtime_ns)}
+    for here, dirs, files in os.walk(top):
+        for name in dirs + files:
+            full = os.path.join(here, name)
+            st_ = os.lstat(full)
+            if stat.S_ISLNK(st_.st_mode):
+                body = os.readlink(full)
+            elif stat.S_ISREG(st_.st_mode):
+                with open(full, "rb") as f:
+                    body = f.read()
+            else:
+                body = None
+            out[os.path.relpath(full, top)] = (st_.st_mode, st_.st_mtime_ns, body)
+    return out
+
+
+@pytest.fixture
+def canary(tmp_path):
+    """A directory outside every root: a file, a subdirectory, a private file."""
+    top = tmp_path / "canary"
+    (top / "sub").mkdir(parents=True)
+    (top / "f").write_bytes(b"canary bytes")
+    (top / "sub" / "g").write_bytes(b"more canary")
+    (top / "private").write_bytes(b"p")
+    os.chmod(top / "private", 0o600)
+    return str(top)
+
+
+@pytest.fixture(params=WAYS)
+def way(request) -> bool:
+    return request.param
+
+
+def make_tree(root) -> None:
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f").write_bytes(b"inside")
+    (root / "ok").write_bytes(b"ok file")
+
+
+# Every operation, applied to a path (``p``) that may run through a planted link.
+OPERATIONS: dict[str, Callable[[Beneath, str], object]] = {
+    "open": lambda b, p: os.close(b.open(p)),
+    "open_dir": lambda b, p: os.close(b.open_dir(p)),
+    "open_read": lambda b, p: b.open_read(p).close(),
+    "read_bytes": lambda b, p: b.read_bytes(p),
+    "lstat": lambda b, p: b.lstat(p),
+    "listdir": lambda b, p: b.listdir(p),
+    "scandir": lambda b, p: b.scandir(p).__enter__(),
+    "mkdir": lambda b, p: b.mkdir(p + "/new"),
+    "makedirs": lambda b, p: b.makedirs(p + "/new/deeper"),
+    "makedirs_private": lambda b, p: b.makedirs(p + "/new", 0o700, exact_mode=True),
+    "write_bytes": lambda b, p: b.write_bytes(p, b"overwritten"),
+    "write_below": lambda b, p: b.write_bytes(p + "/x", b"planted"),
+    "writer": lambda b, p: b.writer(p + "/y").discard(),
+    "rename_from": lambda b, p: b.rename(p, "moved"),
+    "rename_to": lambda b, p: b.rename("ok", p + "/ok"),
+    "unlink": lambda b, p: b.unlink(p + "/f"),
+    "rmdir": lambda b, p: b.rmdir(p + "/sub"),
+    "remove_tree": lambda b, p: b.remove_tree(p + "/sub"),
+    "chmod": lambda b, p: b.chmod(p, 0o777),
+    "chmod_below": lambda b, p: b.chmod(p + "/f", 0o777),
+    "readlink": lambda b, p: b.readlink(p + "/f"),
+    "symlink": lambda b, p: b.symlink("/etc/passwd", p + "/link"),
+    "utime": lambda b, p: b.utime(p + "/f", (0, 0)),
+    "copy_from": lambda b, p: b.copy(p + "/f", "copied"),
+    "copy_to": lambda b, p: b.copy("ok", p + "/f"),
+    "resolve": lambda b, p: b.resolve(p + "/f"),
+}
+
+# Operations that act on the entry at ``p`` itself, where a final link is the entry.
+ON_THE_LINK = {"lstat", "rename_from", "write_bytes"}
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+@pytest.mark.parametrize("where", ["a", "a/b"])
+def test_a_link_on_the_way_is_refused(tmp_path, canary, way, operation, where):
+    root = tmp_path / "root"
+    make_tree(root)
+    target = root / where
+    os.rename(target, tmp_path / "moved-away")
+    os.symlink(canary, target)
+    before = snapshot(canary)
+    b = Beneath(str(root), use_openat2=way)
+    # These act on a final link itself: one level deeper, the link is on the way.
+    path = f"{where}/sub" if operation in ON_THE_LINK else where
+    with pytest.raises(PathEscapeError, match="symlink"):
+        OPERATIONS[operation](b, path)
+    assert snapshot(canary) == before
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+def test_a_final_link_is_never_followed(tmp_path, canary, way, operation):
+    """A link at the name itself: refused where the operation would follow it, acted on
+    (removed, moved, described, replaced) where it concerns the link; the target never changes."""
+    root = tmp_path / "root"
+    make_tree(root)
+    os.unlink(root / "a" / "b" / "f")
+    os.symlink(os.path.join(canary, "f"), root / "a" / "b" / "f")
+    os.symlink(canary, root / "dirlink")
+    os.symlink(os.path.join(tmp_path, "nowhere", "dangling"), root / "a" / "dangling")
+    before = snapshot(canary)
+    b = Beneath(str(root), use_openat2=way)
+    for path in ("dirlink", "a/dangling"):
+        with contextlib.suppress(PathEscapeError, OSError):
+            OPERATIONS[operation](b, path)
+    # The file-level link below a real directory.
+    with contextlib.suppress(PathEscapeError, OSError):
+        OPERATIONS[operation](b, "a/b")
+    assert snapshot(canary) == before
+    assert not os.path.exists(os.path.join(tmp_path, "nowhere"))
+
+
+@pytest.mark.parametrize(
+    "operation", ["open", "read_bytes", "open_read", "chmod", "copy_from", "listdir", "open_dir"]
+)
+def test_following_operations_refuse_a_final_link(tmp_path, canary, way, operation):
+    root = tmp_path / "root"
+    make_tree(root)
+    os.symlink(canary, root / "dirlink")
+    os.symlink(os.path.join(canary, "f"), root / "filelink")
+    b = Beneath(str(root), use_openat2=way)
+    path = {"copy_from": "", "listdir": "dirlink", "open_dir": "dirlink"}.get(operation, "filelink")
+    with pytest.raises(PathEscapeError, match="symlink"):
+        if operation == "copy_from":
+            b.copy("filelink", "copied")
+        else:
+            OPERATIONS[operation](b, path)
+
+
+def test_dangling_link_is_not_created_through(tmp_path, way):
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    os.symlink(outside, root / "d")
+    b = Beneath(str(root), use_openat2=way)
+    for op in (
+        lambda: b.write_bytes("d/x", b"x"),
+        lambda: b.makedirs("d/x"),
+        lambda: b.mkdir("d/x"),
+        lambda: b.read_bytes("d"),
+        lambda: b.open("d", os.O_WRONLY | os.O_CREAT),
+    ):
+        with pytest.raises(PathEscapeError):
+            op()
+    assert not os.path.lexists(outside)
+
+
+BAD_PATHS = ["..", "../x", "a/../../x", "a/./b", "/etc/passwd", "a//b", "a/\x00b", "a/", "./a", "a/.."]
+
+
+@pytest.mark.parametrize("bad", BAD_PATHS)
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+def test_bad_paths_are_refused_before_any_io(tmp_path, way, bad, operation):
+    root = tmp_path / "root"
+    make_tree(root)
+    before = snapshot(str(tmp_path))
+    b = Beneath(str(root), use_openat2=way)
+    with pytest.raises(PathEscapeError):
+        OPERATIONS[operation](b, bad)
+    assert snapshot(str(tmp_path)) == before
+
+
+def test_check_rel():
+    assert check_rel("") == ""
+    assert check_rel("a/b.json") == "a/b.json"
+    with pytest.raises(PathEscapeError):
+        check_rel(b"a")  # type: ignore[arg-type]
+
+
+# --- what the operations do -----------------------------------------------------------
+def test_atomic_write_modes_and_bytes(tmp_path, way):
+    b = Beneath(str(tmp_path / "root"), use_openat2=way)
+    b.write_bytes("x/y/z.json", b"one", mode=0o600)
+    assert (tmp_path / "root" / "x" / "y" / "z.json").read_bytes() == b"one"
+    assert stat.S_IMODE(b.lstat("x/y/z.json").st_mode) == 0o600
+    b.write_bytes("x/y/z.json", b"two", mode=0o644)
+    assert b.read_bytes("x/y/z.json") == b"two"
+    assert stat.S_IMODE(os.stat(tmp_path / "root" / "x" / "y" / "z.json").st_mode) == 0o644
+    with pytest.raises(FileExistsError):
+        b.write_bytes("x/y/z.json", b"three", exclusive=True)
+    assert sorted(b.listdir("x/y")) == ["z.json"]  # no temp file left behind
+    with b.writer("x/y/z.json") as w:
+        w.write(b"partial")
+        w.discard()
+    assert b.read_bytes("x/y/z.json") == b"two"
+
+
+def test_reads(tmp_path, way):
+    root = tmp_path / "root"
+    make_tree(root)
+    big = os.urandom(300_000)
+    (root / "big").write_bytes(big)
+    b = Beneath(str(root), use_openat2=way)
+    assert b.read_bytes("big") == big
+    assert b.read_bytes("a/b/f") == b"inside"
+    with b.open_read("a/b/f") as f:
+        assert f.read() == b"inside"
+    with pytest.raises(IsADirectoryError):
+        b.open_read("a/b")
+    with pytest.raises(FileNotFoundError):
+        b.read_bytes("a/missing")
+    with pytest.raises(FileNotFoundError):
+        b.read_bytes("missing/f")
+    with pytest.raises(NotADirectoryError):
+        b.read_bytes("ok/f")
+    with b.scandir("a") as entries:
+        assert [(e.name, e.is_dir(follow_symlinks=False)) for e in entries] == [("b", True)]
+    assert stat.S_ISDIR(b.lstat("").st_mode)
+
+
+def test_fifo_does_not_hang_a_read(tmp_path, way):
+    root = tmp_path / "root"
+    root.mkdir()
+    os.mkfifo(root / "fifo")
+    assert Beneath(str(root), use_openat2=way).read_bytes("fifo") == b""
+
+
+def test_directories_and_modes(tmp_path, way):
+    root = tmp_path / "root"
+    b = Beneath(str(root), use_openat2=way)
+    b.makedirs("p/q/r", 0o700, exact_mode=True)
+    for rel in ("p", "p/q", "p/q/r"):
+        assert stat.S_IMODE(b.lstat(rel).st_mode) == 0o700
+    b.mkdir("p/s", 0o755)
+    b.chmod("p/s", 0o711)
+    assert stat.S_IMODE(b.lstat("p/s").st_mode) == 0o711
+    b.rmdir("p/s")
+    with pytest.raises(FileNotFoundError):
+        b.lstat("p/s")
+    with pytest.raises(FileNotFoundError):
+        b.mkdir("nope/x")
+
+
+def test_rename_unlink_symlink_utime(tmp_path, way):
+    root = tmp_path / "root"
+    make_tree(root)
+    b = Beneath(str(root), use_openat2=way)
+    b.rename("ok", "moved/here", make_parents=True)
+    assert b.read_bytes("moved/here") == b"ok file"
+    b.symlink("../a/b/f", "moved/link")
+    assert b.readlink("moved/link") == "../a/b/f"
+    b.utime("moved/link", (1_000_000_000, 2_000_000_000))
+    assert b.lstat("moved/link").st_mtime_ns == 2_000_000_000
+    assert b.lstat("a/b/f").st_mtime_ns != 2_000_000_000
+    b.rename("moved/link", "link2")
+    assert os.path.islink(root / "link2")
+    b.unlink("link2")
+    assert (root / "a" / "b" / "f").read_bytes() == b"inside"
+
+
+def test_remove_tree_removes_links_not_their_targets(tmp_path, canary, way):
+    root = tmp_path / "root"
+    make_tree(root)
+    os.symlink(canary, root / "a" / "b" / "to-canary")
+    os.symlink(os.path.join(canary, "f"), root / "a" / "file-link")
+    (root / "a" / "b" / "deep" / "er").mkdir(parents=True)
+    before = snapshot(canary)
+    b = Beneath(str(root), use_openat2=way)
+    b.remove_tree("a")
+    assert sorted(os.listdir(root)) == ["ok"]
+    os.symlink(canary, root / "top-link")
+    b.remove_tree("top-link")
+    assert not os.path.lexists(root / "top-link")
+    assert snapshot(canary) == before
+
+
+def test_copy_keeps_bytes_mode_and_times(tmp_path, way):
+    root = tmp_path / "root"
+    make_tree(root)
+    payload = os.urandom(3 << 20)
+    (root / "src").write_bytes(payload)
+    os.chmod(root / "src", 0o640)
+    os.utime(root / "src", ns=(1_500_000_000_000_000_000, 1_600_000_000_000_000_000))
+    b = Beneath(str(root), use_openat2=way)
+    b.copy("src", "backup/src")
+    assert (root / "backup" / "src").read_bytes() == payload
+    st_ = os.stat(root / "backup" / "src")
+    assert stat.S_IMODE(st_.st_mode) == 0o640
+    assert st_.st_mtime_ns == 1_600_000_000_000_000_000
+    b.copy("src", "backup/private", mode=0o600)
+    assert stat.S_IMODE(os.stat(root / "backup" / "private").st_mode) == 0o600
+    with pytest.raises(FileExistsError):
+        b.copy("src", "backup/src", exclusive=True)
+
+
+def test_resolve_judges_links(tmp_path, canary, way):
+    root = tmp_path / "root"
+    make_tree(root)
+    os.symlink("b/f", root / "a" / "rel")
+    os.symlink(str(root / "a" / "b"), root / "abs-dir")
+    os.symlink("../rel", root / "a" / "b" / "chain")
+    os.symlink("../../..", root / "a" / "b" / "up")
+    os.symlink(canary, root / "out")
+    os.symlink("loop", root / "loop")
+    b = Beneath(str(root), use_openat2=way)
+    assert b.resolve("a/rel") == "a/b/f"
+    assert b.resolve("abs-dir/f") == "a/b/f"
+    assert b.resolve("a/b/chain") == "a/b/f"
+    assert b.resolve("a/b/missing/x") == "a/b/missing/x"
+    assert b.read_bytes(b.resolve("a/b/chain")) == b"inside"
+    for bad in ("a/b/up", "out/f", "loop"):
+        with pytest.raises(PathEscapeError):
+            b.resolve(bad)
+
+
+def test_relpath(tmp_path, way):
+    b = Beneath(str(tmp_path / "root"), use_openat2=way)
+    assert b.relpath(str(tmp_path / "root" / "x" / "y")) == "x/y"
+    assert b.relpath(str(tmp_path / "root")) == ""
+    for bad in (str(tmp_path), str(tmp_path / "rootx" / "y"), "/etc"):
+        with pytest.raises(PathEscapeError):
+            b.relpath(bad)
+
+
+def test_root_opened_on_first_use_and_kept(tmp_path, way):
+    b = Beneath(str(tmp_path / "later"), use_openat2=way)
+    with pytest.raises(FileNotFoundError):
+        b.read_bytes("x")
+    b.write_bytes("x", b"1")
+    os.rename(tmp_path / "later", tmp_path / "renamed")
+    assert b.read_bytes("x") == b"1"  # the descriptor moved with the directory
+
+
+def test_pickle_reopens(tmp_path, way):
+    root = tmp_path / "root"
+    make_tree(root)
+    b = Beneath(str(root), use_openat2=way)
+    b.read_bytes("ok")
+    copy = pickle.loads(pickle.dumps(b))
+    assert copy.read_bytes("ok") == b"ok file"
+    assert copy.uses_openat2 == b.uses_openat2
+
+
+def test_forcing_openat2_where_missing_fails_clearly(tmp_path):
+    if OPENAT2_AVAILABLE:
+        assert Beneath(str(tmp_path), use_openat2=True).uses_openat2
+    else:
+        with pytest.raises(OSError):
+            Beneath(str(tmp_path), use_openat2=True)
+    assert not Beneath(str(tmp_path), use_openat2=False).uses_openat2
+
+
+# --- random trees with planted links ---------------------------------------------------
+NAMES = st.sampled_from(["a", "b", "c", "d"])
+PATHS = st.lists(NAMES, min_size=1, max_size=4).map("/".join)
+PLANTS = st.lists(
+    st.tuples(PATHS, st.sampled_from(["canary", "canary/f", "canary/sub", "nowhere", "inside"])), max_size=6
+)
+STEPS = st.lists(st.tuples(st.sampled_from(sorted(OPERATIONS)), PATHS), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dirs=st.lists(PATHS, max_size=6), plants=PLANTS, steps=STEPS, use_openat2=st.booleans())
+def test_random_trees_with_planted_links_never_touch_the_canary(
+    tmp_path_factory, dirs, plants, steps, use_openat2
+):
+    if use_openat2 and not OPENAT2_AVAILABLE:
+        use_openat2 = False
+    base = tmp_path_factory.mktemp("tree")
+    canary = base / "canary"
+    (canary / "sub").mkdir(parents=True)
+    (canary / "f").write_bytes(b"canary")
+    (canary / "sub" / "f").write_bytes(b"canary too")
+    root = base / "root"
+    root.mkdir()
+    (root / "ok").write_bytes(b"ok")
+    for rel in dirs:
+        os.makedirs(root / rel, exist_ok=True)
+    for rel, kind in plants:
+        where = root / rel
+        if not where.parent.is_dir() or os.path.lexists(where):
+            continue
+        target = {"nowhere": base / "nowhere", "inside": root / "ok"}.get(kind, base / kind)
+        os.symlink(target, where)
+    before = snapshot(str(canary))
+    b = Beneath(str(root), use_openat2=use_openat2)
+    for operation, rel in steps:
+        with contextlib.suppress(PathEscapeError, OSError):
+            OPERATIONS[operation](b, rel)
+    assert snapshot(str(canary)) == before
+    assert not os.path.lexists(base / "nowhere")
+    assert sorted(os.listdir(base)) == ["canary", "root"]
