@@ -801,6 +801,21 @@ def secrets_rm(ctx: Context, name: str) -> None:
     ctx.emit({"removed": name}, f"removed {name}")
 
 
+@secrets.command(name="reseal")
+@json_option
+@pass_ctx
+@handle_errors
+def secrets_reseal(ctx: Context) -> None:
+    """Seal a new manifest from the secret files the key opens (after it was lost or damaged).
+
+    \b
+    Example:
+      orchfs secrets reseal
+    """
+    names = ctx.fs().secrets.reseal()
+    ctx.emit({"secrets": names}, f"sealed a new manifest of {len(names)} secret(s)")
+
+
 @secrets.command(name="rotate")
 @click.option(
     "--new-key-file",

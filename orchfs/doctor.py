@@ -13,15 +13,20 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
+from .errors import StateError, UnsafeStateError
 from .layout import coerce_layout
 from .meta import LAYOUT_VERSION, git_remote, read_format, read_meta
-from .paths import STATE_DIR, TEMP_PREFIX, WHITEOUT_PREFIX
+from .paths import INTERNAL_NAMES, STATE_DIR, TEMP_PREFIX, WHITEOUT_PREFIX
 
 ORPHAN_TEMP_AGE = 15 * 60.0
+# Trees of the state directory where orchfs never makes a symlink, so any symlink there
+# was planted: migrate, rollback and --fix would otherwise write or chmod through it.
+LINK_FREE_TREES = frozenset({"secrets", "locks", "migrations", "tmp"})
 
 logger = logging.getLogger(__name__)
 
@@ -54,21 +59,83 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
     layout = coerce_layout(layout)
     state = os.path.join(root, STATE_DIR)
     findings: list[Finding] = []
-    findings += _layout_findings(root, state, layout)
-    findings += _conflict_findings(fs)
-    findings += _legacy_changed(root, state, layout)
-    findings += _migration_findings(root)
-    findings += _lock_findings(fs)
-    findings += _temp_findings(state, now)
-    findings += _permission_findings(state)
-    findings += _identity_findings(root, state)
-    findings += _secret_findings(fs, state)
+    findings += _unsafe_links(root, state, layout)
+    checks: list[Callable[[], list[Finding]]] = [
+        lambda: _layout_findings(root, state, layout),
+        lambda: _conflict_findings(fs),
+        lambda: _legacy_changed(root, state, layout),
+        lambda: _migration_findings(root, layout),
+        lambda: _lock_findings(fs),
+        lambda: _temp_findings(state, now),
+        lambda: _permission_findings(state),
+        lambda: _identity_findings(root, state),
+        lambda: _secret_findings(fs, state),
+    ]
+    for check in checks:
+        findings += _guarded(check)
     from .config import load_config
 
     config = load_config(root)
-    findings += _retention_findings(config, fs, now)
+    findings += _guarded(lambda: _retention_findings(config, fs, now))
     findings += _web_findings(config, state)
-    return findings
+    return _unique(findings)
+
+
+def _guarded(check: Callable[[], list[Finding]]) -> list[Finding]:
+    """A check's findings; damaged or refused stored state is an ``unsafe-state`` finding."""
+    try:
+        return check()
+    except StateError as exc:
+        return [_unsafe(str(exc), exc.path)]
+
+
+def _unsafe(message: str, path: str | None) -> Finding:
+    return Finding(
+        "unsafe-state",
+        "error",
+        message,
+        "inspect and repair or remove it by hand (doctor --fix never changes it); the message says how",
+        (path,) if path else (),
+    )
+
+
+def _unique(findings: list[Finding]) -> list[Finding]:
+    """One finding per (id, message): several checks may trip over the same damaged file."""
+    return list({(f.id, f.message): f for f in findings}.values())
+
+
+def _unsafe_links(root: str, state: str, layout: Any) -> list[Finding]:
+    """Symlinks that lead outside the root: inside the state directory (orchfs never follows
+    them, and never makes them in its own directories) and at legacy locations."""
+    out = []
+    places = [os.path.join(root, name) for name in dict.fromkeys(layout.legacy_names())]
+    if os.path.islink(state):
+        places.append(state)
+    elif os.path.isdir(state):
+        for top, dirs, files in os.walk(state):
+            places += [os.path.join(top, name) for name in dirs + files]
+    # Where a symlink stands in for a directory orchfs writes into (or for its own files).
+    link_free = {
+        *INTERNAL_NAMES,
+        "secrets",
+        "sessions",
+        *(e.logical.split("/")[0] for e in layout.entries if e.is_dir or "/" in e.logical),
+    }
+    real_root = os.path.realpath(root)
+    for place in places:
+        if not os.path.islink(place):
+            continue
+        rel = os.path.relpath(place, root)
+        inner = os.path.relpath(place, state).split(os.sep) if place.startswith(state + os.sep) else [""]
+        resolved = os.path.realpath(place)
+        outside = os.path.commonpath([real_root, resolved]) != real_root
+        planted = inner[0] in LINK_FREE_TREES or (len(inner) == 1 and inner[0] in link_free)
+        if outside or planted or place == state:
+            where = "outside the repository" if outside else "inside a directory orchfs keeps for itself"
+            out.append(
+                _unsafe(f"{rel} is a symlink to {os.readlink(place)!r} ({where}); orchfs refuses it", rel)
+            )
+    return out
 
 
 def _web_findings(config: Any, state: str) -> list[Finding]:
@@ -147,6 +214,8 @@ def _secret_findings(fs: Any, state: str) -> list[Finding]:
     try:
         names = store.list()
     except (SecretsLockedError, SecretIntegrityError) as exc:
+        if isinstance(exc, StateError):
+            raise  # a damaged or unsealed manifest is unsafe-state, not a missing key
         return [
             Finding(
                 "secret-unreadable",
@@ -263,20 +332,31 @@ def _legacy_changed(root: str, state: str, layout: Any) -> list[Finding]:
     return out
 
 
-def _migration_findings(root: str) -> list[Finding]:
-    from .migrate import unfinished
+def _migration_findings(root: str, layout: Any) -> list[Finding]:
+    """Interrupted migrations; a journal that fails its checks is ``unsafe-state`` instead."""
+    from .journal import Journal, journals, read_journal
 
-    return [
-        Finding(
-            "unfinished-migration",
-            "error",
-            f"migration journal {os.path.relpath(p, root)} was interrupted",
-            "run `orchfs migrate` to finish it or `orchfs migrate --rollback` to undo it "
-            "(`orchfs doctor --fix` finishes it)",
-            (os.path.relpath(p, root),),
-        )
-        for p in unfinished(root)
-    ]
+    out = []
+    for path in journals(root):
+        rel = os.path.relpath(path, root)
+        try:
+            read_journal(path, layout)
+            interrupted = Journal.status(path) in ("unfinished", "rolling-back")
+        except StateError as exc:
+            out.append(_unsafe(str(exc), rel))
+            continue
+        if interrupted:
+            out.append(
+                Finding(
+                    "unfinished-migration",
+                    "error",
+                    f"migration journal {rel} was interrupted",
+                    "run `orchfs migrate` to finish it or `orchfs migrate --rollback` to undo it "
+                    "(`orchfs doctor --fix` finishes it)",
+                    (rel,),
+                )
+            )
+    return out
 
 
 def _lock_findings(fs: Any) -> list[Finding]:
@@ -323,19 +403,20 @@ def _temp_findings(state: str, now: float) -> list[Finding]:
 
 
 def _permission_findings(state: str) -> list[Finding]:
+    """Loose modes under secrets/ and locks/; symlinks there are never candidates (they are
+    ``unsafe-state``), so --fix never chmods through one."""
     loose = []
     for sub in ("secrets", "locks"):
         top_dir = os.path.join(state, sub)
-        if not os.path.isdir(top_dir):
+        if os.path.islink(top_dir) or not os.path.isdir(top_dir):
             continue
         for top, _dirs, files in os.walk(top_dir):
             if stat.S_IMODE(os.lstat(top).st_mode) & 0o077:
                 loose.append(top)
-            loose += [
-                os.path.join(top, n)
-                for n in files
-                if stat.S_IMODE(os.lstat(os.path.join(top, n)).st_mode) & 0o077
-            ]
+            for name in files:
+                st = os.lstat(os.path.join(top, name))
+                if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
+                    loose.append(os.path.join(top, name))
     if not loose:
         return []
     return [
@@ -408,7 +489,7 @@ def fix(root: Any, findings: list[Finding] | None = None, *, layout: Any = None)
 
         cleared = clear_stale(_fs(root, layout))
         done.append(f"cleared {len(cleared)} stale lock record(s)")
-    if "unfinished-migration" in ids:
+    if "unfinished-migration" in ids and "unsafe-state" not in ids:
         from .migrate import apply
 
         done.append(apply(root, layout=layout).message)
@@ -416,11 +497,25 @@ def fix(root: Any, findings: list[Finding] | None = None, *, layout: Any = None)
         for finding in findings:
             if finding.id == "loose-permissions":
                 for path in finding.paths:
-                    os.chmod(path, PRIVATE_DIR_MODE if os.path.isdir(path) else PRIVATE_FILE_MODE)
+                    _chmod_private(path)
         done.append("tightened secret and lock permissions")
     for line in done:
         logger.info("doctor fix: %s", line)
     return done
+
+
+def _chmod_private(path: str) -> None:
+    """0700 for a directory, 0600 for a file, on what ``path`` names itself: opened with
+    O_NOFOLLOW, so a symlink swapped in since the check is refused, never followed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UnsafeStateError(f"{path}: not changed ({exc.strerror}; a symlink?)", path) from None
+    try:
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        os.fchmod(fd, PRIVATE_DIR_MODE if is_dir else PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
 
 
 def exit_code(findings: list[Finding]) -> int:

@@ -58,6 +58,36 @@ class SnapshotError(OrchFSError, ValueError):
     """A snapshot file that cannot be imported (the message says why; nothing was written)."""
 
 
+class StateError(OrchFSError, ValueError):
+    """A file orchfs keeps (meta.json, FORMAT, a journal, the secrets manifest) is damaged
+    or holds a value orchfs refuses. The message names the file, what is wrong and the fix;
+    nothing was changed. ``path`` is the file."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class UnsafeStateError(StateError):
+    """A stored value or a symlink would lead orchfs outside the repository root."""
+
+
+class MetaError(StateError):
+    """``.orchestrator/meta.json`` is damaged (not a JSON object, or no valid ``repo_id``)."""
+
+
+class FormatError(StateError):
+    """``.orchestrator/FORMAT`` is damaged (not a layout version): damaged is not newer."""
+
+
+class JournalError(StateError):
+    """A migration journal is damaged or does not match its schema (file and line named)."""
+
+
+class ManifestError(SecretIntegrityError, StateError):
+    """The secrets manifest is missing, damaged or unsealed while secret files exist."""
+
+
 class LegacyPathWarning(DeprecationWarning):
     """A logical path was served from its v1 (legacy) location."""
 
@@ -68,10 +98,14 @@ class LegacyConflictWarning(UserWarning):
 
 __all__ = [
     "ConfigError",
+    "FormatError",
+    "JournalError",
     "LayoutVersionError",
     "LegacyConflictWarning",
     "LegacyPathWarning",
     "LockTimeout",
+    "ManifestError",
+    "MetaError",
     "MigrationConflictError",
     "OrchFSError",
     "PathEscapeError",
@@ -79,5 +113,7 @@ __all__ = [
     "SecretIntegrityError",
     "SecretsLockedError",
     "SnapshotError",
+    "StateError",
+    "UnsafeStateError",
     "VersionPinError",
 ]

@@ -41,6 +41,7 @@ from .paths import (
     join,
     strip_protocol,
     validate,
+    validate_id,
     validate_name,
 )
 
@@ -170,7 +171,7 @@ class OrchFileSystem(ChainedFileSystem):
         if web_mode and session is None:
             session = environ.get("session") or uuid.uuid4().hex[:12]
         if session is not None:
-            validate_name(session, "session id")
+            validate_id(validate_name(session, "session id"), "session id")
         options = dict(storage_options or target_options or {})
         self.root, self._repo = _open_root(_root_url(root, fo, target_protocol), options)
         self._local_root = self._repo.kind == "local"

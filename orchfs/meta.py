@@ -19,7 +19,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import LayoutVersionError
+from .errors import FormatError, LayoutVersionError, MetaError
+from .stored import check_repo_id, load_json
 
 LAYOUT_VERSION = 2
 FORMAT_FILE = "FORMAT"
@@ -32,22 +33,35 @@ class FormatInfo:
     requires: str | None
 
 
+# A FORMAT file is two short lines; anything longer was not written by orchfs.
+MAX_FORMAT_BYTES = 4096
+_FORMAT_FIX = (
+    "if this repository was written by orchfs, put its layout version back (`echo 2 > "
+    ".orchestrator/FORMAT`); otherwise restore .orchestrator/ from a backup"
+)
+_META_FIX = (
+    "restore .orchestrator/meta.json from a backup; or remove it and run `orchfs init` "
+    "(a new repo_id: secrets stored under the old one become unreadable)"
+)
+
+
 def read_format(state: Any) -> FormatInfo | None:
     try:
-        return parse_format(state.read(FORMAT_FILE))
+        return parse_format(state.read(FORMAT_FILE), f"{state.url(FORMAT_FILE)}")
     except FileNotFoundError:
         return None
 
 
-def parse_format(data: bytes) -> FormatInfo:
-    """The content of a FORMAT file; unreadable counts as newer, so it is never overwritten."""
-    text = data.decode("utf-8", "replace")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    try:
-        version = int(lines[0])
-    except (IndexError, ValueError):
-        version = LAYOUT_VERSION + 1
-    return FormatInfo(version, lines[1] if len(lines) > 1 else None)
+def parse_format(data: bytes, where: str = FORMAT_FILE) -> FormatInfo:
+    """The content of a FORMAT file. A damaged one is :class:`FormatError`, not "newer":
+    either way the repository is never written through it."""
+    lines = []
+    if len(data) <= MAX_FORMAT_BYTES:
+        text = data.decode("utf-8", "replace")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines or not lines[0].isascii() or not lines[0].isdigit() or len(lines) > 2:
+        raise FormatError(f"{where} is damaged (not a layout version); {_FORMAT_FIX}", where)
+    return FormatInfo(int(lines[0]), lines[1] if len(lines) > 1 else None)
 
 
 def check_writable(found: FormatInfo | None, where: str) -> None:
@@ -88,11 +102,38 @@ def new_meta(root: str, local_root: bool) -> dict[str, Any]:
     }
 
 
+META_TYPES = {
+    "repo_id": (str,),
+    "root": (str, type(None)),
+    "git_remote": (str, type(None)),
+    "created": (str, type(None)),
+    "orchfs_version": (str, type(None)),
+    "portable": (bool,),
+}
+
+
 def read_meta(state: Any) -> dict[str, Any] | None:
+    """meta.json, checked (``None`` when there is none yet): damaged is :class:`MetaError`,
+    a ``repo_id`` outside its format :class:`~orchfs.errors.UnsafeStateError`."""
     try:
-        return json.loads(state.read(META_FILE))
-    except (FileNotFoundError, ValueError):
+        data = state.read(META_FILE)
+    except FileNotFoundError:
         return None
+    where = state.url(META_FILE)
+    return check_meta(load_json(data, where, error=MetaError, fix=_META_FIX), where)
+
+
+def check_meta(meta: Any, where: str) -> dict[str, Any]:
+    """A parsed meta.json document, or :class:`MetaError` saying what is wrong."""
+    if not isinstance(meta, dict):
+        raise MetaError(f"{where} is damaged (not a JSON object); {_META_FIX}", where)
+    if "repo_id" not in meta:
+        raise MetaError(f"{where} is damaged (no repo_id); {_META_FIX}", where)
+    for name, types in META_TYPES.items():
+        if name in meta and not isinstance(meta[name], types):
+            raise MetaError(f"{where} is damaged ({name} is {type(meta[name]).__name__}); {_META_FIX}", where)
+    check_repo_id(meta["repo_id"], where)
+    return meta
 
 
 def ensure_initialized(state: Any, root: str, local_root: bool) -> None:

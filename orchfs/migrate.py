@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -32,14 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, temp_name
+from .atomic import PRIVATE_FILE_MODE, temp_name
 from .errors import MigrationConflictError, OrchFSError, SQLiteInUseError
+from .journal import JOURNAL_DIR, Journal, begin_record, intent_records, journals, read_journal, steps_of
 from .layout import Layout, coerce_layout
 from .paths import MARKER_PREFIXES, MARKER_SENTINEL, STATE_DIR, WHITEOUT_PREFIX
+from .stored import check_id
 
-JOURNAL_DIR = "migrations"
 BACKUP_DIR = "migration_backup"
-DONE_BATCH = 512
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
 logger = logging.getLogger(__name__)
@@ -306,6 +305,8 @@ def _plan_moves(
                 conflicts.append(MoveConflict(pair.source, where))
             continue
         moves.append(Move(pair.source, where, pair.st.st_size, action))
+    if migration_id is not None:
+        check_id(migration_id, "migration id", "migration_id argument")
     return Plan(
         migration_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
         tuple(moves),
@@ -382,102 +383,6 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-# --- the journal -----------------------------------------------------------------------
-class Journal:
-    """Append-only JSON lines with batched fsyncs."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        os.makedirs(os.path.dirname(path), mode=PRIVATE_DIR_MODE, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
-        self._pending = 0
-        self._buffer: list[bytes] = []
-
-    def write(self, *records: dict[str, Any], sync: bool = False) -> None:
-        for record in records:
-            self._buffer.append(json.dumps(record, separators=(",", ":")).encode() + b"\n")
-        self._pending += len(records)
-        if sync or self._pending >= DONE_BATCH:
-            self.sync()
-
-    def done(self, index: int) -> None:
-        """Record a finished step (made durable with the next batch)."""
-        self._buffer.append(b'{"t":"done","i":%d}\n' % index)
-        self._pending += 1
-        if self._pending >= DONE_BATCH:
-            self.sync()
-
-    def sync(self) -> None:
-        if self._buffer:
-            _write_all(self._fd, b"".join(self._buffer))
-            self._buffer.clear()
-        os.fsync(self._fd)
-        self._pending = 0
-
-    def close(self) -> None:
-        self.sync()
-        os.close(self._fd)
-
-    @staticmethod
-    def create(path: str, records: list[dict[str, Any]]) -> None:
-        """Write the plan records all at once: a journal exists whole or not at all."""
-        directory = os.path.dirname(path)
-        os.makedirs(directory, mode=PRIVATE_DIR_MODE, exist_ok=True)
-        temp = os.path.join(directory, temp_name(os.path.basename(path)))
-        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(temp)
-            raise
-        os.close(fd)
-        try:
-            os.rename(temp, path)
-        except BaseException:
-            os.unlink(temp)
-            raise
-        _fsync_dir(directory)
-
-    @staticmethod
-    def status(path: str) -> str:
-        """unfinished, done, rolling-back or rolled-back, from the journal's last record."""
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 4096))
-            tail = f.read().splitlines()
-        for line in reversed(tail):
-            try:
-                kind = json.loads(line).get("t")
-            except ValueError:
-                continue  # a torn last line, or the cut first one
-            return {"end": "done", "rollback-begin": "rolling-back", "rolled-back": "rolled-back"}.get(
-                kind, "unfinished"
-            )
-        return "unfinished"
-
-    @staticmethod
-    def read(path: str) -> list[dict[str, Any]]:
-        records = []
-        with open(path, "rb") as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    break  # a torn last line from a crash: everything before it counts
-        return records
-
-
-def journals(root: str) -> list[str]:
-    directory = os.path.join(root, STATE_DIR, JOURNAL_DIR)
-    if not os.path.isdir(directory):
-        return []
-    names = sorted(n for n in os.listdir(directory) if n.endswith(".jsonl"))
-    return [os.path.join(directory, n) for n in names]
-
-
 def unfinished(root: Any) -> list[str]:
     """Journals of migrations (or rollbacks) that were interrupted."""
     root = _root(root)
@@ -532,15 +437,6 @@ def _make_parent(path: str, fresh: set[str]) -> bool:
         os.makedirs(parent, exist_ok=True)
         fresh.add(parent)
     return True
-
-
-def _fsync_dir(path: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _temp_beside(target: str) -> str:
@@ -768,11 +664,12 @@ def apply(
     )
     remote = _remote_store(root, storage, storage_options)
     with fs.lock("repo", timeout=lock_timeout):
-        pending = [p for p in journals(root) if Journal.status(p) == "unfinished"]
+        found = journals(root)
+        pending = [p for p in found if Journal.status(p) == "unfinished"]
         if pending:
-            records = Journal.read(pending[-1])
+            records = read_journal(pending[-1], fs.layout)
             return _run(root, pending[-1], records, jobs, progress, resumed=True, remote=remote)
-        if [p for p in journals(root) if Journal.status(p) == "rolling-back"]:
+        if [p for p in found if Journal.status(p) == "rolling-back"]:
             raise OrchFSError(
                 "a rollback was interrupted: run `orchfs migrate --rollback` again to finish it"
             )
@@ -823,46 +720,25 @@ def apply(
         os.makedirs(os.path.join(root, STATE_DIR), exist_ok=True)  # the journal stays local
         path = os.path.join(root, STATE_DIR, JOURNAL_DIR, f"{the_plan.migration_id}.jsonl")
         records = [
-            {
-                "t": "begin",
-                "id": the_plan.migration_id,
-                "backup": backup,
-                "dirs": _legacy_dirs(root, steps),
-                "root_mtime_ns": os.stat(root).st_mtime_ns,
-                "root": root,
-                "storage": storage if remote is not None else None,
-            },
-            *_intent_records(steps),
+            begin_record(
+                the_plan.migration_id,
+                backup=backup,
+                dirs=_legacy_dirs(root, steps),
+                root_mtime_ns=os.stat(root).st_mtime_ns,
+                root=root,
+                storage=storage if remote is not None else None,
+                steps=len(steps),
+            ),
+            *intent_records(steps),
         ]
         Journal.create(path, records)
         return _run(root, path, records, jobs, progress, resumed=False, the_plan=the_plan, remote=remote)
-
-
-STEP_FIELDS = ("i", "source", "target", "bytes", "action", "mode", "mtime_ns", "link", "replaced", "rel")
 
 
 def _plan_of_steps(migration_id: str, steps: list[dict[str, Any]]) -> Plan:
     """The plan a journal recorded, as a Plan (for results of resumed runs and rollbacks)."""
     moves = tuple(Move(s["source"], s["target"], s["bytes"], s["action"]) for s in steps)
     return Plan(migration_id, moves, (), (), None)
-
-
-def _intent_records(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """The plan as intent records, 1,024 steps a line (one json.dumps of lists each)."""
-    for start in range(0, len(steps), 1024):
-        chunk = steps[start : start + 1024]
-        yield {"t": "intents", "steps": [[step.get(f) for f in STEP_FIELDS] for step in chunk]}
-
-
-def _steps_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    steps = []
-    for record in records:
-        if record.get("t") == "intents":
-            for row in record["steps"]:
-                step = dict.fromkeys(STEP_FIELDS)  # fields a shorter row lacks are None
-                step.update(zip(STEP_FIELDS, row, strict=False))
-                steps.append(step)
-    return steps
 
 
 def _run(
@@ -877,7 +753,7 @@ def _run(
 ) -> Result:
     begin = records[0]
     migration_id = begin["id"]
-    steps = _steps_of(records)
+    steps = steps_of(records)
     done = {r["i"] for r in records if r.get("t") == "done"}
     todo = [s for s in steps if s["i"] not in done]
     journal = Journal(path)
@@ -963,6 +839,7 @@ def rollback(
     with fs.lock("repo", timeout=lock_timeout):
         candidates = journals(root)
         if migration_id is not None:
+            check_id(migration_id, "migration id", "--id")
             candidates = [p for p in candidates if os.path.basename(p) == f"{migration_id}.jsonl"]
             if not candidates:
                 raise FileNotFoundError(f"no migration {migration_id!r} under {STATE_DIR}/{JOURNAL_DIR}/")
@@ -971,10 +848,10 @@ def rollback(
         if not live:
             return Result(empty_plan, False, "nothing to roll back")
         path = live[-1]
-        records = Journal.read(path)
+        records = read_journal(path, fs.layout)
         begin = records[0]
         mid = begin["id"]
-        steps = _steps_of(records)
+        steps = steps_of(records)
         journal = Journal(path)
         logger.info("rolling back migration %s: %d step(s)", mid, len(steps))
         journal.write({"t": "rollback-begin"}, sync=True)

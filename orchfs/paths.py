@@ -157,6 +157,21 @@ def validate_name(name: str, what: str = "name") -> str:
     return name
 
 
+# Migration and session ids: what orchfs generates, and all that a stored one may be.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def validate_id(value: str, what: str = "id") -> str:
+    """A session or migration id: letters, digits, ``_``, ``.``, ``-``, starting with a
+    letter or digit, at most 128 characters."""
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise _refuse(
+            str(value),
+            f"{what} must be letters, digits, '_', '.' or '-' (at most 128), starting with a letter or digit",
+        )
+    return value
+
+
 def join(*parts: str) -> str:
     """Join already validated logical parts with '/', skipping empty ones."""
     return "/".join(p for p in parts if p)

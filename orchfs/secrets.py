@@ -39,8 +39,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
-from .errors import SecretIntegrityError, SecretsLockedError
+from .errors import ManifestError, MetaError, OrchFSError, SecretIntegrityError, SecretsLockedError
 from .paths import validate_name
+from .stored import load_json
 
 MAGIC = b"OFSX"
 VERSION = 1
@@ -56,6 +57,8 @@ PASSPHRASE_PARAMS = "PASSPHRASE.json"  # noqa: S105 (a file name, not a password
 SUFFIX = ".enc"
 SCRYPT_MIN_N = 2**15  # the cost used for writing
 SCRYPT_MAX_N = 2**20  # the most a reader accepts
+RESEAL = "`orchfs secrets reseal` (with the key) seals a new manifest from the files the key opens"
+_HEX64 = frozenset("0123456789abcdef")
 
 
 def _hkdf(key: bytes, info: bytes, salt: bytes | None = None) -> bytes:
@@ -354,27 +357,49 @@ class SecretStore:
 
     # --- the manifest -----------------------------------------------------------------
     def _exists(self) -> bool:
-        """Whether the repository has an identity yet (reads never create one)."""
+        """Whether the repository has an identity yet (reads never create one). Secret
+        files without one mean a lost meta.json, never "no secrets"."""
         if self._repo_id is not None:
             return True
-        from .meta import read_meta
+        from .meta import META_FILE, read_meta
 
-        return read_meta(self._fs._state) is not None
+        if read_meta(self._fs._state) is not None:
+            return True
+        # Files of a namespace (secrets/<repo_id>/NAME.enc), not the v1 import source beside them.
+        stored = [n for n in self._fs._state.find_files(SECRETS_DIR) if n.endswith(SUFFIX) and "/" in n]
+        if stored:
+            where = self._fs._state.url(META_FILE)
+            raise MetaError(
+                f"{where} is missing but secrets/ holds {len(stored)} encrypted secret(s); restore "
+                "meta.json from a backup (its repo_id names their namespace)",
+                where,
+            )
+        return False
+
+    def _stored_names(self) -> list[str]:
+        """Names of the secret files of the namespace."""
+        return sorted(
+            n[: -len(SUFFIX)] for n in self._fs._state.find_files(self._dir()) if n.endswith(SUFFIX)
+        )
 
     def _read_manifest(self) -> dict[str, Any]:
         if not self._exists():
             return {"entries": {}, "macs": {}}
         store = self._fs._state
+        where = store.url(f"{self._dir()}/{MANIFEST}")
         try:
             blob = store.read(f"{self._dir()}/{MANIFEST}")
         except FileNotFoundError:
+            stored = self._stored_names()
+            if stored:
+                raise ManifestError(
+                    f"{where} is missing while {len(stored)} secret file(s) exist; {RESEAL}", where
+                ) from None
             return {"entries": {}, "macs": {}}
-        try:
-            document = json.loads(blob)
-            body = json.dumps(document["entries"], sort_keys=True).encode()
-            macs = document["macs"]
-        except (ValueError, KeyError, TypeError):
-            raise SecretIntegrityError("the secrets manifest is damaged") from None
+        document = load_json(blob, where, error=ManifestError, fix=RESEAL)
+        _check_manifest(document, where)
+        body = json.dumps(document["entries"], sort_keys=True).encode()
+        macs = document["macs"]
         table = self._table()
         checked = False
         for kid_hex, mac in macs.items():
@@ -466,6 +491,24 @@ class SecretStore:
     def list(self) -> list[str]:
         return sorted(self._read_manifest()["entries"])
 
+    def reseal(self) -> list[str]:
+        """Seal a new manifest from the secret files that an available key opens (after
+        the manifest was lost or damaged). Every file must open: one that does not is
+        :class:`SecretIntegrityError` and nothing is written. Returns the names."""
+        key = self._writing_key()
+        with self._fs.lock("secrets"):
+            entries = {}
+            for name in self._stored_names():
+                try:
+                    self._check_name(name)
+                except ValueError:
+                    raise SecretIntegrityError(f"secret file {name!r}{SUFFIX} has a refused name") from None
+                blob = self._fs._state.read(self._path(name))
+                decrypt(self._table(), self.repo_id, name, blob, f"secret {name!r}")
+                entries[name] = {"version": 1, "sha256": hashlib.sha256(blob).hexdigest(), "also": []}
+            self._write_manifest(entries, [key])
+        return sorted(entries)
+
     def delete(self, name: str) -> None:
         name = self._check_name(name)
         with self._fs.lock("secrets"):
@@ -554,6 +597,42 @@ class SecretStore:
             except FileNotFoundError:
                 continue
         raise FileNotFoundError("no v1 .secrets.enc in the repository root or .orchestrator/secrets/")
+
+
+def _check_manifest(document: Any, where: str) -> None:
+    """The manifest's shape: ``entries`` of valid names -> version and hashes, ``macs`` of
+    key ids -> MACs (at least one: orchfs never writes an unsealed manifest)."""
+
+    def damaged(what: str) -> ManifestError:
+        return ManifestError(f"{where} is damaged ({what}); {RESEAL}", where)
+
+    if not isinstance(document, dict) or set(document) != {"entries", "macs"}:
+        raise damaged("not an object with 'entries' and 'macs'")
+    entries, macs = document["entries"], document["macs"]
+    if not isinstance(entries, dict) or not isinstance(macs, dict):
+        raise damaged("'entries' and 'macs' must be objects")
+    if not macs:
+        raise ManifestError(f"{where} is not sealed (no MAC): refused; {RESEAL}", where)
+    for kid, mac in macs.items():
+        if not _is_hex(kid, 2 * KEY_ID_BYTES) or not _is_hex(mac, 64):
+            raise damaged("a MAC or key id is not hex")
+    for name, entry in entries.items():
+        try:
+            validate_name(name, "secret name")
+        except OrchFSError:
+            raise damaged(f"entry {name[:60]!r} is not a valid secret name") from None
+        if (
+            not isinstance(entry, dict)
+            or type(entry.get("version")) is not int
+            or not _is_hex(entry.get("sha256"), 64)
+            or not isinstance(entry.get("also", []), list)
+            or not all(_is_hex(h, 64) for h in entry.get("also", []))
+        ):
+            raise damaged(f"entry {name!r} is not a version with hashes")
+
+
+def _is_hex(value: Any, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and set(value) <= _HEX64
 
 
 def decrypt_openssl(blob: bytes, password: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from .config import parse_duration
 from .errors import ConfigError
+from .stored import check_id
 
 SESSIONS = "sessions"
 
@@ -131,7 +132,7 @@ def list_sessions(fs: Any) -> list[Session]:
     for entry in fs.ls(SESSIONS, detail=True):
         if entry["type"] != "directory":
             continue
-        session_id = entry["name"].rpartition("/")[2]
+        session_id = check_id(entry["name"].rpartition("/")[2], "session id", f"{SESSIONS}/")
         files = fs.find(entry["name"], detail=True)
         stamps = [f.get("mtime") for f in files.values() if f.get("mtime") is not None]
         newest = max(stamps) if stamps else entry.get("mtime")

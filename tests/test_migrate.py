@@ -16,7 +16,7 @@ import types
 import pytest
 
 import orchfs
-from orchfs import migrate
+from orchfs import journal, migrate
 from orchfs.testing import LEGACY_SAMPLE, build_legacy_repo
 
 EVERY_ROW = {
@@ -271,6 +271,7 @@ def test_failing_the_nth_operation_then_rerun_or_rollback(operation, tmp_path, m
         before = tree(root)
         faulty = FaultyOS(operation, failing_call)
         monkeypatch.setattr(migrate, "os", faulty)
+        monkeypatch.setattr(journal, "os", faulty)  # the journal's own writes fail too
         try:
             migrate.apply(root)
             completed = True
@@ -279,6 +280,7 @@ def test_failing_the_nth_operation_then_rerun_or_rollback(operation, tmp_path, m
             completed = False
         finally:
             monkeypatch.setattr(migrate, "os", os)
+            monkeypatch.setattr(journal, "os", os)
         if failing_call % 2:
             migrate.apply(root)  # rerun finishes
             fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
