@@ -69,6 +69,7 @@ class StagedWriter(io.RawIOBase):
         self._finished = False
         self._written = 0
         self.after_publish: Callable[[], None] | None = None
+        self.fs: Any = None  # the filesystem that handed it out, which also sets ``path``
 
     # --- to be provided by each backend -------------------------------------------
     def _stage(self, data: memoryview) -> None:
@@ -100,6 +101,15 @@ class StagedWriter(io.RawIOBase):
 
     def tell(self) -> int:
         return self._written
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._written
+
+    def __reduce__(self) -> Any:
+        # The default would pickle an open descriptor or the staged bytes.
+        raise TypeError(f"a file open for writing cannot be pickled ({self.path})")
 
     def close(self) -> None:
         if self.closed:

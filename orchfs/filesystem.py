@@ -31,6 +31,7 @@ except ImportError:  # fsspec before 2025.10 chains every filesystem the same wa
 
 
 from .errors import LegacyConflictWarning, LegacyPathWarning
+from .files import OrchReader
 from .overlay import ancestors, whiteout_rel
 from .paths import (
     INTERNAL_NAMES,
@@ -600,7 +601,7 @@ class OrchFileSystem(ChainedFileSystem):
         if mode == "rb":
             location, size = self._serving(logical, self._lookup(logical))
             buffer = block_size if isinstance(block_size, int) else None
-            return location.store.open_read(location.rel, buffer, size)
+            return OrchReader(self, logical, location.store.open_read(location.rel, buffer, size))
         if mode not in ("wb", "xb", "ab", "r+b"):
             raise ValueError(
                 f"unsupported mode {mode!r} for {PROTOCOL}://{logical}: use rb, wb, xb, ab or "
@@ -619,6 +620,7 @@ class OrchFileSystem(ChainedFileSystem):
         writer = target.store.open_write(  # the lookup above asked the write target first
             target.rel, exclusive=mode == "xb", autocommit=autocommit, target_checked=True
         )
+        writer.fs, writer.path = self, logical  # fsspec's names: the file as this filesystem sees it
         writer.after_publish = lambda: self._after_write(logical, target)
         if mode == "ab" and found is not None:  # copy-up: the lower file stays untouched
             writer.write(found[0].store.read(found[0].rel))
@@ -626,7 +628,7 @@ class OrchFileSystem(ChainedFileSystem):
 
     def _open_secret(self, logical: str, name: str, mode: str, autocommit: bool) -> Any:
         if mode == "rb":
-            return io.BytesIO(self.cat_file(logical))
+            return OrchReader(self, logical, io.BytesIO(self.cat_file(logical)))
         if mode in ("wb", "xb"):
             if mode == "xb" and name in self.secrets.list():
                 raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
@@ -814,10 +816,19 @@ class CopyUpFile(io.BytesIO):
 
     def __init__(self, fs: OrchFileSystem, logical: str, data: bytes, autocommit: bool) -> None:
         super().__init__(data)
-        self._fs = fs
-        self._logical = logical
+        self.fs = fs
+        self.path = logical
         self.autocommit = autocommit
         self._done = False
+
+    @property
+    def size(self) -> int:
+        with self.getbuffer() as view:  # released at once: a held view would block writes
+            return view.nbytes
+
+    def __reduce__(self) -> Any:
+        # BytesIO would pickle its bytes: a secret's plaintext among them.
+        raise TypeError(f"a file open for writing cannot be pickled ({PROTOCOL}://{self.path})")
 
     def close(self) -> None:
         if not self.closed and self.autocommit:
@@ -827,7 +838,7 @@ class CopyUpFile(io.BytesIO):
     def commit(self) -> None:
         if not self._done:
             self._done = True
-            self._fs.pipe_file(self._logical, self.getvalue())
+            self.fs.pipe_file(self.path, self.getvalue())
 
     def discard(self) -> None:
         self._done = True

@@ -1,0 +1,111 @@
+"""The read file object that ``OrchFileSystem.open(path, "rb")`` hands out on every backend.
+
+:class:`OrchReader` is fsspec-style whatever the backend: ``path`` is the logical path
+and ``fs`` the orch filesystem (so ``f.fs.open(f.path)`` opens the same file again),
+``size`` is the file's size and ``mode`` is ``"rb"``. It wraps the backend's own reader
+(a buffered file on local disk, fsspec's file on memory or object storage) and
+delegates every read to it, so it reads as fast as that reader does.
+
+It pickles as (filesystem, logical path, position) and unpickles by opening the path
+through the filesystem again: the path gate decides afresh, and neither a physical path
+nor any byte of content travels in the pickle (a secret's plaintext included).
+It is closed by ``close()``, a ``with`` block, or as soon as the last reference to it
+goes away (``io.IOBase`` closes on finalisation), never left for the backend's own
+finaliser to report as a ``ResourceWarning``.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from .paths import PROTOCOL
+
+__all__ = ["OrchReader"]
+
+# Stands in for the backend's reader once closed, so that every later call raises
+# ``ValueError`` as on any closed file (fsspec's memory file never closes itself).
+_CLOSED = io.BytesIO()
+_CLOSED.close()
+
+
+def _reopen(fs: Any, path: str, position: int) -> OrchReader:
+    """Unpickle a reader: open ``path`` through ``fs`` (the gate again) and seek back."""
+    reader = fs.open(path, "rb")
+    reader.seek(position)
+    return reader
+
+
+class OrchReader(io.IOBase):
+    """A binary file open for reading on an orch filesystem."""
+
+    mode = "rb"
+
+    def __init__(self, fs: Any, path: str, f: Any) -> None:
+        self.f = f  # first: the finaliser asks ``closed`` even if the rest failed
+        self.fs = fs
+        self.path = path
+        self._size: int | None = None
+
+    @property
+    def size(self) -> int:
+        """The size of the file as opened (asked of the backend's reader once)."""
+        if self._size is None:
+            own = getattr(self.f, "size", None)  # fsspec's files know it already
+            if own is None:
+                position = self.f.tell()
+                own = self.f.seek(0, io.SEEK_END)
+                self.f.seek(position)
+            self._size = int(own)
+        return self._size
+
+    @property
+    def closed(self) -> bool:
+        return self.f.closed
+
+    def close(self) -> None:
+        f, self.f = self.f, _CLOSED
+        f.close()
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self.f.read(size)
+
+    def read1(self, size: int = -1) -> bytes:
+        read1 = getattr(self.f, "read1", None)
+        return read1(size) if read1 is not None else self.f.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        return self.f.readinto(buffer)
+
+    # fsspec's buffered files take no limit here: it is passed on only when given.
+    def readline(self, size: int | None = -1) -> bytes:
+        return self.f.readline() if size is None or size < 0 else self.f.readline(size)
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return self.f.readlines() if hint is None or hint < 0 else self.f.readlines(hint)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def fileno(self) -> int:
+        return self.f.fileno()  # local disk only; others raise io.UnsupportedOperation
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, str, int]]:
+        if self.closed:
+            raise ValueError(f"cannot pickle {PROTOCOL}://{self.path}: the file is closed")
+        return _reopen, (self.fs, self.path, self.tell())
+
+    def __repr__(self) -> str:
+        return f"<OrchReader {PROTOCOL}://{self.path}>"
