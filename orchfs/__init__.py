@@ -1,10 +1,14 @@
 """orchfs: a virtual filesystem for workflow-orchestrator state.
 
-``import orchfs`` stays light: the command line, secrets, S3 and the testing plugin
-are imported where they are used.
+``import orchfs`` stays light: the filesystem (and with it fsspec, which pulls in
+asyncio and scans installed entry points), the command line, secrets, S3 and the
+testing plugin are imported on first use, so that a command on a local repository
+loads only what it needs.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from . import errors
 from .errors import (
@@ -20,12 +24,32 @@ from .errors import (
     SecretsLockedError,
     VersionPinError,
 )
-from .filesystem import Conflict, OrchFileSystem, Resolution
 from .layout import Layout, default_layout
+
+if TYPE_CHECKING:
+    from .filesystem import Conflict, OrchFileSystem, Resolution
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("cli", "config", "doctor", "locks", "migrate", "secrets", "sessions", "snapshot", "testing")
+_LAZY_MODULES = (
+    "cli",
+    "config",
+    "doctor",
+    "filesystem",
+    "locks",
+    "migrate",
+    "secrets",
+    "sessions",
+    "snapshot",
+    "testing",
+)
+# Public names imported from their module on first use: (module, attribute).
+_LAZY_NAMES = {
+    "Conflict": ("filesystem", "Conflict"),
+    "OrchFileSystem": ("filesystem", "OrchFileSystem"),
+    "Resolution": ("filesystem", "Resolution"),
+    "load_config": ("config", "load_config"),
+}
 
 
 def __getattr__(name: str) -> object:
@@ -34,8 +58,11 @@ def __getattr__(name: str) -> object:
 
     if name in _LAZY_MODULES:
         return importlib.import_module(f".{name}", __name__)
-    if name == "load_config":
-        return importlib.import_module(".config", __name__).load_config
+    if name in _LAZY_NAMES:
+        module, attribute = _LAZY_NAMES[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attribute)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
     raise AttributeError(f"module 'orchfs' has no attribute {name!r}")
 
 

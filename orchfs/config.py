@@ -102,7 +102,10 @@ def _load(path: str) -> tuple[dict[str, Any], dict[str, Origin]]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        node = yaml.compose(text)
+        try:  # libyaml where it is built (workflow.yaml can be long); its errors are terser,
+            node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except yaml.YAMLError:  # so a malformed file is parsed again for the message
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
@@ -126,7 +129,7 @@ def _mapping(node: Any, path: str, prefix: str, origins: dict[str, Origin]) -> d
         if isinstance(value_node, yaml.MappingNode):
             out[key] = _mapping(value_node, path, dotted + ".", origins)
         else:
-            out[key] = yaml.safe_load(yaml.serialize(value_node))
+            out[key] = yaml.constructor.SafeConstructor().construct_document(value_node)
     return out
 
 

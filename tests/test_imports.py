@@ -12,9 +12,28 @@ def loaded_after(statement: str) -> set[str]:
     return set(out.split())
 
 
+# What a command on a local repository never uses: fsspec (and with it asyncio, ssl and
+# the entry-point scan of importlib.metadata), the object-storage clients, the crypto.
+UNUSED_LOCALLY = ("fsspec", "asyncio", "ssl", "importlib.metadata", "s3fs", "botocore", "cryptography")
+
+
 def test_import_orchfs_is_light():
     modules = loaded_after("import orchfs")
-    for heavy in ("click", "cryptography", "s3fs", "yaml", "pytest", "keyring", "botocore", "orchfs.cli"):
+    for heavy in ("click", "yaml", "pytest", "keyring", "orchfs.cli", "orchfs.filesystem", *UNUSED_LOCALLY):
+        assert heavy not in modules, heavy
+
+
+def test_public_names_still_import_on_first_use():
+    modules = loaded_after(
+        "import orchfs, fsspec; assert fsspec.get_filesystem_class('orch') is orchfs.OrchFileSystem; "
+        "from orchfs import Conflict, Resolution, load_config"
+    )
+    assert "orchfs.filesystem" in modules
+
+
+def test_cli_help_loads_no_filesystem_machinery():
+    modules = loaded_after("from orchfs.cli import main\ntry:\n main(['--help'])\nexcept SystemExit:\n pass")
+    for heavy in ("yaml", "orchfs.filesystem", *UNUSED_LOCALLY):
         assert heavy not in modules, heavy
 
 
