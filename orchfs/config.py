@@ -96,20 +96,9 @@ def _load(path: str) -> tuple[dict[str, Any], dict[str, Origin]]:
     """A YAML mapping with the origin of every key (dotted)."""
     import yaml
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        try:  # libyaml where it is built (workflow.yaml can be long); its errors are terser,
-            node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-        except yaml.YAMLError:  # so a malformed file is parsed again for the message
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
-        raise ConfigError(f"{where}: malformed YAML: {getattr(exc, 'problem', None) or exc}") from None
+    from .safeyaml import compose, read_text
+
+    node = compose(read_text(path), path)
     if node is None:
         return {}, {}
     if not isinstance(node, yaml.MappingNode):
@@ -121,6 +110,8 @@ def _load(path: str) -> tuple[dict[str, Any], dict[str, Origin]]:
 def _mapping(node: Any, path: str, prefix: str, origins: dict[str, Origin]) -> dict[str, Any]:
     import yaml
 
+    from .safeyaml import construct
+
     out: dict[str, Any] = {}
     for key_node, value_node in node.value:
         key = str(key_node.value)
@@ -129,7 +120,7 @@ def _mapping(node: Any, path: str, prefix: str, origins: dict[str, Origin]) -> d
         if isinstance(value_node, yaml.MappingNode):
             out[key] = _mapping(value_node, path, dotted + ".", origins)
         else:
-            out[key] = yaml.constructor.SafeConstructor().construct_document(value_node)
+            out[key] = construct(value_node)
     return out
 
 

@@ -122,15 +122,9 @@ class Layout:
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<string>") -> Layout:
-        import yaml
+        from .safeyaml import compose
 
-        try:
-            node = yaml.compose(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise ConfigError(f"{where}: malformed layout YAML: {problem}") from None
+        node = compose(text, source)
         lines: dict[int, int] = {}
         data = _to_python(node, lines) if node is not None else None
         return _build(data, source, lines)
@@ -154,6 +148,8 @@ def _to_python(node: Any, lines: dict[int, int]) -> Any:
     """YAML node -> Python value, remembering each container's line by ``id``."""
     import yaml
 
+    from .safeyaml import construct
+
     if isinstance(node, yaml.MappingNode):
         value: Any = {}
         for key_node, value_node in node.value:
@@ -161,8 +157,7 @@ def _to_python(node: Any, lines: dict[int, int]) -> Any:
     elif isinstance(node, yaml.SequenceNode):
         value = [_to_python(item, lines) for item in node.value]
     else:
-        value = yaml.safe_load(yaml.serialize(node))
-        return value
+        return construct(node)
     lines[id(value)] = node.start_mark.line + 1
     return value
 

@@ -637,7 +637,6 @@ def _is_hex(value: Any, length: int) -> bool:
 
 def decrypt_openssl(blob: bytes, password: str) -> dict[str, Any]:
     """``openssl enc -aes-256-cbc -pbkdf2 -salt`` output -> the YAML mapping inside."""
-    import yaml
     from cryptography.hazmat.primitives import padding
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -648,11 +647,14 @@ def decrypt_openssl(blob: bytes, password: str) -> dict[str, Any]:
     decryptor = Cipher(algorithms.AES(derived[:32]), modes.CBC(derived[32:])).decryptor()
     padded = decryptor.update(blob[16:]) + decryptor.finalize()
     unpadder = padding.PKCS7(128).unpadder()
+    from .safeyaml import compose, construct
+
     try:
         plaintext = unpadder.update(padded) + unpadder.finalize()
-        mapping = yaml.safe_load(plaintext.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, yaml.YAMLError):
+        node = compose(plaintext.decode("utf-8"), ".secrets.enc")
+    except (ValueError, UnicodeDecodeError):  # ConfigError too: a bomb is no mapping of secrets
         raise SecretIntegrityError(".secrets.enc did not decrypt: wrong SECRETS_PASSWORD?") from None
+    mapping = None if node is None else construct(node)
     if not isinstance(mapping, dict):
         raise SecretIntegrityError(".secrets.enc does not hold a YAML mapping")
     return mapping
