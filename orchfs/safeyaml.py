@@ -75,9 +75,10 @@ def compose(text: str, source: str) -> Any:
             _check_events(yaml.parse(text, Loader=_loader()), source)
             return yaml.compose(text, Loader=_loader())
         except yaml.YAMLError:
-            if len(text) > REPARSE_BYTES:
-                raise
-            return yaml.compose(text, Loader=yaml.SafeLoader)  # raises again, with the clearer message
+            if len(text) <= REPARSE_BYTES:  # events only: no recursion, however deep
+                for _event in yaml.parse(text, Loader=yaml.SafeLoader):
+                    pass  # raises again, with the clearer message
+            raise
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
