@@ -645,19 +645,26 @@ def snapshot_export(ctx: Context, file: str, encrypt: bool) -> None:
 @snapshot.command(name="import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--force", is_flag=True, help="Import even though the repository already holds state.")
+@click.option(
+    "--max-bytes",
+    default="1GiB",
+    show_default=True,
+    help="Refuse a snapshot holding more than this in total.",
+)
 @json_option
 @pass_ctx
 @handle_errors
-def snapshot_import(ctx: Context, file: str, force: bool) -> None:
+def snapshot_import(ctx: Context, file: str, force: bool, max_bytes: str) -> None:
     """Restore FILE into the repository's state (checked whole before anything is written).
 
     \b
     Example:
       orchfs snapshot import /backups/repo.tgz
     """
+    from .sessions import parse_size
     from .snapshot import import_snapshot
 
-    info = import_snapshot(ctx.fs(), file, force=force)
+    info = import_snapshot(ctx.fs(), file, force=force, max_bytes=parse_size(max_bytes, "--max-bytes"))
     ctx.emit(info.to_json(), f"imported {info.files} file(s), {info.bytes} bytes from {info.path}")
 
 

@@ -209,6 +209,11 @@ def read_journal(path: str, layout: Layout) -> list[dict[str, Any]]:
                 f"{where} is {size} bytes, over the {MAX_JOURNAL_BYTES}-byte limit; {_FIX}", where
             )
         data = f.read()
+    return parse(data, where, layout, os.path.basename(path)[: -len(SUFFIX)])
+
+
+def parse(data: bytes, where: str, layout: Layout, expected_id: str | None = None) -> list[dict[str, Any]]:
+    """The checked records of a journal's bytes (``where`` names it in errors)."""
     if not data:
         raise JournalError(f"{where} is empty; {_FIX}", where)
     lines = data.split(b"\n")
@@ -222,7 +227,7 @@ def read_journal(path: str, layout: Layout) -> list[dict[str, Any]]:
         records.append(record)
     if torn and not records:
         raise JournalError(f"{where}:1: the begin record is truncated; {_FIX}", where)
-    check(records, where, layout, os.path.basename(path)[: -len(SUFFIX)])
+    check(records, where, layout, expected_id)
     return records
 
 
@@ -428,6 +433,7 @@ __all__ = [
     "check",
     "intent_records",
     "journals",
+    "parse",
     "read_journal",
     "steps_of",
 ]

@@ -397,7 +397,7 @@ class SecretStore:
                 ) from None
             return {"entries": {}, "macs": {}}
         document = load_json(blob, where, error=ManifestError, fix=RESEAL)
-        _check_manifest(document, where)
+        check_manifest(document, where)
         body = json.dumps(document["entries"], sort_keys=True).encode()
         macs = document["macs"]
         table = self._table()
@@ -599,7 +599,7 @@ class SecretStore:
         raise FileNotFoundError("no v1 .secrets.enc in the repository root or .orchestrator/secrets/")
 
 
-def _check_manifest(document: Any, where: str) -> None:
+def check_manifest(document: Any, where: str) -> None:
     """The manifest's shape: ``entries`` of valid names -> version and hashes, ``macs`` of
     key ids -> MACs (at least one: orchfs never writes an unsealed manifest)."""
 

@@ -5,33 +5,49 @@ minus ``locks/``, ``tmp/`` and temp files. Secrets travel as they are stored:
 encrypted. With ``encrypt=True`` the whole archive is sealed with the master key in
 orchfs's secret format (AES-256-GCM), so a snapshot can sit on shared storage.
 
-Import checks the whole archive before it writes anything: regular files and
-directories only, every name a plain relative path, FORMAT readable by this orchfs.
-Each file is then written atomically through the storage adapter (which never
-follows a symlink), and ``meta.json`` keeps its ``repo_id`` (the secret namespace)
-while its root becomes the new one. An import into a state directory that already
-holds state is refused unless ``force`` is given.
+Import is all or nothing and bounded (DESIGN §3): members stream into a staging
+directory under ``tmp/`` through the storage adapter (which never follows a symlink),
+checked as they come (regular files and directories only, every name a plain relative
+path, sizes within ``max_bytes`` in total, default 1 GiB); the stored state among them
+is checked as orchfs checks it on use; only then are the files moved into place.
+``meta.json`` keeps its ``repo_id`` (the secret namespace) while its root becomes the
+new one. An import into a state directory that already holds state is refused unless
+``force`` is given.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import io
 import json
 import os
 import stat
 import tarfile
+import uuid
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 from .atomic import PRIVATE_FILE_MODE
-from .errors import PathEscapeError, SnapshotError
+from .errors import ManifestError, MetaError, PathEscapeError, SnapshotError
+from .journal import JOURNAL_DIR
+from .meta import FORMAT_FILE, META_FILE
 from .paths import validate_stored
 
 EXCLUDED_TOP = frozenset({"locks", "tmp"})
 SNAPSHOT_NAMESPACE = "orchfs-snapshot"
 SNAPSHOT_NAME = "snapshot"
 PRIVATE_DIRS = ("secrets",)
+DEFAULT_MAX_BYTES = 1 << 30  # --max-bytes: what a snapshot may hold in total
+STAGING_DIR = "tmp"
+STAGING_PREFIX = "import-"
+ASIDE_SUFFIX = ".replaced"
+# Room for tar headers and padding beyond the members' own bytes (512 bytes a member),
+# and for compression that does not shrink (random or encrypted members).
+STREAM_SLACK = 64 << 20
+ARCHIVE_SLACK = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -88,18 +104,29 @@ def export(fs: Any, path: str | os.PathLike[str], *, encrypt: bool = False, key:
 
 
 def import_snapshot(
-    fs: Any, path: str | os.PathLike[str], *, force: bool = False, key: Any = None
+    fs: Any,
+    path: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    key: Any = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> SnapshotInfo:
-    """Restore the snapshot at ``path`` into the state directory of ``fs``."""
-    from .meta import FORMAT_FILE, META_FILE, check_writable, parse_format, read_format
+    """Restore the snapshot at ``path`` into the state directory of ``fs``, all or nothing.
 
+    Members stream into a staging directory under ``tmp/``; their sizes are checked
+    against ``max_bytes`` (in total) from their headers before a byte is written, and
+    the decompressed stream as a whole is bounded too (a gzip bomb stops there). The
+    stored state among them (meta.json, FORMAT, journals, secrets manifests, session
+    and namespace names) is checked as orchfs checks it on use. Only then are the
+    files moved into place, each file it replaces put aside until the last one is in;
+    any failure leaves the old state as it was.
+    """
     source = os.path.abspath(os.fspath(path))
-    with open(source, "rb") as f:
-        blob = f.read()
+    blob = _read_archive(source, max_bytes)
     encrypted = _is_sealed(blob)
     archive = _open_sealed(fs, blob, source, key) if encrypted else blob
-    members = _checked_members(archive, source)
     state = fs._state
+    staging = f"{STAGING_DIR}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     with fs.lock("repo"):
         existing = [
             rel
@@ -111,28 +138,75 @@ def import_snapshot(
                 f"{state.url('')} already holds state ({len(existing)} files); import into an "
                 "empty repository, or pass --force to overwrite the files the snapshot has"
             )
-        if FORMAT_FILE in members:
-            check_writable(parse_format(members[FORMAT_FILE][1]), source)
-        else:
-            check_writable(read_format(state), state.url(""))
-        for rel, (mode, data) in members.items():
-            if rel == META_FILE:
-                data = _rehomed_meta(data, fs)
-            if rel.startswith(PRIVATE_DIRS):
-                state.makedirs_private(rel.rpartition("/")[0])
-            state.write(rel, data, mode=mode)
-    total = sum(len(data) for _mode, data in members.values())
+        state.makedirs_private(staging)
+        try:
+            members = _stage(archive, source, state, staging, max_bytes)
+            _check_state(members, fs, source)
+            meta = members.get(META_FILE)
+            if meta is not None:
+                state.write(f"{staging}/{META_FILE}", _rehomed_meta(meta.data, fs), mode=meta.mode)
+            _check_clashes(state, members, source)
+            _swap(state, staging, members)
+        finally:
+            with contextlib.suppress(OSError):
+                state.remove_tree(staging)
+            with contextlib.suppress(OSError):
+                state.rmdir(STAGING_DIR)  # when nothing else is in it
+    total = sum(m.size for m in members.values())
     return SnapshotInfo(source, len(members), total, encrypted, hashlib.sha256(blob).hexdigest())
 
 
-def _checked_members(archive: bytes, source: str) -> dict[str, tuple[int, bytes]]:
-    """Every file of the archive as ``rel -> (mode, bytes)``, or SnapshotError."""
-    out: dict[str, tuple[int, bytes]] = {}
+@dataclass(frozen=True)
+class _Member:
+    """A staged file: its mode and size, and its bytes when it is stored state orchfs reads."""
+
+    mode: int
+    size: int
+    data: bytes = b""
+
+
+def _read_archive(source: str, max_bytes: int) -> bytes:
+    """The snapshot file; one much larger than its contents may be is refused unread."""
+    limit = 2 * max_bytes + ARCHIVE_SLACK
+    with open(source, "rb") as f:
+        blob = f.read(limit + 1)
+    if len(blob) > limit:
+        raise SnapshotError(
+            f"{source} is larger than a snapshot of at most {max_bytes} bytes can be; refused"
+        )
+    return blob
+
+
+class _Bounded(io.RawIOBase):
+    """The decompressed stream, cut off past ``limit`` bytes (headers and padding count)."""
+
+    def __init__(self, stream: Any, limit: int, source: str) -> None:
+        self._stream, self._left, self._source = stream, limit, source
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(min(len(buffer), self._left + 1))
+        if len(data) > self._left:
+            raise SnapshotError(f"{self._source} expands past its limit (a compression bomb?); refused")
+        self._left -= len(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _stage(archive: bytes, source: str, state: Any, staging: str, max_bytes: int) -> dict[str, _Member]:
+    """Stream every member into ``staging``, checking names, types and sizes first."""
+    out: dict[str, _Member] = {}
+    parents: set[str] = set()
+    left = max_bytes
+    stream = _Bounded(gzip.GzipFile(fileobj=io.BytesIO(archive)), max_bytes + STREAM_SLACK, source)
     try:
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-            for member in tar.getmembers():
+        with tarfile.open(fileobj=io.BufferedReader(stream), mode="r|") as tar:
+            for member in tar:
                 name = _checked_name(member.name, source)
                 if member.isdir():
+                    _claim_dir(name, out, parents, source)
                     continue
                 if not member.isreg():
                     raise SnapshotError(
@@ -141,15 +215,124 @@ def _checked_members(archive: bytes, source: str) -> dict[str, tuple[int, bytes]
                     )
                 if not _included(name):
                     raise SnapshotError(f"{source}: {name!r} is a lock or temp file; snapshots have none")
-                extracted = tar.extractfile(member)
-                if extracted is None:
-                    raise SnapshotError(f"{source}: {name!r} has no content")
-                out[name] = (stat.S_IMODE(member.mode) & 0o777, extracted.read())
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        if isinstance(exc, SnapshotError):
-            raise
+                if member.size > left:
+                    raise SnapshotError(
+                        f"{source}: {name!r} ({member.size} bytes) takes the snapshot past "
+                        f"--max-bytes {max_bytes}; refused"
+                    )
+                left -= member.size
+                if name in out or name in parents:
+                    raise SnapshotError(f"{source}: {name!r} appears twice (or as a file and a directory)")
+                _claim_dir(name.rpartition("/")[0], out, parents, source)
+                out[name] = _copy_member(tar, member, state, f"{staging}/{name}", name)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise SnapshotError(f"{source} is not an orchfs snapshot (or is damaged): {exc}") from None
     return out
+
+
+def _claim_dir(name: str, files: dict[str, _Member], parents: set[str], source: str) -> None:
+    """``name`` and its parents are directories: none of them may be a member file."""
+    while name and name not in parents:
+        if name in files:
+            raise SnapshotError(f"{source}: {name!r} is both a file and a directory; refused")
+        parents.add(name)
+        name = name.rpartition("/")[0]
+
+
+def _copy_member(tar: Any, member: Any, state: Any, rel: str, name: str) -> _Member:
+    mode = stat.S_IMODE(member.mode) & 0o777
+    reader = tar.extractfile(member)
+    keep = _is_state_file(name)
+    kept = []
+    with state.open_write(rel, mode=mode) as writer:
+        for chunk in iter(lambda: reader.read(1 << 20), b""):
+            writer.write(chunk)
+            if keep:
+                kept.append(chunk)
+    return _Member(mode, member.size, b"".join(kept))
+
+
+def _is_state_file(name: str) -> bool:
+    """Members that orchfs itself reads back (and so checks before they land)."""
+    return (
+        name in (META_FILE, FORMAT_FILE)
+        or (name.startswith(f"{JOURNAL_DIR}/") and name.endswith(".jsonl"))
+        or (name.startswith("secrets/") and name.endswith("/MANIFEST"))
+    )
+
+
+def _check_state(members: dict[str, _Member], fs: Any, source: str) -> None:
+    """The snapshot's stored state, checked as orchfs checks it when it reads it."""
+    from .journal import parse as parse_journal
+    from .meta import check_meta, check_writable, parse_format, read_format
+    from .secrets import check_manifest
+    from .stored import check_id, check_repo_id, load_json
+
+    if FORMAT_FILE in members:
+        check_writable(parse_format(members[FORMAT_FILE].data, f"{source}: FORMAT"), source)
+    else:
+        check_writable(read_format(fs._state), fs._state.url(""))
+    if META_FILE in members:
+        where = f"{source}: {META_FILE}"
+        check_meta(load_json(members[META_FILE].data, where, error=MetaError), where)
+    for name, member in members.items():
+        where = f"{source}: {name}"
+        top, _, rest = name.partition("/")
+        if top == "secrets" and "/" in rest:
+            check_repo_id(rest.partition("/")[0], where)
+        if top == "sessions" and "/" in rest:
+            check_id(rest.partition("/")[0], "session id", where)
+        if name.startswith(f"{JOURNAL_DIR}/") and name.endswith(".jsonl"):
+            check_id(rest[: -len(".jsonl")], "migration id", where)
+            parse_journal(member.data, where, fs.layout, rest[: -len(".jsonl")])
+        if top == "secrets" and name.endswith("/MANIFEST"):
+            check_manifest(load_json(member.data, where, error=ManifestError), where)
+
+
+def _check_clashes(state: Any, members: dict[str, _Member], source: str) -> None:
+    """A member whose place (or a parent of it) is taken by the other kind of entry."""
+    seen: set[str] = set()
+    for name in members:
+        info = state.info(name)
+        if info is not None and info.get("type") == "directory":
+            raise SnapshotError(f"{source}: {name!r} is a directory in the state here; nothing was imported")
+        head = name.rpartition("/")[0]
+        while head and head not in seen:
+            seen.add(head)
+            info = state.info(head)
+            if info is not None and info.get("type") != "directory":
+                raise SnapshotError(
+                    f"{source}: {head!r} is a file in the state here, the snapshot has a directory "
+                    "there; nothing was imported"
+                )
+            head = head.rpartition("/")[0]
+
+
+def _swap(state: Any, staging: str, members: dict[str, _Member]) -> None:
+    """Move the staged files into place; on any failure put everything back."""
+    aside = f"{staging}{ASIDE_SUFFIX}"
+    placed: list[tuple[str, bool]] = []
+    try:
+        for name in members:
+            if name.startswith(PRIVATE_DIRS) and "/" in name:
+                state.makedirs_private(name.rpartition("/")[0])
+            replaced = state.info(name) is not None
+            if replaced:
+                state.rename(name, f"{aside}/{name}")
+            placed.append((name, replaced))
+            state.rename(f"{staging}/{name}", name)
+    except BaseException:
+        for name, replaced in reversed(placed):
+            with contextlib.suppress(OSError):
+                if state.info(name) is not None and state.info(f"{staging}/{name}") is None:
+                    state.rename(name, f"{staging}/{name}")
+                if replaced:
+                    state.rename(f"{aside}/{name}", name)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            if state.info(aside) is not None:
+                state.remove_tree(aside)
 
 
 def _checked_name(name: str, source: str) -> str:

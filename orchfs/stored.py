@@ -68,8 +68,8 @@ def check_repo_id(value: Any, where: str) -> str:
     if not isinstance(value, str) or not REPO_ID_PATTERN.match(value):
         raise UnsafeStateError(
             f"{where}: repo_id {_shown(value)} is not 32 lowercase hex digits; refused. "
-            "Restore meta.json from a backup, or run `orchfs init --force` to give the "
-            "repository a new identity (secrets of the old one stay unreadable)",
+            "Restore meta.json from a backup; or remove it and run `orchfs init` (a new "
+            "repo_id: secrets stored under the old one become unreadable)",
             where,
         )
     return value
