@@ -1,4 +1,5 @@
-"""Shared fixtures: one real backend per parameter (memory, local disk, S3 on moto)."""
+"""Shared fixtures: one real backend per parameter (memory, local disk, S3 on moto, and the
+object stores SeaweedFS and Azurite, each started through its ``backends/`` launcher)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,25 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import orchfs
-from backends import moto_s3
+from backends import azurite, moto_s3, seaweedfs
+from backends.launcher import BackendUnavailable, Service
 
 BACKENDS = ("memory", "local", "s3")
+# The real object stores: slower to start and to talk to, so marked (and kept out of the quick run).
+OBJECT_STORES = (
+    "s3",
+    pytest.param("seaweedfs", marks=pytest.mark.s3),
+    pytest.param("azure", marks=pytest.mark.s3),
+)
+ALL_BACKENDS = (*BACKENDS[:2], *OBJECT_STORES)
 _bucket_counter = itertools.count()
+
+
+def _launch(start) -> Service:
+    try:
+        return start()
+    except BackendUnavailable as exc:
+        pytest.skip(f"backend not installable here: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -27,12 +43,54 @@ def moto_server() -> Iterator[moto_s3.MotoServer]:
 
 
 @pytest.fixture(scope="session")
-def s3_bucket(moto_server: moto_s3.MotoServer) -> str:
-    import s3fs
+def seaweedfs_server() -> Iterator[Service]:
+    server = _launch(seaweedfs.start)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite_server() -> Iterator[Service]:
+    server = _launch(azurite.start)
+    yield server
+    server.stop()
+
+
+def _make_bucket(server: Service) -> str:
+    import fsspec
 
     name = f"orchfs-test-{uuid.uuid4().hex[:8]}"
-    s3fs.S3FileSystem(**moto_server.storage_options).mkdir(name)
+    fsspec.filesystem(server.protocol, skip_instance_cache=True, **server.storage_options).mkdir(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(moto_server: moto_s3.MotoServer) -> str:
+    return _make_bucket(moto_server)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_bucket(seaweedfs_server: Service) -> str:
+    return _make_bucket(seaweedfs_server)
+
+
+@pytest.fixture(scope="session")
+def azure_container(azurite_server: Service) -> str:
+    return _make_bucket(azurite_server)
+
+
+# kind -> (server fixture, bucket fixture)
+_STORES = {
+    "s3": ("moto_server", "s3_bucket"),
+    "seaweedfs": ("seaweedfs_server", "seaweedfs_bucket"),
+    "azure": ("azurite_server", "azure_container"),
+}
+
+
+def store_of(kind: str, request: pytest.FixtureRequest) -> tuple[Service, str]:
+    """The running service for an object-store kind and the test bucket on it."""
+    server_fixture, bucket_fixture = _STORES[kind]
+    return request.getfixturevalue(server_fixture), request.getfixturevalue(bucket_fixture)
 
 
 def make_fs(kind: str, request: pytest.FixtureRequest, tmp_path, **kwargs) -> orchfs.OrchFileSystem:
@@ -44,9 +102,8 @@ def make_fs(kind: str, request: pytest.FixtureRequest, tmp_path, **kwargs) -> or
         repo = tmp_path / "repo"
         repo.mkdir(exist_ok=True)
         return orchfs.OrchFileSystem(root=str(repo), **kwargs)
-    server = request.getfixturevalue("moto_server")
-    bucket = request.getfixturevalue("s3_bucket")
-    root = f"s3://{bucket}/repo-{uuid.uuid4().hex}"
+    server, bucket = store_of(kind, request)
+    root = f"{server.protocol}://{bucket}/repo-{uuid.uuid4().hex}"
     return orchfs.OrchFileSystem(root=root, storage_options=server.storage_options, **kwargs)
 
 
