@@ -32,7 +32,7 @@ except ImportError:  # fsspec before 2025.10 chains every filesystem the same wa
 
 from .errors import LegacyConflictWarning, LegacyPathWarning
 from .files import OrchReader
-from .overlay import ancestors, whiteout_rel
+from .overlay import Found, ancestors, whiteout_rel
 from .paths import (
     INTERNAL_NAMES,
     MEMO_LIMIT,
@@ -256,22 +256,22 @@ class OrchFileSystem(ChainedFileSystem):
     def _gate(path: Any) -> str:
         return validate(path if isinstance(path, str) else os.fspath(path))
 
-    def _lookup(self, logical: str) -> tuple[Any, dict[str, Any]] | None:
+    def _lookup(self, logical: str) -> Found | None:
         return self._overlay.lookup(logical) if logical else None
 
     def _is_dir(self, logical: str) -> bool:
         return self._shows_directory(logical, self._lookup(logical))
 
-    def _shows_directory(self, logical: str, found: tuple[Any, dict[str, Any]] | None) -> bool:
+    def _shows_directory(self, logical: str, found: Found | None) -> bool:
         """Whether ``logical`` is a directory, given what :meth:`_lookup` found for it."""
         if found is not None:
-            return found[1]["type"] == "directory"
+            return found.is_dir
         return not logical or self._overlay.is_virtual_dir(logical)
 
-    def _serving(self, logical: str, found: tuple[Any, dict[str, Any]] | None) -> tuple[Any, int | None]:
+    def _serving(self, logical: str, found: Found | None) -> tuple[Any, int | None]:
         """The location a content read uses (warnings and legacy="migrate" applied) and
         the size the lookup saw there (None once legacy="migrate" has moved the file)."""
-        if found is None or found[1]["type"] == "directory":
+        if found is None or found.is_dir:
             if self._shows_directory(logical, found):
                 raise _is_a_directory(logical)
             raise _not_found(logical)
@@ -357,7 +357,7 @@ class OrchFileSystem(ChainedFileSystem):
         logical = self._gate(path)
         found = self._lookup(logical)
         if found is not None:
-            return Resolution(logical, found[0].layer, found[0].url, True)
+            return Resolution(logical, found.location.layer, found.location.url, True)
         target = self._overlay.target(logical)
         return Resolution(logical, target.layer, target.url, self._is_dir(logical))
 
@@ -428,7 +428,8 @@ class OrchFileSystem(ChainedFileSystem):
         logical = self._gate(path)
         with self.lock("repo", timeout=timeout):
             try:  # one read through the layers, no separate lookup: a request less on S3
-                current = json.loads(self._overlay.read(logical)[1])
+                _location, data = self._overlay.read(logical)
+                current = json.loads(data)
             except FileNotFoundError:
                 current = {} if default is None else default
             result = update(current)
@@ -450,7 +451,7 @@ class OrchFileSystem(ChainedFileSystem):
         native = target.store.capabilities.native_append
         if native:
             found = self._lookup(logical)
-            if found is None or found[0] == target:
+            if found is None or found.location == target:
                 if found is None:
                     target = self._before_write(logical)
                 target.store.append(target.rel, line)
@@ -479,7 +480,7 @@ class OrchFileSystem(ChainedFileSystem):
             return self._secret_info(logical)
         found = self._overlay.lookup(logical)
         if found is not None:
-            out = dict(found[1])
+            out = dict(found.info)
             out["name"] = logical
             return out
         if self._overlay.is_virtual_dir(logical):
@@ -512,7 +513,7 @@ class OrchFileSystem(ChainedFileSystem):
 
     def isfile(self, path: Any) -> bool:
         found = self._lookup(self._gate(path))
-        return found is not None and found[1]["type"] == "file"
+        return found is not None and not found.is_dir
 
     def ls(self, path: Any, detail: bool = True, **kwargs: Any) -> list[Any]:
         logical = self._gate(path)
@@ -522,8 +523,8 @@ class OrchFileSystem(ChainedFileSystem):
         children = self._overlay.listdir(logical)
         if not children:
             found = self._lookup(logical)
-            if found is not None and found[1]["type"] == "file":
-                out = dict(found[1])
+            if found is not None and not found.is_dir:
+                out = dict(found.info)
                 out["name"] = logical
                 return [out] if detail else [logical]
             if not self._is_dir(logical):
@@ -615,7 +616,7 @@ class OrchFileSystem(ChainedFileSystem):
         if mode == "r+b":
             if found is None:
                 raise _not_found(logical)
-            return CopyUpFile(self, logical, found[0].store.read(found[0].rel), autocommit)
+            return CopyUpFile(self, logical, found.location.store.read(found.location.rel), autocommit)
         target = self._before_write(logical)
         writer = target.store.open_write(  # the lookup above asked the write target first
             target.rel, exclusive=mode == "xb", autocommit=autocommit, target_checked=True
@@ -623,7 +624,7 @@ class OrchFileSystem(ChainedFileSystem):
         writer.fs, writer.path = self, logical  # fsspec's names: the file as this filesystem sees it
         writer.after_publish = lambda: self._after_write(logical, target)
         if mode == "ab" and found is not None:  # copy-up: the lower file stays untouched
-            writer.write(found[0].store.read(found[0].rel))
+            writer.write(found.location.store.read(found.location.rel))
         return writer
 
     def _open_secret(self, logical: str, name: str, mode: str, autocommit: bool) -> Any:
@@ -692,10 +693,10 @@ class OrchFileSystem(ChainedFileSystem):
             found = self._lookup(logical1)
             if found is None and not self._is_dir(logical1):
                 raise _not_found(logical1)
-            if found is not None and found[1]["type"] == "file":
+            if found is not None and not found.is_dir:
                 if self._is_dir(logical2):
                     logical2 = join(logical2, logical1.rpartition("/")[2])
-                self._move_file(logical1, logical2, found[0])
+                self._move_file(logical1, logical2, found.location)
                 return
         super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
 
@@ -724,11 +725,11 @@ class OrchFileSystem(ChainedFileSystem):
         found = self._lookup(logical)
         if found is None:
             raise _not_found(logical)
-        if found[1]["type"] == "directory":
+        if found.is_dir:
             raise IsADirectoryError(
                 errno.EISDIR, "is a directory (use rm(recursive=True))", f"{PROTOCOL}://{logical}"
             )
-        self._remove_file(logical, found[0])
+        self._remove_file(logical, found.location)
 
     def _remove_file(self, logical: str, location: Any) -> None:
         if location == self._overlay.target(logical):
@@ -741,8 +742,8 @@ class OrchFileSystem(ChainedFileSystem):
             self.rm_file(logical)
             return
         found = self._lookup(logical)
-        if found is not None and found[1]["type"] == "file":
-            self._remove_file(logical, found[0])
+        if found is not None and not found.is_dir:
+            self._remove_file(logical, found.location)
             return
         if found is None and not self._shows_directory(logical, found):
             if self._state.capabilities.empty_directories:
@@ -788,7 +789,7 @@ class OrchFileSystem(ChainedFileSystem):
             return
         found = self._lookup(logical)
         if found is not None or self._overlay.is_virtual_dir(logical):
-            if found is not None and found[1]["type"] != "directory":
+            if found is not None and not found.is_dir:
                 raise FileExistsError(errno.EEXIST, "a file is in the way", f"{PROTOCOL}://{logical}")
             if not exist_ok:
                 raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")

@@ -20,11 +20,14 @@ marker was ever written; without it the marker checks are skipped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import PathEscapeError
 from .layout import Layout
 from .paths import MARKER_SENTINEL, MEMO_LIMIT, OPAQUE_MARKER, WHITEOUT_PREFIX, join
+
+if TYPE_CHECKING:  # storage is imported with the first adapter, not with ``import orchfs``
+    from .storage import Storage
 
 SESSIONS_DIR = "sessions"
 
@@ -34,7 +37,7 @@ class Location:
     """One place a logical path may live: its layer, adapter and physical path."""
 
     layer: str  # "session" | "contained" | "legacy"
-    store: Any
+    store: Storage
     rel: str
     prefix: str = ""  # physical prefix of the layer's logical namespace (upper layers)
 
@@ -45,6 +48,17 @@ class Location:
     @property
     def url(self) -> str:
         return self.store.url(self.rel)
+
+
+class Found(NamedTuple):
+    """The location that serves a logical path, and the info its lookup saw there."""
+
+    location: Location
+    info: dict[str, Any]
+
+    @property
+    def is_dir(self) -> bool:
+        return self.info["type"] == "directory"
 
 
 def ancestors(logical: str) -> list[str]:
@@ -61,7 +75,9 @@ def whiteout_rel(prefix: str, logical: str) -> str:
 class Overlay:
     """Resolution of logical paths for one repository, session and legacy phase."""
 
-    def __init__(self, state: Any, repo: Any, layout: Layout, session: str | None, legacy_mode: str) -> None:
+    def __init__(
+        self, state: Storage, repo: Storage, layout: Layout, session: str | None, legacy_mode: str
+    ) -> None:
         self.state = state
         self.repo = repo
         self.layout = layout
@@ -149,7 +165,7 @@ class Overlay:
         self.state.write(rel, b"")
 
     # --- lookups -------------------------------------------------------------------
-    def lookup(self, logical: str, upper_listed: bool = False) -> tuple[Location, dict[str, Any]] | None:
+    def lookup(self, logical: str, upper_listed: bool = False) -> Found | None:
         """The location that serves ``logical`` and its info, or None.
 
         ``upper_listed``: the caller has just listed the parent in every upper layer and
@@ -163,7 +179,7 @@ class Overlay:
             if found is not None:
                 if index and self.hidden_above(layers, index, logical):
                     return None
-                return location, found
+                return Found(location, found)
         return None
 
     def exists(self, logical: str) -> bool:
@@ -255,7 +271,7 @@ class Overlay:
                 except PathEscapeError:
                     continue  # listings leave out links that leave the root
                 if found_child is not None:
-                    seen[name] = (found_child[1], found_child[0])
+                    seen[name] = (found_child.info, found_child.location)
                 elif self.is_virtual_dir(child):
                     seen[name] = (
                         {"type": "directory", "size": 0, "mtime": None, "created": None},
@@ -265,6 +281,7 @@ class Overlay:
 
 
 __all__ = [
+    "Found",
     "Location",
     "Overlay",
 ]

@@ -28,13 +28,16 @@ import tarfile
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .atomic import PRIVATE_FILE_MODE
 from .errors import ManifestError, MetaError, PathEscapeError, SnapshotError
 from .journal import JOURNAL_DIR
 from .meta import FORMAT_FILE, META_FILE
 from .paths import validate_stored
+
+if TYPE_CHECKING:
+    from .storage import Storage
 
 EXCLUDED_TOP = frozenset({"locks", "tmp"})
 SNAPSHOT_NAMESPACE = "orchfs-snapshot"
@@ -74,9 +77,11 @@ def _included(rel: str) -> bool:
     return rel.partition("/")[0] not in EXCLUDED_TOP
 
 
-def _mode_of(state: Any, rel: str) -> int:
-    if state.kind == "local":
-        return stat.S_IMODE(os.lstat(state.url(rel)).st_mode)
+def _mode_of(state: Storage, rel: str) -> int:
+    """The file's own mode where the backend keeps modes, else what orchfs would give it."""
+    mode = (state.info(rel) or {}).get("mode")
+    if mode is not None:
+        return stat.S_IMODE(mode)
     return PRIVATE_FILE_MODE if rel.startswith(PRIVATE_DIRS) else 0o644
 
 

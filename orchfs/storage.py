@@ -23,7 +23,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NamedTuple, Protocol
 
 from .atomic import (
     DEFAULT_FILE_MODE,
@@ -56,6 +56,66 @@ class Capabilities:
     conditional_put: bool
     native_append: bool
     empty_directories: bool
+
+
+class Listing(NamedTuple):
+    """One directory as an adapter sees it: ``(name, info)`` per child, and apart from
+    them the names of orchfs's markers and temp files found there."""
+
+    children: list[tuple[str, dict[str, Any]]]
+    markers: list[str]
+
+
+class Storage(Protocol):
+    """What the overlay, the locks and the operations ask of a backend.
+
+    Paths are physical, relative to the adapter's base, and have passed the gate.
+    Choices between backends are made on :attr:`capabilities`; ``kind`` (``local``,
+    ``memory`` or ``object``) names the backend in messages.
+    """
+
+    kind: str
+    base: str
+    capabilities: Capabilities
+
+    def url(self, rel: str) -> str: ...
+    def info(self, rel: str) -> dict[str, Any] | None: ...
+    def exists(self, rel: str) -> bool: ...
+    def maybe_exists(self, rel: str) -> bool: ...
+    def has_entry(self, rel: str) -> bool: ...
+    def scan(self, rel: str) -> Listing: ...
+    def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]: ...
+    def find_files(self, rel: str, include_markers: bool = False) -> list[str]: ...
+    def read_optional(self, rel: str, start: int | None = None, end: int | None = None) -> bytes | None: ...
+    def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes: ...
+    def open_read(self, rel: str, block_size: int | None = None, size: int | None = None) -> IO[bytes]: ...
+    def open_write(
+        self,
+        rel: str,
+        *,
+        exclusive: bool = False,
+        autocommit: bool = True,
+        mode: int = DEFAULT_FILE_MODE,
+        target_checked: bool = False,
+    ) -> StagedWriter: ...
+    def write(
+        self,
+        rel: str,
+        data: bytes,
+        *,
+        exclusive: bool = False,
+        mode: int | None = None,
+        target_checked: bool = False,
+    ) -> None: ...
+    def append(self, rel: str, data: bytes) -> None: ...
+    def append_existing(self, rel: str, data: bytes) -> bool: ...
+    def makedirs(self, rel: str) -> None: ...
+    def makedirs_private(self, rel: str) -> None: ...
+    def remove(self, rel: str) -> None: ...
+    def rmdir(self, rel: str) -> None: ...
+    def remove_tree(self, rel: str) -> None: ...
+    def rename(self, src: str, dst: str) -> None: ...
+    def copy(self, src: str, dst: str) -> None: ...
 
 
 def _local_info(st: os.stat_result) -> dict[str, Any]:
@@ -162,11 +222,7 @@ class LocalStorage:
     def exists(self, rel: str) -> bool:
         return self.lstat(rel) is not None
 
-    def isdir(self, rel: str) -> bool:
-        st = self.lstat(rel)
-        return st is not None and stat.S_ISDIR(st.st_mode)
-
-    def scan(self, rel: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    def scan(self, rel: str) -> Listing:
         """``(name, info)`` of each child and, apart from them, the marker names."""
         if rel and "/" in rel:
             self._check_parents(rel + "/")
@@ -189,11 +245,11 @@ class LocalStorage:
                     except (PathEscapeError, OSError):
                         continue
                 out.append((name, _local_info(st)))
-        return out, markers
+        return Listing(out, markers)
 
     def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
         """(name, info) of each child, markers and temp files left out."""
-        return self.scan(rel)[0]
+        return self.scan(rel).children
 
     def _open_fd(self, rel: str) -> int:
         full = self._full(rel)
@@ -406,15 +462,6 @@ class LocalStorage:
             finally:
                 os.close(fd)
 
-    def mkdir(self, rel: str) -> None:
-        head, _, name = rel.rpartition("/")
-        dir_fd = self._open_dir(head, create=False)
-        try:
-            os.mkdir(name, dir_fd=dir_fd)
-            fsync_directory(dir_fd)
-        finally:
-            os.close(dir_fd)
-
     def _in_parent(self, rel: str, action: Any) -> None:
         head, _, name = rel.rpartition("/")
         dir_fd = self._open_dir(head, create=False)
@@ -532,10 +579,7 @@ class FsspecStorage:
     def exists(self, rel: str) -> bool:
         return self.info(rel) is not None
 
-    def isdir(self, rel: str) -> bool:
-        return bool(self.fs.isdir(self._full(rel)))
-
-    def scan(self, rel: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    def scan(self, rel: str) -> Listing:
         """``(name, info)`` of each child and, apart from them, the marker names."""
         full = self._full(rel)
         entries = self.fs.ls(full, detail=True)
@@ -551,10 +595,10 @@ class FsspecStorage:
                 markers.append(name)
                 continue
             out.append((name, self._convert(entry)))
-        return out, markers
+        return Listing(out, markers)
 
     def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
-        return self.scan(rel)[0]
+        return self.scan(rel).children
 
     def read_optional(self, rel: str, start: int | None = None, end: int | None = None) -> bytes | None:
         """The object's bytes (or a range of them) in one request, or None when it is absent."""
@@ -613,7 +657,7 @@ class FsspecStorage:
 
         def upload(data: bytes) -> None:
             try:
-                if self.kind == "memory":
+                if self.capabilities.empty_directories:  # parents must exist there
                     self.fs.makedirs(full.rpartition("/")[0], exist_ok=True)
                 self.fs.pipe_file(full, data, mode=mode)
             except FileExistsError:
@@ -669,9 +713,6 @@ class FsspecStorage:
 
     makedirs_private = makedirs  # modes are the bucket's access policy, not orchfs's
 
-    def mkdir(self, rel: str) -> None:
-        self.fs.mkdir(self._full(rel), create_parents=False)
-
     def remove(self, rel: str) -> None:
         self.fs.rm_file(self._full(rel))
 
@@ -703,7 +744,7 @@ class FsspecStorage:
         self.remove(src)
 
     def copy(self, src: str, dst: str) -> None:
-        if self.kind == "memory":
+        if self.capabilities.empty_directories:
             self.fs.makedirs(self._full(dst).rpartition("/")[0], exist_ok=True)
         self.fs.cp_file(self._full(src), self._full(dst))
 
@@ -718,7 +759,7 @@ def _timestamp(value: Any) -> float | None:
     return None
 
 
-def open_storage(url: str, options: dict[str, Any] | None, boundary: str | None = None) -> Any:
+def open_storage(url: str, options: dict[str, Any] | None, boundary: str | None = None) -> Storage:
     """The adapter for a directory URL: a local path, ``file://``, ``memory://``, ``s3://``..."""
     import fsspec
     from fsspec.core import split_protocol
@@ -744,6 +785,8 @@ def open_storage(url: str, options: dict[str, Any] | None, boundary: str | None 
 __all__ = [
     "Capabilities",
     "FsspecStorage",
+    "Listing",
     "LocalStorage",
+    "Storage",
     "open_storage",
 ]
