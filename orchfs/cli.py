@@ -174,45 +174,57 @@ def _note_legacy(ctx: Context, fs: Any, logical: str) -> None:
     is_flag=True,
     help="Keep .orchestrator/ out of .gitignore (state travels with the repository).",
 )
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Record this root and git remote in meta.json (a repository that was moved here).",
+)
 @json_option
 @pass_ctx
 @handle_errors
-def init(ctx: Context, portable: bool) -> None:
+def init(ctx: Context, portable: bool, adopt: bool) -> None:
     """Create .orchestrator/ with FORMAT and meta.json, and ignore it in git.
 
     \b
     Example:
       orchfs init             # adds .orchestrator/ to .gitignore
       orchfs init --portable  # does not
+      orchfs init --adopt     # the repository was moved: same identity, new place
     """
-    from .meta import META_FILE, read_meta
+    from .meta import FORMAT_FILE, META_FILE, ensure_gitignored, read_meta
 
     fs = ctx.fs()
-    fs._before_write("state.json")
     state = fs._state
+    existed = state.info(FORMAT_FILE) is not None and read_meta(state) is not None
+    fs._ensure_writable()
     meta = read_meta(state) or {}
-    if portable and not meta.get("portable"):
+    changed = portable and not meta.get("portable")
+    if portable:
         meta["portable"] = True
+    if adopt:
+        from .meta import git_remote
+
+        moved = {"root": ctx.root, "git_remote": git_remote(ctx.root)}
+        changed = changed or any(meta.get(key) != value for key, value in moved.items())
+        meta.update(moved)
+    if changed:
         state.write(META_FILE, json.dumps(meta, indent=2).encode() + b"\n")
-    ignored = False
-    if not portable:
-        ignore = os.path.join(ctx.root, ".gitignore")
-        text = ""
-        if os.path.isfile(ignore):
-            with open(ignore, encoding="utf-8") as f:
-                text = f.read()
-        if not any(line.strip().strip("/") == ".orchestrator" for line in text.splitlines()):
-            with open(ignore, "a", encoding="utf-8") as f:
-                f.write(("" if not text or text.endswith("\n") else "\n") + ".orchestrator/\n")
-            ignored = True
+    ignored = False if portable else ensure_gitignored(ctx.root)
+    if existed and not changed and not ignored:
+        human = f"already initialised: {ctx.root}/.orchestrator (nothing to do)"
+    else:
+        human = f"{'updated' if existed else 'initialised'} {ctx.root}/.orchestrator" + (
+            " (added to .gitignore)" if ignored else ""
+        )
     ctx.emit(
         {
             "root": ctx.root,
             "repo_id": read_meta(state)["repo_id"],
             "portable": portable,
+            "created": not existed,
             "gitignore_updated": ignored,
         },
-        f"initialised {ctx.root}/.orchestrator" + (" (added to .gitignore)" if ignored else ""),
+        human,
     )
 
 
@@ -366,9 +378,20 @@ def _human_plan(document: dict[str, Any], dry_run: bool) -> str:
     if len(document["moves"]) > 50:
         lines.append(f"  ... and {len(document['moves']) - 50} more")
     for conflict in document["conflicts"]:
-        lines.append(f"  CONFLICT {conflict['source']} <> {conflict['target']} (both exist and differ)")
+        if conflict.get("other"):
+            lines.append(
+                f"  CONFLICT {conflict['source']} <> {conflict['other']} (two legacy locations of "
+                f"{conflict['target']} differ: the first moves, this one is kept in the backup)"
+            )
+        else:
+            lines.append(f"  CONFLICT {conflict['source']} <> {conflict['target']} (both exist and differ)")
+    kept = "moved into the backup" if document.get("retire_leftovers") else "not moved"
+    for name in document.get("leftovers", []):
+        lines.append(f"  leftover {name} (a copy an earlier migration script left; {kept})")
     for name in document["unknown"]:
-        lines.append(f"  unknown  {name} (not moved)")
+        lines.append(f"  unknown  {name} (no layout entry names it; {kept})")
+    if (document.get("leftovers") or document["unknown"]) and not document.get("retire_leftovers"):
+        lines.append("  (`orchfs migrate --retire-leftovers` moves them into the migration backup)")
     room = "yes" if document["room"] else "NO"
     lines.append(
         f"{len(document['moves'])} file(s), {document['total_bytes']} bytes; "
@@ -409,6 +432,16 @@ def _human_plan(document: dict[str, Any], dry_run: bool) -> str:
     help="Move the state to this directory instead of .orchestrator/ (s3://bucket/prefix; "
     "credentials from the environment). Default: state.storage from the configuration.",
 )
+@click.option(
+    "--retire-leftovers",
+    is_flag=True,
+    help="Also move .bak leftovers and unknown .workflow_* files into the migration backup.",
+)
+@click.option(
+    "--lock-timeout",
+    metavar="DURATION",
+    help="How long to wait for the repository lock (e.g. 30s). Default: state.lock_timeout.",
+)
 @json_option
 @pass_ctx
 @handle_errors
@@ -421,6 +454,8 @@ def migrate(
     no_backup: bool,
     jobs: int,
     storage: str | None,
+    retire_leftovers: bool,
+    lock_timeout: str | None,
 ) -> None:
     """Move a v1 repository to the v2 layout (journaled, resumable, undoable).
 
@@ -432,14 +467,22 @@ def migrate(
       orchfs migrate --rollback      # restore the v1 layout
     """
     from . import migrate as migration
+    from .config import parse_duration
+    from .errors import ConfigError
 
+    try:
+        wait = parse_duration(lock_timeout) if lock_timeout is not None else None
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--lock-timeout") from None
+    if wait is None:
+        wait = ctx.config().lock_timeout  # state.lock_timeout, ORCHFS_LOCK_TIMEOUT
     if rollback:
-        result = migration.rollback(ctx.root, migration_id, storage=ctx.storage(storage))
+        result = migration.rollback(ctx.root, migration_id, storage=ctx.storage(storage), lock_timeout=wait)
         ctx.emit(result.to_json(), result.message)
         return
     if dry_run:
-        the_plan = migration.plan(ctx.root, storage=ctx.storage(storage))
-        document = the_plan.to_json(False)
+        the_plan = migration.plan(ctx.root, storage=ctx.storage(storage), retire_leftovers=retire_leftovers)
+        document = the_plan.to_json(False) | {"retire_leftovers": retire_leftovers}
         ctx.emit(document, lambda: _human_plan(document, True))
         return
     from .errors import MigrationConflictError
@@ -453,6 +496,8 @@ def migrate(
             jobs=jobs,
             progress=update,
             storage=ctx.storage(storage),
+            retire_leftovers=retire_leftovers,
+            lock_timeout=wait,
         )
     except MigrationConflictError as conflict:
         document = conflict.plan.to_json(False)
@@ -461,7 +506,7 @@ def migrate(
         sys.exit(1)
     finally:
         close()
-    document = result.to_json()
+    document = result.to_json() | {"retire_leftovers": retire_leftovers}
     ctx.emit(document, lambda: _human_plan(document, False) + "\n" + result.message)
 
 

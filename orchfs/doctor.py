@@ -8,6 +8,7 @@ finish an unfinished migration.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import Any
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .errors import StateError, UnsafeStateError
 from .layout import coerce_layout
-from .meta import LAYOUT_VERSION, git_remote, read_format, read_meta
+from .meta import LAYOUT_VERSION, git_remote, gitignored, read_format, read_meta
 from .paths import INTERNAL_NAMES, STATE_DIR, TEMP_PREFIX, WHITEOUT_PREFIX
 
 ORPHAN_TEMP_AGE = 15 * 60.0
@@ -289,21 +290,51 @@ def fs_state(state: str) -> Any:
 
 
 def _conflict_findings(fs: Any) -> list[Finding]:
-    return [
-        Finding(
-            "conflict",
-            "warning",
-            f"{c.logical}: both copies exist and differ (new sha256 {c.upper_sha256[:12]}, "
-            f"old sha256 {c.legacy_sha256[:12]}); the new one is in use",
-            "keep one: `orchfs migrate --prefer new` or `--prefer legacy`",
-            (c.upper_url, c.legacy_url),
-        )
-        for c in fs.conflicts()
-    ]
+    out = []
+    for c in fs.legacy_pairs():
+        hashes = f"sha256 {c.upper_sha256[:12]} and {c.legacy_sha256[:12]}"
+        if c.kind == "stale":
+            out.append(
+                Finding(
+                    "stale-legacy",
+                    "info",
+                    f"{c.logical}: {c.legacy_url} is the copy orchfs superseded (unchanged since); "
+                    f"{c.upper_url} is in use",
+                    "`orchfs migrate` retires it into the migration backup",
+                    (c.upper_url, c.legacy_url),
+                )
+            )
+        elif c.kind == "legacy-pair":
+            out.append(
+                Finding(
+                    "conflict",
+                    "warning",
+                    f"{c.logical}: two legacy files differ ({hashes}); the first, {c.upper_url}, is in use",
+                    "keep one: remove or rename the other, or `orchfs migrate --prefer new|legacy` "
+                    "(the first moves, the other is kept in the migration backup)",
+                    (c.upper_url, c.legacy_url),
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    "conflict",
+                    "warning",
+                    f"{c.logical}: both copies exist and differ (new sha256 {c.upper_sha256[:12]}, old "
+                    f"sha256 {c.legacy_sha256[:12]}); the new one is in use",
+                    "keep one: `orchfs migrate --prefer new` or `--prefer legacy`",
+                    (c.upper_url, c.legacy_url),
+                )
+            )
+    return out
 
 
 def _legacy_changed(root: str, state: str, layout: Any) -> list[Finding]:
-    """A v1 file modified after its copy-up or whiteout: an old orchestrator still runs."""
+    """A v1 file modified after orchfs superseded it (copy-up, write or whiteout): an old
+    orchestrator still runs. The supersede record says so by hash; without one, by mtime."""
+    from .supersede import is_stale, read_record
+
+    records = fs_state(state)
     out = []
     for entry in layout.entries:
         if entry.is_dir:
@@ -313,23 +344,42 @@ def _legacy_changed(root: str, state: str, layout: Any) -> list[Finding]:
             if not os.path.isfile(old):
                 continue
             head, _, name = entry.logical.rpartition("/")
-            for newer in (
-                os.path.join(state, entry.logical),
-                os.path.join(state, head, WHITEOUT_PREFIX + name),
-            ):
-                if os.path.lexists(newer) and os.lstat(old).st_mtime > os.lstat(newer).st_mtime:
-                    out.append(
-                        Finding(
-                            "legacy-changed",
-                            "warning",
-                            f"{legacy} changed after orchfs took over {entry.logical}: an old "
-                            "orchestrator may still be writing it",
-                            "stop the old orchestrator, compare the two files, then "
-                            "`orchfs migrate --prefer new|legacy`",
-                            (legacy, os.path.relpath(newer, root)),
-                        )
+            newer = [
+                path
+                for path in (
+                    os.path.join(state, entry.logical),
+                    os.path.join(state, head, WHITEOUT_PREFIX + name),
+                )
+                if os.path.lexists(path)
+            ]
+            if not newer:
+                continue
+            record = read_record(records, legacy) if os.path.isdir(state) else None
+            if record is not None:
+                changed = not is_stale(record, os.path.getsize(old), lambda p=old: _sha256(p))
+            else:
+                changed = os.lstat(old).st_mtime > os.lstat(newer[0]).st_mtime
+            if changed:
+                out.append(
+                    Finding(
+                        "legacy-changed",
+                        "warning",
+                        f"{legacy} changed after orchfs took over {entry.logical}: an old "
+                        "orchestrator may still be writing it",
+                        "stop the old orchestrator, compare the two files, then "
+                        "`orchfs migrate --prefer new|legacy`",
+                        (legacy, os.path.relpath(newer[0], root)),
                     )
+                )
     return out
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _migration_findings(root: str, layout: Any) -> list[Finding]:
@@ -444,8 +494,9 @@ def _identity_findings(root: str, state: str) -> list[Finding]:
                     "warning",
                     f"{STATE_DIR}/meta.json was made for {meta.get('root')} "
                     f"({meta.get('git_remote') or 'no remote'}); this is {root} ({remote or 'no remote'})",
-                    "if the directory was copied from another repository, remove it or run "
-                    "`orchfs init --force` to give it a new identity",
+                    "if this repository was moved here, `orchfs init --adopt` records the new "
+                    "place (same identity and secrets); if .orchestrator/ was copied from another "
+                    f"repository, remove {STATE_DIR}/meta.json and run `orchfs init` for a new identity",
                     (f"{STATE_DIR}/meta.json",),
                 )
             )
@@ -453,22 +504,16 @@ def _identity_findings(root: str, state: str) -> list[Finding]:
         os.path.isdir(os.path.join(root, ".git"))
         and os.path.isdir(state)
         and not (meta or {}).get("portable")
-    ):
-        ignore = os.path.join(root, ".gitignore")
-        text = ""
-        if os.path.isfile(ignore):
-            with open(ignore, encoding="utf-8") as f:
-                text = f.read()
-        if not any(line.strip().strip("/") == STATE_DIR for line in text.splitlines()):
-            out.append(
-                Finding(
-                    "not-gitignored",
-                    "warning",
-                    f"{STATE_DIR}/ is not in .gitignore: state (and secrets) could be committed",
-                    f"add `{STATE_DIR}/` to .gitignore (`orchfs init` does it)",
-                    (".gitignore",),
-                )
+    ) and not gitignored(root):
+        out.append(
+            Finding(
+                "not-gitignored",
+                "warning",
+                f"{STATE_DIR}/ is not in .gitignore: state (and secrets) could be committed",
+                f"add `{STATE_DIR}/` to .gitignore (`orchfs init` does it)",
+                (".gitignore",),
             )
+        )
     return out
 
 

@@ -54,6 +54,10 @@ class SQLiteInUseError(OrchFSError):
     """A SQLite database has a hot journal or a lock held on it; migration waits for it."""
 
 
+class RollbackIncompleteError(OrchFSError):
+    """A rollback finished but could not bring every file back; the message names them."""
+
+
 class SnapshotError(OrchFSError, ValueError):
     """A snapshot file that cannot be imported (the message says why; nothing was written)."""
 
@@ -109,6 +113,7 @@ __all__ = [
     "MigrationConflictError",
     "OrchFSError",
     "PathEscapeError",
+    "RollbackIncompleteError",
     "SQLiteInUseError",
     "SecretIntegrityError",
     "SecretsLockedError",

@@ -52,13 +52,21 @@ SECRETS_VIEW = "secrets"
 
 @dataclass(frozen=True)
 class Conflict:
-    """A path whose upper and legacy copies both exist and differ (rule 7)."""
+    """A path whose copies in two locations both exist and differ (rule 7).
+
+    ``kind``: ``differ`` (the upper copy and a legacy file), ``legacy-changed`` (a
+    legacy file changed after orchfs superseded it), ``legacy-pair`` (two legacy
+    locations of one entry; ``upper_url`` is then the first, which serves reads) or
+    ``stale`` (a legacy file orchfs superseded and that still matches its record:
+    not a conflict, :meth:`OrchFileSystem.conflicts` leaves it out).
+    """
 
     logical: str
     upper_url: str
     legacy_url: str
     upper_sha256: str
     legacy_sha256: str
+    kind: str = "differ"
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,7 @@ class OrchFileSystem(ChainedFileSystem):
         self._top_reads: dict[str, Any] = {}
         self._exists_places: dict[str, tuple[Any, bool]] = {}
         self._secret_store: Any = None
+        self._supersede_checked: set[str] = set()
 
     def __repr__(self) -> str:
         session = f", session={self.session_id!r}" if self.session_id else ""
@@ -288,6 +297,8 @@ class OrchFileSystem(ChainedFileSystem):
             if self.legacy == "migrate":
                 return self._migrate_on_read(logical, location)
             warn_legacy_once(logical, location.url)
+            if sum(not layer.upper for layer in self._overlay.layers(logical)) > 1:
+                self._warn_conflict_once(logical, location)  # two legacy locations may differ
         elif self._overlay.has_lower(logical) and location.url not in _conflicts_checked:
             self._warn_conflict_once(logical, location)
         if len(self._quiet_reads) < MEMO_LIMIT:
@@ -301,9 +312,10 @@ class OrchFileSystem(ChainedFileSystem):
         _conflicts_checked.add(key)
         for pair in self._conflicts_of(logical):
             if pair.upper_url == upper.url:
+                winner = "the first" if pair.kind == "legacy-pair" else "the new copy"
                 warnings.warn(
                     f"{logical}: {pair.upper_url} and {pair.legacy_url} both exist and differ; "
-                    "the new copy wins. Run `orchfs doctor` to see both hashes and "
+                    f"{winner} wins. Run `orchfs doctor` to see both hashes and "
                     "`orchfs migrate --prefer new|legacy` to settle it.",
                     LegacyConflictWarning,
                     stacklevel=4,
@@ -320,13 +332,11 @@ class OrchFileSystem(ChainedFileSystem):
         return target
 
     def _before_write(self, logical: str) -> Any:
-        """Check the layout version, initialise the state dir, reopen whited-out parents."""
-        if not self._writable_checked:
-            from .meta import check_writable, ensure_initialized, read_format
-
-            check_writable(read_format(self._state), self._state.url(""))
-            ensure_initialized(self._state, self.root, self._local_root)
-            self._writable_checked = True
+        """Check the layout version, initialise the state dir, record what a write
+        supersedes (rule 7), reopen whited-out parents."""
+        self._ensure_writable()
+        if logical not in self._supersede_checked and self._overlay.has_legacy(logical):
+            self._record_superseded(logical)
         target = self._overlay.target(logical)
         if self._overlay.has_lower(logical) and self._overlay.markers_present():
             for ancestor in ancestors(logical):
@@ -336,6 +346,35 @@ class OrchFileSystem(ChainedFileSystem):
                     target.store.makedirs(f"{target.prefix}{ancestor}")
                     self._overlay.write_marker(f"{target.prefix}{ancestor}/{OPAQUE_MARKER}")
         return target
+
+    def _ensure_writable(self) -> None:
+        """Check the layout version and initialise the state dir (FORMAT, meta.json)."""
+        if not self._writable_checked:
+            from .meta import check_writable, ensure_initialized, read_format
+
+            check_writable(read_format(self._state), self._state.url(""))
+            ensure_initialized(self._state, self.root, self._local_root)
+            self._writable_checked = True
+
+    def _record_superseded(self, logical: str) -> None:
+        """Rule 7: a write, copy-up or whiteout is about to replace what a legacy file
+        serves; record that file's hash and size (and those of later legacy locations
+        with the same bytes) so that it reads as stale rather than as a conflict."""
+        from .supersede import write_record
+
+        if len(self._supersede_checked) < MEMO_LIMIT:
+            self._supersede_checked.add(logical)
+        found = self._overlay.lookup(logical)
+        if found is None or found[0].upper or found[1]["type"] != "file":
+            return  # an upper copy already serves it, or nothing does
+        served = found[0].store.read(found[0].rel)
+        write_record(self._state, found[0].rel, served)
+        for location in self._overlay.layers(logical):
+            if location.upper or location.rel == found[0].rel:
+                continue
+            other = location.store.read_optional(location.rel)
+            if other == served:
+                write_record(self._state, location.rel, other)
 
     def _after_write(self, logical: str, target: Any) -> None:
         if self._overlay.has_lower(logical) and self._overlay.markers_present():
@@ -362,7 +401,13 @@ class OrchFileSystem(ChainedFileSystem):
         return Resolution(logical, target.layer, target.url, self._is_dir(logical))
 
     def conflicts(self) -> list[Conflict]:
-        """Every path that exists both in an upper and a legacy location, with other bytes."""
+        """Every pair of locations of one path that both exist and differ: an upper copy
+        and a legacy file orchfs did not supersede (or that changed since), or two legacy
+        locations of one entry (import sources included)."""
+        return [c for c in self.legacy_pairs() if c.kind != "stale"]
+
+    def legacy_pairs(self) -> list[Conflict]:
+        """:meth:`conflicts` plus the ``stale`` legacy files (superseded, unchanged)."""
         out: list[Conflict] = []
         for entry in self.layout.entries:
             names = [entry.logical] + [entry.logical + c for c in entry.companions]
@@ -370,6 +415,19 @@ class OrchFileSystem(ChainedFileSystem):
                 names = [join(entry.logical, rel) for rel in self._legacy_files(entry)]
             for logical in names:
                 out.extend(self._conflicts_of(logical))
+        return out + self._import_source_pairs()
+
+    def _import_source_pairs(self) -> list[Conflict]:
+        """Import sources (legacy secret files) that land on one contained name and differ."""
+        from .overlay import Location
+
+        targets: dict[str, list[Any]] = {}
+        for source, contained in self.layout.import_sources:
+            targets.setdefault(contained, []).append(Location("legacy", self._repo, source))
+        out = []
+        for contained, sources in targets.items():
+            upper = Location("contained", self._state, contained)
+            out.extend(self._differing(contained, [upper, *sources]))
         return out
 
     def _legacy_files(self, entry: Any) -> list[str]:
@@ -379,27 +437,35 @@ class OrchFileSystem(ChainedFileSystem):
         return sorted(files)
 
     def _conflicts_of(self, logical: str) -> list[Conflict]:
-        layers = self._overlay.layers(logical)
-        uppers = [loc for loc in layers if loc.upper and self._is_file_at(loc)]
-        if not uppers:
-            return []
-        upper = uppers[0]
-        out = []
-        upper_hash = None
-        for location in layers:
-            if location.upper or not self._is_file_at(location):
-                continue
-            if upper_hash is None:
-                upper_hash = hashlib.sha256(upper.store.read(upper.rel)).hexdigest()
-            legacy_hash = hashlib.sha256(location.store.read(location.rel)).hexdigest()
-            if legacy_hash != upper_hash:
-                out.append(Conflict(logical, upper.url, location.url, upper_hash, legacy_hash))
-        return out
+        return self._differing(logical, self._overlay.layers(logical))
 
-    @staticmethod
-    def _is_file_at(location: Any) -> bool:
-        found = location.store.info(location.rel)
-        return found is not None and found["type"] == "file"
+    def _differing(self, logical: str, layers: Any) -> list[Conflict]:
+        """The first file among ``layers`` (upper first) against each later legacy file."""
+        from .supersede import is_stale, read_record
+
+        files = [
+            (loc, info) for loc in layers if (info := loc.store.info(loc.rel)) and info["type"] == "file"
+        ]
+        files = [pair for pair in files if pair[0].upper][:1] + [pair for pair in files if not pair[0].upper]
+        if len(files) < 2:
+            return []
+        first = files[0][0]
+        first_hash = hashlib.sha256(first.store.read(first.rel)).hexdigest()
+        out = []
+        for location, info in files[1:]:
+            legacy_hash = hashlib.sha256(location.store.read(location.rel)).hexdigest()
+            if legacy_hash == first_hash:
+                continue
+            if not first.upper:
+                kind = "legacy-pair"
+            else:
+                record = read_record(self._state, location.rel)
+                if is_stale(record, info.get("size"), lambda h=legacy_hash: h):
+                    kind = "stale"
+                else:
+                    kind = "legacy-changed" if record is not None else "differ"
+            out.append(Conflict(logical, first.url, location.url, first_hash, legacy_hash, kind))
+        return out
 
     # --- locks and records -----------------------------------------------------------
     def lock(self, name: str = "repo", timeout: float | None = None, lease: float | None = None) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, temp_name
 from .errors import JournalError, UnsafeStateError
-from .layout import Layout
+from .layout import Layout, is_unnamed_v1
 from .paths import STATE_DIR
 from .stored import check_id, check_relative
 
@@ -348,7 +348,7 @@ def _check_row(row: Any, index: int, where: str, allowed: tuple[str, ...], remot
     ):
         raise wrong("link")
     source = check_relative(step["source"], f"step {index} source", where)
-    if not _at_legacy_location(source, allowed):
+    if not _at_legacy_location(source, allowed) and not is_unnamed_v1(source):
         raise UnsafeStateError(
             f"{where}: step {index} source {source!r} is not a legacy location of the layout; refused", where
         )

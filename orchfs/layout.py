@@ -28,6 +28,9 @@ from .errors import ConfigError, PathEscapeError
 from .paths import validate
 
 SCOPES = ("session", "repo")
+# v1-looking names that no entry may name: reported by migrate and doctor as unknown (or,
+# with a ``.bak`` suffix on a legacy name, as leftovers of an earlier migration script).
+UNNAMED_PATTERNS = (".workflow_", ".manus/secrets.enc")
 _ENTRY_KEYS = {"logical", "scope", "legacy", "companions"}
 
 
@@ -285,6 +288,18 @@ _DEFAULT = {
 }
 
 _default_layout: Layout | None = None
+
+
+def is_unnamed_v1(rel: str) -> bool:
+    """Whether the root-relative ``rel`` is, or lies below, a v1-looking name
+    (:data:`UNNAMED_PATTERNS`): what a migration may retire into its backup."""
+    for pattern in UNNAMED_PATTERNS:
+        folder, _, stem = pattern.rpartition("/")
+        parts = rel.split("/")
+        depth = folder.count("/") + 1 if folder else 0
+        if len(parts) > depth and "/".join(parts[:depth]) == folder and parts[depth].startswith(stem):
+            return True
+    return False
 
 
 def default_layout() -> Layout:

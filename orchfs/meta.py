@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import FormatError, LayoutVersionError, MetaError
+from .paths import STATE_DIR
 from .stored import check_repo_id, load_json
 
 LAYOUT_VERSION = 2
@@ -147,14 +148,70 @@ def ensure_initialized(state: Any, root: str, local_root: bool) -> None:
             state.write(META_FILE, document, exclusive=True)
 
 
+IGNORE_LINE = f"{STATE_DIR}/"
+_PROBE = f"{STATE_DIR}/meta.json"  # a path inside: `*` in .orchestrator/.gitignore covers it
+
+
+def gitignored(root: str) -> bool:
+    """Whether git ignores the state directory of ``root``: git's own answer where git is
+    installed (every ignore file and rule counts), else a ``.orchestrator/`` line in
+    the root ``.gitignore``."""
+    import shutil
+    import subprocess
+
+    git = shutil.which("git")
+    if git is not None and os.path.isdir(os.path.join(root, ".git")):
+        try:
+            answer = subprocess.run(
+                # No hooks or fsmonitor of the repository run: only the ignore rules count.
+                [git, "-c", "core.fsmonitor=false", "check-ignore", "-q", "--no-index", _PROBE],
+                cwd=root,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=30,
+            ).returncode
+        except (OSError, subprocess.SubprocessError):
+            answer = None
+        if answer in (0, 1):
+            return answer == 0
+    return any(line.strip().strip("/") == STATE_DIR for line in _gitignore_text(root).splitlines())
+
+
+def ensure_gitignored(root: str) -> bool:
+    """Add ``.orchestrator/`` to the root ``.gitignore`` unless git already ignores it;
+    True when the file was changed (what ``orchfs init`` and a migration do)."""
+    if gitignored(root):
+        return False
+    text = _gitignore_text(root)
+    line = ("" if not text or text.endswith("\n") else "\n") + IGNORE_LINE + "\n"
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+    fd = os.open(os.path.join(root, ".gitignore"), flags, 0o644)  # a link there is refused
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    return True
+
+
+def _gitignore_text(root: str) -> str:
+    path = os.path.join(root, ".gitignore")
+    if not os.path.isfile(path) or os.path.islink(path):
+        return ""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
 __all__ = [
     "FORMAT_FILE",
     "LAYOUT_VERSION",
     "META_FILE",
     "FormatInfo",
     "check_writable",
+    "ensure_gitignored",
     "ensure_initialized",
     "git_remote",
+    "gitignored",
     "parse_format",
     "read_format",
     "read_meta",

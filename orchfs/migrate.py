@@ -31,10 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .atomic import PRIVATE_FILE_MODE, temp_name
-from .errors import MigrationConflictError, OrchFSError, SQLiteInUseError
+from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, temp_name
+from .errors import MigrationConflictError, OrchFSError, RollbackIncompleteError, SQLiteInUseError
 from .journal import JOURNAL_DIR, Journal, begin_record, intent_records, journals, read_journal, steps_of
-from .layout import Layout, coerce_layout
+from .layout import UNNAMED_PATTERNS, Layout, coerce_layout
 from .paths import MARKER_PREFIXES, MARKER_SENTINEL, STATE_DIR, WHITEOUT_PREFIX
 from .stored import check_id
 
@@ -56,10 +56,13 @@ class Move:
 
 @dataclass(frozen=True)
 class MoveConflict:
-    """A v1 file whose v2 place already holds other bytes (``prefer`` settles it)."""
+    """``source`` and what is at ``target`` differ. ``other`` names the earlier legacy
+    location that moves to ``target`` in the same run (two legacy locations of one
+    entry): the first in order moves, ``source`` is then kept in the backup."""
 
     source: str
     target: str
+    other: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,15 @@ class Plan:
     free_bytes: int | None
     blocked: str | None = None  # e.g. a SQLite database in use
     stats: dict[str, os.stat_result] = field(default_factory=dict, compare=False, repr=False)
+    leftovers: tuple[str, ...] = ()  # ``.bak`` copies an older migration script left
+    # Retired sources whose bytes exist nowhere else (stale copies, leftovers, the later of
+    # two differing legacy locations): kept in the backup even with ``backup=False``.
+    keep: frozenset[str] = field(default_factory=frozenset, compare=False, repr=False)
 
     @property
     def total_bytes(self) -> int:
-        """Bytes that move (files retired into the backup do not count)."""
-        return sum(m.bytes for m in self.moves if m.action != "retire")
+        """The bytes of every move, retirements included (the sum of ``moves``)."""
+        return sum(m.bytes for m in self.moves)
 
     @property
     def copy_bytes(self) -> int:
@@ -92,6 +99,7 @@ class Plan:
             "moves": [asdict(m) for m in self.moves],
             "conflicts": [asdict(c) for c in self.conflicts],
             "unknown": list(self.unknown),
+            "leftovers": list(self.leftovers),
             "total_bytes": self.total_bytes,
             "copy_bytes": self.copy_bytes,
             "free_bytes": self.free_bytes,
@@ -153,7 +161,8 @@ class _Pair:
 
 
 def _legacy_pairs(root: str, layout: Layout) -> Iterator[_Pair]:
-    """Every v1 file with the contained path it moves to (directories expanded)."""
+    """Every v1 file with the contained path it moves to (directories expanded), the
+    legacy locations of an entry in order: the first that exists is the one that moves."""
     for entry in layout.entries:
         for suffix in ("", *entry.companions):
             for legacy in entry.legacy:
@@ -167,7 +176,6 @@ def _legacy_pairs(root: str, layout: Layout) -> Iterator[_Pair]:
                     yield from _directory_pairs(root, source, contained)
                 else:
                     yield _Pair(source, contained, st, bool(entry.companions) and not suffix)
-                break  # the first legacy location that exists is the one that moves
     for source, contained in layout.import_sources:
         with contextlib.suppress(FileNotFoundError):
             yield _Pair(source, contained, os.lstat(os.path.join(root, source)))
@@ -186,15 +194,30 @@ def _directory_pairs(root: str, source: str, contained: str) -> Iterator[_Pair]:
             yield _Pair(rel, f"{contained}/{entry.name}", st)
 
 
-def _unknown(root: str, layout: Layout) -> list[str]:
-    known = {name.split("/")[0] for name in layout.legacy_names()}
-    return sorted(
-        name
-        for name in os.listdir(root)
-        if name.startswith(".workflow_")
-        and name not in known
-        and not any(name == k or name.startswith(k) for k in known)
-    )
+LEFTOVER_SUFFIX = ".bak"
+
+
+def _unknown(root: str, layout: Layout) -> tuple[list[str], list[str]]:
+    """v1-looking files that no entry names: ``.bak`` copies of legacy files (what
+    workflow-orchestrator's own migration script leaves), and every other ``.workflow_*``
+    or ``.manus/secrets.enc*``. Returns (leftovers, unknown), root-relative."""
+    known = set(layout.legacy_names())
+    leftovers, unknown = [], []
+    for pattern in UNNAMED_PATTERNS:
+        folder, _, stem = pattern.rpartition("/")
+        try:
+            names = os.listdir(os.path.join(root, folder)) if folder else os.listdir(root)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            rel = f"{folder}/{name}" if folder else name
+            if not name.startswith(stem) or rel in known:
+                continue
+            if rel.endswith(LEFTOVER_SUFFIX) and rel[: -len(LEFTOVER_SUFFIX)] in known:
+                leftovers.append(rel)
+            else:
+                unknown.append(rel)
+    return sorted(leftovers), sorted(unknown)
 
 
 def _same_device(root: str, state_dir: str) -> bool:
@@ -205,7 +228,8 @@ def _same_device(root: str, state_dir: str) -> bool:
 
 
 def _sqlite_in_use(root: str, sources: list[str]) -> str | None:
-    """A hot journal, or a lock someone holds, on a SQLite database that would move."""
+    """A lock someone holds (a write transaction, an open reader), or a hot journal left
+    by a crash, on a SQLite database that would move."""
     import fcntl
 
     for source in sources:
@@ -215,22 +239,23 @@ def _sqlite_in_use(root: str, sources: list[str]) -> str | None:
         with open(full, "rb") as f:
             if f.read(16) != b"SQLite format 3\x00":
                 continue
-        journal = full + "-journal"
-        if os.path.exists(journal) and os.path.getsize(journal) > 0:
-            return (
-                f"{source} has a hot journal ({source}-journal): open it with sqlite3 once "
-                "to recover, then migrate"
-            )
         fd = os.open(full, os.O_RDWR)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.lockf(fd, fcntl.LOCK_UN)
         except OSError:
             return (
-                f"{source} is in use (a SQLite lock is held on it): stop the process using it, then migrate"
+                f"{source} is in use (a process holds a SQLite lock on it, e.g. an open write "
+                "transaction): let it finish or stop that process, then migrate"
             )
         finally:
             os.close(fd)
+        journal = full + "-journal"
+        if os.path.exists(journal) and os.path.getsize(journal) > 0:
+            return (
+                f"{source} has a hot journal ({source}-journal) left by a process that stopped "
+                "mid-transaction: open the database with sqlite3 once to recover it, then migrate"
+            )
     return None
 
 
@@ -242,18 +267,23 @@ def plan(
     copy: bool = False,
     storage: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    retire_leftovers: bool = False,
 ) -> Plan:
     """What a migration of ``root`` would do. Reads only.
 
     ``copy=True`` copies (with hash check) even where a rename would do. ``storage``
     names a state directory elsewhere (``s3://bucket/prefix``, ``memory://...``): files
     are then uploaded to it, hash-checked, and removed from the repository.
+    ``retire_leftovers=True`` also moves the ``.bak`` leftovers and the unknown v1 files
+    into the backup (they are reported either way).
     """
+    from .storage import LocalStorage
+
     root = _root(root)
     layout = coerce_layout(layout)
     remote = _remote_store(root, storage, storage_options)
     if remote is not None:
-        return _remote_plan(root, layout, remote, migration_id)
+        return _remote_plan(root, layout, remote, migration_id, retire_leftovers)
     state_dir = os.path.join(root, STATE_DIR)
     action = "rename" if not copy and _same_device(root, state_dir) else "copy"
     existing_dirs: dict[str, bool] = {}
@@ -273,6 +303,8 @@ def plan(
         present=present,
         same=lambda source, contained: _same_bytes(source, os.path.join(state_dir, contained)),
         action=action,
+        records=LocalStorage(state_dir) if os.path.isdir(state_dir) else None,
+        retire_leftovers=retire_leftovers,
     )
     if the_plan.copy_bytes:
         free = shutil.disk_usage(state_dir if os.path.exists(state_dir) else root).free
@@ -289,33 +321,74 @@ def _plan_moves(
     present: Callable[[str], bool],
     same: Callable[[str, str], bool],
     action: str,
+    records: Any,
+    retire_leftovers: bool,
 ) -> Plan:
-    """Every v1 file as a move, a retirement (already there) or a conflict (there, different)."""
-    moves, conflicts, sqlite_sources = [], [], []
+    """Every v1 file as a move, a retirement (already there, or a stale copy orchfs
+    superseded) or a conflict (there, different)."""
+    from .supersede import is_stale, read_record
+
+    if migration_id is not None:
+        check_id(migration_id, "migration id", "migration_id argument")
+    migration_id = migration_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    moves, conflicts, sqlite_sources, keep = [], [], [], set()
     stats: dict[str, os.stat_result] = {}
+    claimed: dict[str, str] = {}  # contained path -> the legacy source moving there
     for pair in _legacy_pairs(root, layout):
         stats[pair.source] = pair.st
+        full = os.path.join(root, pair.source)
         if pair.sqlite:
             sqlite_sources.append(pair.source)
         where = target(pair.contained)
-        if present(pair.contained):
-            if same(os.path.join(root, pair.source), pair.contained):
+        first = claimed.get(pair.contained)
+        if first is not None:  # a later legacy location of an entry whose first one moves
+            if _same_bytes(full, os.path.join(root, first)):
                 moves.append(Move(pair.source, where, pair.st.st_size, "retire"))
+            else:
+                conflicts.append(MoveConflict(pair.source, where, first))
+            continue
+        if present(pair.contained):
+            if same(full, pair.contained):
+                moves.append(Move(pair.source, where, pair.st.st_size, "retire"))
+            elif records is not None and is_stale(
+                read_record(records, pair.source), pair.st.st_size, lambda f=full: _sha256_file(f)
+            ):
+                moves.append(Move(pair.source, where, pair.st.st_size, "retire"))
+                keep.add(pair.source)
             else:
                 conflicts.append(MoveConflict(pair.source, where))
             continue
+        claimed[pair.contained] = pair.source
         moves.append(Move(pair.source, where, pair.st.st_size, action))
-    if migration_id is not None:
-        check_id(migration_id, "migration id", "migration_id argument")
+    leftovers, unknown = _unknown(root, layout)
+    if retire_leftovers:
+        for name in (*leftovers, *unknown):
+            for file_rel, st in _files_below(root, name):
+                stats[file_rel] = st
+                where = f"{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{file_rel}"
+                moves.append(Move(file_rel, where, st.st_size, "retire"))
+                keep.add(file_rel)
     return Plan(
-        migration_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
+        migration_id,
         tuple(moves),
         tuple(conflicts),
-        tuple(_unknown(root, layout)),
+        tuple(unknown),
         None,
         _sqlite_in_use(root, sqlite_sources),
         stats,
+        tuple(leftovers),
+        frozenset(keep),
     )
+
+
+def _files_below(root: str, rel: str) -> Iterator[tuple[str, os.stat_result]]:
+    """``rel`` itself, or every file (and link) below it when it is a directory."""
+    st = os.lstat(os.path.join(root, rel))
+    if not stat.S_ISDIR(st.st_mode):
+        yield rel, st
+        return
+    for pair in _directory_pairs(root, rel, rel):
+        yield pair.source, pair.st
 
 
 def _remote_store(root: str, storage: str | None, options: dict[str, Any] | None) -> Any:
@@ -330,7 +403,9 @@ def _remote_store(root: str, storage: str | None, options: dict[str, Any] | None
     return store
 
 
-def _remote_plan(root: str, layout: Layout, store: Any, migration_id: str | None) -> Plan:
+def _remote_plan(
+    root: str, layout: Layout, store: Any, migration_id: str | None, retire_leftovers: bool
+) -> Plan:
     existing = set(store.find_files(""))  # one listing instead of a request per file
     return _plan_moves(
         root,
@@ -340,6 +415,8 @@ def _remote_plan(root: str, layout: Layout, store: Any, migration_id: str | None
         present=existing.__contains__,
         same=lambda source, contained: _sha256_file(source) == _sha256_bytes(store.read(contained)),
         action="upload",
+        records=store,
+        retire_leftovers=retire_leftovers,
     )
 
 
@@ -468,18 +545,46 @@ def _copy_exact(source: str, target: str) -> None:
 
 
 def _write_copy(source: str, temp: str, mode: int) -> str:
-    digest = hashlib.sha256()
+    """Copy ``source`` to a new ``temp`` (a reflink where the filesystem offers one,
+    ``copy_file_range`` otherwise, plain writes last); returns the source's SHA-256."""
+    expected = _sha256_file(source)
     with open(source, "rb") as src:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
         try:
-            for chunk in iter(lambda: src.read(1 << 20), b""):
-                digest.update(chunk)
-                _write_all(fd, chunk)
+            _copy_data(src.fileno(), fd, os.fstat(src.fileno()).st_size)
             os.fsync(fd)
             os.fchmod(fd, mode)
         finally:
             os.close(fd)
-    return digest.hexdigest()
+    return expected
+
+
+_FICLONE = 0x40049409  # ioctl(dst, FICLONE, src): share the extents, copy on write
+
+
+def _copy_data(source: int, target: int, size: int) -> None:
+    import errno
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(target, _FICLONE, source)
+        return
+    offset = 0
+    copy_range = getattr(os, "copy_file_range", None)
+    if copy_range is not None:
+        try:
+            while offset < size:
+                done = copy_range(source, target, size - offset, offset, offset)
+                if done == 0:
+                    break
+                offset += done
+        except OSError as exc:  # EXDEV before Linux 5.3, or a filesystem without it
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or offset:
+                raise
+    os.lseek(target, offset, os.SEEK_SET)
+    while chunk := os.pread(source, 1 << 20, offset):
+        _write_all(target, chunk)
+        offset += len(chunk)
 
 
 def _place(
@@ -509,13 +614,29 @@ def _place(
         os.unlink(source)
 
 
+IN_PLACE_SUFFIXES = (".jsonl", ".log", ".db", ".sqlite", ".sqlite3", *SQLITE_COMPANIONS)
+
+
+def _written_in_place(path: str) -> bool:
+    """Whether the file may later be written in place (a SQLite database or one of its
+    companions, an append-only log): its backup must be a copy, since a hard link would
+    change with it. Files only ever replaced by rename may share the inode."""
+    if path.endswith(IN_PLACE_SUFFIXES):
+        return True
+    if path.endswith((".json", ".yaml", ".yml", ".md", ".enc")):
+        return False
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        return f.read(16) == b"SQLite format 3\x00"
+    return False
+
+
 def _backup(source: str, backup: str) -> None:
     if _lexists(backup):
         return
     _ensure_parent(backup)
     try:
-        if os.path.islink(source):
-            raise OSError("links are copied")
+        if os.path.islink(source) or _written_in_place(source):
+            raise OSError("copied, not linked")
         os.link(source, backup)
     except OSError:
         _copy_exact(source, backup)
@@ -540,8 +661,11 @@ def _execute(
     if fresh is not None and step["action"] == "rename" and step["link"] is None:
         if backup:
             _make_parent(backup_path, fresh)
-            with contextlib.suppress(FileExistsError):
-                os.link(source, backup_path)
+            if _written_in_place(source):
+                _backup(source, backup_path)
+            else:
+                with contextlib.suppress(FileExistsError):
+                    os.link(source, backup_path)
         if _make_parent(target, fresh):
             os.rename(source, target)
             return
@@ -650,6 +774,7 @@ def apply(
     copy: bool = False,
     storage: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    retire_leftovers: bool = False,
 ) -> Result:
     """Migrate ``root`` (or finish an interrupted migration). See the module docstring."""
     from .filesystem import OrchFileSystem
@@ -673,7 +798,14 @@ def apply(
             raise OrchFSError(
                 "a rollback was interrupted: run `orchfs migrate --rollback` again to finish it"
             )
-        the_plan = plan(root, layout=layout, copy=copy, storage=storage, storage_options=storage_options)
+        the_plan = plan(
+            root,
+            layout=layout,
+            copy=copy,
+            storage=storage,
+            storage_options=storage_options,
+            retire_leftovers=retire_leftovers,
+        )
         if the_plan.conflicts and prefer is None:
             raise MigrationConflictError(
                 f"{len(the_plan.conflicts)} conflict(s): both copies exist and differ "
@@ -691,6 +823,7 @@ def apply(
             )
         steps = [
             {"source": m.source, "target": m.target, "bytes": m.bytes, "action": m.action}
+            | ({"replaced": True} if m.source in the_plan.keep else {})
             for m in the_plan.moves
         ]
         if remote is not None:
@@ -698,7 +831,9 @@ def apply(
             for step in steps:
                 step["rel"] = step["target"][len(base) :].lstrip("/")
         for conflict in the_plan.conflicts:
-            action = "retire" if prefer == "new" else "replace"
+            # The later of two legacy locations never replaces the first: it is retired
+            # into the backup (kept even without one), whichever copy is preferred.
+            action = "retire" if prefer == "new" or conflict.other else "replace"
             steps.append(
                 {
                     "source": conflict.source,
@@ -716,7 +851,10 @@ def apply(
             step["mode"] = st.st_mode & 0o7777
             step["mtime_ns"] = st.st_mtime_ns
             step["link"] = os.readlink(f"{root}/{source}") if stat.S_ISLNK(st.st_mode) else None
-        fs._before_write("state.json")  # FORMAT and meta.json, so that the repo is v2
+        fs._ensure_writable()  # FORMAT and meta.json, so that the repo is v2
+        from .meta import read_meta
+
+        portable = bool((read_meta(fs._state) or {}).get("portable"))
         os.makedirs(os.path.join(root, STATE_DIR), exist_ok=True)  # the journal stays local
         path = os.path.join(root, STATE_DIR, JOURNAL_DIR, f"{the_plan.migration_id}.jsonl")
         records = [
@@ -728,7 +866,9 @@ def apply(
                 root=root,
                 storage=storage if remote is not None else None,
                 steps=len(steps),
-            ),
+            )
+            # What .gitignore held before the run adds .orchestrator/ to it (None: portable).
+            | {"gitignore": None if portable else _file_snapshot(root, ".gitignore")},
             *intent_records(steps),
         ]
         Journal.create(path, records)
@@ -800,20 +940,120 @@ def _run(
                     progress(finished, total)
         journal.sync()
         _remove_empty_dirs(root, list(begin.get("dirs", {})))
+        if remote is None:
+            _tighten_secrets(root, steps)
+        if "gitignore" in begin and begin["gitignore"] is not None:
+            from .meta import ensure_gitignored
+
+            ensure_gitignored(root)
         journal.write({"t": "end"}, sync=True)
     finally:
         journal.close()
     logger.info("migration %s finished: %d file(s)", migration_id, total)
     if the_plan is None:
         the_plan = _plan_of_steps(migration_id, steps)
-    verb = "finished the interrupted migration" if resumed else "migrated"
+    verb = "finished the interrupted migration of" if resumed else "migrated"
+    where = f"{STATE_DIR}/" if remote is None else remote.url("")
     return Result(
         the_plan,
         True,
-        f"{verb} {total} file(s) into {STATE_DIR}/ (id {migration_id})",
+        f"{verb} {total} file(s) into {where} (id {migration_id})",
         resumed=resumed,
         steps=len(todo),
     )
+
+
+SECRETS_PREFIX = f"{STATE_DIR}/secrets/"
+
+
+def _tighten_secrets(root: str, steps: list[dict[str, Any]]) -> None:
+    """Moved secret files 0600 and their directories 0700, as doctor expects (rollback
+    gives the files their v1 modes back)."""
+    state = os.path.join(root, STATE_DIR)
+    for step in steps:
+        target = step["target"]
+        if step["action"] == "retire" or not target.startswith(SECRETS_PREFIX):
+            continue
+        full = os.path.join(root, target)
+        _chmod_nofollow(full, PRIVATE_FILE_MODE, 0)
+        folder = os.path.dirname(full)
+        while len(folder) > len(state):
+            _chmod_nofollow(folder, PRIVATE_DIR_MODE, os.O_DIRECTORY)
+            folder = os.path.dirname(folder)
+
+
+def _chmod_nofollow(path: str, mode: int, kind: int) -> None:
+    """chmod what ``path`` names itself, never what a symlink there points at."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | kind)
+    except OSError:
+        return  # a link (refused), or gone: nothing of ours to tighten
+    try:
+        if kind or stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _file_snapshot(root: str, rel: str) -> dict[str, Any]:
+    """A small file's bytes, mode and mtime (or that it is absent), for the journal."""
+    import base64
+
+    full = os.path.join(root, rel)
+    try:
+        st = os.lstat(full)
+    except FileNotFoundError:
+        return {"exists": False}
+    if not stat.S_ISREG(st.st_mode) or st.st_size > 1 << 20:
+        return {"exists": True, "untouched": True}  # a link or a huge file: never edited
+    with open(full, "rb") as f:
+        data = f.read()
+    return {
+        "exists": True,
+        "data": base64.b64encode(data).decode(),
+        "mode": stat.S_IMODE(st.st_mode),
+        "mtime_ns": st.st_mtime_ns,
+    }
+
+
+def _restore_gitignore(root: str, before: Any) -> None:
+    """Take back the line a migration added to .gitignore, if nothing else changed.
+
+    ``before`` comes from the journal: anything but the shape :func:`_file_snapshot`
+    writes leaves the file alone."""
+    import base64
+    import binascii
+
+    from .meta import IGNORE_LINE
+
+    if not isinstance(before, dict) or before.get("untouched") or type(before.get("exists")) is not bool:
+        return
+    mode, mtime = before.get("mode"), before.get("mtime_ns")
+    try:
+        old = base64.b64decode(before.get("data", ""), validate=True) if before["exists"] else b""
+    except (binascii.Error, TypeError, ValueError):
+        return
+    if before["exists"] and not (type(mode) is int and 0 <= mode <= 0o7777 and type(mtime) is int):
+        return
+    full = os.path.join(root, ".gitignore")
+    try:
+        fd = os.open(full, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return  # gone, or a link: never written through
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            now = f.read()
+        added = now[len(old) :].lstrip(b"\n")
+        if not now.startswith(old) or added != IGNORE_LINE.encode() + b"\n":
+            return  # edited since: the user's file stays as it is
+        if not before["exists"]:
+            os.unlink(full)
+            return
+        os.ftruncate(fd, len(old))
+        os.fchmod(fd, mode)
+        os.utime(fd, ns=(mtime, mtime))
+    finally:
+        os.close(fd)
 
 
 def rollback(
@@ -869,16 +1109,26 @@ def rollback(
                 _undo(root, step, backup_root)
         if remote is None:
             _carry_back_new_files(root, fs.layout, begin)
+        _restore_gitignore(root, begin.get("gitignore"))
+        missing = [s["source"] for s in steps if not _lexists(os.path.join(root, s["source"]))]
         for name, (mode, mtime) in sorted(begin.get("dirs", {}).items(), key=lambda kv: -kv[0].count("/")):
             full = os.path.join(root, name)
             os.chmod(full, mode)
             os.utime(full, ns=(mtime, mtime))
-        shutil.rmtree(backup_root, ignore_errors=True)
+        if not missing:  # the backup goes only once everything is back
+            shutil.rmtree(backup_root, ignore_errors=True)
         _prune_state_dirs(root)
         with contextlib.suppress(OSError):
             os.utime(root, ns=(begin["root_mtime_ns"], begin["root_mtime_ns"]))
         journal.write({"t": "rolled-back"}, sync=True)
         journal.close()
+        if missing:
+            raise RollbackIncompleteError(
+                f"rolled back migration {mid}, but {len(missing)} file(s) could not be restored "
+                f"(removed after the migration, or migrated without a backup): "
+                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; whatever remains of "
+                f"them is in {os.path.relpath(backup_root, root)}/ and {STATE_DIR}/"
+            )
         return Result(
             _plan_of_steps(mid, steps), True, f"rolled back migration {mid}: the v1 layout is restored"
         )
@@ -892,6 +1142,9 @@ def _undo(root: str, step: dict[str, Any], backup_root: str) -> None:
         if not _lexists(source) and _lexists(backup_path):
             _ensure_parent(source)
             _copy_or_rename(backup_path, source)
+        elif not _lexists(source) and _lexists(target) and not step.get("replaced"):
+            _copy_exact(target, source)  # retired without a backup: it held these bytes
+            _restore_meta(source, step)
         return
     if step["action"] == "replace":
         aside = os.path.join(backup_root, STATE_DIR + "-replaced", step["target"][len(STATE_DIR) + 1 :])
@@ -982,6 +1235,7 @@ __all__ = [
     "MoveConflict",
     "Plan",
     "Result",
+    "RollbackIncompleteError",
     "SQLiteInUseError",
     "apply",
     "plan",

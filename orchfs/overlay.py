@@ -130,6 +130,10 @@ class Overlay:
             self._has_lower[logical] = cached
         return cached
 
+    def has_legacy(self, logical: str) -> bool:
+        """Whether a legacy location could serve ``logical``."""
+        return not self.layers(logical)[-1].upper
+
     def upper_layers(self) -> list[Location]:
         """The layers that can hold markers, for listing the root."""
         out = []

@@ -41,7 +41,9 @@ TEMP_PREFIX = ".orchfs-tmp."
 MARKER_PREFIXES = (WHITEOUT_PREFIX, TEMP_PREFIX)
 
 # Entries at the top of the state directory that belong to orchfs, not to the logical view.
-INTERNAL_NAMES = frozenset({"FORMAT", "meta.json", "locks", "migrations", "migration_backup", "tmp"})
+INTERNAL_NAMES = frozenset(
+    {"FORMAT", "meta.json", "locks", "migrations", "migration_backup", "tmp", "superseded", "current"}
+)
 
 # How many entries any per-path memo keeps (gate results, layers, shortcuts, clean dirs).
 MEMO_LIMIT = 65536

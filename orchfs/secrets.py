@@ -287,7 +287,7 @@ class SecretStore:
 
             meta = read_meta(self._fs._state)
             if meta is None:
-                self._fs._before_write("state.json")
+                self._fs._ensure_writable()
                 meta = read_meta(self._fs._state)
             self._repo_id = str(meta["repo_id"])
         return self._repo_id

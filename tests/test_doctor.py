@@ -49,9 +49,17 @@ def test_mixed_layout_conflict_and_legacy_changed(tmp_path):
     fs = orchfs.OrchFileSystem(root=str(root), skip_instance_cache=True)
     fs.pipe_file("state.json", b"new")
     fs.rm_file("log.jsonl")
+    # Only touched: orchfs superseded them and their bytes still match the records.
     later = time.time() + 5
     os.utime(root / ".workflow_state.json", (later, later))
     os.utime(root / ".workflow_log.jsonl", (later, later))
+    found = doctor.run(root)
+    assert [(f.id, f.severity) for f in found] == [("mixed-layout", "warning"), ("stale-legacy", "info")]
+    # An old orchestrator writes both again (the log after its whiteout, keeping its mtime).
+    (root / ".workflow_state.json").write_bytes(b'{"phase": "old orchestrator"}\n')
+    with open(root / ".workflow_log.jsonl", "ab") as f:
+        f.write(b'{"event": "old orchestrator"}\n')
+    os.utime(root / ".workflow_log.jsonl", (0, 0))
     found = doctor.run(root)
     assert {"mixed-layout", "conflict", "legacy-changed"} <= {f.id for f in found}
     conflict = next(f for f in found if f.id == "conflict")

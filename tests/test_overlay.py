@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -207,13 +208,22 @@ def test_rule6_rename_is_copy_up_plus_whiteout(v1_repo):
 
 
 def test_rule7_both_exist_and_differ(v1_repo):
+    # An upper copy that orchfs did not write over the legacy file (an old orchestrator
+    # ran after the upgrade, or the file was placed by hand) is a conflict.
+    upper = os.path.join(v1_repo, ".orchestrator", "state.json")
+    os.makedirs(os.path.dirname(upper))
+    with open(upper, "wb") as f:
+        f.write(b"upper")
     fs = orchfs.OrchFileSystem(root=v1_repo, skip_instance_cache=True)
-    fs.pipe_file("state.json", b"upper")
     fs.pipe_file("log.jsonl", REALISTIC[".workflow_log.jsonl"])  # same bytes: no conflict
-    (conflict,) = fs.conflicts()
-    assert conflict.logical == "state.json"
+    found = {c.logical: c for c in fs.conflicts()}
+    assert sorted(found) == ["config.yaml", "state.json"]  # config.yaml: two legacy files differ
+    conflict = found["state.json"]
+    assert conflict.kind == "differ"
     assert conflict.upper_sha256 == hashlib.sha256(b"upper").hexdigest()
     assert conflict.legacy_sha256 == hashlib.sha256(REALISTIC[".workflow_state.json"]).hexdigest()
+    assert found["config.yaml"].kind == "legacy-pair"
+    assert found["config.yaml"].upper_url.endswith(".orchestra.yaml")
     from orchfs import filesystem
 
     filesystem._conflicts_checked.clear()
@@ -221,8 +231,49 @@ def test_rule7_both_exist_and_differ(v1_repo):
         warnings.simplefilter("always")
         assert fs.cat_file("state.json") == b"upper"
         fs.cat_file("state.json")
-    conflicts = [w for w in caught if issubclass(w.category, orchfs.LegacyConflictWarning)]
-    assert len(conflicts) == 1
+        assert fs.cat_file("config.yaml") == REALISTIC[".orchestra.yaml"]  # the first serves
+        fs.cat_file("config.yaml")
+    conflicts = [str(w.message) for w in caught if issubclass(w.category, orchfs.LegacyConflictWarning)]
+    assert len(conflicts) == 2 and "the first wins" in conflicts[1]
+
+
+def test_rule7_orchfs_writes_supersede_legacy_files(v1_repo):
+    fs = orchfs.OrchFileSystem(root=v1_repo, skip_instance_cache=True)
+    fs.pipe_file("state.json", b"written by orchfs")
+    with fs.open("log.jsonl", "ab") as f:  # copy-up
+        f.write(b'{"event": "more"}\n')
+    fs.append_line("feedback/tool.jsonl", {"tool": "ruff"})
+    fs.rm_file("checkpoints/cp_001.json")  # a whiteout
+    assert fs.conflicts() == [c for c in fs.conflicts() if c.logical == "config.yaml"]
+    stale = sorted(c.logical for c in fs.legacy_pairs() if c.kind == "stale")
+    assert stale == ["feedback/tool.jsonl", "log.jsonl", "state.json"]
+    # An old orchestrator writes the legacy file again: now it is a conflict.
+    with open(os.path.join(v1_repo, ".workflow_state.json"), "ab") as f:
+        f.write(b" ")
+    changed = [c for c in fs.conflicts() if c.logical == "state.json"]
+    assert [c.kind for c in changed] == ["legacy-changed"]
+
+
+def test_rule7_supersede_records_are_checked_when_read_back(v1_repo):
+    from orchfs.supersede import RECORD_DIR, record_key
+
+    fs = orchfs.OrchFileSystem(root=v1_repo, skip_instance_cache=True)
+    fs.pipe_file("state.json", b"written by orchfs")
+    records = os.path.join(v1_repo, ".orchestrator", RECORD_DIR)
+    good = os.path.join(records, record_key(".workflow_state.json"))
+    with open(good, "rb") as f:
+        body = json.loads(f.read())
+    for damaged in (
+        b"not json",
+        json.dumps([body]).encode(),
+        json.dumps({**body, "legacy": ".workflow_log.jsonl"}).encode(),  # vouches for another file
+        json.dumps({**body, "size": -1}).encode(),
+        json.dumps({**body, "sha256": "../../etc"}).encode(),
+        b"{" + b" " * 10000 + b"}",
+    ):
+        with open(good, "wb") as f:
+            f.write(damaged)
+        assert [c.kind for c in fs.conflicts() if c.logical == "state.json"] == ["differ"]
 
 
 def test_rule8_legacy_warning_once_per_path(v1_repo):
@@ -560,8 +611,12 @@ def test_the_rules_on_fsspec_backends(kind, request):
     assert fs.cat_file("checkpoints/renamed.json") == b"two" and not fs.exists("checkpoints/cp_2.json")
     fs.rm("checkpoints", recursive=True)  # rule 5
     assert fs.find("checkpoints") == []
-    fs.pipe_file("state.json", b"new state")  # rule 7 (config.yaml differs since its copy-up)
-    assert sorted(c.logical for c in fs.conflicts()) == ["config.yaml", "state.json"]
+    fs.pipe_file("state.json", b"new state")  # rule 7: orchfs's own writes make stale copies
+    assert fs.conflicts() == []
+    assert sorted(c.logical for c in fs.legacy_pairs()) == ["config.yaml", "state.json"]
+    raw.pipe_file(f"{base}/.workflow_state.json", b"an old orchestrator wrote this")
+    assert [(c.logical, c.kind) for c in fs.conflicts()] == [("state.json", "legacy-changed")]
+    raw.pipe_file(f"{base}/.workflow_state.json", seeded[".workflow_state.json"])
     assert fs.cat_file("state.json") == b"new state"
     for rel, data in seeded.items():
         assert raw.cat_file(f"{base}/{rel}") == data, rel  # legacy bytes untouched

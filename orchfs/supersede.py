@@ -1,0 +1,77 @@
+"""Supersede records (DESIGN §2 rule 7): what a legacy file held when orchfs replaced it.
+
+When a write, a copy-up or a whiteout of orchfs takes over a logical path that a
+legacy location served, the legacy file's SHA-256 and size are recorded under
+``.orchestrator/superseded/``, one small JSON file per legacy location. While the
+legacy file still matches its record it is *stale* (reads warn nothing, ``doctor``
+says ``stale-legacy``, ``migrate`` retires it into the backup); once it differs, an
+old orchestrator wrote it again and it is a conflict (``legacy-changed``).
+
+Records are read back as untrusted input: a record whose name, shape or legacy path
+does not check out is ignored, which leaves the pair a conflict (the safe reading).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RECORD_DIR", "Record", "is_stale", "read_record", "record_key", "write_record"]
+
+RECORD_DIR = "superseded"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_MAX_RECORD_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Record:
+    """The legacy file at ``legacy`` (root-relative) held ``size`` bytes hashing to ``sha256``."""
+
+    legacy: str
+    sha256: str
+    size: int
+
+
+def record_key(legacy: str) -> str:
+    """The record's file name under ``superseded/``: a hash of the legacy path."""
+    return hashlib.sha256(legacy.encode()).hexdigest()[:32] + ".json"
+
+
+def write_record(state: Any, legacy: str, data: bytes) -> Record:
+    """Record that ``data`` is what the legacy location ``legacy`` held (atomic write)."""
+    found = Record(legacy, hashlib.sha256(data).hexdigest(), len(data))
+    body = {"legacy": legacy, "sha256": found.sha256, "size": found.size, "at": round(time.time(), 3)}
+    state.write(f"{RECORD_DIR}/{record_key(legacy)}", json.dumps(body, sort_keys=True).encode() + b"\n")
+    return found
+
+
+def read_record(state: Any, legacy: str) -> Record | None:
+    """The record of ``legacy``, or None when there is none or it does not check out."""
+    try:
+        raw = state.read_optional(f"{RECORD_DIR}/{record_key(legacy)}", None, None)
+    except (OSError, ValueError):
+        return None
+    if raw is None or len(raw) > _MAX_RECORD_BYTES:
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("legacy") != legacy:
+        return None  # a record copied to another name must not vouch for another file
+    sha, size = body.get("sha256"), body.get("size")
+    if not isinstance(sha, str) or not _HEX64.match(sha):
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return None
+    return Record(legacy, sha, size)
+
+
+def is_stale(record: Record | None, size: int | None, sha256: Any) -> bool:
+    """Whether a legacy file of ``size`` bytes still matches ``record``; ``sha256`` is a
+    callable giving the file's hash, asked only when the sizes agree."""
+    return record is not None and size == record.size and sha256() == record.sha256
