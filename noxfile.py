@@ -1,4 +1,5 @@
-"""nox sessions: ``tests`` (the suite), ``lint`` (ruff), ``bench`` (the benchmarks)."""
+"""nox sessions: ``tests`` (the default suite), ``full`` (everything, slow tests too),
+``lint`` (ruff), ``bench`` (the benchmarks)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def full(session: nox.Session) -> None:
+    """The whole suite, including the tests marked slow (what CI runs)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "--full", *session.posargs)
 
 
 @nox.session

@@ -25,6 +25,7 @@ import secrets as _random
 from collections.abc import Callable
 from typing import Any
 
+from .faults import checkpoint
 from .paths import TEMP_PREFIX
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -189,15 +190,18 @@ class LocalAtomicWriter(StagedWriter):
         while data:
             written = os.write(self._fd, data)
             data = data[written:]
+            checkpoint("atomic.stage")
 
     def _publish(self) -> None:
         os.fsync(self._fd)
+        checkpoint("atomic.publish")
         if self._exclusive:
             # link() fails if the target exists: exclusive create without a window.
             os.link(self._temp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
             os.unlink(self._temp, dir_fd=self._dir_fd)
         else:
             os.replace(self._temp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        checkpoint("atomic.publish")
         fd, self._fd = self._fd, -1
         try:
             # Widened only once published, so that a temp file left by a crash is 0600.

@@ -33,6 +33,7 @@ from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, temp_name
 from .errors import MigrationConflictError, OrchFSError, RollbackIncompleteError, SQLiteInUseError
+from .faults import checkpoint
 from .journal import JOURNAL_DIR, Journal, begin_record, intent_records, journals, read_journal, steps_of
 from .layout import UNNAMED_PATTERNS, Layout, coerce_layout
 from .paths import MARKER_PREFIXES, MARKER_SENTINEL, STATE_DIR, WHITEOUT_PREFIX
@@ -537,6 +538,7 @@ def _copy_exact(source: str, target: str) -> None:
             if _sha256_file(temp) != expected:
                 raise OSError(f"copy of {source} did not verify; nothing was changed")
             os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        checkpoint("migrate.copy")  # a verified temp file, not yet in place
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -666,6 +668,7 @@ def _execute(
             else:
                 with contextlib.suppress(FileExistsError):
                     os.link(source, backup_path)
+        checkpoint("migrate.move")
         if _make_parent(target, fresh):
             os.rename(source, target)
             return
@@ -696,6 +699,7 @@ def _execute(
         os.unlink(target)  # a copy torn by a crash before its rename: redo it
     if backup:
         _backup(source, backup_path)
+    checkpoint("migrate.move")
     _place(source, target, "copy" if step["action"] == "copy" else "rename", step.get("link"), root, moved)
 
 
@@ -911,6 +915,7 @@ def _run(
         )
 
         def one(step: dict[str, Any]) -> int:
+            checkpoint("migrate.step")
             logger.debug(
                 "migration %s step %d: %s %s -> %s",
                 migration_id,
@@ -946,6 +951,7 @@ def _run(
             from .meta import ensure_gitignored
 
             ensure_gitignored(root)
+        checkpoint("migrate.finish")
         journal.write({"t": "end"}, sync=True)
     finally:
         journal.close()
@@ -1103,6 +1109,7 @@ def rollback(
         backup_root = os.path.join(root, STATE_DIR, BACKUP_DIR, mid)
         remote = _remote_store(root, begin.get("storage") or storage, storage_options)
         for step in reversed(steps):
+            checkpoint("rollback.step")
             if remote is not None:
                 _undo_remote(root, step, backup_root, remote)
             else:
@@ -1120,6 +1127,7 @@ def rollback(
         _prune_state_dirs(root)
         with contextlib.suppress(OSError):
             os.utime(root, ns=(begin["root_mtime_ns"], begin["root_mtime_ns"]))
+        checkpoint("rollback.finish")
         journal.write({"t": "rolled-back"}, sync=True)
         journal.close()
         if missing:

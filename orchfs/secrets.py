@@ -40,6 +40,7 @@ from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .errors import ManifestError, MetaError, OrchFSError, SecretIntegrityError, SecretsLockedError
+from .faults import checkpoint
 from .paths import validate_name
 from .stored import load_json
 
@@ -426,6 +427,7 @@ class SecretStore:
     def _write_private(self, rel: str, data: bytes) -> None:
         store = self._fs._state
         store.makedirs_private(self._dir())
+        checkpoint("secrets.write")
         store.write(rel, data, mode=PRIVATE_FILE_MODE)
 
     # --- the API ----------------------------------------------------------------------

@@ -1,5 +1,13 @@
 """Shared fixtures: one real backend per parameter (memory, local disk, S3 on moto, and the
-object stores SeaweedFS and Azurite, each started through its ``backends/`` launcher)."""
+object stores SeaweedFS and Azurite, each started through its ``backends/`` launcher).
+
+Markers: every test that talks to an object-storage service is marked ``s3`` here (by its
+fixtures or an object-store parameter), so ``-m "not s3"`` is the fast loop. Tests marked
+``slow`` (the S3 copy of fsspec's abstract suite, the longest fault injections and
+concurrency runs) are left out of a plain ``pytest`` run unless ``--full`` or a ``-m``
+expression is given, or the selection holds nothing else; ``nox -s full`` and the second
+step of ``.ci/run`` run them.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +33,44 @@ OBJECT_STORES = (
     pytest.param("azure", marks=pytest.mark.s3),
 )
 ALL_BACKENDS = (*BACKENDS[:2], *OBJECT_STORES)
+STORE_FIXTURES = frozenset(
+    {"moto_server", "s3_bucket", "seaweedfs_server", "seaweedfs_bucket", "azurite_server", "azure_container"}
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full",
+        action="store_true",
+        default=False,
+        help="also run the tests marked slow (what `nox -s full` does)",
+    )
+
+
+def _uses_s3(item: pytest.Item) -> bool:
+    if STORE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and any(
+        value in ("s3", "seaweedfs", "azure") for value in callspec.params.values()
+    )
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if _uses_s3(item):  # marked as collected: before any -m selection looks
+        item.add_marker(pytest.mark.s3)
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have chosen
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("full") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if len(slow) < len(items):  # a selection of slow tests alone runs them (never exit code 5)
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 _bucket_counter = itertools.count()
 
 

@@ -18,7 +18,8 @@ from .conftest import BACKENDS, make_fs
 
 
 class OrchFixtures(AbstractFixtures):
-    @pytest.fixture(params=BACKENDS)
+    # On S3 each test costs seconds (moto round trips): that copy runs in the full suite.
+    @pytest.fixture(params=[pytest.param(b, marks=pytest.mark.slow) if b == "s3" else b for b in BACKENDS])
     def fs(self, request, tmp_path_factory):
         return make_fs(request.param, request, tmp_path_factory.mktemp("orch"))
 

@@ -40,12 +40,11 @@ def worker(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])
 def shared_fs(request, tmp_path):
     return make_fs(request.param, request, tmp_path)
 
 
-@pytest.mark.slow
 def test_eight_processes_increment_exactly(shared_fs, request):
     spec = spec_of(shared_fs, request)
     procs = [worker("increment", spec, "200") for _ in range(8)]
@@ -54,7 +53,6 @@ def test_eight_processes_increment_exactly(shared_fs, request):
     assert json.loads(shared_fs.cat_file("counter.json")) == {"n": 1600}
 
 
-@pytest.mark.slow
 def test_four_processes_append_every_line(shared_fs, request):
     spec = spec_of(shared_fs, request)
     per_writer = 500 if shared_fs._state.kind == "local" else 50  # S3: moto answers in ~10 ms

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
-import random
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import types
 
 import pytest
@@ -295,37 +294,29 @@ def test_failing_the_nth_operation_then_rerun_or_rollback(operation, tmp_path, m
             break  # N is past the last call of this operation: every N was covered
 
 
-def _start_migration(root: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchfs.cli", "--root", root, "--quiet", "migrate"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+MIGRATOR = """
+import sys
+from orchfs import migrate
+root, what, copy = sys.argv[1:]
+if what == "rollback":
+    migrate.rollback(root)
+else:
+    migrate.apply(root, copy=copy == "copy", jobs=4 if copy == "copy" else 1)
+"""
 
 
-@pytest.mark.slow
-def test_kill_9_twenty_times_then_finish(tmp_path):
-    root = make_repo(tmp_path, checkpoints=20000)
-    before = tree(root)
-    originals = {}
-    for rel, (_mode, _mtime, content) in before.items():
-        if content not in ("dir",) and not content.startswith("link:"):
-            originals[rel] = content
-    rng = random.Random(7)
-    interrupted = 0
-    for _ in range(20):
-        proc = _start_migration(root)
-        time.sleep(rng.uniform(0.3, 1.2))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        interrupted += bool(migrate.unfinished(root))
-    assert interrupted >= 3, "no kill landed in the middle of a migration"
-    assert (
-        subprocess.run([sys.executable, "-m", "orchfs.cli", "--root", root, "--quiet", "migrate"]).returncode
-        == 0
-    )
+def _killed_at(root: str, fault: str, what: str = "apply", copy: str = "rename") -> bool:
+    """Run a migration (or rollback) in a child that SIGKILLs itself at ``fault``; True if it did."""
+    env = {**os.environ, "ORCHFS_FAULT": fault}
+    rc = subprocess.run([sys.executable, "-c", MIGRATOR, root, what, copy], env=env).returncode
+    assert rc in (0, -signal.SIGKILL), f"{fault}: the child failed with exit code {rc}"
+    return rc == -signal.SIGKILL
+
+
+def _assert_migrated(root: str, originals: dict[str, str]) -> None:
+    """Every legacy file is at its v2 name with its bytes; files orchfs does not know stay put."""
     assert not migrate.unfinished(root)
-    plan = migrate.plan(root)
+    assert migrate.plan(root).moves == ()
     moved = {}
     for top, _dirs, files in os.walk(os.path.join(root, ".orchestrator")):
         if "migration_backup" in top or "migrations" in top or "locks" in top:
@@ -341,10 +332,94 @@ def test_kill_9_twenty_times_then_finish(tmp_path):
             with open(os.path.join(root, legacy_rel), "rb") as f:
                 assert hashlib.sha256(f.read()).hexdigest() == digest
             continue
-        target = _target_of(layout, legacy_rel)
-        assert moved.get(target) == digest, legacy_rel
+        assert moved.get(_target_of(layout, legacy_rel)) == digest, legacy_rel
         assert not os.path.lexists(os.path.join(root, legacy_rel)), legacy_rel
-    assert plan.moves == ()
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    assert fs.cat_file("checkpoints/latest.json") == EVERY_ROW[".workflow_checkpoints/cp_1.json"]
+
+
+def _originals(before: dict[str, tuple]) -> dict[str, str]:
+    return {
+        rel: content
+        for rel, (_mode, _mtime, content) in before.items()
+        if content != "dir" and not content.startswith("link:")
+    }
+
+
+def _kill_at_every_hit(tmp_path, fault: str, copy: str = "rename", checkpoints: int = 0) -> int:
+    """Kill a migration at hit 1, 2, ... of ``fault`` until a run gets past the last hit.
+
+    After a kill at an odd hit the rerun must finish the migration; after an even one the
+    rollback must restore the tree byte for byte (modes and mtimes too). Returns the
+    number of kills.
+    """
+    root = make_repo(tmp_path, checkpoints=checkpoints)
+    before = tree(root)
+    originals = _originals(before)
+    for hit in itertools.count(1):
+        if not _killed_at(root, f"{fault}:{hit}", copy=copy):
+            assert hit > 1, f"{fault} was never reached"
+            _assert_migrated(root, originals)
+            return hit - 1
+        assert migrate.journals(root), f"killed at {fault}:{hit} before the journal existed"
+        if hit % 2:
+            assert migrate.apply(root).applied  # the rerun finishes the interrupted migration
+            _assert_migrated(root, originals)
+        migrate.rollback(root)
+        assert tree(root) == before, f"{fault}:{hit}"
+        allowed_inside_after_rollback(root)
+    raise AssertionError("unreachable")
+
+
+def test_kill_9_at_every_migration_step_then_rerun_or_rollback(tmp_path):
+    assert _kill_at_every_hit(tmp_path, "migrate.step") == len(migrate.plan(make_repo(tmp_path / "n")).moves)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fault", "copy"),
+    [
+        ("migrate.move", "rename"),
+        ("migrate.finish", "rename"),
+        ("migrate.step", "copy"),
+        ("migrate.copy", "copy"),
+        ("migrate.move", "copy"),
+    ],
+)
+def test_kill_9_at_every_hit_then_rerun_or_rollback(fault, copy, tmp_path):
+    assert _kill_at_every_hit(tmp_path, fault, copy) >= 1
+
+
+@pytest.mark.slow
+def test_kill_9_deep_in_a_large_migration_then_finish(tmp_path):
+    """20,000 steps with batched journal syncs: kills between batches and inside one."""
+    root = make_repo(tmp_path, checkpoints=20000)
+    originals = _originals(tree(root))
+    for hit in (1, 1023, 1025, 4097, 3000):
+        assert _killed_at(root, f"migrate.step:{hit}")
+        assert migrate.unfinished(root)
+    assert not _killed_at(root, "migrate.step:1000000")
+    _assert_migrated(root, originals)
+
+
+def test_kill_9_at_every_rollback_step_then_rollback_again(tmp_path):
+    root = make_repo(tmp_path)
+    before = tree(root)
+    kills = 0
+    for fault in ("rollback.step", "rollback.finish"):
+        for hit in itertools.count(1):
+            migrate.apply(root)
+            if not _killed_at(root, f"{fault}:{hit}", what="rollback"):
+                break
+            kills += 1
+            assert migrate.unfinished(root)
+            with pytest.raises(orchfs.OrchFSError, match="rollback was interrupted"):
+                migrate.apply(root)
+            assert migrate.rollback(root).applied  # rolling back again finishes the job
+            assert tree(root) == before, f"{fault}:{hit}"
+            allowed_inside_after_rollback(root)
+        assert tree(root) == before
+    assert kills == len(migrate.plan(root).moves) + 1
 
 
 def _target_of(layout, legacy_rel: str) -> str:
@@ -361,32 +436,7 @@ def _target_of(layout, legacy_rel: str) -> str:
     raise AssertionError(legacy_rel)
 
 
-@pytest.mark.slow
-def test_kill_9_then_rollback_restores_the_tree(tmp_path):
-    root = make_repo(tmp_path, checkpoints=20000)
-    before = tree(root)
-    rng = random.Random(11)
-    for _attempt in range(30):
-        proc = _start_migration(root)
-        time.sleep(rng.uniform(0.2, 0.8))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if migrate.unfinished(root):
-            break
-        if migrate.journals(root):  # finished (or never started): undo and try again
-            migrate.rollback(root)
-    assert migrate.unfinished(root), "no kill landed in the middle of a migration"
-    assert (
-        subprocess.run(
-            [sys.executable, "-m", "orchfs.cli", "--root", root, "--quiet", "migrate", "--rollback"]
-        ).returncode
-        == 0
-    )
-    assert tree(root) == before
-    allowed_inside_after_rollback(root)
-
-
-@pytest.mark.parametrize("kind", ["memory", "s3"])
+@pytest.mark.parametrize("kind", ["memory", pytest.param("s3", marks=pytest.mark.slow)])
 def test_migration_to_memory_and_s3_storage_with_eight_jobs(kind, tmp_path, request):
     import uuid
 
