@@ -16,7 +16,7 @@ import json
 import os
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from hashlib import sha1
@@ -32,7 +32,7 @@ except ImportError:  # fsspec before 2025.10 chains every filesystem the same wa
 
 from .errors import LegacyConflictWarning, LegacyPathWarning
 from .files import OrchReader
-from .overlay import Found, ancestors, whiteout_rel
+from .overlay import Found, Location, ancestors, whiteout_rel
 from .paths import (
     INTERNAL_NAMES,
     MEMO_LIMIT,
@@ -67,6 +67,27 @@ class Conflict:
     upper_sha256: str
     legacy_sha256: str
     kind: str = "differ"
+
+
+@dataclass(frozen=True)
+class Times:
+    """A directory's ``mtime`` (the newest) and ``created`` (the oldest) of several stamps."""
+
+    mtime: float | None
+    created: float | None
+
+    @classmethod
+    def of(cls, infos: Iterable[dict[str, Any]]) -> Times:
+        mtimes: list[float] = []
+        created: list[float] = []
+        for info in infos:
+            if info.get("mtime") is not None:
+                mtimes.append(info["mtime"])
+                created.append(info.get("created") or info["mtime"])
+        return cls(max(mtimes, default=None), min(created, default=None))
+
+    def as_info(self) -> dict[str, Any]:
+        return {"mtime": self.mtime, "created": self.created}
 
 
 @dataclass(frozen=True)
@@ -538,20 +559,51 @@ class OrchFileSystem(ChainedFileSystem):
     # --- reading ---------------------------------------------------------------------
     def info(self, path: Any, **kwargs: Any) -> dict[str, Any]:
         logical = self._gate(path)
-        if not logical:
-            return _directory_info("")
-        if logical == SECRETS_VIEW:
-            return _directory_info(SECRETS_VIEW)
         if logical.startswith(SECRETS_VIEW + "/"):
             return self._secret_info(logical)
-        found = self._overlay.lookup(logical)
-        if found is not None:
-            out = dict(found.info)
-            out["name"] = logical
-            return out
-        if self._overlay.is_virtual_dir(logical):
-            return _directory_info(logical)
-        raise _not_found(logical)
+        out = _directory_info(logical)
+        if logical and logical != SECRETS_VIEW:
+            found = self._overlay.lookup(logical)
+            if found is not None:
+                out = dict(found.info)
+                out["name"] = logical
+                if not found.is_dir:
+                    return out
+            elif not self._overlay.is_virtual_dir(logical):
+                raise _not_found(logical)
+        times = self._directory_times(logical)
+        out["mtime"], out["created"] = times.mtime, times.created
+        return out
+
+    def _directory_times(self, logical: str) -> Times:
+        """A directory's times (see :meth:`_held_times`); one that holds nothing dated
+        takes the root's, and a root with nothing stored at all the epoch."""
+        for place in (logical, "") if logical else ("",):
+            times = self._held_times(place)
+            if times.mtime is not None:
+                return times
+        return Times(0.0, 0.0)
+
+    def _held_times(self, logical: str) -> Times:
+        """The newest of the layers that show the directory where the backend keeps
+        directory times (local disk), else the newest of what it holds (memory and object
+        storage keep none for directories); no times when it holds no file."""
+        if logical == SECRETS_VIEW:
+            return Times.of(self._secret_info(f"{SECRETS_VIEW}/{n}") for n in self.secrets.list())
+        if logical:
+            layers: list[Location] = list(self._overlay.layers(logical))
+        else:  # the root: the state directory (and session), and the repository for legacy files
+            layers = self._overlay.upper_layers()
+            if self.legacy != "off":
+                layers.append(Location("legacy", self._repo, ""))
+        infos = (location.store.info(location.rel) for location in layers)
+        own = Times.of(info for info in infos if info is not None and info["type"] == "directory")
+        if own.mtime is not None:
+            return own
+        return Times.of(
+            self._held_times(join(logical, name)).as_info() if found.get("mtime") is None else found
+            for name, (found, _location) in self._overlay.listdir(logical).items()
+        )
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
         known = self._exists_places.get(path)
