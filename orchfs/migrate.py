@@ -547,46 +547,18 @@ def _copy_exact(source: str, target: str) -> None:
 
 
 def _write_copy(source: str, temp: str, mode: int) -> str:
-    """Copy ``source`` to a new ``temp`` (a reflink where the filesystem offers one,
-    ``copy_file_range`` otherwise, plain writes last); returns the source's SHA-256."""
-    expected = _sha256_file(source)
+    digest = hashlib.sha256()
     with open(source, "rb") as src:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
         try:
-            _copy_data(src.fileno(), fd, os.fstat(src.fileno()).st_size)
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                digest.update(chunk)
+                _write_all(fd, chunk)
             os.fsync(fd)
             os.fchmod(fd, mode)
         finally:
             os.close(fd)
-    return expected
-
-
-_FICLONE = 0x40049409  # ioctl(dst, FICLONE, src): share the extents, copy on write
-
-
-def _copy_data(source: int, target: int, size: int) -> None:
-    import errno
-    import fcntl
-
-    with contextlib.suppress(OSError):
-        fcntl.ioctl(target, _FICLONE, source)
-        return
-    offset = 0
-    copy_range = getattr(os, "copy_file_range", None)
-    if copy_range is not None:
-        try:
-            while offset < size:
-                done = copy_range(source, target, size - offset, offset, offset)
-                if done == 0:
-                    break
-                offset += done
-        except OSError as exc:  # EXDEV before Linux 5.3, or a filesystem without it
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or offset:
-                raise
-    os.lseek(target, offset, os.SEEK_SET)
-    while chunk := os.pread(source, 1 << 20, offset):
-        _write_all(target, chunk)
-        offset += len(chunk)
+    return digest.hexdigest()
 
 
 def _place(
@@ -632,16 +604,24 @@ def _written_in_place(path: str) -> bool:
     return False
 
 
-def _backup(source: str, backup: str) -> None:
+def _backup(root: str, source: str, backup: str) -> None:
+    """Keep ``source`` at ``backup``: a hard link for files only ever replaced by rename,
+    a copy (reflink or ``copy_file_range``, through :mod:`orchfs.beneath`) for files that
+    may be written in place, so that a later write never reaches into the backup."""
     if _lexists(backup):
         return
     _ensure_parent(backup)
-    try:
-        if os.path.islink(source) or _written_in_place(source):
-            raise OSError("copied, not linked")
-        os.link(source, backup)
-    except OSError:
+    if os.path.islink(source):
         _copy_exact(source, backup)
+    elif _written_in_place(source):
+        from .beneath import Beneath
+
+        Beneath(root).copy(os.path.relpath(source, root), os.path.relpath(backup, root))
+    else:
+        try:
+            os.link(source, backup)
+        except OSError:
+            _copy_exact(source, backup)
 
 
 def _execute(
@@ -664,7 +644,7 @@ def _execute(
         if backup:
             _make_parent(backup_path, fresh)
             if _written_in_place(source):
-                _backup(source, backup_path)
+                _backup(root, source, backup_path)
             else:
                 with contextlib.suppress(FileExistsError):
                     os.link(source, backup_path)
@@ -675,7 +655,7 @@ def _execute(
     if step["action"] == "retire":
         if _lexists(source):
             if backup or step.get("replaced"):
-                _backup(source, backup_path)
+                _backup(root, source, backup_path)
             os.unlink(source)
         return
     if step["action"] == "replace":  # --prefer legacy: the contained copy is put aside
@@ -688,7 +668,7 @@ def _execute(
             step["target"][len(STATE_DIR) + 1 :],
         )
         if _lexists(source) and _lexists(target):
-            _backup(target, aside)
+            _backup(root, target, aside)
             os.unlink(target)
     if not _lexists(source):
         return  # already moved
@@ -698,7 +678,7 @@ def _execute(
             return
         os.unlink(target)  # a copy torn by a crash before its rename: redo it
     if backup:
-        _backup(source, backup_path)
+        _backup(root, source, backup_path)
     checkpoint("migrate.move")
     _place(source, target, "copy" if step["action"] == "copy" else "rename", step.get("link"), root, moved)
 
@@ -710,7 +690,7 @@ def _execute_remote(root: str, step: dict[str, Any], migration_id: str, backup: 
     if not _lexists(source):
         return  # already done
     if backup or step.get("replaced"):
-        _backup(source, backup_path)
+        _backup(root, source, backup_path)
     if step["action"] == "replace":
         aside = f"{root}/{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{STATE_DIR}-replaced/{step['rel']}"
         if not _lexists(aside):
