@@ -589,7 +589,8 @@ def sessions_list(ctx: Context) -> None:
         lines = []
         for s in found:
             flags = " ".join(f for f, on in (("current", s.current), ("locked", s.locked)) if on)
-            lines.append(f"{s.id:<24} {s.files:>6} files {s.bytes:>12} B  {_age(s.age(now)):>7} old  {flags}")
+            what = f"{s.files:>6} files" if s.kind == "session" else f"{'transcript':>12}"
+            lines.append(f"{s.id:<24} {what} {s.bytes:>12} B  {_age(s.age(now)):>7} old  {flags}")
         return "\n".join(lines) or "no sessions"
 
     ctx.emit(document, human)

@@ -63,6 +63,7 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
     findings += _unsafe_links(root, state, layout)
     checks: list[Callable[[], list[Finding]]] = [
         lambda: _layout_findings(root, state, layout),
+        lambda: _unnamed_findings(root, layout),
         lambda: _conflict_findings(fs),
         lambda: _legacy_changed(root, state, layout),
         lambda: _migration_findings(root, layout),
@@ -287,6 +288,38 @@ def fs_state(state: str) -> Any:
     from .storage import LocalStorage
 
     return LocalStorage(state)
+
+
+def _unnamed_findings(root: str, layout: Any) -> list[Finding]:
+    """``.bak`` copies an earlier migration script left, and v1-looking files no entry
+    names: orchfs neither reads nor moves them, so they are said out loud."""
+    from .migrate import unnamed_files
+
+    leftovers, unknown = unnamed_files(root, layout)
+    out = []
+    if leftovers:
+        out.append(
+            Finding(
+                "leftover-legacy",
+                "info",
+                f"{len(leftovers)} .bak copy(ies) of v1 state left by an earlier migration script; "
+                "orchfs does not read them",
+                "`orchfs migrate --retire-leftovers` moves them into the migration backup",
+                tuple(leftovers),
+            )
+        )
+    if unknown:
+        out.append(
+            Finding(
+                "unknown-legacy",
+                "info",
+                f"{len(unknown)} v1-looking file(s) that no layout entry names; orchfs does not read them",
+                "name them in a custom layout, or `orchfs migrate --retire-leftovers` moves them "
+                "into the migration backup",
+                tuple(unknown),
+            )
+        )
+    return out
 
 
 def _conflict_findings(fs: Any) -> list[Finding]:

@@ -209,6 +209,10 @@ class OrchFileSystem(ChainedFileSystem):
             storage = f"{self.root}/{STATE_DIR}"
         boundary = self.root if self._local_root else None
         self._state = open_storage(storage, options, boundary=boundary)
+        if session is None:  # workflow-orchestrator's own layout names its active session
+            from .sessions import current_session
+
+            session = current_session(self._state)
         self.storage = storage
         self.storage_options_ = options
         self.session_id = session

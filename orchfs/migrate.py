@@ -198,7 +198,7 @@ def _directory_pairs(root: str, source: str, contained: str) -> Iterator[_Pair]:
 LEFTOVER_SUFFIX = ".bak"
 
 
-def _unknown(root: str, layout: Layout) -> tuple[list[str], list[str]]:
+def unnamed_files(root: str, layout: Layout) -> tuple[list[str], list[str]]:
     """v1-looking files that no entry names: ``.bak`` copies of legacy files (what
     workflow-orchestrator's own migration script leaves), and every other ``.workflow_*``
     or ``.manus/secrets.enc*``. Returns (leftovers, unknown), root-relative."""
@@ -361,7 +361,7 @@ def _plan_moves(
             continue
         claimed[pair.contained] = pair.source
         moves.append(Move(pair.source, where, pair.st.st_size, action))
-    leftovers, unknown = _unknown(root, layout)
+    leftovers, unknown = unnamed_files(root, layout)
     if retire_leftovers:
         for name in (*leftovers, *unknown):
             for file_rel, st in _files_below(root, name):
@@ -1229,4 +1229,5 @@ __all__ = [
     "plan",
     "rollback",
     "unfinished",
+    "unnamed_files",
 ]

@@ -23,6 +23,8 @@ from .errors import ConfigError
 from .stored import check_id
 
 SESSIONS = "sessions"
+CURRENT_FILE = "current"  # workflow-orchestrator's pointer to its active session
+_CURRENT_MAX_BYTES = 256
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"B": 1}
@@ -84,9 +86,32 @@ def _optional(value: Any, parse: Any) -> Any:
     return None if value is None else parse(value)
 
 
+def current_session(state: Any) -> str | None:
+    """The session that ``.orchestrator/current`` names (workflow-orchestrator's own
+    session layout, DESIGN §8), or None. The file is untrusted input: anything but a
+    valid session id whose ``sessions/<id>/`` exists is ignored."""
+    from .errors import PathEscapeError
+    from .paths import validate_id, validate_name
+
+    try:
+        raw = state.read_optional(CURRENT_FILE)
+    except (OSError, ValueError):
+        return None
+    if raw is None or len(raw) > _CURRENT_MAX_BYTES:
+        return None
+    try:
+        name = validate_id(validate_name(raw.decode("utf-8").strip(), "session id"), "session id")
+    except (UnicodeDecodeError, PathEscapeError):
+        return None
+    found = state.info(f"{SESSIONS}/{name}")
+    return name if found is not None and found["type"] == "directory" else None
+
+
 @dataclass(frozen=True)
 class Session:
-    """One session directory as :func:`list_sessions` found it."""
+    """One entry of ``sessions/`` as :func:`list_sessions` found it: a session directory,
+    or (``kind="transcript"``) a flat file such as v1's ``.workflow_sessions/<when>.log``
+    transcripts, which is listed but never pruned."""
 
     id: str
     files: int
@@ -94,6 +119,7 @@ class Session:
     newest: float | None  # mtime of its newest file (the directory's own when empty)
     locked: bool
     current: bool
+    kind: str = "session"
 
     def age(self, now: float) -> float:
         return 0.0 if self.newest is None else max(0.0, now - self.newest)
@@ -106,6 +132,7 @@ class Session:
             "age_seconds": round(self.age(now), 3),
             "locked": self.locked,
             "current": self.current,
+            "kind": self.kind,
         }
 
 
@@ -128,11 +155,16 @@ def list_sessions(fs: Any) -> list[Session]:
         for status in locks.inspect(fs)
         if status.held and not status.stale and status.holder is not None
     }
+    current = {fs.session_id, current_session(fs._state)} - {None}
     out = []
     for entry in fs.ls(SESSIONS, detail=True):
+        session_id = entry["name"].rpartition("/")[2]
         if entry["type"] != "directory":
+            out.append(
+                Session(session_id, 1, entry.get("size") or 0, entry.get("mtime"), False, False, "transcript")
+            )
             continue
-        session_id = check_id(entry["name"].rpartition("/")[2], "session id", f"{SESSIONS}/")
+        session_id = check_id(session_id, "session id", f"{SESSIONS}/")
         files = fs.find(entry["name"], detail=True)
         stamps = [f.get("mtime") for f in files.values() if f.get("mtime") is not None]
         newest = max(stamps) if stamps else entry.get("mtime")
@@ -143,7 +175,7 @@ def list_sessions(fs: Any) -> list[Session]:
                 bytes=sum(f.get("size") or 0 for f in files.values()),
                 newest=newest,
                 locked=session_id in holders,
-                current=session_id == fs.session_id,
+                current=session_id in current,
             )
         )
     return _oldest_first(out)
@@ -161,7 +193,7 @@ def choose(sessions: list[Session], policy: Retention, now: float) -> list[Pruni
     current session, locked ones and those younger than ``min_age`` are never
     candidates, but they count towards the limits.
     """
-    oldest_first = _oldest_first(sessions)
+    oldest_first = _oldest_first([s for s in sessions if s.kind == "session"])  # never transcripts
     candidates = [s for s in oldest_first if not s.current and not s.locked and s.age(now) >= policy.min_age]
     chosen = {
         s.id: "older than max_age"
@@ -313,6 +345,7 @@ __all__ = [
     "Retention",
     "Session",
     "choose",
+    "current_session",
     "list_sessions",
     "parse_size",
     "persister_of",
