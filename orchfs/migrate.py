@@ -32,11 +32,18 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, temp_name
-from .errors import MigrationConflictError, OrchFSError, RollbackIncompleteError, SQLiteInUseError
+from .beneath import Beneath
+from .errors import (
+    MigrationConflictError,
+    OrchFSError,
+    RollbackIncompleteError,
+    SQLiteInUseError,
+    UnsafeStateError,
+)
 from .faults import checkpoint
 from .journal import JOURNAL_DIR, Journal, begin_record, intent_records, journals, read_journal, steps_of
 from .layout import UNNAMED_PATTERNS, Layout, coerce_layout
-from .paths import MARKER_PREFIXES, MARKER_SENTINEL, STATE_DIR, WHITEOUT_PREFIX
+from .paths import INTERNAL_NAMES, MARKER_PREFIXES, MARKER_SENTINEL, STATE_DIR, WHITEOUT_PREFIX
 from .stored import check_id
 
 BACKUP_DIR = "migration_backup"
@@ -502,17 +509,72 @@ def moved_paths(steps: list[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
+# The roots of the migrations and rollbacks running in this process, each with its
+# beneath-root layer: every directory a step creates or moves into is reached through it,
+# so a symlink on the way (planted, or swapped in) is refused, never followed.
+_GUARDS: dict[str, Beneath] = {}
+
+
+@contextlib.contextmanager
+def _guarded(root: str, layout: Layout) -> Iterator[Beneath]:
+    """Hold ``root``'s beneath-root layer for a run, after refusing planted symlinks where
+    the run writes: ``.orchestrator/`` itself, its own directories, the contained
+    directories of the layout and the v1 directories that files move back to."""
+    guard = Beneath(root)
+    tops = {*INTERNAL_NAMES, "secrets", "sessions", *(e.logical.split("/")[0] for e in layout.entries)}
+    places = [STATE_DIR, *(f"{STATE_DIR}/{top}" for top in sorted(tops))]
+    places += [name for entry in layout.entries if entry.is_dir for name in entry.legacy]
+    for place in places:
+        try:
+            st = guard.lstat(place)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafeStateError(
+                f"{guard.show(place)} is a symlink (to {guard.readlink(place)!r}); migrate and "
+                "rollback never write through one: remove it (nothing was changed)",
+                place,
+            )
+    _GUARDS[root] = guard
+    try:
+        yield guard
+    finally:
+        del _GUARDS[root]
+        guard.close()
+
+
+def _guard_of(path: str) -> tuple[Beneath, str] | None:
+    """The layer of the running root that holds ``path``, and ``path`` beneath it."""
+    for root, guard in _GUARDS.items():
+        if path.startswith(root + "/"):
+            return guard, path[len(root) + 1 :]
+    return None
+
+
 def _ensure_parent(path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    parent = os.path.dirname(path)
+    found = _guard_of(parent)
+    if found is None:
+        os.makedirs(parent, exist_ok=True)
+    else:
+        found[0].makedirs(found[1])
 
 
 def _make_parent(path: str, fresh: set[str]) -> bool:
     """Create the parent directory once per run; True when this run created it."""
     parent = os.path.dirname(path)
     if parent not in fresh:
-        if os.path.isdir(parent):
-            return False
-        os.makedirs(parent, exist_ok=True)
+        found = _guard_of(parent)
+        try:
+            if found is None:
+                if os.path.isdir(parent):
+                    return False
+            else:
+                os.close(found[0].open_dir(found[1]))  # a symlink on the way is refused
+                return False
+        except FileNotFoundError:
+            pass
+        _ensure_parent(path)
         fresh.add(parent)
     return True
 
@@ -772,7 +834,7 @@ def apply(
         root=root, layout=layout, storage=storage, storage_options=storage_options, skip_instance_cache=True
     )
     remote = _remote_store(root, storage, storage_options)
-    with fs.lock("repo", timeout=lock_timeout):
+    with fs.lock("repo", timeout=lock_timeout), _guarded(root, fs.layout):
         found = journals(root)
         pending = [p for p in found if Journal.status(p) == "unfinished"]
         if pending:
@@ -1062,7 +1124,7 @@ def rollback(
     fs = OrchFileSystem(
         root=root, layout=layout, storage=storage, storage_options=storage_options, skip_instance_cache=True
     )
-    with fs.lock("repo", timeout=lock_timeout):
+    with fs.lock("repo", timeout=lock_timeout), _guarded(root, fs.layout) as guard:
         candidates = journals(root)
         if migration_id is not None:
             check_id(migration_id, "migration id", "--id")
@@ -1082,10 +1144,11 @@ def rollback(
         logger.info("rolling back migration %s: %d step(s)", mid, len(steps))
         journal.write({"t": "rollback-begin"}, sync=True)
         for name, (mode, _mtime) in sorted(begin.get("dirs", {}).items()):
-            full = os.path.join(root, name)
-            if not os.path.isdir(full):
-                os.makedirs(full, exist_ok=True)
-                os.chmod(full, mode)
+            try:
+                guard.lstat(name)
+            except FileNotFoundError:
+                guard.makedirs(name)
+                guard.chmod(name, mode)
         backup_root = os.path.join(root, STATE_DIR, BACKUP_DIR, mid)
         remote = _remote_store(root, begin.get("storage") or storage, storage_options)
         for step in reversed(steps):
@@ -1099,11 +1162,11 @@ def rollback(
         _restore_gitignore(root, begin.get("gitignore"))
         missing = [s["source"] for s in steps if not _lexists(os.path.join(root, s["source"]))]
         for name, (mode, mtime) in sorted(begin.get("dirs", {}).items(), key=lambda kv: -kv[0].count("/")):
-            full = os.path.join(root, name)
-            os.chmod(full, mode)
-            os.utime(full, ns=(mtime, mtime))
+            guard.chmod(name, mode)
+            guard.utime(name, ns=(mtime, mtime))
         if not missing:  # the backup goes only once everything is back
-            shutil.rmtree(backup_root, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                guard.remove_tree(f"{STATE_DIR}/{BACKUP_DIR}/{mid}")
         _prune_state_dirs(root)
         with contextlib.suppress(OSError):
             os.utime(root, ns=(begin["root_mtime_ns"], begin["root_mtime_ns"]))
@@ -1172,7 +1235,11 @@ def _restore_meta(path: str, step: dict[str, Any], unchanged: bool = False) -> N
         return
     link = step.get("link") is not None
     if not link:
-        os.chmod(path, step["mode"])
+        found = _guard_of(path)
+        if found is None:
+            os.chmod(path, step["mode"])
+        else:
+            found[0].chmod(found[1], step["mode"])  # a link where a file was is refused
         changed = os.lstat(path).st_mtime_ns != step["mtime_ns"] and step["action"] != "retire"
         if changed and not unchanged:
             return  # a later change, carried back: its own mtime tells the truth
