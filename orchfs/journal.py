@@ -99,7 +99,8 @@ class Journal:
         self._pending = 0
 
     def close(self) -> None:
-        self.sync()
+        if self._buffer or self._pending:  # a journal last synced needs no second fsync
+            self.sync()
         os.close(self._fd)
 
     @staticmethod

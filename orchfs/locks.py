@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
@@ -273,6 +272,8 @@ def _server_age(response: dict[str, Any]) -> float:
     date = headers.get("date")
     if modified is None or date is None:
         return 0.0
+    from email.utils import parsedate_to_datetime  # leases only: local locks never load email
+
     return (parsedate_to_datetime(date) - modified).total_seconds()
 
 

@@ -27,7 +27,6 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -397,6 +396,30 @@ def _files_below(root: str, rel: str) -> Iterator[tuple[str, os.stat_result]]:
         return
     for pair in _directory_pairs(root, rel, rel):
         yield pair.source, pair.st
+
+
+def _state_store(root: str, storage: str | None, options: dict[str, Any] | None) -> Any:
+    """The adapter of the state directory, where the lock, FORMAT and meta.json live, as
+    ``OrchFileSystem`` opens it (without loading fsspec for a local one)."""
+    from .storage import open_storage
+
+    return open_storage(storage or os.path.join(root, STATE_DIR), options, root)
+
+
+def _repository_lock(state: Any, timeout: float) -> Any:
+    """The repository lock that ``OrchFileSystem.lock("repo")`` takes."""
+    from .locks import make_lock
+
+    return make_lock(state, "repo", timeout=timeout, session=None)
+
+
+def _initialise(state: Any, root: str) -> None:
+    """What ``OrchFileSystem._ensure_writable`` does: refuse a newer layout, then create
+    FORMAT and meta.json."""
+    from .meta import check_writable, ensure_initialized, read_format
+
+    check_writable(read_format(state), state.url(""))
+    ensure_initialized(state, root, True)
 
 
 def _remote_store(root: str, storage: str | None, options: dict[str, Any] | None) -> Any:
@@ -823,22 +846,19 @@ def apply(
     retire_leftovers: bool = False,
 ) -> Result:
     """Migrate ``root`` (or finish an interrupted migration). See the module docstring."""
-    from .filesystem import OrchFileSystem
-
     if prefer not in (None, "new", "legacy"):
         raise ValueError(f"prefer={prefer!r}: use 'new' or 'legacy'")
     if jobs < 1:
         raise ValueError(f"jobs={jobs}: give at least 1")
     root = _root(root)
-    fs = OrchFileSystem(
-        root=root, layout=layout, storage=storage, storage_options=storage_options, skip_instance_cache=True
-    )
+    layout = coerce_layout(layout)
+    state = _state_store(root, storage, storage_options)
     remote = _remote_store(root, storage, storage_options)
-    with fs.lock("repo", timeout=lock_timeout), _guarded(root, fs.layout):
+    with _repository_lock(state, lock_timeout), _guarded(root, layout):
         found = journals(root)
         pending = [p for p in found if Journal.status(p) == "unfinished"]
         if pending:
-            records = read_journal(pending[-1], fs.layout)
+            records = read_journal(pending[-1], layout)
             return _run(root, pending[-1], records, jobs, progress, resumed=True, remote=remote)
         if [p for p in found if Journal.status(p) == "rolling-back"]:
             raise OrchFSError(
@@ -897,10 +917,10 @@ def apply(
             step["mode"] = st.st_mode & 0o7777
             step["mtime_ns"] = st.st_mtime_ns
             step["link"] = os.readlink(f"{root}/{source}") if stat.S_ISLNK(st.st_mode) else None
-        fs._ensure_writable()  # FORMAT and meta.json, so that the repo is v2
+        _initialise(state, root)  # FORMAT and meta.json, so that the repo is v2
         from .meta import read_meta
 
-        portable = bool((read_meta(fs._state) or {}).get("portable"))
+        portable = bool((read_meta(state) or {}).get("portable"))
         os.makedirs(os.path.join(root, STATE_DIR), exist_ok=True)  # the journal stays local
         path = os.path.join(root, STATE_DIR, JOURNAL_DIR, f"{the_plan.migration_id}.jsonl")
         records = [
@@ -973,6 +993,8 @@ def _run(
             return step["i"]
 
         if jobs > 1 and any(s["action"] in ("copy", "upload") for s in todo):
+            from concurrent.futures import ThreadPoolExecutor  # only parallel runs need threads
+
             with ThreadPoolExecutor(max_workers=jobs) as pool:
                 for index in pool.map(one, todo):
                     journal.done(index)
@@ -1118,13 +1140,10 @@ def rollback(
     A migration to another backend is rolled back from it: pass the same
     ``storage_options`` (they are never written to the journal).
     """
-    from .filesystem import OrchFileSystem
-
     root = _root(root)
-    fs = OrchFileSystem(
-        root=root, layout=layout, storage=storage, storage_options=storage_options, skip_instance_cache=True
-    )
-    with fs.lock("repo", timeout=lock_timeout), _guarded(root, fs.layout) as guard:
+    layout = coerce_layout(layout)
+    state = _state_store(root, storage, storage_options)
+    with _repository_lock(state, lock_timeout), _guarded(root, layout) as guard:
         candidates = journals(root)
         if migration_id is not None:
             check_id(migration_id, "migration id", "--id")
@@ -1136,7 +1155,7 @@ def rollback(
         if not live:
             return Result(empty_plan, False, "nothing to roll back")
         path = live[-1]
-        records = read_journal(path, fs.layout)
+        records = read_journal(path, layout)
         begin = records[0]
         mid = begin["id"]
         steps = steps_of(records)
@@ -1158,7 +1177,7 @@ def rollback(
             else:
                 _undo(root, step, backup_root)
         if remote is None:
-            _carry_back_new_files(root, fs.layout, begin)
+            _carry_back_new_files(root, layout, begin)
         _restore_gitignore(root, begin.get("gitignore"))
         missing = [s["source"] for s in steps if not _lexists(os.path.join(root, s["source"]))]
         for name, (mode, mtime) in sorted(begin.get("dirs", {}).items(), key=lambda kv: -kv[0].count("/")):

@@ -761,6 +761,8 @@ def _timestamp(value: Any) -> float | None:
 
 def open_storage(url: str, options: dict[str, Any] | None, boundary: str | None = None) -> Storage:
     """The adapter for a directory URL: a local path, ``file://``, ``memory://``, ``s3://``..."""
+    if "://" not in url and "::" not in url:  # a plain path: no need to load fsspec
+        return LocalStorage(os.path.abspath(os.path.expanduser(url)), boundary)
     import fsspec
     from fsspec.core import split_protocol
 
