@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
-from .errors import StateError, UnsafeStateError
+from .beneath import Beneath
+from .errors import PathEscapeError, StateError
 from .layout import coerce_layout
 from .meta import LAYOUT_VERSION, git_remote, gitignored, read_format, read_meta
 from .paths import INTERNAL_NAMES, STATE_DIR, TEMP_PREFIX, WHITEOUT_PREFIX
@@ -61,6 +62,8 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
     state = os.path.join(root, STATE_DIR)
     findings: list[Finding] = []
     findings += _unsafe_links(root, state, layout)
+    if os.path.islink(state):  # every other check would look (and --fix act) through it
+        return findings
     checks: list[Callable[[], list[Finding]]] = [
         lambda: _layout_findings(root, state, layout),
         lambda: _unnamed_findings(root, layout),
@@ -89,6 +92,8 @@ def _guarded(check: Callable[[], list[Finding]]) -> list[Finding]:
         return check()
     except StateError as exc:
         return [_unsafe(str(exc), exc.path)]
+    except PathEscapeError as exc:  # a symlink met on the way beneath the root
+        return [_unsafe(str(exc), None)]
 
 
 def _unsafe(message: str, path: str | None) -> Finding:
@@ -556,11 +561,12 @@ def fix(root: Any, findings: list[Finding] | None = None, *, layout: Any = None)
     findings = run(root, layout=layout) if findings is None else findings
     done = []
     ids = {f.id for f in findings}
+    guard = Beneath(root)  # every change below is made beneath the root, never through a link
     if "orphan-temp" in ids:
         for finding in findings:
             if finding.id == "orphan-temp":
                 for path in finding.paths:
-                    os.unlink(path)
+                    guard.unlink(guard.relpath(path))
                 done.append(f"removed {len(finding.paths)} orphaned temp file(s)")
     if "stale-lock" in ids:
         from .locks import clear_stale
@@ -575,25 +581,13 @@ def fix(root: Any, findings: list[Finding] | None = None, *, layout: Any = None)
         for finding in findings:
             if finding.id == "loose-permissions":
                 for path in finding.paths:
-                    _chmod_private(path)
+                    rel = guard.relpath(path)
+                    is_dir = stat.S_ISDIR(guard.lstat(rel).st_mode)
+                    guard.chmod(rel, PRIVATE_DIR_MODE if is_dir else PRIVATE_FILE_MODE)
         done.append("tightened secret and lock permissions")
     for line in done:
         logger.info("doctor fix: %s", line)
     return done
-
-
-def _chmod_private(path: str) -> None:
-    """0700 for a directory, 0600 for a file, on what ``path`` names itself: opened with
-    O_NOFOLLOW, so a symlink swapped in since the check is refused, never followed."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise UnsafeStateError(f"{path}: not changed ({exc.strerror}; a symlink?)", path) from None
-    try:
-        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
-        os.fchmod(fd, PRIVATE_DIR_MODE if is_dir else PRIVATE_FILE_MODE)
-    finally:
-        os.close(fd)
 
 
 def exit_code(findings: list[Finding]) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import errno
 import json
 import os
 import time
@@ -19,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import FormatError, LayoutVersionError, MetaError
+from .errors import FormatError, LayoutVersionError, MetaError, UnsafeStateError
 from .paths import STATE_DIR
 from .stored import check_repo_id, load_json
 
@@ -186,7 +187,16 @@ def ensure_gitignored(root: str) -> bool:
     text = _gitignore_text(root)
     line = ("" if not text or text.endswith("\n") else "\n") + IGNORE_LINE + "\n"
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-    fd = os.open(os.path.join(root, ".gitignore"), flags, 0o644)  # a link there is refused
+    try:
+        fd = os.open(os.path.join(root, ".gitignore"), flags, 0o644)  # a link there is refused
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UnsafeStateError(
+            f"{root}/.gitignore is a symlink; orchfs never writes through one: replace it with a "
+            f"file, or add {IGNORE_LINE} to the file it points at yourself",
+            ".gitignore",
+        ) from None
     try:
         os.write(fd, line.encode())
     finally:

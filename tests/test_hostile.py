@@ -1,0 +1,605 @@
+"""Stored state is untrusted input (DESIGN §3): hostile state through every entry point.
+
+Each case builds a repository whose stored state was planted by someone else (a
+journal, meta.json, FORMAT, the secrets manifest, a symlink, a snapshot, a YAML bomb),
+with a canary directory *outside* the root, runs the public operation through the API
+and the command line, and checks three things: the canary's bytes, modes and names are
+as they were; the API raised a clear :class:`OrchFSError`; the command line exited 1 or
+2 with one line on stderr and no traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import stat
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import orchfs
+from orchfs import doctor, migrate, snapshot
+from orchfs.cli import main
+from orchfs.errors import (
+    ConfigError,
+    FormatError,
+    JournalError,
+    ManifestError,
+    MetaError,
+    OrchFSError,
+    PathEscapeError,
+    SnapshotError,
+    StateError,
+    UnsafeStateError,
+)
+from orchfs.testing import build_legacy_repo
+
+KEY = "A" * 43 + "="
+GOOD_REPO_ID = "0123456789abcdef0123456789abcdef"
+# A generous bound that unbounded parsing (minutes) cannot meet; not a timing test.
+PARSE_BOUND_SECONDS = 5.0
+
+
+# --- the canary and the world around it ---------------------------------------------------
+@dataclass(frozen=True)
+class World:
+    root: Path
+    canary: Path
+
+    @property
+    def state(self) -> Path:
+        return self.root / ".orchestrator"
+
+
+def _picture(directory: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every entry below ``directory`` (and itself): mode and bytes (None for a directory)."""
+    out = {".": (os.lstat(directory).st_mode, None)}
+    for top, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            full = Path(top) / name
+            st = os.lstat(full)
+            data = full.read_bytes() if stat.S_ISREG(st.st_mode) else None
+            out[str(full.relative_to(directory))] = (st.st_mode, data)
+    return out
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch) -> World:
+    for name in ("ORCHFS_KEY_FILE", "ORCHFS_PASSPHRASE", "ORCHFS_WEB_MODE", "ORCHFS_SESSION", "ORCHFS_STORAGE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ORCHFS_KEY", KEY)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("ORCHFS_ORG_CONFIG", str(tmp_path / "no-org.yaml"))
+    canary = tmp_path / "canary"
+    (canary / "sub").mkdir(parents=True)
+    (canary / "a.txt").write_bytes(b"canary a")
+    (canary / "sub" / "b.txt").write_bytes(b"canary b")
+    (canary / ".orchfs-tmp.old").write_bytes(b"looks like a temp file")
+    (canary / ".gitignore").write_bytes(b"canary ignore\n")
+    os.chmod(canary / "a.txt", 0o644)
+    os.chmod(canary / "sub" / "b.txt", 0o640)
+    os.chmod(canary / "sub", 0o755)
+    old = time.time() - 3600
+    os.utime(canary / ".orchfs-tmp.old", (old, old))
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / ".git").mkdir()
+    before = _picture(canary)
+    yield World(root, canary)
+    assert _picture(canary) == before, "something outside the repository root changed"
+
+
+def v1(world: World) -> Path:
+    build_legacy_repo(world.root)
+    return world.root
+
+
+def v2(world: World) -> orchfs.OrchFileSystem:
+    fs = orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True)
+    fs.pipe_file("state.json", b"{}")
+    return fs
+
+
+def cli(world: World, *args: str, rc: tuple[int, ...] = (1, 2)) -> str:
+    """Run the command line; it must fail cleanly: one line on stderr, no traceback."""
+    result = CliRunner().invoke(main, ["--root", str(world.root), *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code in rc, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if result.exit_code != 0 and args[0] != "doctor":
+        assert len(lines) == 1 and lines[0].startswith("orchfs: error: "), result.stderr
+    return result.stderr + result.stdout
+
+
+# --- journals ----------------------------------------------------------------------------
+def plant_journal(world: World, records: list, name: str = "20260101T000000-abcdef") -> Path:
+    directory = world.state / "migrations"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.jsonl"
+    lines = [r if isinstance(r, (bytes, str)) else json.dumps(r) for r in records]
+    path.write_bytes(b"".join((x.encode() if isinstance(x, str) else x) + b"\n" for x in lines))
+    return path
+
+
+def begin(mid: str = "20260101T000000-abcdef", **extra) -> dict:
+    record = {"t": "begin", "id": mid, "backup": True, "dirs": {}, "root_mtime_ns": 0, "root": "/r"}
+    record.update(extra)
+    return record
+
+
+def row(i, source, target, action="rename", mode=0o644, link=None):
+    return [i, source, target, 1, action, mode, 0, link, None]
+
+
+def hostile_world_with_fs(world: World) -> None:
+    v1(world)
+    v2(world)
+
+
+HOSTILE_JOURNALS: dict[str, Callable[[World], list]] = {
+    "source-outside": lambda w: [begin(), {"t": "intents", "steps": [row(0, "../canary/a.txt", ".orchestrator/a")]}],
+    "source-absolute": lambda w: [
+        begin(),
+        {"t": "intents", "steps": [row(0, str(w.canary / "a.txt"), ".orchestrator/a")]},
+    ],
+    "source-not-legacy": lambda w: [begin(), {"t": "intents", "steps": [row(0, ".git/config", ".orchestrator/c")]}],
+    "target-outside": lambda w: [
+        begin(),
+        {"t": "intents", "steps": [row(0, ".workflow_state.json", ".orchestrator/../../canary/x")]},
+    ],
+    "target-absolute": lambda w: [
+        begin(),
+        {"t": "intents", "steps": [row(0, ".workflow_state.json", str(w.canary / "x"))]},
+    ],
+    "id-escape": lambda w: [begin(mid="../../.."), {"t": "intents", "steps": []}],
+    "dirs-absolute": lambda w: [
+        begin(dirs={str(w.canary): [0o777, 0]}),
+        {"t": "intents", "steps": [row(0, ".workflow_checkpoints/cp_1.json", ".orchestrator/checkpoints/cp_1.json")]},
+    ],
+    "dirs-not-above": lambda w: [
+        begin(dirs={".git": [0o777, 0]}),
+        {"t": "intents", "steps": [row(0, ".workflow_checkpoints/cp_1.json", ".orchestrator/checkpoints/cp_1.json")]},
+    ],
+    "unknown-version": lambda w: [begin(v=99), {"t": "intents", "steps": []}],
+    "empty": lambda w: [],
+    "garbage": lambda w: [b"\x00\xffnot json at all", begin()],
+    "truncated": lambda w: [b'{"t":"begin","id":"20260101T000000-ab'],
+    "wrong-types": lambda w: [
+        begin(),
+        {"t": "intents", "steps": [[0, ".workflow_state.json", ".orchestrator/state.json", 1, "rename", "777", 0, None, None]]},
+    ],
+    "array-line": lambda w: [begin(), [1, 2, 3]],
+    "unknown-action": lambda w: [
+        begin(),
+        {"t": "intents", "steps": [row(0, ".workflow_state.json", ".orchestrator/state.json", action="rmtree")]},
+    ],
+    "done-out-of-range": lambda w: [begin(), {"t": "intents", "steps": []}, {"t": "done", "i": 7}],
+}
+
+
+def _plant(world: World, kind: str) -> Path:
+    hostile_world_with_fs(world)
+    records = HOSTILE_JOURNALS[kind](world)
+    path = plant_journal(world, records)
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    return path
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_JOURNALS))
+def test_migrate_resume_refuses_a_hostile_journal(world, kind):
+    path = _plant(world, kind)
+    planted = path.read_bytes()
+    with pytest.raises(StateError) as caught:
+        migrate.apply(world.root)
+    assert "migrations/" in str(caught.value)
+    assert path.read_bytes() == planted  # nothing appended: it was refused before use
+    cli(world, "migrate")
+
+
+@pytest.mark.parametrize("kind", ["source-outside", "id-escape", "dirs-absolute", "target-absolute", "garbage"])
+def test_rollback_refuses_a_hostile_journal(world, kind):
+    _plant(world, kind)
+    with pytest.raises(StateError):
+        migrate.rollback(world.root)
+    cli(world, "migrate", "--rollback")
+
+
+@pytest.mark.parametrize("kind", ["source-outside", "dirs-absolute", "empty", "array-line", "unknown-version"])
+def test_doctor_reports_a_hostile_journal_and_fix_leaves_it(world, kind):
+    path = _plant(world, kind)
+    planted = path.read_bytes()
+    findings = doctor.run(world.root)
+    unsafe = [f for f in findings if f.id == "unsafe-state"]
+    assert unsafe and all(f.severity == "error" for f in unsafe)
+    assert "unfinished-migration" not in {f.id for f in findings}
+    doctor.fix(world.root)
+    assert path.read_bytes() == planted
+    out = cli(world, "doctor", "--fix")
+    assert "unsafe-state" in out and "no problems found" not in out
+
+
+def test_rollback_of_a_named_id_that_escapes(world):
+    hostile_world_with_fs(world)
+    with pytest.raises(UnsafeStateError):
+        migrate.rollback(world.root, "../../canary")
+    cli(world, "migrate", "--rollback", "--id", "../../canary")
+
+
+def test_a_journal_that_is_a_symlink_is_refused(world):
+    hostile_world_with_fs(world)
+    (world.canary / "j.jsonl").write_bytes(b"")  # the fixture's picture predates it: remove after
+    (world.state / "migrations").mkdir(parents=True)
+    os.symlink(world.canary / "j.jsonl", world.state / "migrations" / "20260101T000000-abcdef.jsonl")
+    try:
+        with pytest.raises(OrchFSError):
+            migrate.apply(world.root)
+        cli(world, "migrate")
+    finally:
+        (world.canary / "j.jsonl").unlink()
+
+
+# --- symlinks where migrate, rollback and --fix write --------------------------------------
+@pytest.mark.parametrize("place", ["checkpoints", "migrations", "migration_backup", "sessions"])
+def test_migrate_refuses_a_planted_state_directory_link(world, place):
+    v1(world)
+    world.state.mkdir()
+    os.symlink(world.canary, world.state / place)
+    with pytest.raises((UnsafeStateError, PathEscapeError)):
+        migrate.apply(world.root)
+    assert (world.root / ".workflow_state.json").exists()  # nothing moved
+    cli(world, "migrate")
+
+
+def test_migrate_prefer_legacy_refuses_a_linked_checkpoints(world):
+    v1(world)
+    (world.state / "checkpoints").mkdir(parents=True)
+    (world.state / "checkpoints" / "cp_1.json").write_bytes(b"different")
+    os.rename(world.state / "checkpoints", world.root / "moved-aside")
+    os.symlink(world.canary, world.state / "checkpoints")
+    with pytest.raises((UnsafeStateError, PathEscapeError)):
+        migrate.apply(world.root, prefer="legacy")
+    cli(world, "migrate", "--prefer", "legacy")
+
+
+def test_rollback_does_not_drain_a_linked_directory(world):
+    v1(world)
+    migrate.apply(world.root)
+    checkpoints = world.state / "checkpoints"
+    os.rename(checkpoints, world.root / "aside")
+    os.symlink(world.canary, checkpoints)
+    with pytest.raises((UnsafeStateError, PathEscapeError)):
+        migrate.rollback(world.root)
+    cli(world, "migrate", "--rollback")
+
+
+def test_rollback_does_not_write_into_a_linked_v1_directory(world):
+    v1(world)
+    migrate.apply(world.root)
+    os.symlink(world.canary, world.root / ".workflow_checkpoints")
+    with pytest.raises((UnsafeStateError, PathEscapeError)):
+        migrate.rollback(world.root)
+    cli(world, "migrate", "--rollback")
+
+
+def test_state_directory_itself_a_link(world):
+    os.symlink(world.canary, world.state)
+    findings = doctor.run(world.root)
+    assert any(f.id == "unsafe-state" for f in findings)
+    doctor.fix(world.root)  # the old temp file in the canary must survive
+    out = cli(world, "doctor", "--fix")
+    assert "unsafe-state" in out
+    with pytest.raises((UnsafeStateError, PathEscapeError)):
+        migrate.apply(world.root)
+
+
+@pytest.mark.parametrize("sub", ["secrets", "locks"])
+def test_doctor_fix_never_chmods_through_a_link(world, sub):
+    v2(world)
+    (world.state / sub).mkdir(exist_ok=True, mode=0o700)
+    os.symlink(world.canary / "a.txt", world.state / sub / "planted")
+    os.symlink(world.canary / "sub", world.state / sub / "planted-dir")
+    findings = doctor.run(world.root)
+    assert any(f.id == "unsafe-state" for f in findings)
+    doctor.fix(world.root)
+    out = cli(world, "doctor", "--fix")
+    assert "unsafe-state" in out
+
+
+def test_doctor_fix_never_chmods_through_a_linked_tree(world):
+    v2(world)
+    os.symlink(world.canary, world.state / "secrets")
+    assert any(f.id == "unsafe-state" for f in doctor.run(world.root))
+    doctor.fix(world.root)
+    cli(world, "doctor", "--fix")
+
+
+def test_init_never_appends_to_a_linked_gitignore(world):
+    os.symlink(world.canary / ".gitignore", world.root / ".gitignore")
+    from orchfs.meta import ensure_gitignored
+
+    with pytest.raises(UnsafeStateError, match="symlink"):
+        ensure_gitignored(str(world.root))
+    assert "symlink" in cli(world, "init")
+
+
+# --- meta.json and FORMAT -------------------------------------------------------------------
+def plant_meta(world: World, content: bytes) -> None:
+    v2(world)
+    (world.state / "meta.json").write_bytes(content)
+
+
+def test_repo_id_that_escapes_never_writes_outside(world):
+    plant_meta(world, json.dumps({"repo_id": "../../../canary/sub"}).encode())
+    modes = (os.lstat(world.root).st_mode, os.lstat(world.root.parent).st_mode)
+    fs = orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True)
+    with pytest.raises(UnsafeStateError, match="repo_id"):
+        fs.secrets.set("TOKEN", "t")
+    assert (os.lstat(world.root).st_mode, os.lstat(world.root.parent).st_mode) == modes
+    assert "repo_id" in cli(world, "secrets", "set", "TOKEN")
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b"null", b'{"root": "/x"}', b'{"repo_id": 7}'])
+def test_damaged_meta_is_not_an_absent_secret(world, content):
+    fs = v2(world)
+    fs.secrets.set("TOKEN", "t")
+    (world.state / "meta.json").write_bytes(content)
+    fresh = orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True)
+    with pytest.raises((MetaError, UnsafeStateError)):
+        fresh.secrets.get("TOKEN")
+    with pytest.raises((MetaError, UnsafeStateError)):
+        fresh.secrets.list()
+    assert "meta.json" in cli(world, "secrets", "get", "TOKEN")
+    out = cli(world, "doctor")
+    assert "unsafe-state" in out and "no problems found" not in out
+
+
+def test_damaged_meta_does_not_block_migrate_with_a_traceback(world):
+    v1(world)
+    world.state.mkdir()
+    (world.state / "meta.json").write_bytes(b"[]")
+    with pytest.raises(MetaError):
+        migrate.apply(world.root)
+    assert "meta.json" in cli(world, "migrate")
+
+
+def test_garbage_format_is_damaged_not_newer(world):
+    fs = v2(world)
+    (world.state / "FORMAT").write_bytes(b"\x00garbage\n")
+    fresh = orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True)
+    with pytest.raises(FormatError, match="damaged") as caught:
+        fresh.pipe_file("state.json", b"x")
+    assert "upgrade" not in str(caught.value).lower()
+    assert fs.cat_file("state.json") == b"{}"
+    assert "damaged" in cli(world, "put", "state.json", "-", rc=(1, 2))
+    assert "unsafe-state" in cli(world, "doctor")
+
+
+# --- the secrets manifest -------------------------------------------------------------------
+def secrets_world(world: World) -> tuple[orchfs.OrchFileSystem, Path]:
+    fs = v2(world)
+    fs.secrets.set("TOKEN", "t0ken")
+    fs.secrets.set("OTHER", "x")
+    return fs, world.state / "secrets" / fs.secrets.repo_id / "MANIFEST"
+
+
+def fresh(world: World) -> orchfs.OrchFileSystem:
+    return orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True)
+
+
+MANIFESTS: dict[str, Callable[[bytes], bytes | None]] = {
+    "deleted": lambda old: None,
+    "unsealed": lambda old: json.dumps({**json.loads(old), "macs": {}}).encode(),
+    "stripped": lambda old: json.dumps({"entries": {}, "macs": {}}).encode(),
+    "garbage": lambda old: b"\xff{{{",
+    "escaping-name": lambda old: json.dumps(
+        {**json.loads(old), "entries": {"../../../canary/a": {"version": 1, "sha256": "0" * 64, "also": []}}}
+    ).encode(),
+    "array": lambda old: b"[]",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MANIFESTS))
+@pytest.mark.parametrize("operation", ["get", "list", "set", "rotate"])
+def test_hostile_manifest(world, kind, operation):
+    _fs, manifest = secrets_world(world)
+    replacement = MANIFESTS[kind](manifest.read_bytes())
+    if replacement is None:
+        manifest.unlink()
+    else:
+        manifest.write_bytes(replacement)
+    store = fresh(world).secrets
+    action = {
+        "get": lambda: store.get("TOKEN"),
+        "list": store.list,
+        "set": lambda: store.set("NEW", "v"),
+        "rotate": lambda: store.rotate(b"B" * 32),
+    }[operation]
+    with pytest.raises(ManifestError) as caught:
+        action()
+    assert "reseal" in str(caught.value)
+    args = {
+        "get": ["secrets", "get", "TOKEN"],
+        "list": ["secrets", "list"],
+        "set": ["secrets", "set", "NEW"],
+        "rotate": ["secrets", "list"],
+    }[operation]
+    assert "reseal" in cli(world, *args)
+
+
+def test_reseal_repairs_a_deleted_manifest(world):
+    _fs, manifest = secrets_world(world)
+    manifest.unlink()
+    assert fresh(world).secrets.reseal() == ["OTHER", "TOKEN"]
+    assert fresh(world).secrets.get("TOKEN") == "t0ken"
+
+
+# --- sessions ------------------------------------------------------------------------------
+def test_prune_never_follows_a_linked_session(world):
+    fs = v2(world)
+    fs.session("s1").pipe_file("state.json", b"{}")
+    os.symlink(world.canary, world.state / "sessions" / "planted")
+    (world.root / "workflow.yaml").write_text("state:\n  retention: {max_sessions: 0, min_age: 0s}\n")
+    from orchfs.sessions import Retention, prune
+
+    prune(fresh(world), Retention(max_sessions=0, min_age=0.0))
+    CliRunner().invoke(main, ["--root", str(world.root), "sessions", "prune"])
+
+
+def test_prune_refuses_a_session_id_outside_the_pattern(world):
+    v2(world)
+    (world.state / "sessions" / "bad name").mkdir(parents=True)
+    (world.state / "sessions" / "bad name" / "state.json").write_bytes(b"{}")
+    from orchfs.sessions import Retention, prune
+
+    with pytest.raises(UnsafeStateError, match="session id"):
+        prune(fresh(world), Retention(max_sessions=0, min_age=0.0))
+    (world.root / "workflow.yaml").write_text("state:\n  retention: {max_sessions: 0, min_age: 0s}\n")
+    cli(world, "sessions", "prune")
+
+
+def test_session_argument_outside_the_pattern(world):
+    with pytest.raises(PathEscapeError):
+        orchfs.OrchFileSystem(root=str(world.root), session="../canary", skip_instance_cache=True)
+    with pytest.raises(PathEscapeError):
+        orchfs.OrchFileSystem(root=str(world.root), session="a b", skip_instance_cache=True)
+
+
+# --- snapshots -----------------------------------------------------------------------------
+def archive(path: Path, members: list[tuple[str, bytes | None, bytes]]) -> Path:
+    """(name, type, data) members; type None is a regular file."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            if kind == tarfile.SYMTYPE:
+                info.type, info.linkname = tarfile.SYMTYPE, data.decode()
+                tar.addfile(info)
+            elif kind == tarfile.DIRTYPE:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def bomb(path: Path, claimed: int = 2 << 30) -> Path:
+    """A gzip of a tar whose one member claims ``claimed`` bytes of zeros (16 MiB given)."""
+    header = tarfile.TarInfo("state.json")
+    header.size = claimed
+    with gzip.open(path, "wb", compresslevel=9) as out:
+        out.write(header.tobuf(tarfile.PAX_FORMAT))
+        zeros = bytes(1 << 20)
+        for _ in range(16):
+            out.write(zeros)
+    return path
+
+
+def _journal_bytes(world: World) -> bytes:
+    records = HOSTILE_JOURNALS["source-outside"](world)
+    return b"".join(json.dumps(r).encode() + b"\n" for r in records)
+
+
+SNAPSHOTS: dict[str, Callable[[World, Path], Path]] = {
+    "dotdot-member": lambda w, p: archive(p, [("../canary/a.txt", None, b"x")]),
+    "absolute-member": lambda w, p: archive(p, [(str(w.canary / "a.txt"), None, b"x")]),
+    "symlink-member": lambda w, p: archive(p, [("checkpoints", tarfile.SYMTYPE, str(w.canary).encode())]),
+    "file-dir-clash": lambda w, p: archive(p, [("a.json", None, b"1"), ("d", None, b"f"), ("d/x", None, b"2")]),
+    "dir-then-file": lambda w, p: archive(p, [("d", tarfile.DIRTYPE, b""), ("d", None, b"f")]),
+    "duplicate": lambda w, p: archive(p, [("a.json", None, b"1"), ("a.json", None, b"2")]),
+    "gzip-bomb": lambda w, p: bomb(p),
+    "escaping-repo-id": lambda w, p: archive(p, [("meta.json", None, b'{"repo_id": "../../canary"}')]),
+    "damaged-meta": lambda w, p: archive(p, [("meta.json", None, b"[]")]),
+    "garbage-format": lambda w, p: archive(p, [("FORMAT", None, b"garbage"), ("a.json", None, b"1")]),
+    "hostile-journal": lambda w, p: archive(p, [("migrations/20260101T000000-abcdef.jsonl", None, _journal_bytes(w))]),
+    "unsealed-manifest": lambda w, p: archive(
+        p, [(f"secrets/{GOOD_REPO_ID}/MANIFEST", None, b'{"entries": {}, "macs": {}}')]
+    ),
+    "bad-namespace": lambda w, p: archive(p, [("secrets/..x/A.enc", None, b"x")]),
+    "bad-session": lambda w, p: archive(p, [("sessions/a b/state.json", None, b"{}")]),
+    "lock-member": lambda w, p: archive(p, [("locks/repo.lock", None, b"x")]),
+    "not-a-snapshot": lambda w, p: (p.write_bytes(b"\x1f\x8b garbage"), p)[1],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SNAPSHOTS))
+def test_snapshot_import_is_all_or_nothing(world, tmp_path, kind):
+    fs = v2(world)
+    fs.pipe_file("kept.json", b"old")
+    before = _picture(world.state)
+    path = SNAPSHOTS[kind](world, tmp_path / f"{kind}.tgz")
+    started = time.monotonic()
+    with pytest.raises(OrchFSError):
+        snapshot.import_snapshot(fresh(world), path, force=True, max_bytes=1 << 20)
+    assert time.monotonic() - started < PARSE_BOUND_SECONDS
+    assert _picture(world.state) == before  # the old state untouched, no staging left
+    cli(world, "snapshot", "import", str(path), "--force", "--max-bytes", "1MiB")
+    assert _picture(world.state) == before
+
+
+def test_snapshot_over_max_bytes_in_total(world, tmp_path):
+    v2(world)
+    path = archive(tmp_path / "big.tgz", [(f"f{i}.json", None, bytes(400 << 10)) for i in range(3)])
+    with pytest.raises(SnapshotError, match="max-bytes"):
+        snapshot.import_snapshot(fresh(world), path, force=True, max_bytes=1 << 20)
+    assert not (world.state / "f0.json").exists()
+
+
+# --- bounded parsers -----------------------------------------------------------------------
+def alias_bomb() -> str:
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    return "\n".join(lines) + "\n"
+
+
+YAML_BOMBS: dict[str, Callable[[Path], None]] = {
+    "alias-bomb": lambda p: p.write_text(alias_bomb()),
+    "deep-flow": lambda p: p.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n"),
+    "deep-mapping": lambda p: p.write_text("a: " + "{b: " * 5000 + "c" + "}" * 5000 + "\n"),
+    "huge-value": lambda p: (p.write_text("a: "), os.truncate(p, 1 << 30)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(YAML_BOMBS))
+def test_yaml_bombs_are_config_errors_quickly(world, kind):
+    workflow = world.root / "workflow.yaml"
+    YAML_BOMBS[kind](workflow)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="workflow.yaml"):
+        orchfs.load_config(world.root)
+    assert time.monotonic() - started < PARSE_BOUND_SECONDS
+    started = time.monotonic()
+    assert "workflow.yaml" in cli(world, "config", "show")
+    assert time.monotonic() - started < PARSE_BOUND_SECONDS
+
+
+def test_layout_bomb_is_a_config_error(world):
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="layout.yaml"):
+        orchfs.Layout.from_yaml("entries:\n" + alias_bomb().replace("\n", "\n"), "layout.yaml")
+    with pytest.raises(ConfigError, match="layout.yaml"):
+        orchfs.Layout.from_yaml("entries: " + "[" * 5000, "layout.yaml")
+    assert time.monotonic() - started < PARSE_BOUND_SECONDS
+
+
+def test_oversized_state_json_is_refused(world):
+    plant_meta(world, b'{"repo_id": "' + b"a" * (17 << 20) + b'"}')
+    with pytest.raises(MetaError, match="limit"):
+        fresh(world).secrets.list()
+
+
+def test_migration_id_argument_outside_the_pattern(world):
+    v1(world)
+    with pytest.raises(UnsafeStateError):
+        migrate.plan(world.root, migration_id="../x")
