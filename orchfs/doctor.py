@@ -57,13 +57,13 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
     """Every finding for the repository at ``root`` (local disk)."""
     root = os.path.abspath(os.fspath(root))
     now = time.time() if now is None else now
-    fs = _fs(root, layout)
     layout = coerce_layout(layout)
     state = os.path.join(root, STATE_DIR)
     findings: list[Finding] = []
     findings += _unsafe_links(root, state, layout)
     if os.path.islink(state):  # every other check would look (and --fix act) through it
         return findings
+    fs = _fs(root, layout)
     checks: list[Callable[[], list[Finding]]] = [
         lambda: _layout_findings(root, state, layout),
         lambda: _unnamed_findings(root, layout),
