@@ -25,11 +25,10 @@ from .errors import (
     VersionPinError,
 )
 from .layout import Layout, default_layout
+from .version import __version__
 
 if TYPE_CHECKING:
     from .filesystem import Conflict, OrchFileSystem, Resolution
-
-__version__ = "0.1.0"
 
 _LAZY_MODULES = (
     "cli",

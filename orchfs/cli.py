@@ -194,9 +194,9 @@ def init(ctx: Context, portable: bool, adopt: bool) -> None:
     from .meta import FORMAT_FILE, META_FILE, ensure_gitignored, read_meta
 
     fs = ctx.fs()
-    state = fs._state
+    state = fs.state_storage
     existed = state.info(FORMAT_FILE) is not None and read_meta(state) is not None
-    fs._ensure_writable()
+    fs.initialize()
     meta = read_meta(state) or {}
     changed = portable and not meta.get("portable")
     if portable:

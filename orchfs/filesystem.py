@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from hashlib import sha1
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsspec.spec import AbstractFileSystem
 
@@ -45,6 +45,9 @@ from .paths import (
     validate_id,
     validate_name,
 )
+
+if TYPE_CHECKING:
+    from .storage import Storage
 
 LEGACY_MODES = ("read", "migrate", "off")
 SECRETS_VIEW = "secrets"
@@ -241,12 +244,30 @@ class OrchFileSystem(ChainedFileSystem):
         return self._state.capabilities
 
     @property
+    def state_storage(self) -> Storage:
+        """The adapter of the state directory (what plays ``.orchestrator/``)."""
+        return self._state
+
+    @property
+    def repo_storage(self) -> Storage:
+        """The adapter of the repository root (where v1 files live)."""
+        return self._repo
+
+    @property
     def secrets(self) -> Any:
         """The encrypted secret namespace of this repository (a ``SecretStore``)."""
         if self._secret_store is None:
             from .secrets import SecretStore
 
-            self._secret_store = SecretStore(self, key=self._key)
+            self._secret_store = SecretStore(
+                self._state,
+                repo=self._repo,
+                initialize=self.initialize,
+                lock=self.lock,
+                web_mode=self.web_mode,
+                key=self._key,
+                label=self.root,
+            )
         return self._secret_store
 
     def _secret_name(self, logical: str) -> str | None:
@@ -359,7 +380,7 @@ class OrchFileSystem(ChainedFileSystem):
     def _before_write(self, logical: str) -> Any:
         """Check the layout version, initialise the state dir, record what a write
         supersedes (rule 7), reopen whited-out parents."""
-        self._ensure_writable()
+        self.initialize()
         if logical not in self._supersede_checked and self._overlay.has_legacy(logical):
             self._record_superseded(logical)
         target = self._overlay.target(logical)
@@ -372,8 +393,9 @@ class OrchFileSystem(ChainedFileSystem):
                     self._overlay.write_marker(f"{target.prefix}{ancestor}/{OPAQUE_MARKER}")
         return target
 
-    def _ensure_writable(self) -> None:
-        """Check the layout version and initialise the state dir (FORMAT, meta.json)."""
+    def initialize(self) -> None:
+        """Make the state directory ready for writes: refuse a newer layout
+        (``LayoutVersionError``), write ``FORMAT`` and ``meta.json`` if they are missing."""
         if not self._writable_checked:
             from .meta import check_writable, ensure_initialized, read_format
 
@@ -762,7 +784,7 @@ class OrchFileSystem(ChainedFileSystem):
         name = self._secret_name(logical)
         if name not in self.secrets.list():
             raise _not_found(logical)
-        found = self._state.info(self.secrets._path(name)) or {}
+        found = self.secrets.stored_info(name) or {}
         return {
             "name": logical,
             "type": "file",

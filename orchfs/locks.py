@@ -448,7 +448,7 @@ def make_lock(
 
 def inspect(fs: Any) -> list[LockStatus]:
     """Every lock of the repository: held or not, by whom, for how long, stale or not."""
-    storage = fs._state
+    storage = fs.state_storage
     now = time.time()
     out = []
     if storage.kind == "memory":
@@ -517,7 +517,7 @@ def clear_stale(fs: Any) -> list[LockStatus]:
     for status in inspect(fs):
         if not status.stale:
             continue
-        storage = fs._state
+        storage = fs.state_storage
         if storage.kind == "local":
             with contextlib.suppress(FileNotFoundError):
                 storage.remove(f"{LOCKS_DIR}/{status.name}.holder")

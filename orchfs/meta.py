@@ -23,6 +23,7 @@ from typing import Any
 from .errors import FormatError, LayoutVersionError, MetaError, UnsafeStateError
 from .paths import STATE_DIR
 from .stored import check_repo_id, load_json
+from .version import __version__
 
 LAYOUT_VERSION = 2
 FORMAT_FILE = "FORMAT"
@@ -69,8 +70,6 @@ def parse_format(data: bytes, where: str = FORMAT_FILE) -> FormatInfo:
 def check_writable(found: FormatInfo | None, where: str) -> None:
     if found is None or found.version <= LAYOUT_VERSION:
         return
-    from . import __version__
-
     needed = found.requires or f"an orchfs that supports layout version {found.version}"
     raise LayoutVersionError(
         f"{where} uses layout version {found.version}; this orchfs {__version__} writes "
@@ -93,8 +92,6 @@ def git_remote(root: str) -> str | None:
 
 
 def new_meta(root: str, local_root: bool) -> dict[str, Any]:
-    from . import __version__
-
     return {
         "repo_id": uuid.uuid4().hex,
         "root": root,

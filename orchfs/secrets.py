@@ -35,14 +35,18 @@ import os
 import stat
 import struct
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .errors import ManifestError, MetaError, OrchFSError, SecretIntegrityError, SecretsLockedError
 from .faults import checkpoint
 from .paths import validate_name
 from .stored import load_json
+
+if TYPE_CHECKING:
+    from .storage import Storage
 
 MAGIC = b"OFSX"
 VERSION = 1
@@ -268,8 +272,26 @@ def decrypt(
 class SecretStore:
     """The secret namespace of one repository (``fs.secrets``)."""
 
-    def __init__(self, fs: Any, key: Any = None) -> None:
-        self._fs = fs
+    def __init__(
+        self,
+        state: Storage,
+        *,
+        repo: Storage,
+        initialize: Callable[[], None],
+        lock: Callable[[str], contextlib.AbstractContextManager[Any]],
+        web_mode: bool = False,
+        key: Any = None,
+        label: str = "",
+    ) -> None:
+        """``state`` and ``repo`` are the adapters of the state directory and the root;
+        ``initialize`` gives the repository its identity (meta.json) on first write;
+        ``lock(name)`` is the repository's lock factory."""
+        self._state = state
+        self._repo = repo
+        self._initialize = initialize
+        self._lock = lock
+        self._web_mode = web_mode
+        self._label = label
         self._explicit = key
         self._keys: list[MasterKey] | None = None
         self._namespace: dict[bytes, tuple[MasterKey, bytes]] = {}
@@ -277,7 +299,7 @@ class SecretStore:
         self._repo_id: str | None = None
 
     def __repr__(self) -> str:
-        return f"<SecretStore of {self._fs.root!r}>"
+        return f"<SecretStore of {self._label!r}>"
 
     # --- where things are -------------------------------------------------------------
     @property
@@ -286,10 +308,10 @@ class SecretStore:
         if self._repo_id is None:
             from .meta import read_meta
 
-            meta = read_meta(self._fs._state)
+            meta = read_meta(self._state)
             if meta is None:
-                self._fs._ensure_writable()
-                meta = read_meta(self._fs._state)
+                self._initialize()
+                meta = read_meta(self._state)
             self._repo_id = str(meta["repo_id"])
         return self._repo_id
 
@@ -311,16 +333,26 @@ class SecretStore:
             self._keys = find_keys(
                 self._explicit,
                 self.repo_id,
-                web_mode=self._fs.web_mode,
+                web_mode=self._web_mode,
                 passphrase_params=self._passphrase_params,
             )
         return self._keys
+
+    def stored_info(self, name: str) -> dict[str, Any] | None:
+        """What the backend says of the file that holds ``name`` (its times; the size is
+        the ciphertext's), or None."""
+        return self._state.info(self._path(self._check_name(name)))
+
+    def keys_for(self, namespace: str, key: Any = None) -> list[MasterKey]:
+        """The keys that ``key`` (else this store's own key sources) gives for another
+        namespace, such as that of snapshots."""
+        return find_keys(self._explicit if key is None else key, namespace, web_mode=self._web_mode)
 
     def _passphrase_params(self) -> dict[str, Any]:
         """The namespace's scrypt parameters (created, at the minimum cost, on first use)."""
         rel = f"{self._dir()}/{PASSPHRASE_PARAMS}"
         try:
-            return json.loads(self._fs._state.read(rel))
+            return json.loads(self._state.read(rel))
         except FileNotFoundError:
             params = new_passphrase_params()
             self._write_private(rel, json.dumps(params).encode())
@@ -364,12 +396,12 @@ class SecretStore:
             return True
         from .meta import META_FILE, read_meta
 
-        if read_meta(self._fs._state) is not None:
+        if read_meta(self._state) is not None:
             return True
         # Files of a namespace (secrets/<repo_id>/NAME.enc), not the v1 import source beside them.
-        stored = [n for n in self._fs._state.find_files(SECRETS_DIR) if n.endswith(SUFFIX) and "/" in n]
+        stored = [n for n in self._state.find_files(SECRETS_DIR) if n.endswith(SUFFIX) and "/" in n]
         if stored:
-            where = self._fs._state.url(META_FILE)
+            where = self._state.url(META_FILE)
             raise MetaError(
                 f"{where} is missing but secrets/ holds {len(stored)} encrypted secret(s); restore "
                 "meta.json from a backup (its repo_id names their namespace)",
@@ -379,14 +411,12 @@ class SecretStore:
 
     def _stored_names(self) -> list[str]:
         """Names of the secret files of the namespace."""
-        return sorted(
-            n[: -len(SUFFIX)] for n in self._fs._state.find_files(self._dir()) if n.endswith(SUFFIX)
-        )
+        return sorted(n[: -len(SUFFIX)] for n in self._state.find_files(self._dir()) if n.endswith(SUFFIX))
 
     def _read_manifest(self) -> dict[str, Any]:
         if not self._exists():
             return {"entries": {}, "macs": {}}
-        store = self._fs._state
+        store = self._state
         where = store.url(f"{self._dir()}/{MANIFEST}")
         try:
             blob = store.read(f"{self._dir()}/{MANIFEST}")
@@ -425,7 +455,7 @@ class SecretStore:
         self._write_private(f"{self._dir()}/{MANIFEST}", document)
 
     def _write_private(self, rel: str, data: bytes) -> None:
-        store = self._fs._state
+        store = self._state
         store.makedirs_private(self._dir())
         checkpoint("secrets.write")
         store.write(rel, data, mode=PRIVATE_FILE_MODE)
@@ -436,7 +466,7 @@ class SecretStore:
         plaintext = value.encode() if isinstance(value, str) else bytes(value)
         key = self._writing_key()
         blob = encrypt(key, self.repo_id, name, plaintext, self._table()[key.id][1])
-        with self._fs.lock("secrets"):
+        with self._lock("secrets"):
             manifest = self._read_manifest()
             entries = manifest["entries"]
             version = entries.get(name, {}).get("version", 0) + 1
@@ -472,7 +502,7 @@ class SecretStore:
         entry = manifest["entries"].get(name)
         where = f"secret {name!r}"
         try:
-            blob = self._fs._state.read(self._path(name))
+            blob = self._state.read(self._path(name))
         except FileNotFoundError:
             if entry is not None:
                 raise SecretIntegrityError(f"{where} is in the manifest but its file is gone") from None
@@ -498,14 +528,14 @@ class SecretStore:
         the manifest was lost or damaged). Every file must open: one that does not is
         :class:`SecretIntegrityError` and nothing is written. Returns the names."""
         key = self._writing_key()
-        with self._fs.lock("secrets"):
+        with self._lock("secrets"):
             entries = {}
             for name in self._stored_names():
                 try:
                     self._check_name(name)
                 except ValueError:
                     raise SecretIntegrityError(f"secret file {name!r}{SUFFIX} has a refused name") from None
-                blob = self._fs._state.read(self._path(name))
+                blob = self._state.read(self._path(name))
                 decrypt(self._table(), self.repo_id, name, blob, f"secret {name!r}")
                 entries[name] = {"version": 1, "sha256": hashlib.sha256(blob).hexdigest(), "also": []}
             self._write_manifest(entries, [key])
@@ -513,7 +543,7 @@ class SecretStore:
 
     def delete(self, name: str) -> None:
         name = self._check_name(name)
-        with self._fs.lock("secrets"):
+        with self._lock("secrets"):
             manifest = self._read_manifest()
             if name not in manifest["entries"]:
                 raise KeyError(f"no secret named {name!r}")
@@ -521,7 +551,7 @@ class SecretStore:
             del entries[name]
             self._write_manifest(entries, self._sealing_keys(manifest, self._writing_key()))
             with contextlib.suppress(FileNotFoundError):
-                self._fs._state.remove(self._path(name))
+                self._state.remove(self._path(name))
 
     def rotate(self, new_key: Any) -> dict[str, Any]:
         """Re-encrypt every secret under ``new_key``; resumable after a crash.
@@ -532,14 +562,14 @@ class SecretStore:
         new = parse_key(new_key, "new key")
         self._table([new])
         rewritten = 0
-        with self._fs.lock("secrets"):
+        with self._lock("secrets"):
             manifest = self._read_manifest()
             old_keys = [k for k in self._sealing_keys(manifest, self._writing_key()) if k.id != new.id]
             seal = [new, *old_keys]
             entries = manifest["entries"]
             self._write_manifest(entries, seal)  # both keys open the manifest from now on
             for name in sorted(entries):
-                blob = self._fs._state.read(self._path(name))
+                blob = self._state.read(self._path(name))
                 if parse_header(blob, name).key_id == new.id:
                     continue  # done by an earlier, interrupted run
                 plaintext = decrypt(self._table(), self.repo_id, name, blob, f"secret {name!r}")
@@ -566,7 +596,7 @@ class SecretStore:
             still_old = [
                 n
                 for n in sorted(entries)
-                if parse_header(self._fs._state.read(self._path(n)), n).key_id != new.id
+                if parse_header(self._state.read(self._path(n)), n).key_id != new.id
             ]
             retired = not still_old
             self._write_manifest(entries, [new] if retired else seal)
@@ -593,7 +623,7 @@ class SecretStore:
         if path is not None:
             with open(path, "rb") as f:
                 return f.read()
-        for store, rel in ((self._fs._repo, ".secrets.enc"), (self._fs._state, "secrets/legacy.enc")):
+        for store, rel in ((self._repo, ".secrets.enc"), (self._state, "secrets/legacy.enc")):
             try:
                 return store.read(rel)
             except FileNotFoundError:

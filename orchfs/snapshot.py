@@ -87,7 +87,7 @@ def _mode_of(state: Storage, rel: str) -> int:
 
 def export(fs: Any, path: str | os.PathLike[str], *, encrypt: bool = False, key: Any = None) -> SnapshotInfo:
     """Write the state of ``fs`` to ``path`` (mode 0600, atomically), under the repo lock."""
-    state = fs._state
+    state = fs.state_storage
     archive = io.BytesIO()
     total = 0
     with fs.lock("repo"):
@@ -130,7 +130,7 @@ def import_snapshot(
     blob = _read_archive(source, max_bytes)
     encrypted = _is_sealed(blob)
     archive = _open_sealed(fs, blob, source, key) if encrypted else blob
-    state = fs._state
+    state = fs.state_storage
     staging = f"{STAGING_DIR}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     with fs.lock("repo"):
         existing = [
@@ -276,7 +276,7 @@ def _check_state(members: dict[str, _Member], fs: Any, source: str) -> None:
     if FORMAT_FILE in members:
         check_writable(parse_format(members[FORMAT_FILE].data, f"{source}: FORMAT"), source)
     else:
-        check_writable(read_format(fs._state), fs._state.url(""))
+        check_writable(read_format(fs.state_storage), fs.state_storage.url(""))
     if META_FILE in members:
         where = f"{source}: {META_FILE}"
         check_meta(load_json(members[META_FILE].data, where, error=MetaError), where)
@@ -358,7 +358,7 @@ def _rehomed_meta(data: bytes, fs: Any) -> bytes:
         return data
     if isinstance(meta, dict):
         meta["root"] = fs.root
-        meta["git_remote"] = git_remote(fs.root) if fs._local_root else None
+        meta["git_remote"] = git_remote(fs.root) if fs.repo_storage.kind == "local" else None
         data = json.dumps(meta, indent=2).encode() + b"\n"
     return data
 
@@ -374,9 +374,7 @@ def _write_private_file(target: str, blob: bytes) -> None:
 
 # --- sealing -----------------------------------------------------------------------------
 def _keys(fs: Any, key: Any) -> list[Any]:
-    from .secrets import find_keys
-
-    return find_keys(key if key is not None else fs._key, SNAPSHOT_NAMESPACE, web_mode=fs.web_mode)
+    return fs.secrets.keys_for(SNAPSHOT_NAMESPACE, key)
 
 
 def _seal(fs: Any, archive: bytes, key: Any) -> bytes:
