@@ -155,7 +155,7 @@ def list_sessions(fs: Any) -> list[Session]:
         for status in locks.inspect(fs)
         if status.held and not status.stale and status.holder is not None
     }
-    current = {fs.session_id, current_session(fs._state)} - {None}
+    current = {fs.session_id, current_session(fs.state_storage)} - {None}
     out = []
     for entry in fs.ls(SESSIONS, detail=True):
         session_id = entry["name"].rpartition("/")[2]
