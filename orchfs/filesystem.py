@@ -397,9 +397,8 @@ class OrchFileSystem(ChainedFileSystem):
         """Make the state directory ready for writes: refuse a newer layout
         (``LayoutVersionError``), write ``FORMAT`` and ``meta.json`` if they are missing."""
         if not self._writable_checked:
-            from .meta import check_writable, ensure_initialized, read_format
+            from .meta import ensure_initialized
 
-            check_writable(read_format(self._state), self._state.url(""))
             ensure_initialized(self._state, self.root, self._local_root)
             self._writable_checked = True
 

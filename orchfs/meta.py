@@ -136,7 +136,9 @@ def check_meta(meta: Any, where: str) -> dict[str, Any]:
 
 
 def ensure_initialized(state: Any, root: str, local_root: bool) -> None:
-    """Create FORMAT and meta.json if missing (exclusive creates: safe against races)."""
+    """Refuse a newer layout (``LayoutVersionError``), then create FORMAT and meta.json
+    if missing (exclusive creates: safe against races)."""
+    check_writable(read_format(state), state.url(""))
     if state.info(FORMAT_FILE) is None:
         with contextlib.suppress(FileExistsError):
             state.write(FORMAT_FILE, f"{LAYOUT_VERSION}\n".encode(), exclusive=True)

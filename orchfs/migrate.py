@@ -413,15 +413,6 @@ def _repository_lock(state: Any, timeout: float) -> Any:
     return make_lock(state, "repo", timeout=timeout, session=None)
 
 
-def _initialise(state: Any, root: str) -> None:
-    """What ``OrchFileSystem._ensure_writable`` does: refuse a newer layout, then create
-    FORMAT and meta.json."""
-    from .meta import check_writable, ensure_initialized, read_format
-
-    check_writable(read_format(state), state.url(""))
-    ensure_initialized(state, root, True)
-
-
 def _remote_store(root: str, storage: str | None, options: dict[str, Any] | None) -> Any:
     """The adapter of a state directory that is not ``<root>/.orchestrator`` (or None)."""
     if storage is None:
@@ -917,9 +908,9 @@ def apply(
             step["mode"] = st.st_mode & 0o7777
             step["mtime_ns"] = st.st_mtime_ns
             step["link"] = os.readlink(f"{root}/{source}") if stat.S_ISLNK(st.st_mode) else None
-        _initialise(state, root)  # FORMAT and meta.json, so that the repo is v2
-        from .meta import read_meta
+        from .meta import ensure_initialized, read_meta
 
+        ensure_initialized(state, root, True)  # FORMAT and meta.json, so that the repo is v2
         portable = bool((read_meta(state) or {}).get("portable"))
         os.makedirs(os.path.join(root, STATE_DIR), exist_ok=True)  # the journal stays local
         path = os.path.join(root, STATE_DIR, JOURNAL_DIR, f"{the_plan.migration_id}.jsonl")
