@@ -94,6 +94,14 @@ class Times:
 
 
 @dataclass(frozen=True)
+class BulkPlan:
+    """Where each source of a bulk ``get``/``copy`` goes, in order."""
+
+    sources: list[str]
+    targets: list[str]
+
+
+@dataclass(frozen=True)
 class Resolution:
     """Which location serves a logical path: ``layer`` is session, contained or legacy."""
 
@@ -826,6 +834,78 @@ class OrchFileSystem(ChainedFileSystem):
         else:
             target.store.write(target.rel, source.store.read(source.rel))
         self._after_write(logical2, target)
+
+    def copy(
+        self,
+        path1: Any,
+        path2: Any,
+        recursive: bool = False,
+        maxdepth: Any = None,
+        on_error: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if on_error is None:
+            on_error = "ignore" if recursive else "raise"
+        if not (isinstance(path1, list) and isinstance(path2, list)):
+            from fsspec.implementations.local import trailing_sep
+
+            into_dir = isinstance(path2, str) and (trailing_sep(path2) or self.isdir(path2))
+            plan = self._bulk_plan(path1, path2, into_dir, recursive, maxdepth, kwargs)
+            if plan is None:
+                return
+            path1, path2 = plan.sources, plan.targets
+        super().copy(path1, path2, on_error=on_error, **kwargs)
+
+    def get(
+        self,
+        rpath: Any,
+        lpath: Any,
+        recursive: bool = False,
+        callback: Any = None,
+        maxdepth: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if callback is not None:
+            kwargs["callback"] = callback
+        if not (isinstance(rpath, list) and isinstance(lpath, list)):
+            from fsspec.implementations.local import LocalFileSystem, make_path_posix, trailing_sep
+
+            if isinstance(lpath, str):
+                lpath = make_path_posix(lpath)
+            into_dir = isinstance(lpath, str) and (trailing_sep(lpath) or LocalFileSystem().isdir(lpath))
+            plan = self._bulk_plan(rpath, lpath, into_dir, recursive, maxdepth, kwargs)
+            if plan is None:
+                return
+            rpath, lpath = plan.sources, plan.targets
+        super().get(rpath, lpath, **kwargs)
+
+    def _bulk_plan(
+        self, source: Any, dest: Any, into_dir: bool, recursive: bool, maxdepth: Any, kwargs: dict[str, Any]
+    ) -> BulkPlan | None:
+        """fsspec's mapping of a ``get``/``copy`` source onto its destination, made over
+        names rooted at ``/`` as memory's and DirFileSystem's are: over bare relative
+        names fsspec takes a top-level directory for the common parent and drops its name
+        (``get("checkpoints", existing_dir)`` would fill ``existing_dir`` itself)."""
+        from fsspec.implementations.local import trailing_sep
+        from fsspec.utils import other_paths
+
+        options = {k: v for k, v in kwargs.items() if k != "callback"}
+        source_is_str = isinstance(source, str)
+        sources = self.expand_path(source, recursive=recursive, maxdepth=maxdepth, **options)
+        if source_is_str and (not recursive or maxdepth is not None):
+            # Non-recursive: directories are not copied (fsspec's rule).
+            sources = [p for p in sources if not (trailing_sep(p) or self.isdir(p))]
+        if not sources:
+            return None
+        for name in sources:
+            self._gate(name)  # listed names pass the gate before any byte lands anywhere
+        exists = source_is_str and (
+            (_has_magic(source) and len(sources) == 1)
+            or (not _has_magic(source) and into_dir and not trailing_sep(source))
+        )
+        rooted = ["/" + name for name in sources]
+        targets = other_paths(rooted, dest, exists=exists, flatten=not source_is_str)
+        return BulkPlan(sources, targets)
 
     def mv(
         self, path1: Any, path2: Any, recursive: bool = False, maxdepth: Any = None, **kwargs: Any

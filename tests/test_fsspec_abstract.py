@@ -54,3 +54,49 @@ class TestOrchPipe(AbstractPipeTests, OrchFixtures):
 
 class TestOrchOpen(AbstractOpenTests, OrchFixtures):
     pass
+
+
+class RootFixtures(AbstractFixtures):
+    """fsspec's own set-up for its memory filesystem, with orchfs in its place: the
+    logical root as ``fs_path`` (top-level names), ``/``-joined paths, one filesystem
+    per class."""
+
+    @pytest.fixture(scope="class", params=("memory", "local"))
+    def fs(self, request, tmp_path_factory):
+        return make_fs(request.param, request, tmp_path_factory.mktemp("orch"))
+
+    @pytest.fixture
+    def fs_join(self):
+        return lambda *args: "/".join(args)
+
+    @pytest.fixture
+    def fs_path(self):
+        return ""
+
+    @pytest.fixture
+    def fs_sanitize_path(self):
+        return lambda path: path.lstrip("/")  # orchfs names have no root marker
+
+    @pytest.fixture
+    def supports_empty_directories(self, fs):
+        return fs.storage_capabilities.empty_directories
+
+
+class TestRootCopy(AbstractCopyTests, RootFixtures):
+    pass
+
+
+class TestRootGet(AbstractGetTests, RootFixtures):
+    pass
+
+
+class TestRootPut(AbstractPutTests, RootFixtures):
+    pass
+
+
+class TestRootPipe(AbstractPipeTests, RootFixtures):
+    pass
+
+
+class TestRootOpen(AbstractOpenTests, RootFixtures):
+    pass

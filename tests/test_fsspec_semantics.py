@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
+
+import pytest
 
 import orchfs
 
@@ -70,3 +75,130 @@ def test_local_directory_times_are_the_newest_of_its_layers(tmp_path):
     os.utime(repo, (1_500_000, 1_500_000))
     assert fs.info("")["mtime"] == 3_000_000
     assert fs.modified("") == datetime.fromtimestamp(3_000_000, tz=timezone.utc)
+
+
+# --- get / copy / put of directories, against fsspec's memory filesystem ------------
+TREE = {
+    "checkpoints/cp_1.json": b"1",
+    "checkpoints/sub/cp_2.json": b"2",
+    "state.json": b"{}",
+    "nested/dir/x.json": b"x",
+}
+SOURCES = ["checkpoints", "checkpoints/", "checkpoints/*", "checkpoints/cp_1.json", "nested/dir", "c*"]
+DESTS = ["existing", "existing/", "fresh", "fresh/"]
+
+
+@pytest.fixture(params=("memory", "local"))
+def backend_no_s3(request):
+    """The backends with empty directories (the whole matrix runs there)."""
+    return request.param
+
+
+@dataclass(frozen=True)
+class Reference:
+    """fsspec's memory filesystem under a fresh directory: what orchfs is held to."""
+
+    fs: Any
+    base: str
+
+    def at(self, path: str) -> str:
+        return f"{self.base}/{path}"
+
+    def contents(self) -> dict[str, bytes]:
+        return {name[len(self.base) + 1 :]: self.fs.cat_file(name) for name in self.fs.find(self.base)}
+
+
+def _pair(backend, request, tmp_path):
+    """An orchfs repository and a reference, both holding TREE and an empty directory
+    ``existing``."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from .conftest import make_fs
+
+    fs = make_fs(backend, request, tmp_path)
+    reference = Reference(MemoryFileSystem(), f"/ref-{uuid.uuid4().hex}")
+    for name, data in TREE.items():
+        fs.pipe_file(name, data)
+        reference.fs.pipe_file(reference.at(name), data)
+    fs.makedirs("existing")
+    reference.fs.makedirs(reference.at("existing"))
+    return fs, reference
+
+
+def _contents(fs):
+    return {name: fs.cat_file(name) for name in fs.find("")}
+
+
+def _local_contents(directory):
+    out = {}
+    for top, _dirs, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(top, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = f.read()
+    return out
+
+
+def _outcome(call):
+    try:
+        call()
+    except OSError as exc:
+        return type(exc)
+    return None
+
+
+@pytest.mark.parametrize("recursive", [True, False])
+@pytest.mark.parametrize("dest", DESTS)
+@pytest.mark.parametrize("source", SOURCES)
+def test_get_places_files_as_memory_does(backend_no_s3, request, tmp_path, source, dest, recursive):
+    fs, ref = _pair(backend_no_s3, request, tmp_path)
+    outs = [tmp_path / "out-orch", tmp_path / "out-ref"]
+    for out in outs:
+        (out / "existing").mkdir(parents=True)
+    errors = [
+        _outcome(lambda: fs.get(source, str(outs[0] / dest), recursive=recursive)),
+        _outcome(lambda: ref.fs.get(ref.at(source), str(outs[1] / dest), recursive=recursive)),
+    ]
+    assert errors[0] == errors[1]
+    assert _local_contents(outs[0]) == _local_contents(outs[1])
+
+
+@pytest.mark.parametrize("recursive", [True, False])
+@pytest.mark.parametrize("dest", DESTS)
+@pytest.mark.parametrize("source", SOURCES)
+def test_copy_places_files_as_memory_does(backend_no_s3, request, tmp_path, source, dest, recursive):
+    fs, ref = _pair(backend_no_s3, request, tmp_path)
+    errors = [
+        _outcome(lambda: fs.copy(source, dest, recursive=recursive)),
+        _outcome(lambda: ref.fs.copy(ref.at(source), ref.at(dest), recursive=recursive)),
+    ]
+    assert errors[0] == errors[1]
+    assert _contents(fs) == ref.contents()
+
+
+@pytest.mark.parametrize("dest", [*DESTS, ""])
+@pytest.mark.parametrize("source", ["checkpoints", "checkpoints/", "checkpoints/*", "state.json"])
+def test_put_places_files_as_memory_does(backend_no_s3, request, tmp_path, source, dest):
+    fs, ref = _pair(backend_no_s3, request, tmp_path)
+    local = tmp_path / "local"
+    for name, data in TREE.items():
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_bytes(b"local " + data)
+    errors = [
+        _outcome(lambda: fs.put(f"{local}/{source}", dest, recursive=True)),
+        _outcome(lambda: ref.fs.put(f"{local}/{source}", ref.at(dest), recursive=True)),
+    ]
+    assert errors[0] == errors[1]
+    assert _contents(fs) == ref.contents()
+
+
+def test_get_of_a_top_level_directory_into_an_existing_one_keeps_its_name(orch, tmp_path):
+    orch.pipe_file("checkpoints/cp_1.json", b"1")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    orch.get("checkpoints", str(existing), recursive=True)
+    assert (existing / "checkpoints" / "cp_1.json").read_bytes() == b"1"
+    orch.makedirs("into", exist_ok=True)
+    orch.pipe_file("into/keep", b"")  # object storage has no empty directories
+    orch.copy("checkpoints", "into", recursive=True)
+    assert orch.cat_file("into/checkpoints/cp_1.json") == b"1"
