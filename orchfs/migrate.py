@@ -609,6 +609,8 @@ def _copy_exact(source: str, target: str) -> None:
     try:
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(source), temp)
+            with contextlib.suppress(OSError, NotImplementedError):  # the link's own mtime
+                os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
         else:
             expected = _write_copy(source, temp, stat.S_IMODE(st.st_mode))
             if _sha256_file(temp) != expected:
@@ -1170,7 +1172,11 @@ def rollback(
         if remote is None:
             _carry_back_new_files(root, layout, begin)
         _restore_gitignore(root, begin.get("gitignore"))
-        missing = [s["source"] for s in steps if not _lexists(os.path.join(root, s["source"]))]
+        missing = [
+            s["source"]
+            for s in steps
+            if not _lexists(os.path.join(root, s["source"])) and not _vanished_companion(s)
+        ]
         for name, (mode, mtime) in sorted(begin.get("dirs", {}).items(), key=lambda kv: -kv[0].count("/")):
             guard.chmod(name, mode)
             guard.utime(name, ns=(mtime, mtime))
@@ -1225,9 +1231,16 @@ def _undo(root: str, step: dict[str, Any], backup_root: str) -> None:
             os.unlink(target)
         else:
             _copy_or_rename(target, source)
-    elif not _lexists(source) and _lexists(backup_path):
+    elif not _lexists(source) and _lexists(backup_path) and not _vanished_companion(step):
         _copy_or_rename(backup_path, source)
     _restore_meta(source, step)
+
+
+def _vanished_companion(step: dict[str, Any]) -> bool:
+    """A SQLite ``-wal``/``-shm``/``-journal`` is gone because SQLite folded it into its
+    database (or rolled it back): its old bytes must never come back over the database's
+    new ones."""
+    return step["source"].endswith(SQLITE_COMPANIONS)
 
 
 def _copy_or_rename(src: str, dst: str) -> None:
