@@ -76,6 +76,7 @@ class Context:
             storage=config.get("state.storage"),
             legacy=config.get("state.legacy"),
             lock_timeout=config.get("state.lock_timeout"),
+            lease=config.get("state.lease"),
             web_mode=bool(config.get("web_mode")),
             session=config.get("session"),
         )

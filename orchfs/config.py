@@ -19,12 +19,12 @@ from typing import Any
 from .errors import ConfigError, VersionPinError
 
 MAX_INCLUDE_DEPTH = 10
-STATE_KEYS = {"storage", "legacy", "lock_timeout", "retention", "persist"}
+STATE_KEYS = {"storage", "legacy", "lock_timeout", "lease", "retention", "persist"}
 RETENTION_KEYS = {"max_age", "max_sessions", "max_bytes", "min_age"}
 PERSIST_KEYS = {"url", "interval"}
 DEFAULTS: dict[str, Any] = {
     "web_mode": False,
-    "state": {"storage": None, "legacy": "read", "lock_timeout": "10s"},
+    "state": {"storage": None, "legacy": "read", "lock_timeout": "10s", "lease": "30s"},
 }
 ENVIRONMENT = {
     "ORCHFS_STORAGE": ("state", "storage"),
@@ -32,6 +32,7 @@ ENVIRONMENT = {
     "ORCHFS_SESSION": ("session",),
     "ORCHFS_LEGACY": ("state", "legacy"),
     "ORCHFS_LOCK_TIMEOUT": ("state", "lock_timeout"),
+    "ORCHFS_LEASE": ("state", "lease"),
 }
 _TRUE = ("1", "true", "yes", "on")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -149,8 +150,8 @@ def _validate(values: dict[str, Any], origins: dict[str, Origin], path: str) -> 
             raise fail(f"state.{key}", f"unknown key 'state.{key}' (known: {', '.join(sorted(STATE_KEYS))})")
         if key == "legacy" and value not in ("read", "migrate", "off"):
             raise fail("state.legacy", f"state.legacy is {value!r}; use read, migrate or off")
-        if key == "lock_timeout":
-            parse_duration(value, origins.get("state.lock_timeout"))
+        if key in ("lock_timeout", "lease"):
+            parse_duration(value, origins.get(f"state.{key}"))
         if key == "storage" and value is not None and not isinstance(value, str):
             raise fail("state.storage", "state.storage must be a path or URL")
         for name, allowed in (("retention", RETENTION_KEYS), ("persist", PERSIST_KEYS)):

@@ -22,6 +22,11 @@ class LockTimeout(OrchFSError, TimeoutError):
     """A lock could not be acquired in time; the message names the holder."""
 
 
+class LockLostError(OrchFSError):
+    """This holder's lease on a lock ended (expired while it was paused or cut off, or
+    taken over) before a write it would have made under that lock: nothing was written."""
+
+
 class SecretsLockedError(OrchFSError, PermissionError):
     """No key is available that can open the secret namespace."""
 
@@ -107,6 +112,7 @@ __all__ = [
     "LayoutVersionError",
     "LegacyConflictWarning",
     "LegacyPathWarning",
+    "LockLostError",
     "LockTimeout",
     "ManifestError",
     "MetaError",

@@ -186,6 +186,7 @@ class OrchFileSystem(ChainedFileSystem):
         layout: Any = None,
         key: Any = None,
         lock_timeout: float | str | None = None,
+        lease: float | str | None = None,
         fo: str | None = None,
         target_protocol: str | None = None,
         target_options: dict[str, Any] | None = None,
@@ -205,6 +206,9 @@ class OrchFileSystem(ChainedFileSystem):
         if lock_timeout is None:
             lock_timeout = environ.get("state.lock_timeout", 10.0)
         lock_timeout = parse_duration(lock_timeout)
+        lease = parse_duration(lease if lease is not None else environ.get("state.lease", 30.0))
+        if lease <= 0:
+            raise ValueError(f"lease must be > 0 seconds, not {lease}")
         if storage is None:
             storage = environ.get("state.storage") or None
         if legacy not in LEGACY_MODES:
@@ -232,6 +236,7 @@ class OrchFileSystem(ChainedFileSystem):
         self.layout = coerce_layout(layout)
         self._key = key
         self.lock_timeout = float(lock_timeout)
+        self.lease = lease
         self._overlay = Overlay(self._state, self._repo, self.layout, session, legacy)
         self._writable_checked = False
         self._quiet_reads: set[tuple[str, str]] = set()
@@ -299,6 +304,7 @@ class OrchFileSystem(ChainedFileSystem):
             layout=self.layout,
             key=self._key,
             lock_timeout=self.lock_timeout,
+            lease=self.lease,
         )
 
     # --- path handling ---------------------------------------------------------------
@@ -522,16 +528,33 @@ class OrchFileSystem(ChainedFileSystem):
         return out
 
     # --- locks and records -----------------------------------------------------------
-    def lock(self, name: str = "repo", timeout: float | None = None, lease: float | None = None) -> Any:
+    def lock(
+        self,
+        name: str = "repo",
+        timeout: float | None = None,
+        lease: float | None = None,
+        renew: float | None = None,
+    ) -> Any:
         """A re-entrant repository lock (context manager); ``LockTimeout`` names the holder.
 
         ``timeout`` defaults to ``lock_timeout`` (10 s); ``lease`` is the lease length on
-        object storage (30 s), renewed while held.
+        object storage (``state.lease``, ``ORCHFS_LEASE``, 30 s), renewed every ``renew``
+        seconds (a third of the lease) while held. ``lock.token`` is the acquisition's
+        fencing token, ``lock.lost`` tells whether the lease ended while held, and the
+        ``with`` block raises ``LockLostError`` at its end if it did (see
+        :mod:`orchfs.locks` for what is fenced).
         """
         from .locks import make_lock
 
         wait = self.lock_timeout if timeout is None else float(timeout)
-        return make_lock(self._state, name, timeout=wait, session=self.session_id, lease=lease)
+        return make_lock(
+            self._state,
+            name,
+            timeout=wait,
+            session=self.session_id,
+            lease=lease or self.lease,
+            renew=renew,
+        )
 
     def update_json(
         self,
@@ -561,8 +584,11 @@ class OrchFileSystem(ChainedFileSystem):
             self._after_write(logical, target)
         return value
 
-    def append_line(self, path: str, record: Any) -> None:
-        """Append one JSON line, atomically with respect to every other writer."""
+    def append_line(self, path: str, record: Any, timeout: float | None = None) -> None:
+        """Append one JSON line, atomically with respect to every other writer.
+
+        ``timeout`` is how long to wait for the log's lock where one is needed (object
+        storage); it defaults to ``lock_timeout``."""
         logical = self._gate(path)
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         target = self._overlay.target(logical)
@@ -577,7 +603,7 @@ class OrchFileSystem(ChainedFileSystem):
                 target.store.append(target.rel, line)
                 return
         lock_name = "append-" + sha1(logical.encode(), usedforsecurity=False).hexdigest()[:16]
-        with self.lock(lock_name):
+        with self.lock(lock_name, timeout=timeout):
             try:  # one read through the layers; it asks the write target first
                 location, old = self._overlay.read(logical)
             except FileNotFoundError:
@@ -801,6 +827,18 @@ class OrchFileSystem(ChainedFileSystem):
         }
 
     def pipe_file(self, path: Any, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+        """Write ``value`` at ``path``; ``if_match=lock.token`` fences the write by that lock
+        from any thread (``LockLostError``, nothing written, if the lock was lost or the
+        object changed since it was read under it)."""
+        token = kwargs.pop("if_match", None)
+        if token is not None:
+            from .locks import FencingToken
+
+            if not isinstance(token, FencingToken):
+                raise TypeError(f"if_match takes a lock's token (fs.lock(...).token), not {token!r}")
+            with token.fenced():
+                self.pipe_file(path, value, mode=mode, **kwargs)
+            return
         logical = self._gate(path)
         if not logical:
             raise _is_a_directory("")

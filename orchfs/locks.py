@@ -7,11 +7,26 @@
   is recorded beside it in ``<name>.holder``. The kernel drops the lock when its
   holder dies, so a dead holder never blocks the next acquirer.
 * **Memory** - a process-wide lock per repository and name.
-* **Object storage** - a lease object ``locks/<name>.lease`` created with a
-  conditional PUT (``If-None-Match: *``), renewed by a heartbeat thread while held
-  (``If-Match`` on its ETag), released with a conditional delete, and taken over
-  only after it has expired by the *server's* clock (its ``LastModified`` against
-  the ``Date`` of the server's answer).
+* **Object storage** - a lease object ``locks/<name>.lease`` taken with a conditional
+  write (:mod:`orchfs.conditional`: a create where there is none, else a replace on the
+  version of a released or expired lease), renewed by a heartbeat thread while held
+  (conditional on its own version; transient errors retried with backoff until the
+  lease's deadline), released by a conditional replace with a *released* record (the
+  generation lives on), and taken over only after it has expired by the *server's*
+  clock (``Date`` minus ``Last-Modified``, with a second of slack for their resolution).
+
+**Fencing.** Every acquisition has a generation one above the previous one
+(:attr:`RepositoryLock.token`). While a thread holds a lease, every write orchfs makes
+from that thread on object storage - ``update_json``, ``append_line``, secrets, migration
+steps, and the caller's own ``pipe_file``/``open(..., "wb")``/``rm`` inside ``with
+fs.lock()`` - goes through its :class:`Fence`: the lease's deadline is checked, then the
+object is replaced only if it is still at the version read under the lock (``If-Match``;
+``If-None-Match: *`` for one that was absent). A holder whose lease ended (paused past it,
+cut off from the store) gets :class:`LockLostError` and writes nothing. What is *not*
+fenced: writes to other stores (local files, databases, services) - call
+``lock.check()`` (or ``lock.token.check()``) right before each, and make them idempotent.
+Local disk and memory locks cannot be lost while their process lives; there the token only
+counts acquisitions.
 
 Locks are re-entrant within one thread (an ``update_json`` inside ``with
 fs.lock("repo")`` does not deadlock) and exclusive across threads and processes.
@@ -30,20 +45,21 @@ import stat
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
-from .errors import LockTimeout, PathEscapeError
+from .conditional import PreconditionFailed, Versioned
+from .errors import ConfigError, LockLostError, LockTimeout, PathEscapeError
 from .paths import validate_name
 
 LOCKS_DIR = "locks"
 HOLDER_RECORD_BYTES = 512
-_FREE_RECORD = b" " * (HOLDER_RECORD_BYTES - 1) + b"\n"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_LEASE = 30.0
 _MAX_POLL = 0.05
-_MAX_LEASE_POLL = 0.15  # each lease probe is a request: waiters must not crowd out the holder
+_MAX_LEASE_POLL = 0.06  # each lease probe is a request: waiters must not crowd out the holder
 _HOST = socket.gethostname()
 
 try:
@@ -153,6 +169,7 @@ class LocalFileLock:
         self._fd = -1
         self._dir_fd = -1
         self._holder_fd = -1
+        self.generation = 0
 
     def _open(self) -> None:
         dir_fd = self.storage._open_dir(LOCKS_DIR, create=True)
@@ -174,26 +191,32 @@ class LocalFileLock:
             raise PathEscapeError(f"{self.url} is not a regular file; remove it")
         self._fd, self._dir_fd = fd, dir_fd
 
-    def _holder(self) -> Holder | None:
+    def _record(self) -> bytes:
         try:
             fd = os.open(f"{self.name}.holder", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._dir_fd)
         except OSError:
-            return None
+            return b""
         try:
-            return Holder.from_json(os.read(fd, HOLDER_RECORD_BYTES).rstrip(b" \n\0"))
+            return os.read(fd, HOLDER_RECORD_BYTES).rstrip(b" \n\0")
         finally:
             os.close(fd)
 
-    def _record_holder(self) -> None:
+    def _holder(self) -> Holder | None:
+        return Holder.from_json(self._record())
+
+    def _write_record(self, record: bytes) -> None:
         # A fixed-size record rewritten in place: no truncation, no rename, one write.
-        record = Holder.current(self.session).to_json()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._holder_fd = os.open(f"{self.name}.holder", flags, PRIVATE_FILE_MODE, dir_fd=self._dir_fd)
         os.pwrite(
             self._holder_fd,
             record[: HOLDER_RECORD_BYTES - 1].ljust(HOLDER_RECORD_BYTES - 1) + b"\n",
             0,
         )
+
+    def _record_holder(self) -> None:
+        self.generation = _generation_of(self._record()) + 1
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._holder_fd = os.open(f"{self.name}.holder", flags, PRIVATE_FILE_MODE, dir_fd=self._dir_fd)
+        self._write_record(Holder.current(self.session).to_json(generation=self.generation))
 
     def acquire(self, timeout: float) -> None:
         self._open()
@@ -215,9 +238,16 @@ class LocalFileLock:
             self._close()
             raise
 
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+    def check(self) -> None:
+        """A kernel lock is held until its holder releases it or dies: nothing to lose."""
+
     def release(self) -> None:
-        if self._holder_fd >= 0:
-            os.pwrite(self._holder_fd, _FREE_RECORD, 0)
+        if self._holder_fd >= 0:  # free again; the generation stays for the next holder
+            self._write_record(json.dumps({"generation": self.generation}).encode())
         self._close()
 
     def _close(self) -> None:
@@ -232,8 +262,17 @@ class LocalFileLock:
             self._dir_fd = -1
 
 
+def _generation_of(record: bytes) -> int:
+    try:
+        value = json.loads(record).get("generation", 0) if record else 0
+        return int(value)
+    except (ValueError, AttributeError, TypeError):
+        return 0
+
+
 _memory_locks: dict[str, threading.Lock] = {}
 _memory_holders: dict[str, Holder] = {}
+_memory_generations: dict[str, int] = {}
 _memory_registry = threading.Lock()
 
 
@@ -244,6 +283,7 @@ class MemoryLock:
         self.name = name
         self.session = session
         self.url = storage.url(f"{LOCKS_DIR}/{name}.lock")
+        self.generation = 0
         with _memory_registry:
             self._lock = _memory_locks.setdefault(self.url, threading.Lock())
 
@@ -252,98 +292,298 @@ class MemoryLock:
         if not got:
             raise _timeout_error(self.name, self.url, timeout, _memory_holders.get(self.url))
         _memory_holders[self.url] = Holder.current(self.session)
+        self.generation = _memory_generations[self.url] = _memory_generations.get(self.url, 0) + 1
+
+    @property
+    def held(self) -> bool:
+        return self.generation > 0
+
+    def check(self) -> None:
+        """A process-wide lock is held until released: nothing to lose."""
 
     def release(self) -> None:
+        self.generation = 0
         _memory_holders.pop(self.url, None)
         self._lock.release()
 
 
 @dataclass(frozen=True)
-class _Lease:
-    etag: str
+class FencingToken:
+    """What one acquisition of a lock is: ``generation`` only grows from one acquisition of
+    the lock to the next, whoever takes it. Pass it to ``pipe_file(..., if_match=token)``
+    to fence a write made from another thread (writes from the holding thread are fenced
+    without it)."""
+
+    name: str
+    generation: int
+    backend: Any = field(repr=False, compare=False)
+
+    def check(self) -> None:
+        """Raise :class:`LockLostError` unless this acquisition still holds the lock."""
+        if not self.backend.held or self.backend.generation != self.generation:
+            raise LockLostError(
+                f"lock {self.name!r} was released since this token (generation "
+                f"{self.generation}) was taken; take the lock again"
+            )
+        self.backend.check()
+
+    @contextlib.contextmanager
+    def fenced(self) -> Iterator[None]:
+        """Writes orchfs makes in the block, from any thread, are fenced by this token."""
+        self.check()
+        lease = self.backend if isinstance(self.backend, LeaseLock) else None
+        if lease is not None:
+            _enter_fence(lease)
+        try:
+            yield
+        finally:
+            if lease is not None:
+                _leave_fence(lease)
+
+
+class Fence:
+    """The leases one thread holds and the versions it read under them.
+
+    While a thread holds a lease, every write orchfs makes on object storage from that
+    thread goes through :meth:`write`: the deadline of each lease is checked first, then
+    the object is replaced only if it is still at the version read under the lock
+    (``If-Match``), or created only if it is still absent (``If-None-Match: *``).
+    """
+
+    def __init__(self) -> None:
+        self.leases: list[LeaseLock] = []
+        self._versions: dict[str, str | None] = {}
+
+    def check(self) -> None:
+        for lease in self.leases:
+            lease.check()
+
+    def remember(self, path: str, version: str | None) -> None:
+        self._versions[path] = version
+
+    def forget(self, path: str) -> None:
+        self._versions.pop(path, None)
+
+    def read(self, store: Any, path: str) -> bytes | None:
+        """One GET that also notes the version the fenced write will name."""
+        found = store.get(path)
+        self.remember(path, found.version if found else None)
+        return found.data if found else None
+
+    def write(self, store: Any, path: str, data: bytes, *, exclusive: bool = False) -> None:
+        if exclusive:
+            self.check()
+            self.remember(path, store.create(path, data))  # FileExistsError stays itself
+            return
+        if path in self._versions:
+            version = self._versions[path]
+        else:  # written without being read under the lock: its version now, then the check
+            found = store.get(path)
+            version = found.version if found else None
+        self.check()
+        try:
+            self.remember(path, store.put(path, data, version))
+        except (PreconditionFailed, FileExistsError):
+            self.forget(path)
+            raise self._changed(store.url(path)) from None
+
+    def delete(self, store: Any, path: str) -> None:
+        version = self._versions.get(path)
+        if version is None:
+            found = store.get(path)
+            if found is None:
+                raise FileNotFoundError(errno.ENOENT, "no such file", store.url(path))
+            version = found.version
+        self.check()
+        try:
+            store.delete(path, version)
+        except PreconditionFailed:
+            raise self._changed(store.url(path)) from None
+        finally:
+            self.forget(path)
+
+    def _changed(self, url: str) -> LockLostError:
+        names = ", ".join(repr(lease.name) for lease in self.leases)
+        return LockLostError(
+            f"{url} changed since it was read under lock {names}: this holder's lease ended "
+            "(paused or cut off past it) or someone wrote without the lock; nothing was written. "
+            "Take the lock again and redo the update."
+        )
+
+
+_fences = threading.local()
+
+
+def active_fence() -> Fence | None:
+    """The fence of the calling thread while it holds a lease, else None."""
+    fence = getattr(_fences, "fence", None)
+    return fence if fence is not None and fence.leases else None
+
+
+def _enter_fence(lease: LeaseLock) -> None:
+    fence = getattr(_fences, "fence", None)
+    if fence is None or not fence.leases:
+        fence = _fences.fence = Fence()
+    fence.leases.append(lease)
+
+
+def _leave_fence(lease: LeaseLock) -> None:
+    fence = getattr(_fences, "fence", None)
+    if fence is not None and lease in fence.leases:
+        fence.leases.remove(lease)
+
+
+@dataclass(frozen=True)
+class _LeaseState:
+    """A lease object as one GET saw it."""
+
+    version: str
     holder: Holder | None
+    generation: int
     ttl: float
-    age: float  # seconds since last renewal, by the server's clock
+    released: bool
+    age: float | None  # seconds since its last write, by the server's clock
+
+    def expired(self) -> bool:
+        # The server's clock has a 1 s resolution (Date and Last-Modified): one second of
+        # slack so that a takeover never happens before the holder's own deadline.
+        return self.age is not None and self.age > self.ttl + 1.0
+
+    def free(self) -> bool:
+        return self.released or self.expired()
 
 
-def _server_age(response: dict[str, Any]) -> float:
-    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-    modified = response.get("LastModified")
-    date = headers.get("date")
-    if modified is None or date is None:
-        return 0.0
-    from email.utils import parsedate_to_datetime  # leases only: local locks never load email
+def _lease_state(found: Versioned) -> _LeaseState:
+    try:
+        record = json.loads(found.data) if found.data else {}
+    except ValueError:
+        record = {}
+    if not isinstance(record, dict):
+        record = {}
+    return _LeaseState(
+        found.version,
+        Holder.from_json(found.data),
+        int(record.get("generation", 0)),
+        float(record.get("lease", 0)),
+        bool(record.get("released", False)),
+        found.age,
+    )
 
-    return (parsedate_to_datetime(date) - modified).total_seconds()
+
+# The last version of each lease object this process wrote or saw free: the next
+# acquisition tries that version first (one request) instead of create + GET + replace.
+_known_free: dict[str, tuple[str, int]] = {}
+# When this process last had to wait for each lock: it then gives way after releasing.
+_contended_at: dict[str, float] = {}
+_yield_until: dict[str, float] = {}
+_CONTENTION_MEMORY = 10.0
 
 
 class LeaseLock:
-    """A lease object on object storage, created and released conditionally."""
+    """A lease object ``locks/<name>.lease`` on object storage (see the module docstring)."""
 
-    def __init__(self, storage: Any, name: str, session: str | None, lease: float = DEFAULT_LEASE) -> None:
+    def __init__(
+        self,
+        storage: Any,
+        name: str,
+        session: str | None,
+        lease: float = DEFAULT_LEASE,
+        renew: float | None = None,
+    ) -> None:
         self.storage = storage
         self.name = name
         self.session = session
         self.lease = lease
+        self.renew_every = renew if renew is not None else lease / 3
         self.url = storage.url(f"{LOCKS_DIR}/{name}.lease")
-        self._bucket, self._key = self._split(storage._full(f"{LOCKS_DIR}/{name}.lease"))
-        self._etag: str | None = None
+        self.store = storage.conditional
+        if self.store is None:
+            raise ConfigError(
+                f"{self.url}: orchfs has no conditional requests for this store, so it cannot "
+                "hold a lease there; keep the state on S3 (or an S3-compatible store), Azure Blob, "
+                "local disk or memory"
+            )
+        self._path = storage._full(f"{LOCKS_DIR}/{name}.lease")
+        self._version: str | None = None
+        self.generation = 0
+        self.deadline = 0.0  # time.monotonic() by which the lease must be renewed
+        self._lost = False
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
-        self.lost = False
 
-    def _split(self, full: str) -> tuple[str, str]:
-        bucket, _, key = full.partition("/")
-        return bucket, key
+    @property
+    def held(self) -> bool:
+        return self._version is not None
 
-    def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
-        return self.storage.fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kwargs)
+    @property
+    def lost(self) -> bool:
+        """Whether the lease ended while held (renewal failed past the deadline, or taken over)."""
+        return self._version is not None and (self._lost or time.monotonic() >= self.deadline)
 
-    def _body(self) -> bytes:
-        return Holder.current(self.session).to_json(lease=self.lease)
+    def check(self) -> None:
+        if self._version is None:
+            raise LockLostError(f"lock {self.name!r} of {self.storage.url('')} is not held")
+        if self.lost:
+            raise LockLostError(
+                f"the lease on lock {self.name!r} of {self.storage.url('')} ended while this "
+                f"holder had it (generation {self.generation}): it was not renewed within "
+                f"{self.lease:g}s (paused, or cut off from the store). Nothing more is written "
+                "under it; take the lock again."
+            )
 
-    def _current(self) -> _Lease | None:
+    def _body(self, generation: int, released: bool = False) -> bytes:
+        holder = Holder.current(self.session)
+        return holder.to_json(lease=self.lease, generation=generation, released=released)
+
+    def current(self) -> _LeaseState | None:
+        found = self.store.get(self._path)
+        return None if found is None else _lease_state(found)
+
+    def _try(self, known: tuple[str, int] | None) -> bool:
+        """One conditional write that takes the lease if ``known`` (version, generation)
+        is still what the store has (or, with None, if there is no lease object)."""
+        generation = (known[1] if known else 0) + 1
+        sent = time.monotonic()
         try:
-            response = self._call("get_object")
-        except FileNotFoundError:
-            return None
-        data = _read_body(self.storage.fs, response["Body"])
-        record = json.loads(data) if data else {}
-        return _Lease(
-            response["ETag"],
-            Holder.from_json(data),
-            float(record.get("lease", 0)),
-            _server_age(response),
-        )
+            if known is None:
+                version = self.store.create(self._path, self._body(generation))
+            else:
+                version = self.store.replace(self._path, self._body(generation), known[0])
+        except (FileExistsError, PreconditionFailed):
+            _known_free.pop(self._path, None)
+            return False
+        self._version, self.generation = version, generation
+        self.deadline = sent + self.lease
+        self._lost = False
+        return True
 
     def acquire(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        delay = 0.005
-        next_probe = time.monotonic()
+        delay = 0.004
+        known = _known_free.get(self._path)
+        # Right after a contended release, this process lets the waiters go first.
+        courtesy = _yield_until.pop(self._path, 0.0) - time.monotonic()
+        if courtesy > 0:
+            time.sleep(min(courtesy, timeout))
+            known = None
+        attempt = known is not None  # nothing known: ask the store before writing
+        waited = False
         while True:
-            try:
-                response = self._call("put_object", Body=self._body(), IfNoneMatch="*")
-                self._etag = response["ETag"]
+            if attempt and self._try(known):
+                if waited:
+                    _contended_at[self._path] = time.monotonic()
                 self._start_heartbeat()
+                _enter_fence(self)
                 return
-            except FileExistsError:
-                pass
-            now = time.monotonic()
-            if now >= next_probe or now >= deadline:
-                # Reading the lease costs a request: probe for expiry now and then, not
-                # on every retry, so that waiters do not crowd out the holder.
-                next_probe = now + min(1.0, self.lease / 4)
-                current = self._current()
-                if current is None:
-                    continue
-                if current.age > current.ttl:
-                    # Expired by the server's clock: remove exactly that lease, then race
-                    # for a fresh one; a conditional delete never removes a renewed lease.
-                    with contextlib.suppress(OSError):
-                        self._call("delete_object", IfMatch=current.etag)
-                    continue
-                if now >= deadline:
-                    raise _timeout_error(self.name, self.storage.url(""), timeout, current.holder)
+            state = self.current()
+            attempt = state is None or state.free()
+            known = None if state is None else (state.version, state.generation)
+            if attempt:
+                continue
+            waited = True
+            if time.monotonic() >= deadline:
+                raise _timeout_error(self.name, self.storage.url(""), timeout, state.holder)
+            # Jittered backoff: waiters spread out and never crowd out the holder's requests.
             delay = _sleep_step(delay * (0.5 + random.random()), deadline, _MAX_LEASE_POLL)
 
     def _start_heartbeat(self) -> None:
@@ -353,87 +593,153 @@ class LeaseLock:
         )
         self._heartbeat.start()
 
-    def _renew_loop(self) -> None:
-        while not self._stop.wait(self.lease / 3):
+    def _renew_once(self) -> None:
+        """Renew, retrying transient errors with backoff until the lease's own deadline."""
+        backoff = 0.05
+        while not self._stop.is_set():
+            if time.monotonic() >= self.deadline:
+                self._lost = True
+                return
+            sent = time.monotonic()
             try:
-                response = self._call("put_object", Body=self._body(), IfMatch=self._etag)
-                self._etag = response["ETag"]
-            except OSError:
-                self.lost = True
+                self._version = self.store.replace(self._path, self._body(self.generation), self._version)
+            except PreconditionFailed:
+                self._lost = True  # someone took it over: the lease had expired
+                return
+            except Exception:  # transient (network, 5xx, throttling): try again before the deadline
+                self._stop.wait(min(backoff, max(0.0, self.deadline - time.monotonic())))
+                backoff = min(backoff * 2, 1.0)
+                continue
+            self.deadline = sent + self.lease
+            return
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.renew_every):
+            self._renew_once()
+            if self._lost:
                 return
 
     def release(self) -> None:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
-        if not self.lost and self._etag is not None:
-            with contextlib.suppress(OSError):
-                self._call("delete_object", IfMatch=self._etag)
-        self._etag = None
-
-
-def _read_body(fs: Any, body: Any) -> bytes:
-    from fsspec.asyn import sync
-
-    async def read() -> bytes:
-        async with body as stream:
-            return await stream.read()
-
-    return sync(fs.loop, read)
+            self._heartbeat = None
+        _leave_fence(self)
+        if not self.lost and self._version is not None:
+            # A released record, not a delete: the next acquisition continues the generation.
+            with contextlib.suppress(Exception):
+                version = self.store.replace(self._path, self._body(self.generation, True), self._version)
+                _known_free[self._path] = (version, self.generation)
+        self._version = None
+        contended = _contended_at.get(self._path)
+        if contended is not None and time.monotonic() - contended < _CONTENTION_MEMORY:
+            # Others were waiting lately: this process's next acquisition waits about one
+            # of their polling intervals, so that a loop here cannot starve them.
+            _yield_until[self._path] = time.monotonic() + random.uniform(0.5, 1.5) * _MAX_LEASE_POLL
 
 
 _held = threading.local()
 
 
+@dataclass
+class _Holding:
+    """One lock held by one thread: the backend that acquired it and how deep it is."""
+
+    backend: Any
+    depth: int
+
+
 class RepositoryLock:
-    """``with fs.lock("repo", timeout=5): ...`` - re-entrant within one thread."""
+    """``with fs.lock("repo", timeout=5) as lock: ...`` - re-entrant within one thread.
+
+    ``lock.token`` is this acquisition's :class:`FencingToken`; ``lock.lost`` tells whether
+    a lease ended while held, and leaving the ``with`` block raises :class:`LockLostError`
+    if it did (the block's own exception, if any, wins).
+    """
 
     def __init__(self, backend: Any, timeout: float) -> None:
         self.backend = backend
         self.timeout = timeout
-        self._outer = False
 
     @property
     def name(self) -> str:
         return self.backend.name
 
-    def _depths(self) -> dict[str, int]:
-        if not hasattr(_held, "depths"):
-            _held.depths = {}
-        return _held.depths
+    def _holdings(self) -> dict[str, _Holding]:
+        if not hasattr(_held, "locks"):
+            _held.locks = {}
+        return _held.locks
+
+    def _acquired(self) -> Any:
+        """The backend that holds this lock (an outer ``with`` of this thread's, maybe)."""
+        holding = self._holdings().get(self.backend.url)
+        return holding.backend if holding is not None else self.backend
+
+    @property
+    def lost(self) -> bool:
+        return bool(getattr(self._acquired(), "lost", False))
+
+    @property
+    def token(self) -> FencingToken:
+        backend = self._acquired()
+        if backend.url not in self._holdings():
+            raise LockLostError(f"lock {self.name!r} is not held by this thread: no token")
+        return FencingToken(self.name, backend.generation, backend)
+
+    def check(self) -> None:
+        """Raise :class:`LockLostError` if this lock is not (or no longer) held."""
+        if self.backend.url not in self._holdings():
+            raise LockLostError(f"lock {self.name!r} is not held by this thread")
+        self._acquired().check()
 
     def acquire(self) -> RepositoryLock:
-        depths = self._depths()
+        holdings = self._holdings()
         url = self.backend.url
-        if depths.get(url):
-            depths[url] += 1
+        if url in holdings:
+            holdings[url].depth += 1
             return self
         self.backend.acquire(self.timeout)
-        depths[url] = 1
+        holdings[url] = _Holding(self.backend, 1)
         return self
 
     def release(self) -> None:
-        depths = self._depths()
-        url = self.backend.url
-        depths[url] -= 1
-        if depths[url] == 0:
-            del depths[url]
-            self.backend.release()
+        holdings = self._holdings()
+        holding = holdings[self.backend.url]
+        holding.depth -= 1
+        if holding.depth == 0:
+            del holdings[self.backend.url]
+            holding.backend.release()
 
     def __enter__(self) -> RepositoryLock:
         return self.acquire()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        holding = self._holdings().get(self.backend.url)
+        lost = holding is not None and holding.depth == 1 and self.lost
+        generation = self._acquired().generation
         self.release()
+        if lost and exc_type is None:
+            raise LockLostError(
+                f"the lease on lock {self.name!r} (generation {generation}) ended inside the "
+                "`with` block: writes orchfs made after that were refused; redo the work under "
+                "a new lock"
+            )
 
     def __repr__(self) -> str:
         return f"<RepositoryLock {self.backend.url!r}>"
 
 
 def make_lock(
-    storage: Any, name: str, *, timeout: float, session: str | None, lease: float | None = None
+    storage: Any,
+    name: str,
+    *,
+    timeout: float,
+    session: str | None,
+    lease: float | None = None,
+    renew: float | None = None,
 ) -> RepositoryLock:
-    """The right lock for the storage kind, named ``name`` (one path segment)."""
+    """The right lock for the storage kind, named ``name`` (one path segment); ``lease`` and
+    ``renew`` (seconds) set an object-storage lease's length and renewal interval."""
     validate_name(name, "lock name")
     if timeout < 0:
         raise ValueError(f"lock timeout must be >= 0 seconds, not {timeout}")
@@ -442,7 +748,7 @@ def make_lock(
     elif storage.kind in ("memory", "local"):
         backend = MemoryLock(storage, name, session)
     else:
-        backend = LeaseLock(storage, name, session, lease or DEFAULT_LEASE)
+        backend = LeaseLock(storage, name, session, lease or DEFAULT_LEASE, renew)
     return RepositoryLock(backend, timeout)
 
 
@@ -477,16 +783,16 @@ def inspect(fs: Any) -> list[LockStatus]:
             out.append(_inspect_local(storage, entry[: -len(".lock")], now))
         elif entry.endswith(".lease"):
             lease = LeaseLock(storage, entry[: -len(".lease")], None)
-            current = lease._current()
-            if current is not None:
+            current = lease.current()
+            if current is not None and current.holder is not None and not current.released:
                 out.append(
                     LockStatus(
                         lease.name,
                         lease.url,
-                        current.age <= current.ttl,
+                        not current.expired(),
                         current.holder,
                         current.age,
-                        current.age > current.ttl,
+                        current.expired(),
                     )
                 )
     return out
@@ -523,18 +829,23 @@ def clear_stale(fs: Any) -> list[LockStatus]:
                 storage.remove(f"{LOCKS_DIR}/{status.name}.holder")
         else:
             lease = LeaseLock(storage, status.name, None)
-            current = lease._current()
-            if current is not None and current.age > current.ttl:
+            current = lease.current()
+            if current is not None and current.expired():
+                # Replaced by a released record, not deleted: the generation lives on.
                 with contextlib.suppress(OSError):
-                    lease._call("delete_object", IfMatch=current.etag)
+                    lease.store.replace(lease._path, lease._body(current.generation, True), current.version)
         cleared.append(status)
     return cleared
 
 
 __all__ = [
+    "Fence",
+    "FencingToken",
     "Holder",
+    "LeaseLock",
     "LockStatus",
     "RepositoryLock",
+    "active_fence",
     "clear_stale",
     "inspect",
     "make_lock",

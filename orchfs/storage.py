@@ -34,7 +34,9 @@ from .atomic import (
     StagedWriter,
     fsync_directory,
 )
+from .conditional import for_filesystem
 from .errors import PathEscapeError
+from .locks import active_fence
 from .paths import MARKER_PREFIXES, MEMO_LIMIT, TEMP_PREFIX
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -542,6 +544,8 @@ class FsspecStorage:
         self.kind = kind
         self._read_options = read_options or {}
         self._bucket_ready = False
+        # Conditional create/replace/delete with versions: exclusive create, leases, fencing.
+        self.conditional = for_filesystem(fs)
         memory = kind == "memory"
         self.capabilities = Capabilities(
             atomic_rename=False,
@@ -562,8 +566,10 @@ class FsspecStorage:
     def _convert(self, info: dict[str, Any]) -> dict[str, Any]:
         kind = "directory" if info.get("type") == "directory" else "file"
         out = {"type": kind, "size": 0 if kind == "directory" else info.get("size") or 0}
-        stamp = _timestamp(info.get("mtime") or info.get("LastModified") or info.get("created"))
-        created = _timestamp(info.get("created")) or stamp
+        stamp = _timestamp(
+            info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
+        )
+        created = _timestamp(info.get("created") or info.get("creation_time")) or stamp
         out["mtime"] = stamp
         out["created"] = created
         if "ETag" in info:
@@ -601,9 +607,26 @@ class FsspecStorage:
         return self.scan(rel).children
 
     def read_optional(self, rel: str, start: int | None = None, end: int | None = None) -> bytes | None:
-        """The object's bytes (or a range of them) in one request, or None when it is absent."""
+        """The object's bytes (or a range of them) in one request, or None when it is absent.
+
+        Under a lease (see :mod:`orchfs.locks`) a whole read also notes the object's
+        version, which the fenced write that follows names."""
         full = self._full(rel)
+        fence = active_fence() if self.conditional is not None and start is None and end is None else None
+        if (start is not None and start < 0) or (end is not None and end < 0):
+            # Not every backend takes offsets from the end (adlfs does not): make them absolute.
+            found = self.info(rel)
+            if found is None:
+                return None
+            if found["type"] == "directory":
+                raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel))
+            start, end = _clip_range(start, end, found["size"])
         try:
+            if fence is not None:
+                data = fence.read(self.conditional, full)
+                if data is not None:
+                    return data
+                raise FileNotFoundError(full)
             return self.fs.cat_file(full, start=start, end=end, **self._read_options)
         except (IsADirectoryError, FileNotFoundError):
             if self.fs.isdir(full):
@@ -656,16 +679,18 @@ class FsspecStorage:
         mode = "create" if exclusive else "overwrite"
 
         def upload(data: bytes) -> None:
+            if self.capabilities.empty_directories:  # parents must exist there
+                self.fs.makedirs(full.rpartition("/")[0], exist_ok=True)
+            fence = active_fence() if self.conditional is not None else None
             try:
-                if self.capabilities.empty_directories:  # parents must exist there
-                    self.fs.makedirs(full.rpartition("/")[0], exist_ok=True)
-                self.fs.pipe_file(full, data, mode=mode)
+                if fence is not None:  # under a lease: deadline checked, version named
+                    fence.write(self.conditional, full, data, exclusive=exclusive)
+                elif exclusive and self.conditional is not None:  # judged by the status
+                    self.conditional.create(full, data)
+                else:
+                    self.fs.pipe_file(full, data, mode=mode)
             except FileExistsError:
                 raise FileExistsError(errno.EEXIST, "file exists", url) from None
-            except OSError as exc:
-                if exclusive and "Precondition" in str(exc):
-                    raise FileExistsError(errno.EEXIST, "file exists", url) from None
-                raise
 
         return upload
 
@@ -714,7 +739,11 @@ class FsspecStorage:
     makedirs_private = makedirs  # modes are the bucket's access policy, not orchfs's
 
     def remove(self, rel: str) -> None:
-        self.fs.rm_file(self._full(rel))
+        fence = active_fence() if self.conditional is not None else None
+        if fence is not None:
+            fence.delete(self.conditional, self._full(rel))
+        else:
+            self.fs.rm_file(self._full(rel))
 
     def rmdir(self, rel: str) -> None:
         if self.capabilities.empty_directories:

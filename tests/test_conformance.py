@@ -1,4 +1,5 @@
-"""One behaviour suite for every operation, run on memory, local disk and S3."""
+"""One behaviour suite for every operation, run on memory, local disk and the object stores
+(S3 on moto, SeaweedFS, Azure Blob on Azurite)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from fsspec.callbacks import Callback
 
 import orchfs
 
-from .conftest import make_fs
+from .conftest import ALL_BACKENDS, make_fs
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 def test_pipe_and_cat_roundtrip(orch):

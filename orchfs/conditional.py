@@ -1,0 +1,361 @@
+"""Conditional requests on object storage: the small capability that leases and fencing need.
+
+Every object store orchfs runs a lease on offers the same four things under different
+names, and :class:`ConditionalStore` is that common shape:
+
+* ``get(path)`` - the object's bytes with its version (S3/Azure ``ETag``, GCS
+  ``generation``) and its age by the *server's* clock (``Date`` minus ``Last-Modified``),
+  in one request;
+* ``create(path, data)`` - a write that fails when the object exists (S3 and Azure
+  ``If-None-Match: *``, GCS ``ifGenerationMatch=0``);
+* ``replace(path, data, version)`` - a write that fails unless the object is still at
+  ``version`` (``If-Match`` / ``ifGenerationMatch``);
+* ``delete(path, version)`` - the same condition on a delete.
+
+A failed condition is judged by the HTTP status alone - 412, or 409 for Azure's create
+over an existing blob - never by the words of the error body, which differ between AWS,
+SeaweedFS, MinIO and Azure. ``create`` raises :class:`FileExistsError`; ``replace`` and
+``delete`` raise :class:`PreconditionFailed`; anything else is the store's own error.
+
+:func:`inject` installs a fault hook in front of every request of this module (the
+lease's transport), so tests can fail, delay or pause a renewal without patching
+anything: ``with inject(hook): ...`` where ``hook(request)`` may raise or block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+PRECONDITION_FAILED = 412
+CONFLICT = 409  # Azure: a create (If-None-Match: *) over an existing blob
+
+
+class PreconditionFailed(OSError):
+    """The object is not at the version the request named (HTTP 412)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(errno.ESTALE, "precondition failed: the object changed", url)
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """An object as one GET saw it."""
+
+    data: bytes
+    version: str  # ETag or generation: what replace()/delete() take
+    age: float | None  # seconds since it was last written, by the server's clock
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a fault hook is told about a request before it is sent."""
+
+    op: str  # "get", "create", "replace", "delete"
+    url: str
+
+
+_hooks: list[Callable[[Request], None]] = []
+_hooks_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def inject(hook: Callable[[Request], None]) -> Iterator[None]:
+    """Call ``hook`` before every conditional request in this process while the block runs."""
+    with _hooks_lock:
+        _hooks.append(hook)
+    try:
+        yield
+    finally:
+        with _hooks_lock:
+            _hooks.remove(hook)
+
+
+def _before(op: str, url: str) -> None:
+    for hook in list(_hooks):
+        hook(Request(op, url))
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status behind an error, looking through the wrappers fsspec backends add."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 5:
+        response = getattr(current, "response", None)
+        if isinstance(response, dict):  # botocore ClientError
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status is not None:
+                return int(status)
+        status = getattr(current, "status_code", None)  # azure-core HttpResponseError
+        if isinstance(status, int):
+            return status
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
+def _age(modified: Any, date: str | None) -> float | None:
+    if modified is None or not date:
+        return None
+    from email.utils import parsedate_to_datetime  # leases only: local disk never loads email
+
+    return (parsedate_to_datetime(date) - modified).total_seconds()
+
+
+class ConditionalStore:
+    """The conditional operations of one fsspec filesystem (see the module docstring)."""
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+
+    def url(self, path: str) -> str:
+        return self.fs.unstrip_protocol(path)
+
+    def get(self, path: str) -> Versioned | None:
+        _before("get", self.url(path))
+        return self._get(path)
+
+    def create(self, path: str, data: bytes) -> str:
+        _before("create", self.url(path))
+        try:
+            return self._create(path, data)
+        except FileExistsError:
+            raise FileExistsError(errno.EEXIST, "file exists", self.url(path)) from None
+        except OSError as exc:
+            if _status(exc) in (PRECONDITION_FAILED, CONFLICT):
+                raise FileExistsError(errno.EEXIST, "file exists", self.url(path)) from None
+            raise
+
+    def replace(self, path: str, data: bytes, version: str) -> str:
+        _before("replace", self.url(path))
+        try:
+            return self._replace(path, data, version)
+        except (FileExistsError, OSError) as exc:
+            if _status(exc) == PRECONDITION_FAILED or isinstance(exc, PreconditionFailed):
+                raise PreconditionFailed(self.url(path)) from None
+            raise
+
+    def delete(self, path: str, version: str) -> None:
+        _before("delete", self.url(path))
+        try:
+            self._delete(path, version)
+        except FileNotFoundError:
+            raise PreconditionFailed(self.url(path)) from None
+        except OSError as exc:
+            if _status(exc) == PRECONDITION_FAILED or isinstance(exc, PreconditionFailed):
+                raise PreconditionFailed(self.url(path)) from None
+            raise
+
+    def put(self, path: str, data: bytes, version: str | None) -> str:
+        """``create`` when ``version`` is None, else ``replace``."""
+        return self.create(path, data) if version is None else self.replace(path, data, version)
+
+    # --- what each store implements --------------------------------------------------
+    def _get(self, path: str) -> Versioned | None:
+        raise NotImplementedError
+
+    def _create(self, path: str, data: bytes) -> str:
+        raise NotImplementedError
+
+    def _replace(self, path: str, data: bytes, version: str) -> str:
+        raise NotImplementedError
+
+    def _delete(self, path: str, version: str) -> None:
+        raise NotImplementedError
+
+
+class S3Conditional(ConditionalStore):
+    """S3 and S3-compatible stores through s3fs.
+
+    Writes go through ``pipe_file`` (its keyword arguments reach ``PutObject``:
+    ``IfMatch``, and ``mode="create"`` for ``If-None-Match: *``). s3fs has no public
+    conditional delete and no read that returns the ETag with the bytes, so those two are
+    ``call_s3`` requests, here and nowhere else.
+    """
+
+    def _split(self, path: str) -> tuple[str, str]:
+        bucket, key, _ = self.fs.split_path(path)
+        return bucket, key
+
+    def _get(self, path: str) -> Versioned | None:
+        from fsspec.asyn import sync
+
+        bucket, key = self._split(path)
+        try:
+            response = self.fs.call_s3("get_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return None
+
+        async def read() -> bytes:
+            async with response["Body"] as stream:
+                return await stream.read()
+
+        data = sync(self.fs.loop, read)
+        date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        return Versioned(data, response["ETag"], _age(response.get("LastModified"), date))
+
+    def _create(self, path: str, data: bytes) -> str:
+        return self.fs.pipe_file(path, data, mode="create")["ETag"]
+
+    def _replace(self, path: str, data: bytes, version: str) -> str:
+        return self.fs.pipe_file(path, data, IfMatch=version)["ETag"]
+
+    def _delete(self, path: str, version: str) -> None:
+        bucket, key = self._split(path)
+        self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
+        self.fs.invalidate_cache(path)
+
+
+class AzureConditional(ConditionalStore):
+    """Azure Blob Storage through adlfs's blob service client (azure-storage-blob)."""
+
+    def _call(self, path: str, action: Callable[[Any], Any]) -> Any:
+        from fsspec.asyn import sync
+
+        container, blob, _ = self.fs.split_path(path)
+
+        async def run() -> Any:
+            async with self.fs.service_client.get_blob_client(container, blob) as client:
+                return await action(client)
+
+        try:
+            return sync(self.fs.loop, run)
+        finally:
+            self.fs.invalidate_cache(path)
+
+    def _get(self, path: str) -> Versioned | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        headers: dict[str, str] = {}
+
+        def keep_date(response: Any) -> None:
+            headers["date"] = response.http_response.headers.get("Date", "")
+
+        async def download(client: Any) -> Versioned:
+            stream = await client.download_blob(raw_response_hook=keep_date)
+            data = await stream.readall()
+            props = stream.properties
+            return Versioned(data, props.etag, _age(props.last_modified, headers.get("date")))
+
+        try:
+            return self._call(path, download)
+        except ResourceNotFoundError:
+            return None
+
+    def _create(self, path: str, data: bytes) -> str:
+        async def upload(client: Any) -> str:
+            return (await client.upload_blob(data, overwrite=False))["etag"]
+
+        return self._call(path, upload)
+
+    def _replace(self, path: str, data: bytes, version: str) -> str:
+        from azure.core import MatchConditions
+
+        async def upload(client: Any) -> str:
+            result = await client.upload_blob(
+                data, overwrite=True, etag=version, match_condition=MatchConditions.IfNotModified
+            )
+            return result["etag"]
+
+        return self._call(path, upload)
+
+    def _delete(self, path: str, version: str) -> None:
+        from azure.core import MatchConditions
+
+        async def delete(client: Any) -> None:
+            await client.delete_blob(etag=version, match_condition=MatchConditions.IfNotModified)
+
+        self._call(path, delete)
+
+
+_memory_lock = threading.Lock()
+_memory_stamps: dict[str, tuple[int, float]] = {}  # path -> (writes so far, when)
+
+
+class MemoryConditional(ConditionalStore):
+    """fsspec's in-process ``MemoryFileSystem``: versions counted here, under one lock."""
+
+    def _version(self, path: str, data: bytes) -> str:
+        count = _memory_stamps.get(path, (0, 0.0))[0]
+        # The bytes are part of the version, so a write that bypassed this class is noticed.
+        return f"{count}-{hashlib.sha256(data).hexdigest()[:16]}"
+
+    def _read(self, path: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    def _write(self, path: str, data: bytes) -> str:
+        self.fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+        self.fs.pipe_file(path, data)
+        count = _memory_stamps.get(path, (0, 0.0))[0] + 1
+        _memory_stamps[path] = (count, time.time())
+        return self._version(path, data)
+
+    def _get(self, path: str) -> Versioned | None:
+        with _memory_lock:
+            data = self._read(path)
+            if data is None:
+                return None
+            when = _memory_stamps.get(path, (0, time.time()))[1]
+            return Versioned(data, self._version(path, data), time.time() - when)
+
+    def _create(self, path: str, data: bytes) -> str:
+        with _memory_lock:
+            if self._read(path) is not None:
+                raise FileExistsError(errno.EEXIST, "file exists", path)
+            return self._write(path, data)
+
+    def _replace(self, path: str, data: bytes, version: str) -> str:
+        with _memory_lock:
+            current = self._read(path)
+            if current is None or self._version(path, current) != version:
+                raise PreconditionFailed(self.url(path))
+            return self._write(path, data)
+
+    def _delete(self, path: str, version: str) -> None:
+        with _memory_lock:
+            current = self._read(path)
+            if current is None or self._version(path, current) != version:
+                raise PreconditionFailed(self.url(path))
+            self.fs.rm_file(path)
+            _memory_stamps.pop(path, None)
+
+
+_BY_PROTOCOL: dict[str, type[ConditionalStore]] = {
+    "s3": S3Conditional,
+    "s3a": S3Conditional,
+    "abfs": AzureConditional,
+    "az": AzureConditional,
+    "memory": MemoryConditional,
+}
+
+
+def for_filesystem(fs: Any) -> ConditionalStore | None:
+    """The conditional capability of an fsspec filesystem, or None if orchfs has none for it."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    for protocol in protocols:
+        cls = _BY_PROTOCOL.get(protocol)
+        if cls is not None:
+            return cls(fs)
+    return None
+
+
+__all__ = [
+    "AzureConditional",
+    "ConditionalStore",
+    "MemoryConditional",
+    "PreconditionFailed",
+    "Request",
+    "S3Conditional",
+    "Versioned",
+    "for_filesystem",
+    "inject",
+]
