@@ -10,6 +10,7 @@ as they were; the API raised a clear :class:`OrchFSError`; the command line exit
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -657,3 +658,230 @@ def test_migration_id_argument_outside_the_pattern(world):
     v1(world)
     with pytest.raises(UnsafeStateError):
         migrate.plan(world.root, migration_id="../x")
+
+
+# --- random hostile state between random operations ------------------------------------------
+from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: E402
+
+LINK_PLACES = (
+    ".orchestrator",
+    ".orchestrator/checkpoints",
+    ".orchestrator/migrations",
+    ".orchestrator/migration_backup",
+    ".orchestrator/secrets",
+    ".orchestrator/locks",
+    ".orchestrator/tmp",
+    ".orchestrator/sessions",
+    ".orchestrator/sessions/s9",
+    ".orchestrator/state.json",
+    ".orchestrator/meta.json",
+    ".orchestrator/checkpoints/cp_1.json",
+    ".workflow_checkpoints",
+    ".workflow_state.json",
+    ".workflow_sessions",
+    ".claude",
+    ".gitignore",
+)
+LINK_TARGETS = ("", "a.txt", "sub", "sub/b.txt", "missing")
+STORED_PATHS = (
+    "../canary/a.txt",
+    "../canary/sub",
+    "CANARY/a.txt",
+    ".git/config",
+    ".workflow_checkpoints/../../canary",
+    ".workflow_state.json",
+    ".workflow_checkpoints/cp_1.json",
+    ".orchestrator/state.json",
+    ".orchestrator/../../canary/x",
+    "",
+    None,
+    5,
+)
+REPO_IDS = (GOOD_REPO_ID, "../../canary", "../../../canary/sub", "CANARY", "", None, 7, [], "a/b")
+IDS = ("20260101T000000-abcdef", "../../..", "../canary", "..", "x/y", "", 3)
+SESSIONS = ("s1", "bad name", "..x", ".hidden", "a" * 200)
+
+
+class HostileStateMachine(RuleBasedStateMachine):
+    """Plants random hostile stored values between random public operations; the canary
+    outside the root is never touched, and nothing fails with a raw programming error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        self.base = Path(tempfile.mkdtemp(prefix="orchfs-hostile-"))
+        self.canary = self.base / "canary"
+        (self.canary / "sub").mkdir(parents=True)
+        (self.canary / "a.txt").write_bytes(b"canary a")
+        (self.canary / "sub" / "b.txt").write_bytes(b"canary b")
+        (self.canary / ".orchfs-tmp.old").write_bytes(b"old temp")
+        os.utime(self.canary / ".orchfs-tmp.old", (0, 0))
+        os.chmod(self.canary / "sub", 0o755)
+        self.root = build_legacy_repo(self.base / "repo")
+        (self.root / ".git").mkdir()
+        self.before = _picture(self.canary)
+
+    def teardown(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def _value(self, value):
+        return (
+            str(self.canary / value[len("CANARY/") :])
+            if isinstance(value, str) and value.startswith("CANARY")
+            else value
+        )
+
+    def _clear(self, rel: str) -> Path:
+        import shutil
+
+        place = self.root / rel
+        if place.is_symlink() or place.is_file():
+            place.unlink()
+        elif place.is_dir():
+            shutil.rmtree(place)
+        return place
+
+    def _plant(self, rel: str, data: bytes) -> None:
+        """Write a planted file, unless a planted link on the way would carry it outside."""
+        parts = rel.split("/")
+        for depth in range(1, len(parts)):
+            place = self.root.joinpath(*parts[:depth])
+            if place.is_symlink() or (place.exists() and not place.is_dir()):
+                return
+            place.mkdir(exist_ok=True)
+        target = self.root / rel
+        if not target.is_symlink() and not target.is_dir():
+            target.write_bytes(data)
+
+    def _run(self, operation: Callable[[], object]) -> None:
+        # Refused cleanly, or plainly missing: what a caller can handle.
+        with contextlib.suppress(
+            OrchFSError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError
+        ):
+            operation()
+
+    # --- planting ---
+    @rule(place=st.sampled_from(LINK_PLACES), pointee=st.sampled_from(LINK_TARGETS))
+    def plant_link(self, place, pointee):
+        parent = (self.root / place).parent
+        if any(p.is_symlink() for p in [parent, *parent.parents] if self.root in p.parents):
+            return  # its parent is itself a planted link: planting would reach outside
+        with contextlib.suppress(OSError):  # a file where its parent should be: nothing planted
+            link = self._clear(place)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(self.canary / pointee if pointee else self.canary, link)
+
+    @rule(
+        mid=st.sampled_from(IDS),
+        source=st.sampled_from(STORED_PATHS),
+        destination=st.sampled_from(STORED_PATHS),
+        action=st.sampled_from(["rename", "copy", "retire", "replace", "rmtree"]),
+        mode=st.sampled_from([0o644, 0o777, -1, "644", None]),
+        dirs=st.sampled_from(
+            [{}, {"CANARY": [0o777, 0]}, {".workflow_checkpoints": [0o777, 0]}, {"..": [0, 0]}]
+        ),
+        tail=st.sampled_from([[], [{"t": "done", "i": 0}], [{"t": "rollback-begin"}], [{"t": "end"}]]),
+    )
+    def plant_journal(self, mid, source, destination, action, mode, dirs, tail):
+        dirs = {self._value(k): v for k, v in dirs.items()}
+        steps = [[0, self._value(source), self._value(destination), 1, action, mode, 0, None, None]]
+        records = [begin(mid=mid, dirs=dirs), {"t": "intents", "steps": steps}, *tail]
+        name = mid if isinstance(mid, str) and mid and "/" not in mid and mid != ".." else "j"
+        data = "".join(json.dumps(r) + "\n" for r in records).encode()
+        self._plant(f".orchestrator/migrations/{name}.jsonl", data)
+
+    @rule(repo_id=st.sampled_from(REPO_IDS))
+    def plant_meta(self, repo_id):
+        self._plant(".orchestrator/meta.json", json.dumps({"repo_id": self._value(repo_id)}).encode())
+
+    @rule(session=st.sampled_from(SESSIONS))
+    def plant_session(self, session):
+        self._plant(f".orchestrator/sessions/{session}/state.json", b"{}")
+
+    # --- operations ---
+    def fs(self) -> orchfs.OrchFileSystem:
+        return orchfs.OrchFileSystem(root=str(self.root), skip_instance_cache=True)
+
+    @rule()
+    def run_migrate(self):
+        self._run(lambda: migrate.apply(self.root))
+
+    @rule()
+    def run_rollback(self):
+        self._run(lambda: migrate.rollback(self.root))
+
+    @rule()
+    def run_doctor_fix(self):
+        self._run(lambda: doctor.fix(self.root))
+
+    @rule()
+    def run_init(self):
+        from orchfs.meta import ensure_gitignored
+
+        self._run(lambda: ensure_gitignored(str(self.root)))
+
+    @rule(operation=st.sampled_from(["set", "get", "list", "rotate"]))
+    def run_secrets(self, operation):
+        def act():
+            store = self.fs().secrets
+            {"set": lambda: store.set("T", "v"), "get": lambda: store.get("T"), "list": store.list}.get(
+                operation, lambda: store.rotate(b"B" * 32)
+            )()
+
+        self._run(act)
+
+    @rule()
+    def run_prune(self):
+        from orchfs.sessions import Retention, prune
+
+        self._run(lambda: prune(self.fs(), Retention(max_sessions=0, min_age=0.0)))
+
+    @rule(kind=st.sampled_from(sorted(SNAPSHOTS)))
+    def run_snapshot_import(self, kind):
+        path = SNAPSHOTS[kind](World(self.root, self.canary), self.base / "s.tgz")
+        self._run(lambda: snapshot.import_snapshot(self.fs(), path, force=True, max_bytes=1 << 20))
+
+    @rule(data=st.binary(max_size=64))
+    def run_write_and_read(self, data):
+        def act():
+            fs = self.fs()
+            fs.pipe_file("state.json", data)
+            fs.pipe_file("checkpoints/cp_9.json", data)
+            fs.cat_file("checkpoints/cp_1.json")
+
+        self._run(act)
+
+    @invariant()
+    def canary_untouched(self):
+        assert _picture(self.canary) == self.before
+
+
+@pytest.fixture
+def hostile_environment(tmp_path, monkeypatch):
+    for name in (
+        "ORCHFS_KEY_FILE",
+        "ORCHFS_PASSPHRASE",
+        "ORCHFS_WEB_MODE",
+        "ORCHFS_SESSION",
+        "ORCHFS_STORAGE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ORCHFS_KEY", KEY)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("ORCHFS_ORG_CONFIG", str(tmp_path / "no-org.yaml"))
+
+
+@pytest.mark.filterwarnings("ignore::orchfs.errors.LegacyPathWarning")
+def test_random_hostile_state_never_reaches_outside(hostile_environment):
+    machine = settings(
+        max_examples=40,
+        stateful_step_count=12,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )(HostileStateMachine)
+    machine.TestCase().runTest()
