@@ -793,7 +793,10 @@ class OrchFileSystem(ChainedFileSystem):
         if mode == "r+b":
             if found is None:
                 raise _not_found(logical)
-            return CopyUpFile(self, logical, found.location.store.read(found.location.rel), autocommit)
+            copy = CopyUpFile(self, logical, found.location.store.read(found.location.rel), autocommit)
+            if not autocommit and self._intrans:  # fsspec enlists only modes without "r"
+                self.transaction.files.append(copy)
+            return copy
         target = self._before_write(logical)
         writer = target.store.open_write(  # the lookup above asked the write target first
             target.rel, exclusive=mode == "xb", autocommit=autocommit, target_checked=True
@@ -842,6 +845,14 @@ class OrchFileSystem(ChainedFileSystem):
         logical = self._gate(path)
         if not logical:
             raise _is_a_directory("")
+        if self._intrans:  # inside fs.transaction: staged as open("wb") is, published at its end
+            with self.open(logical, "xb" if mode == "create" else "wb") as f:
+                f.write(value)
+            return
+        self._pipe_now(logical, value, mode)
+
+    def _pipe_now(self, logical: str, value: bytes, mode: str = "overwrite") -> None:
+        """Write ``value`` at ``logical`` at once (atomically), whatever a transaction says."""
         name = self._secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
         if name is not None:
             if mode == "create" and name in self.secrets.list():
@@ -1082,6 +1093,7 @@ class CopyUpFile(io.BytesIO):
         self.path = logical
         self.autocommit = autocommit
         self._done = False
+        self._staged = b""
 
     @property
     def size(self) -> int:
@@ -1093,17 +1105,23 @@ class CopyUpFile(io.BytesIO):
         raise TypeError(f"a file open for writing cannot be pickled ({PROTOCOL}://{self.path})")
 
     def close(self) -> None:
-        if not self.closed and self.autocommit:
-            self.commit()
+        if not self.closed:
+            if self.autocommit:
+                self.commit()
+            elif not self._done:  # in a transaction, which commits after the close
+                self._staged = self.getvalue()
         super().close()
 
     def commit(self) -> None:
         if not self._done:
             self._done = True
-            self.fs.pipe_file(self.path, self.getvalue())
+            data = self._staged if self.closed else self.getvalue()
+            self._staged = b""
+            self.fs._pipe_now(self.path, data)
 
     def discard(self) -> None:
         self._done = True
+        self._staged = b""
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
         if exc_type is not None:

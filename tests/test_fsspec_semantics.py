@@ -202,3 +202,68 @@ def test_get_of_a_top_level_directory_into_an_existing_one_keeps_its_name(orch, 
     orch.pipe_file("into/keep", b"")  # object storage has no empty directories
     orch.copy("checkpoints", "into", recursive=True)
     assert orch.cat_file("into/checkpoints/cp_1.json") == b"1"
+
+
+# --- fs.transaction -------------------------------------------------------------------
+def _leftover_temps(fs):
+    if fs.root.startswith(("memory://", "s3://")):
+        return []
+    return [
+        name for _top, _dirs, files in os.walk(fs.root) for name in files if name.startswith(".orchfs-tmp.")
+    ]
+
+
+def test_a_failed_transaction_keeps_nothing_that_pipe_file_or_put_wrote(orch, tmp_path):
+    orch.pipe_file("state.json", b"old")
+    local = tmp_path / "upload.json"
+    local.write_bytes(b"uploaded")
+    with pytest.raises(RuntimeError, match="step failed"), orch.transaction:
+        orch.pipe_file("state.json", b"new")
+        orch.pipe_file("checkpoints/cp_1.json", b"cp")
+        orch.pipe({"log.jsonl": b"a\n", "notes/n.md": b"n"})
+        orch.put(str(local), "uploaded.json")
+        with orch.open("opened.json", "wb") as f:
+            f.write(b"opened")
+        # Deferred: nothing is visible before the transaction ends.
+        assert orch.cat_file("state.json") == b"old"
+        assert not orch.exists("checkpoints/cp_1.json")
+        raise RuntimeError("step failed")
+    assert orch.cat_file("state.json") == b"old"
+    for name in ("checkpoints/cp_1.json", "log.jsonl", "notes/n.md", "uploaded.json", "opened.json"):
+        assert not orch.exists(name), name
+    assert _leftover_temps(orch) == []
+
+
+def test_a_transaction_publishes_everything_at_its_end(orch, tmp_path):
+    local = tmp_path / "upload.json"
+    local.write_bytes(b"uploaded")
+    orch.pipe_file("log.jsonl", b"a\n")
+    with orch.transaction:
+        orch.pipe_file("state.json", b"new")
+        orch.put(str(local), "uploaded.json")
+        with orch.open("log.jsonl", "r+b") as f:
+            f.seek(0, os.SEEK_END)
+            f.write(b"b\n")
+        assert not orch.exists("state.json")
+        assert orch.cat_file("log.jsonl") == b"a\n"
+    assert orch.cat_file("state.json") == b"new"
+    assert orch.cat_file("log.jsonl") == b"a\nb\n"
+    assert orch.cat_file("uploaded.json") == b"uploaded"
+    assert _leftover_temps(orch) == []
+    with pytest.raises(FileExistsError), orch.transaction:
+        orch.pipe_file("state.json", b"again", mode="create")
+    assert orch.cat_file("state.json") == b"new"
+
+
+def test_secrets_written_in_a_failed_transaction_are_not_kept(local_repo, monkeypatch, tmp_path):
+    from orchfs.secrets import new_key_text
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    fs = orchfs.OrchFileSystem(root=local_repo, key=new_key_text(), skip_instance_cache=True)
+    with pytest.raises(RuntimeError), fs.transaction:
+        fs.pipe_file("secrets/TOKEN", b"s3cr3t")
+        raise RuntimeError("step failed")
+    assert fs.secrets.list() == []
+    with fs.transaction:
+        fs.pipe_file("secrets/TOKEN", b"s3cr3t")
+    assert fs.secrets.get("TOKEN") == "s3cr3t"
