@@ -9,6 +9,10 @@ expect.
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 
 class OrchFSError(Exception):
     """Base class of every error raised by orchfs itself."""
@@ -105,6 +109,27 @@ class LegacyConflictWarning(UserWarning):
     """A path exists in both layouts with different contents; the upper copy wins."""
 
 
+def warn_outside(message: str, category: type[Warning]) -> None:
+    """Issue a warning attributed to the first frame outside orchfs and fsspec.
+
+    A read reaches orchfs through any number of fsspec frames (``fsspec.open``, text
+    mode, ``get``), so no fixed ``stacklevel`` names the caller's own line; and
+    Python's default filters show a ``DeprecationWarning`` only when that line is in
+    ``__main__``.
+    """
+    inside = [os.path.dirname(os.path.abspath(__file__)) + os.sep]
+    fsspec = sys.modules.get("fsspec")  # not imported: none of its frames can be here
+    if fsspec is not None and fsspec.__file__:
+        inside.append(os.path.dirname(os.path.abspath(fsspec.__file__)) + os.sep)
+    prefixes = tuple(inside)
+    level = 2  # 1 is this function; 2 its caller
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(prefixes):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 __all__ = [
     "ConfigError",
     "FormatError",
@@ -127,4 +152,5 @@ __all__ = [
     "StateError",
     "UnsafeStateError",
     "VersionPinError",
+    "warn_outside",
 ]

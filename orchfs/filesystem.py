@@ -15,7 +15,6 @@ import io
 import json
 import os
 import uuid
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,7 +29,7 @@ except ImportError:  # fsspec before 2025.10 chains every filesystem the same wa
     ChainedFileSystem = AbstractFileSystem  # type: ignore[misc,assignment]
 
 
-from .errors import LegacyConflictWarning, LegacyPathWarning
+from .errors import LegacyConflictWarning, LegacyPathWarning, warn_outside
 from .files import OrchReader
 from .overlay import Found, Location, ancestors, whiteout_rel
 from .paths import (
@@ -373,12 +372,11 @@ class OrchFileSystem(ChainedFileSystem):
         for pair in self._conflicts_of(logical):
             if pair.upper_url == upper.url:
                 winner = "the first" if pair.kind == "legacy-pair" else "the new copy"
-                warnings.warn(
+                warn_outside(
                     f"{logical}: {pair.upper_url} and {pair.legacy_url} both exist and differ; "
                     f"{winner} wins. Run `orchfs doctor` to see both hashes and "
                     "`orchfs migrate --prefer new|legacy` to settle it.",
                     LegacyConflictWarning,
-                    stacklevel=4,
                 )
                 return
 
@@ -1138,10 +1136,9 @@ def warn_legacy_once(logical: str, url: str) -> None:
     if url in _warned_legacy:
         return
     _warned_legacy.add(url)
-    warnings.warn(
+    warn_outside(
         f"{logical} was read from its v1 location {url}; run `orchfs migrate` to move it into .orchestrator/",
         LegacyPathWarning,
-        stacklevel=4,
     )
 
 

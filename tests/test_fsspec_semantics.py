@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -267,3 +269,45 @@ def test_secrets_written_in_a_failed_transaction_are_not_kept(local_repo, monkey
     with fs.transaction:
         fs.pipe_file("secrets/TOKEN", b"s3cr3t")
     assert fs.secrets.get("TOKEN") == "s3cr3t"
+
+
+# --- warnings name the caller's own line ------------------------------------------------
+READS = """\
+import fsspec, orchfs
+root = {root!r}
+with fsspec.open("orch://state.json", "rb", root=root) as f:  # line 3
+    f.read()
+fs = orchfs.OrchFileSystem(root=root)
+with fs.open("log.jsonl", "r") as f:  # line 6
+    f.read()
+fs.cat_file("prd/state.json")  # line 8
+fs.cat_file("checkpoints/cp_1.json")  # line 9
+fs.cat_file("checkpoints/cp_1.json")  # line 10: once per path, nothing more
+"""
+
+
+def test_warnings_name_the_callers_line_under_the_default_filters(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".workflow_state.json").write_bytes(b"{}")
+    (repo / ".workflow_log.jsonl").write_bytes(b"{}\n")
+    (repo / ".claude").mkdir()
+    (repo / ".claude" / "prd_state.json").write_bytes(b"{}")
+    (repo / ".workflow_checkpoints").mkdir()
+    (repo / ".workflow_checkpoints" / "cp_1.json").write_bytes(b"old")
+    (repo / ".orchestrator" / "checkpoints").mkdir(parents=True)
+    (repo / ".orchestrator" / "checkpoints" / "cp_1.json").write_bytes(b"new")  # differs: a conflict
+    script = tmp_path / "reader.py"
+    script.write_text(READS.format(root=str(repo)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120, check=True
+    )
+    shown = [line for line in done.stderr.splitlines() if "Warning:" in line]
+    assert [line.split(": ")[0:2] for line in shown] == [
+        [f"{script}:3", "LegacyPathWarning"],
+        [f"{script}:6", "LegacyPathWarning"],
+        [f"{script}:8", "LegacyPathWarning"],
+        [f"{script}:9", "LegacyConflictWarning"],
+    ], done.stderr
