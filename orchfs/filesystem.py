@@ -242,7 +242,7 @@ class OrchFileSystem(ChainedFileSystem):
         # Shortcuts keyed by the caller's own spelling of a path that already passed the
         # gate: the top layer that served it quietly, and where exists() can look first.
         self._top_reads: dict[str, Any] = {}
-        self._exists_places: dict[str, tuple[Any, bool]] = {}
+        self._exists_logical: dict[str, str] = {}
         self._secret_store: Any = None
         self._supersede_checked: set[str] = set()
 
@@ -663,25 +663,22 @@ class OrchFileSystem(ChainedFileSystem):
         )
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
-        known = self._exists_places.get(path)
-        if known is not None:
-            location, sole = known
-            if location.store.exists(location.rel):
+        logical = self._exists_logical.get(path)  # the gate's answer for this spelling
+        if logical is None:
+            logical = self._gate(path)
+            if not logical:
                 return True
-            if sole:  # no layer below and nothing the layout places under it
-                return False
-        logical = self._gate(path)
-        if logical and not logical.startswith(SECRETS_VIEW) and len(self._exists_places) < MEMO_LIMIT:
-            self._exists_places[path] = self._overlay.place(logical)
-        if not logical or self._overlay.exists(logical):
-            return True
-        if logical.startswith(SECRETS_VIEW):
-            try:
-                self.info(logical)
-            except FileNotFoundError:
-                return False
-            return True
-        return self._overlay.is_virtual_dir(logical)
+            if logical.startswith(SECRETS_VIEW):
+                if self._overlay.exists(logical):
+                    return True
+                try:
+                    self.info(logical)
+                except FileNotFoundError:
+                    return False
+                return True
+            if len(self._exists_logical) < MEMO_LIMIT:
+                self._exists_logical[path] = logical
+        return self._overlay.exists(logical) or self._overlay.is_virtual_dir(logical)
 
     def isdir(self, path: Any) -> bool:
         return self._is_dir(self._gate(path))
@@ -695,7 +692,7 @@ class OrchFileSystem(ChainedFileSystem):
         if logical == SECRETS_VIEW:
             infos = [self._secret_info(f"{SECRETS_VIEW}/{n}") for n in self.secrets.list()]
             return infos if detail else [i["name"] for i in infos]
-        children = self._overlay.listdir(logical)
+        children = self._overlay.listdir(logical, detail)
         if not children:
             found = self._lookup(logical)
             if found is not None and not found.is_dir:

@@ -19,6 +19,8 @@ marker was ever written; without it the marker checks are skipped.
 
 from __future__ import annotations
 
+import stat
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -30,6 +32,13 @@ if TYPE_CHECKING:  # storage is imported with the first adapter, not with ``impo
     from .storage import Storage
 
 SESSIONS_DIR = "sessions"
+# A directory's names are listed again unless its identity (inode, device, mtime, ctime,
+# size) is the one seen when they were listed. Timestamps are coarse (a kernel tick; a
+# whole second or two on some filesystems), so a listing is kept only when the directory
+# had not changed for longer than that before it was read: a later change then always
+# shows as a new mtime.
+SETTLED_NS = 50_000_000
+SETTLED_WHOLE_SECONDS_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,9 @@ class Overlay:
         self._session_prefix = f"{SESSIONS_DIR}/{session}/" if session else ""
         self._layers_cache: dict[str, tuple[Location, ...]] = {}
         self._has_lower: dict[str, bool] = {}
-        self._served_below: set[str] = set()
+        self._served_below: set[str] = set()  # paths last served from below (or absent)
         self._markers_seen = False
+        self._listings: dict[tuple[Storage, str], tuple[tuple[int, ...], list[str], list[str]]] = {}
 
     # --- layers --------------------------------------------------------------------
     def layers(self, logical: str) -> tuple[Location, ...]:
@@ -108,12 +118,6 @@ class Overlay:
         if len(self._layers_cache) < MEMO_LIMIT:
             self._layers_cache[logical] = result
         return result
-
-    def place(self, logical: str) -> tuple[Location, bool]:
-        """The top layer of ``logical`` and whether it is the only place ``logical`` can
-        be (no layer below it, no layout entry under it)."""
-        layers = self.layers(logical)
-        return layers[0], len(layers) == 1 and not self.layout.virtual_children(logical)
 
     def target(self, logical: str) -> Location:
         return self.layers(logical)[0]
@@ -187,13 +191,28 @@ class Overlay:
         return None
 
     def exists(self, logical: str) -> bool:
-        """Whether a layer shows ``logical`` (without building an info dictionary)."""
+        """Whether a layer shows ``logical`` (without building an info dictionary).
+
+        One exact look per layer until one shows it. A path that was not in its top
+        layer last time (served from below, or absent) has each layer asked first with
+        the adapter's cheap probe, which answers a miss without an exception.
+        """
         layers = self._layers_cache.get(logical) or self.layers(logical)
         if len(layers) == 1:  # most paths: one place to look, no markers to weigh
             return layers[0].store.exists(layers[0].rel)
+        below = logical in self._served_below
         for index, location in enumerate(layers):
-            if location.store.exists(location.rel):
+            store = location.store
+            if below and not store.maybe_exists(location.rel):
+                continue
+            if store.exists(location.rel):
+                if not index and below:
+                    self._served_below.discard(logical)
+                elif index and not below and len(self._served_below) < MEMO_LIMIT:
+                    self._served_below.add(logical)
                 return not (index and self.hidden_above(layers, index, logical))
+        if not below and len(self._served_below) < MEMO_LIMIT:
+            self._served_below.add(logical)
         return False
 
     def read(self, logical: str, start: int | None = None, end: int | None = None) -> tuple[Location, bytes]:
@@ -207,7 +226,8 @@ class Overlay:
             if data is None:
                 continue
             if index:
-                self._served_below.add(logical)
+                if not served_below and len(self._served_below) < MEMO_LIMIT:
+                    self._served_below.add(logical)
             elif served_below:
                 self._served_below.discard(logical)
             if index and self.hidden_above(layers, index, logical):
@@ -232,8 +252,41 @@ class Overlay:
                 return True
         return False
 
-    def listdir(self, logical: str) -> dict[str, tuple[dict[str, Any], Location]]:
-        """Merged children of a logical directory: name -> (info, serving location)."""
+    def _names(self, location: Location) -> tuple[list[str], list[str]]:
+        """The child names and the markers of one layer's directory, without a stat per
+        child. On local disk they are kept between calls while the directory is
+        unchanged (one lstat says so, and judges a link on the way as every lookup does);
+        a directory that holds a symlink is listed afresh each time, its links judged."""
+        store, rel = location.store, location.rel
+        lstat = getattr(store, "lstat", None)
+        if lstat is None:  # object storage and memory: one listing request, nothing kept
+            children, markers = store.scan(rel, detail=False)
+            return [name for name, _info in children], markers
+        st = lstat(rel)
+        if st is None:
+            raise FileNotFoundError(location.url)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(location.url)
+        key = (store, rel)
+        identity = (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        kept = self._listings.get(key)
+        if kept is not None and kept[0] == identity:
+            return kept[1], kept[2]
+        started = time.time_ns()
+        children, markers = store.scan(rel, detail=False)
+        names = [name for name, info in children if info is None]
+        changed = max(st.st_mtime_ns, st.st_ctime_ns)
+        settled = SETTLED_WHOLE_SECONDS_NS if changed % 1_000_000_000 == 0 else SETTLED_NS
+        if len(names) == len(children) and started - changed > settled:
+            if len(self._listings) < MEMO_LIMIT:
+                self._listings[key] = (identity, names, markers)
+        else:
+            names = [name for name, _info in children]
+        return names, markers
+
+    def listdir(self, logical: str, detail: bool = True) -> dict[str, tuple[dict[str, Any] | None, Location]]:
+        """Merged children of a logical directory: name -> (info, serving location); the
+        info is None without ``detail`` (no stat per child: names only)."""
         layers = list(self.layers(logical)) if logical else self.upper_layers()
         if logical and self.session and layers[0].layer != "session":
             session_dir = Location(
@@ -251,12 +304,19 @@ class Overlay:
                 if check and logical and self.hidden_by(layers[index - 1], logical):
                     break
             try:
-                children, markers = location.store.scan(location.rel)
+                if detail:
+                    children, markers = location.store.scan(location.rel)
+                else:
+                    names, markers = self._names(location)
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            for name, found in children:
-                if name not in seen and name not in hidden:
-                    seen[name] = (found, location)
+            if detail:
+                for name, found in children:
+                    if name not in seen and name not in hidden:
+                        seen[name] = (found, location)
+            else:
+                fresh = [name for name in names if name not in seen and name not in hidden]
+                seen.update(dict.fromkeys(fresh, (None, location)))
             if location.upper:
                 for marker in markers:
                     if marker == OPAQUE_MARKER:

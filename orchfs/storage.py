@@ -62,9 +62,10 @@ class Capabilities:
 
 class Listing(NamedTuple):
     """One directory as an adapter sees it: ``(name, info)`` per child, and apart from
-    them the names of orchfs's markers and temp files found there."""
+    them the names of orchfs's markers and temp files found there. A listing asked for
+    without ``detail`` may give ``None`` for an info it would need a stat for."""
 
-    children: list[tuple[str, dict[str, Any]]]
+    children: list[tuple[str, dict[str, Any] | None]]
     markers: list[str]
 
 
@@ -85,7 +86,7 @@ class Storage(Protocol):
     def exists(self, rel: str) -> bool: ...
     def maybe_exists(self, rel: str) -> bool: ...
     def has_entry(self, rel: str) -> bool: ...
-    def scan(self, rel: str) -> Listing: ...
+    def scan(self, rel: str, detail: bool = True) -> Listing: ...
     def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]: ...
     def find_files(self, rel: str, include_markers: bool = False) -> list[str]: ...
     def read_optional(self, rel: str, start: int | None = None, end: int | None = None) -> bytes | None: ...
@@ -224,8 +225,9 @@ class LocalStorage:
     def exists(self, rel: str) -> bool:
         return self.lstat(rel) is not None
 
-    def scan(self, rel: str) -> Listing:
-        """``(name, info)`` of each child and, apart from them, the marker names."""
+    def scan(self, rel: str, detail: bool = True) -> Listing:
+        """``(name, info)`` of each child and, apart from them, the marker names; without
+        ``detail`` no child but a symlink (judged as always) is stat'ed, its info None."""
         if rel and "/" in rel:
             self._check_parents(rel + "/")
         full = self._full(rel)
@@ -238,6 +240,9 @@ class LocalStorage:
                 name = entry.name
                 if name.startswith(MARKER_PREFIXES):
                     markers.append(name)
+                    continue
+                if not detail and not entry.is_symlink():  # the directory entry's type says so
+                    out.append((name, None))
                     continue
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISLNK(st.st_mode):
@@ -585,8 +590,9 @@ class FsspecStorage:
     def exists(self, rel: str) -> bool:
         return self.info(rel) is not None
 
-    def scan(self, rel: str) -> Listing:
-        """``(name, info)`` of each child and, apart from them, the marker names."""
+    def scan(self, rel: str, detail: bool = True) -> Listing:
+        """``(name, info)`` of each child and, apart from them, the marker names (one
+        listing request either way: ``detail`` costs nothing more here)."""
         full = self._full(rel)
         entries = self.fs.ls(full, detail=True)
         out = []

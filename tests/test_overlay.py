@@ -620,3 +620,75 @@ def test_the_rules_on_fsspec_backends(kind, request):
     assert fs.cat_file("state.json") == b"new state"
     for rel, data in seeded.items():
         assert raw.cat_file(f"{base}/{rel}") == data, rel  # legacy bytes untouched
+
+
+def _settle(*directories: Path) -> None:
+    """Date directories an hour back, so that a listing of them may be kept."""
+    past = os.stat(directories[0]).st_mtime - 3600
+    for directory in directories:
+        os.utime(directory, (past, past))
+
+
+def test_names_only_listing_follows_every_change_to_a_kept_directory(tmp_path):
+    repo = tmp_path / "repo"
+    legacy = repo / ".workflow_checkpoints"
+    contained = repo / ".orchestrator" / "checkpoints"
+    legacy.mkdir(parents=True)
+    contained.mkdir(parents=True)
+    for i in range(3):
+        (legacy / f"old_{i}.json").write_bytes(b"{}")
+        (contained / f"new_{i}.json").write_bytes(b"{}")
+    _settle(legacy, contained)
+    fs = orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True)
+
+    def names() -> list[str]:
+        return sorted(fs.ls("checkpoints", detail=False))
+
+    def detail_names() -> list[str]:
+        return sorted(info["name"] for info in fs.ls("checkpoints", detail=True))
+
+    expected = sorted(f"checkpoints/{p}_{i}.json" for p in ("old", "new") for i in range(3))
+    assert names() == expected == detail_names()
+    assert names() == expected  # served again, the directories unchanged
+    # Another program changes the v1 directory and the contained one behind orchfs's back.
+    (legacy / "old_9.json").write_bytes(b"{}")
+    (legacy / "old_0.json").unlink()
+    (contained / "new_1.json").rename(contained / "new_7.json")
+    expected = sorted(
+        f"checkpoints/{name}.json" for name in ("old_1", "old_2", "old_9", "new_0", "new_2", "new_7")
+    )
+    assert names() == expected == detail_names()
+    # Dated back again (the listing may be kept), then a change that even restores the
+    # old mtime afterwards: the ctime still tells.
+    _settle(legacy, contained)
+    assert names() == expected
+    before = os.stat(legacy)
+    (legacy / "old_5.json").write_bytes(b"{}")
+    os.utime(legacy, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert "checkpoints/old_5.json" in names()
+    # orchfs's own writes and deletes show at once.
+    fs.pipe_file("checkpoints/mine.json", b"{}")
+    fs.rm("checkpoints/old_1.json")
+    shown = names()
+    assert "checkpoints/mine.json" in shown and "checkpoints/old_1.json" not in shown
+    assert shown == detail_names()
+
+
+def test_names_only_listing_judges_links_like_the_detailed_one(tmp_path):
+    repo = tmp_path / "repo"
+    legacy = repo / ".workflow_checkpoints"
+    legacy.mkdir(parents=True)
+    (repo / "inside.json").write_bytes(b"{}")
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(b"secret")
+    (legacy / "plain.json").write_bytes(b"{}")
+    os.symlink(repo / "inside.json", legacy / "alias.json")
+    os.symlink(outside, legacy / "escape.json")
+    _settle(legacy)
+    fs = orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True)
+    for _ in range(2):
+        names = sorted(fs.ls("checkpoints", detail=False))
+        assert names == ["checkpoints/alias.json", "checkpoints/plain.json"]
+        assert names == sorted(info["name"] for info in fs.ls("checkpoints", detail=True))
+    os.unlink(repo / "inside.json")  # the link dangles now; its directory did not change
+    assert fs.ls("checkpoints", detail=False) == ["checkpoints/plain.json"]
