@@ -152,5 +152,4 @@ __all__ = [
     "StateError",
     "UnsafeStateError",
     "VersionPinError",
-    "warn_outside",
 ]
