@@ -55,6 +55,8 @@ class Context:
     def root(self) -> str:
         if self._root is None:
             self._root = os.environ.get("ORCHFS_ROOT") or find_root()
+        if not os.path.isdir(self._root):  # a usage error (exit 2), not an orchfs failure
+            raise click.UsageError(f"repository root {self._root}: no such directory (see --root)")
         return os.path.abspath(self._root)
 
     def config(self) -> Any:
@@ -269,10 +271,11 @@ def ls_command(ctx: Context, path: str, long_: bool) -> None:
 
 @main.command()
 @click.argument("path")
+@json_option
 @pass_ctx
 @handle_errors
 def cat(ctx: Context, path: str) -> None:
-    """Print a logical file's bytes.
+    """Print a logical file's bytes (with --json: one document, text or base64).
 
     \b
     Example:
@@ -281,6 +284,19 @@ def cat(ctx: Context, path: str) -> None:
     fs = ctx.fs()
     data = fs.cat_file(path)
     _note_legacy(ctx, fs, path)
+    if ctx.json:
+        import base64
+
+        resolution = fs.resolve(path)
+        try:
+            text: str | None = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        document = {"path": resolution.logical, "layer": resolution.layer, "url": resolution.url}
+        document |= {"bytes": len(data), "text": text}
+        document |= {"base64": None if text is not None else base64.b64encode(data).decode()}
+        click.echo(json.dumps(document, indent=2))
+        return
     click.echo(data, nl=False)  # bytes go to the binary stdout unchanged
     if ctx.legacy_used and not ctx.quiet:
         click.echo(LEGACY_MARKER, err=True)
@@ -288,18 +304,19 @@ def cat(ctx: Context, path: str) -> None:
 
 @main.command()
 @click.argument("path")
-@click.argument("source", type=click.File("rb"), default="-")
+@click.argument("source", type=click.Path(dir_okay=False, allow_dash=True), required=False)
 @json_option
 @pass_ctx
 @handle_errors
-def put(ctx: Context, path: str, source: Any) -> None:
-    """Write a logical file atomically from SOURCE (a file, or - for stdin).
+def put(ctx: Context, path: str, source: str | None) -> None:
+    """Write a logical file atomically from SOURCE (a file, or - for stdin), else from
+    what is piped in.
 
     \b
     Example:
       echo '{}' | orchfs put state.json
     """
-    data = source.read()
+    data = _put_source(source)
     fs = ctx.fs()
     fs.pipe_file(path, data)
     resolution = fs.resolve(path)
@@ -307,6 +324,28 @@ def put(ctx: Context, path: str, source: Any) -> None:
         {"path": resolution.logical, "url": resolution.url, "bytes": len(data)},
         f"wrote {len(data)} bytes to {resolution.url}",
     )
+
+
+def _put_source(source: str | None) -> bytes:
+    """The bytes to write: SOURCE's, or stdin's; never a silent empty file because nothing
+    was piped in (an empty pipe needs an explicit ``-``)."""
+    if source is not None and source != "-":
+        with open(source, "rb") as f:
+            return f.read()
+    stdin = sys.stdin
+    if stdin is None or stdin.closed:
+        raise click.UsageError("stdin is closed: name a SOURCE file, or pipe the bytes in")
+    if source is None and stdin.isatty():
+        raise click.UsageError("nothing piped in: pipe the bytes in, or name a SOURCE file")
+    reader = getattr(stdin, "buffer", stdin)
+    try:
+        data = reader.read()
+    except (OSError, ValueError):
+        raise click.UsageError("stdin cannot be read: name a SOURCE file, or pipe the bytes in") from None
+    data = data.encode() if isinstance(data, str) else data
+    if not data and source is None:
+        raise click.UsageError("stdin was empty: pipe the bytes in (give `-` to write an empty file)")
+    return data
 
 
 @main.command()
@@ -341,15 +380,30 @@ def resolve(ctx: Context, paths: tuple[str, ...]) -> None:
     Example:
       orchfs resolve state.json checkpoints/cp_1.json
     """
+    from .errors import PathEscapeError
+
     fs = ctx.fs()
-    found = [fs.resolve(p) for p in paths]
-    ctx.legacy_used = any(r.layer == "legacy" for r in found)
-    ctx.emit(
-        [{"logical": r.logical, "layer": r.layer, "url": r.url, "exists": r.exists} for r in found],
-        lambda: "\n".join(
-            f"{r.logical}\t{r.layer}\t{r.url}" + ("" if r.exists else "\t(missing)") for r in found
-        ),
-    )
+    rows: list[dict[str, Any]] = []
+    for path in paths:  # each path on its own: a refused one does not hide the others
+        try:
+            r = fs.resolve(path)
+        except PathEscapeError as exc:
+            rows.append({"logical": path, "error": str(exc)})
+            continue
+        rows.append({"logical": r.logical, "layer": r.layer, "url": r.url, "exists": r.exists})
+    ctx.legacy_used = any(r.get("layer") == "legacy" for r in rows)
+
+    def human() -> str:
+        return "\n".join(
+            f"{r['logical']}\terror: {r['error']}"
+            if "error" in r
+            else f"{r['logical']}\t{r['layer']}\t{r['url']}" + ("" if r["exists"] else "\t(missing)")
+            for r in rows
+        )
+
+    ctx.emit(rows, human)
+    if any("error" in r for r in rows):
+        sys.exit(1)
 
 
 def _progress(ctx: Context) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
@@ -633,7 +687,12 @@ def sessions_prune(
     given = {key: value for key, value in given.items() if value is not None}
     policy = configured
     if given:
-        parsed = Retention.from_config(given, lambda key: "--" + key.replace("_", "-"))
+        from .errors import ConfigError
+
+        try:
+            parsed = Retention.from_config(given, lambda key: "--" + key.replace("_", "-"))
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
         policy = dataclasses.replace(configured, **{key: getattr(parsed, key) for key in given})
     if not policy.limited:
         raise ValueError(
@@ -836,6 +895,10 @@ def secrets_list(ctx: Context) -> None:
       orchfs secrets list --json
     """
     names = ctx.fs().secrets.list()
+    if not names and not ctx.json:
+        if not ctx.quiet:  # stdout stays empty: `for name in $(orchfs secrets list)` sees none
+            click.echo("no secrets stored", err=True)
+        return
     ctx.emit({"secrets": names}, "\n".join(names))
 
 
@@ -886,16 +949,31 @@ def secrets_rotate(ctx: Context, new_key_file: str | None) -> None:
     Example:
       orchfs secrets rotate --new-key-file ~/.config/orchfs/key.new
     """
+    from .secrets import _read_key_file, install_user_key, user_key_path
+
     if new_key_file:
-        with open(new_key_file, encoding="ascii") as f:
-            new_key = f.read().strip()
+        new_key: Any = _read_key_file(new_key_file, "--new-key-file")  # 0600 and well-formed
     else:
         new_key = _read_value("new key (url-safe base64)")
-    report = ctx.fs().secrets.rotate(new_key)
+    store = ctx.fs().secrets
+    old_source = store.keys()[0].source if store.keys() else ""
+    report = store.rotate(new_key)
+    installed = None
+    if report["retired"] and old_source.startswith("user key file"):
+        # The retired key would lock the next `get` out: the user key file takes the new one.
+        installed = install_user_key(new_key, user_key_path())
+    report = {**report, "installed": installed}
+    if installed:
+        after = f"; the user key file {installed} now holds the new key"
+    elif report["retired"]:
+        after = f"; the old key ({old_source}) no longer opens them: put the new key there"
+    else:
+        after = "; old key still needed"
     ctx.emit(
         report,
-        f"re-encrypted {report['rewritten']} secret(s) under key id {report['key_id']}; "
-        + (f"retired {', '.join(report['retired'])}" if report["retired"] else "old key still needed"),
+        f"re-encrypted {report['rewritten']} secret(s) under key id {report['key_id']}"
+        + (f"; retired {', '.join(report['retired'])}" if report["retired"] else "")
+        + after,
     )
 
 

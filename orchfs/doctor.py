@@ -223,13 +223,15 @@ def _secret_findings(fs: Any, state: str) -> list[Finding]:
     except (SecretsLockedError, SecretIntegrityError) as exc:
         if isinstance(exc, StateError):
             raise  # a damaged or unsealed manifest is unsafe-state, not a missing key
+        stored = _stored_secret_names(fs, store)
         return [
             Finding(
                 "secret-unreadable",
                 "error",
-                str(exc),
+                f"{len(stored)} secret(s) cannot be read with the keys available "
+                f"({', '.join(stored) or 'none stored yet'}): {exc}",
                 "provide the key (ORCHFS_KEY, ORCHFS_KEY_FILE, `orchfs secrets where`)",
-                ("secrets/",),
+                tuple(f"secrets/{name}" for name in stored) or ("secrets/",),
             )
         ]
     for name in names:
@@ -244,11 +246,25 @@ def _secret_findings(fs: Any, state: str) -> list[Finding]:
             "secret-unreadable",
             "error",
             f"{len(unreadable)} secret(s) cannot be read with the keys available: "
-            + "; ".join(message for _, message in unreadable),
+            + "; ".join(f"{name} ({message})" for name, message in unreadable),
             "provide the key they were written with, or set them again",
             tuple(f"secrets/{name}" for name, _ in unreadable),
         )
     ]
+
+
+def _stored_secret_names(fs: Any, store: Any) -> list[str]:
+    """The names of the secret files of the namespace, read from the file names (for when
+    the manifest that lists them cannot be opened)."""
+    from .secrets import SUFFIX
+
+    try:
+        files = fs._state.find_files(store._dir())
+    except (OSError, ValueError):
+        return []
+    return sorted(
+        name[: -len(SUFFIX)] for name in (f.rpartition("/")[2] for f in files) if name.endswith(SUFFIX)
+    )
 
 
 def _layout_findings(root: str, state: str, layout: Any) -> list[Finding]:

@@ -452,11 +452,38 @@ class OrchFileSystem(ChainedFileSystem):
     def resolve(self, path: str) -> Resolution:
         """Which location serves ``path`` (layer session/contained/legacy), with its URL."""
         logical = self._gate(path)
+        if logical.startswith(SECRETS_VIEW + "/"):
+            return self._resolve_secret(logical)
         found = self._lookup(logical)
         if found is not None:
             return Resolution(logical, found.location.layer, found.location.url, True)
         target = self._overlay.target(logical)
+        layer = self._virtual_layer(logical)
+        if layer is not None:  # feedback/, prd/: a directory only because its files exist
+            return Resolution(logical, layer, target.url, True)
         return Resolution(logical, target.layer, target.url, self._is_dir(logical))
+
+    def _virtual_layer(self, logical: str) -> str | None:
+        """The layer serving the first file that a layout directory shows (None: empty)."""
+        for name in sorted(self.layout.virtual_children(logical)):
+            child = join(logical, name)
+            found = self._overlay.lookup(child)
+            if found is not None:
+                return found.location.layer
+            layer = self._virtual_layer(child)
+            if layer is not None:
+                return layer
+        return None
+
+    def _resolve_secret(self, logical: str) -> Resolution:
+        """``secrets/NAME`` is served by its encrypted file ``secrets/<repo_id>/NAME.enc``."""
+        from .meta import read_meta
+
+        name = self._secret_name(logical)
+        if read_meta(self._state) is None:  # no namespace yet (resolving never creates one)
+            return Resolution(logical, "contained", self._state.url(SECRETS_VIEW), False)
+        rel = self.secrets._path(name)
+        return Resolution(logical, "contained", self._state.url(rel), self._state.info(rel) is not None)
 
     def conflicts(self) -> list[Conflict]:
         """Every pair of locations of one path that both exist and differ: an upper copy
@@ -668,12 +695,10 @@ class OrchFileSystem(ChainedFileSystem):
             logical = self._gate(path)
             if not logical:
                 return True
-            if logical.startswith(SECRETS_VIEW):
-                if self._overlay.exists(logical):
-                    return True
-                try:
+            if logical == SECRETS_VIEW or logical.startswith(SECRETS_VIEW + "/"):
+                try:  # the secret store, never the files below .orchestrator/secrets/
                     self.info(logical)
-                except FileNotFoundError:
+                except (FileNotFoundError, IsADirectoryError):
                     return False
                 return True
             if len(self._exists_logical) < MEMO_LIMIT:
@@ -684,7 +709,10 @@ class OrchFileSystem(ChainedFileSystem):
         return self._is_dir(self._gate(path))
 
     def isfile(self, path: Any) -> bool:
-        found = self._lookup(self._gate(path))
+        logical = self._gate(path)
+        if logical.startswith(SECRETS_VIEW + "/"):
+            return self.exists(logical)
+        found = self._lookup(logical)
         return found is not None and not found.is_dir
 
     def ls(self, path: Any, detail: bool = True, **kwargs: Any) -> list[Any]:

@@ -705,8 +705,28 @@ def init_user_key(path: str | None = None) -> str:
     return path
 
 
+def install_user_key(key: Any, path: str) -> str:
+    """Replace the key file at ``path`` with ``key`` atomically (0600, never through a
+    symlink), after a rotation retired the key it held."""
+    from .atomic import temp_name
+
+    text = base64.urlsafe_b64encode(parse_key(key, "new key")._material).decode()
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=PRIVATE_DIR_MODE, exist_ok=True)
+    temp = os.path.join(directory, temp_name(os.path.basename(path)))
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
+    try:
+        os.write(fd, text.encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)  # a symlink at ``path`` is replaced, not followed
+    return path
+
+
 __all__ = [
     "SecretStore",
     "init_user_key",
+    "install_user_key",
     "new_key_text",
 ]

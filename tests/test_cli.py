@@ -52,7 +52,7 @@ def test_root_discovery_walks_up(repo):
 def test_no_repository_is_a_usage_error(tmp_path, monkeypatch):
     monkeypatch.delenv("ORCHFS_ROOT", raising=False)
     result = CliRunner().invoke(main, ["--root", str(tmp_path / "missing"), "ls"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error, like a missing repository
     outside = tmp_path / "nowhere"
     outside.mkdir()
     old = os.getcwd()
