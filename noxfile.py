@@ -1,5 +1,5 @@
 """nox sessions: ``tests`` (the default suite), ``full`` (everything, slow tests too),
-``lint`` (ruff), ``bench`` (the benchmarks)."""
+``lint`` (ruff), ``bench`` (the benchmarks), ``docs`` (the mkdocs site, ``--strict``)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,11 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("python", "-m", "tests.benchmarks", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the site into site/ with mkdocs --strict: any warning fails."""
+    session.install("-e", ".[docs]")
+    session.env["NO_MKDOCS_2_WARNING"] = "1"  # mkdocs-material's banner about its successor
+    session.run("mkdocs", "build", "--strict", *session.posargs)
