@@ -233,6 +233,11 @@ class OrchFileSystem(ChainedFileSystem):
         self.web_mode = web_mode
         self.legacy = legacy
         self.layout = coerce_layout(layout)
+        if key is not None:
+            from .secrets import KeyReference
+
+            if isinstance(key, KeyReference):  # an unpickled copy
+                key = key.resolve()
         self._key = key
         self.lock_timeout = float(lock_timeout)
         self.lease = lease
@@ -245,6 +250,29 @@ class OrchFileSystem(ChainedFileSystem):
         self._exists_logical: dict[str, str] = {}
         self._secret_store: Any = None
         self._supersede_checked: set[str] = set()
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """The options this instance was made with, less ``key=``: key material never
+        travels in ``to_json`` (a copy finds its key in the key sources, or is given it
+        again), and a pickle carries only a :class:`~orchfs.secrets.KeyReference`."""
+        return self._made_with
+
+    @storage_options.setter
+    def storage_options(self, value: dict[str, Any]) -> None:
+        self._made_with = {name: option for name, option in dict(value).items() if name != "key"}
+
+    def __reduce__(self) -> Any:
+        from fsspec.spec import make_instance
+
+        from .secrets import KeyReference
+
+        options = dict(self.storage_options)
+        if self._key is not None:
+            if getattr(self, "_key_reference", None) is None:  # one handle per instance
+                self._key_reference = KeyReference.to(self._key)
+            options["key"] = self._key_reference
+        return make_instance, (type(self), self.storage_args, options)
 
     def __repr__(self) -> str:
         session = f", session={self.session_id!r}" if self.session_id else ""

@@ -73,6 +73,10 @@ def _refuse(path: str, why: str) -> PathEscapeError:
 
 
 def _check_characters(original: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no file name can hold it
+        raise _refuse(original, f"U+{ord(text[exc.start]):04X} cannot be encoded as UTF-8") from None
     for char in text:
         if char == "\\":
             raise _refuse(original, "backslashes are not path separators here; use '/'")

@@ -120,6 +120,31 @@ def parse_key(value: Any, source: str) -> MasterKey:
     return MasterKey(raw, source)
 
 
+class KeyReference:
+    """What a pickled filesystem carries for its ``key=`` argument: a handle to the key
+    held by this process, never the material. An unpickled copy in this process (or a
+    forked one) finds the key again; elsewhere the handle resolves to nothing and the copy
+    uses the key sources (or is given ``key=`` again)."""
+
+    __slots__ = ("handle",)
+    _held: dict[str, Any] = {}  # handle -> the key= value, for this process only
+
+    def __init__(self, handle: str) -> None:
+        self.handle = handle
+
+    @classmethod
+    def to(cls, key: Any) -> KeyReference:
+        handle = hashlib.sha256(b"orchfs key reference\x00" + os.urandom(16)).hexdigest()[:24]
+        cls._held[handle] = key
+        return cls(handle)
+
+    def resolve(self) -> Any:
+        return self._held.get(self.handle)
+
+    def __repr__(self) -> str:
+        return f"<KeyReference {self.handle}>"
+
+
 def new_key_text() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).decode()
 

@@ -885,3 +885,24 @@ def test_random_hostile_state_never_reaches_outside(hostile_environment):
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )(HostileStateMachine)
     machine.TestCase().runTest()
+
+
+# --- what an instance carries ----------------------------------------------------------------
+def test_pickle_and_to_json_never_carry_the_key(world):
+    import pickle
+
+    fs = orchfs.OrchFileSystem(root=str(world.root), key=KEY, skip_instance_cache=True)
+    fs.secrets.set("TOKEN", "t")
+    assert KEY[:20] not in fs.to_json()
+    assert KEY[:20].encode() not in pickle.dumps(fs)
+    copy = pickle.loads(pickle.dumps(fs))  # finds its key in the key sources (ORCHFS_KEY here)
+    assert copy.secrets.get("TOKEN") == "t"
+
+
+@pytest.mark.parametrize("path", ["a\udcff", "checkpoints/\ud800.json", "\udc80"])
+def test_lone_surrogates_are_refused_by_the_gate(world, path):
+    fs = v2(world)
+    with pytest.raises(PathEscapeError, match="UTF-8"):
+        fs.pipe_file(path, b"x")
+    with pytest.raises(PathEscapeError, match="UTF-8"):
+        fs.cat_file(path)
