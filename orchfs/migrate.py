@@ -296,8 +296,8 @@ def plan(
     existing_dirs: dict[str, bool] = {}
 
     def present(contained: str) -> bool:
-        full = os.path.join(state_dir, contained)
-        parent = os.path.dirname(full)
+        full = f"{state_dir}/{contained}"  # contained paths are relative and '/'-separated
+        parent = full.rpartition("/")[0]
         if parent not in existing_dirs:  # a directory this run has not seen: one check
             existing_dirs[parent] = os.path.isdir(parent)
         return existing_dirs[parent] and _lexists(full)
@@ -576,7 +576,7 @@ def _ensure_parent(path: str) -> None:
 
 def _make_parent(path: str, fresh: set[str]) -> bool:
     """Create the parent directory once per run; True when this run created it."""
-    parent = os.path.dirname(path)
+    parent = path.rpartition("/")[0]  # an absolute path built with '/' by the caller
     if parent not in fresh:
         found = _guard_of(parent)
         try:

@@ -43,7 +43,7 @@ def realistic_repository() -> dict[str, bytes]:
         ".workflow_log.jsonl": log,
         ".workflow_checkpoints/cp_20260106_053301_bddea0.json": json.dumps(checkpoint).encode(),
         ".workflow_checkpoints/cp_20260106_053904_bddea0.json": json.dumps([checkpoint, 1]).encode(),
-        "workflow.yaml": b"name: development\nphases:\n" + b"  - id: plan\n    items: []\n" * 400,
+        "workflow.yaml": _workflow_yaml(),
         "README.md": b"# project\n" + b"Some documentation.\n" * 400,
         "AGENTS.md": b"# agents\n" + b"Be careful.\n" * 90,
         ".gitignore": b"__pycache__/\n.env\n" * 20,
@@ -52,6 +52,25 @@ def realistic_repository() -> dict[str, bytes]:
         ".secrets.enc": b"Salted__" + os.urandom(344),
         ".manus/secrets.enc.yaml": b"sops:\n  version: 3.8.1\n" + b"  key: ENC[AES256_GCM,data:abc]\n" * 55,
     }
+
+
+def _workflow_yaml() -> bytes:
+    """About 17 KB and 500 nodes, comments and prose included, like a real workflow.yaml."""
+    lines = ['name: "General Development Workflow"', 'version: "2.1"', "settings:"]
+    lines += [
+        f"  # setting {i}: what it does and how to override it per project\n  key_{i}: value {i}"
+        for i in range(20)
+    ]
+    lines.append("phases:")
+    for phase in range(5):
+        lines.append(f"  # {'=' * 70}\n  - id: phase_{phase}\n    name: Phase {phase}\n    items:")
+        for item in range(12):
+            prose = "Check the work against the plan and record what was found. " * 2
+            lines.append(
+                f"      - id: item_{phase}_{item}\n        name: Item {item}\n"
+                f'        description: "{prose.strip()}"\n        required: true'
+            )
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _write_tree(root: str, files: dict[str, bytes]) -> str:
