@@ -245,7 +245,12 @@ def _remote_copy(fs: Any, url: str, storage_options: Mapping[str, Any] | None, w
 
     if not fs.session_id:
         raise ValueError(f"{what} needs a bound session (session= or web_mode=True)")
-    remote, base = url_to_fs(f"{url.rstrip('/')}/{fs.session_id}", **dict(storage_options or {}))
+    from fsspec.utils import get_protocol
+
+    options = dict(storage_options or {})
+    if get_protocol(url) in ("file", "local"):  # a local directory: parents are made as files land
+        options.setdefault("auto_mkdir", True)
+    remote, base = url_to_fs(f"{url.rstrip('/')}/{fs.session_id}", **options)
     return remote, base.rstrip("/")
 
 
