@@ -35,6 +35,7 @@ from .beneath import Beneath
 from .errors import (
     MigrationConflictError,
     OrchFSError,
+    PathEscapeError,
     RollbackIncompleteError,
     SQLiteInUseError,
     UnsafeStateError,
@@ -291,6 +292,11 @@ def plan(
     remote = _remote_store(root, storage, storage_options)
     if remote is not None:
         return _remote_plan(root, layout, remote, migration_id, retire_leftovers)
+    guard = Beneath(root)
+    try:
+        _refuse_planted_links(guard, layout)  # the plan compares bytes: never outside ones
+    finally:
+        guard.close()
     state_dir = os.path.join(root, STATE_DIR)
     action = "rename" if not copy and _same_device(root, state_dir) else "copy"
     existing_dirs: dict[str, bool] = {}
@@ -529,26 +535,41 @@ def moved_paths(steps: list[dict[str, Any]]) -> dict[str, str]:
 _GUARDS: dict[str, Beneath] = {}
 
 
-@contextlib.contextmanager
-def _guarded(root: str, layout: Layout) -> Iterator[Beneath]:
-    """Hold ``root``'s beneath-root layer for a run, after refusing planted symlinks where
-    the run writes: ``.orchestrator/`` itself, its own directories, the contained
-    directories of the layout and the v1 directories that files move back to."""
-    guard = Beneath(root)
-    tops = {*INTERNAL_NAMES, "secrets", "sessions", *(e.logical.split("/")[0] for e in layout.entries)}
-    places = [STATE_DIR, *(f"{STATE_DIR}/{top}" for top in sorted(tops))]
-    places += [name for entry in layout.entries if entry.is_dir for name in entry.legacy]
-    for place in places:
+def _refuse_planted_links(guard: Beneath, layout: Layout) -> None:
+    """Refuse symlinks where a migration reads, writes or moves back to: at
+    ``.orchestrator/`` itself and its own directories any link (orchfs never makes one
+    there, so it was planted); at the contained directories of the layout and the v1
+    directories a link that leads outside the root (one inside it is a v1 link that
+    migration moves as a link; the steps never write through it)."""
+    own = [STATE_DIR, *(f"{STATE_DIR}/{name}" for name in sorted({*INTERNAL_NAMES, "secrets"}))]
+    tops = {"sessions", *(e.logical.split("/")[0] for e in layout.entries)} - {*INTERNAL_NAMES, "secrets"}
+    judged = [f"{STATE_DIR}/{top}" for top in sorted(tops)]
+    judged += [name for entry in layout.entries if entry.is_dir for name in entry.legacy]
+    for place in own + judged:
         try:
             st = guard.lstat(place)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        if stat.S_ISLNK(st.st_mode):
-            raise UnsafeStateError(
-                f"{guard.show(place)} is a symlink (to {guard.readlink(place)!r}); migrate and "
-                "rollback never write through one: remove it (nothing was changed)",
-                place,
-            )
+        if not stat.S_ISLNK(st.st_mode):
+            continue
+        if place in judged:
+            try:
+                guard.resolve(place)
+                continue
+            except PathEscapeError:
+                pass
+        raise UnsafeStateError(
+            f"{guard.show(place)} is a symlink (to {guard.readlink(place)!r}); migrate and "
+            "rollback never go through one: remove it (nothing was changed)",
+            place,
+        )
+
+
+@contextlib.contextmanager
+def _guarded(root: str, layout: Layout) -> Iterator[Beneath]:
+    """Hold ``root``'s beneath-root layer for a run, after :func:`_refuse_planted_links`."""
+    guard = Beneath(root)
+    _refuse_planted_links(guard, layout)
     _GUARDS[root] = guard
     try:
         yield guard

@@ -305,6 +305,19 @@ def test_migrate_refuses_a_planted_state_directory_link(world, place):
     cli(world, "migrate")
 
 
+def test_dry_run_never_reads_through_a_planted_link(world):
+    v1(world)
+    (world.canary / "cp_1.json").write_bytes(b"outside bytes")  # the fixture's picture predates it
+    world.state.mkdir()
+    os.symlink(world.canary, world.state / "checkpoints")
+    try:
+        with pytest.raises(UnsafeStateError):
+            migrate.plan(world.root)
+        cli(world, "migrate", "--dry-run")
+    finally:
+        (world.canary / "cp_1.json").unlink()
+
+
 def test_migrate_prefer_legacy_refuses_a_linked_checkpoints(world):
     v1(world)
     (world.state / "checkpoints").mkdir(parents=True)
