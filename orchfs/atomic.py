@@ -71,6 +71,7 @@ class StagedWriter(io.RawIOBase):
         self._written = 0
         self.after_publish: Callable[[], None] | None = None
         self.fs: Any = None  # the filesystem that handed it out, which also sets ``path``
+        self.mode = "wb"
 
     # --- to be provided by each backend -------------------------------------------
     def _stage(self, data: memoryview) -> None:

@@ -42,10 +42,19 @@ class OrchReader(io.IOBase):
     mode = "rb"
 
     def __init__(self, fs: Any, path: str, f: Any) -> None:
-        self.f = f  # first: the finaliser asks ``closed`` even if the rest failed
+        self._use(f)  # first: the finaliser asks ``closed`` even if the rest failed
         self.fs = fs
         self.path = path
         self._size: int | None = None
+
+    def _use(self, f: Any) -> None:
+        """Read through ``f``; the hot calls are its own bound methods, so a loop of
+        small reads costs what it costs on the backend's reader (no extra frame)."""
+        self.f = f
+        self.read = f.read
+        self.readinto = f.readinto
+        self.seek = f.seek
+        self.tell = f.tell
 
     @property
     def size(self) -> int:
@@ -64,7 +73,8 @@ class OrchReader(io.IOBase):
         return self.f.closed
 
     def close(self) -> None:
-        f, self.f = self.f, _CLOSED
+        f = self.f
+        self._use(_CLOSED)
         f.close()
 
     def readable(self) -> bool:
@@ -76,15 +86,9 @@ class OrchReader(io.IOBase):
     def seekable(self) -> bool:
         return True
 
-    def read(self, size: int | None = -1) -> bytes:
-        return self.f.read(size)
-
     def read1(self, size: int = -1) -> bytes:
         read1 = getattr(self.f, "read1", None)
         return read1(size) if read1 is not None else self.f.read(size)
-
-    def readinto(self, buffer: Any) -> int:
-        return self.f.readinto(buffer)
 
     # fsspec's buffered files take no limit here: it is passed on only when given.
     def readline(self, size: int | None = -1) -> bytes:
@@ -92,12 +96,6 @@ class OrchReader(io.IOBase):
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:
         return self.f.readlines() if hint is None or hint < 0 else self.f.readlines(hint)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self.f.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self.f.tell()
 
     def fileno(self) -> int:
         return self.f.fileno()  # local disk only; others raise io.UnsupportedOperation

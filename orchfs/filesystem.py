@@ -852,7 +852,7 @@ class OrchFileSystem(ChainedFileSystem):
         writer = target.store.open_write(  # the lookup above asked the write target first
             target.rel, exclusive=mode == "xb", autocommit=autocommit, target_checked=True
         )
-        writer.fs, writer.path = self, logical  # fsspec's names: the file as this filesystem sees it
+        writer.fs, writer.path, writer.mode = self, logical, mode  # as fsspec's files name them
         writer.after_publish = lambda: self._after_write(logical, target)
         if mode == "ab" and found is not None:  # copy-up: the lower file stays untouched
             writer.write(found.location.store.read(found.location.rel))
@@ -864,7 +864,7 @@ class OrchFileSystem(ChainedFileSystem):
         if mode in ("wb", "xb"):
             if mode == "xb" and name in self.secrets.list():
                 raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
-            return CopyUpFile(self, logical, b"", autocommit)
+            return CopyUpFile(self, logical, b"", autocommit, mode)
         raise ValueError(f"secrets open as rb, wb or xb, not {mode!r}")
 
     def _secret_info(self, logical: str) -> dict[str, Any]:
@@ -1138,10 +1138,13 @@ class OrchFileSystem(ChainedFileSystem):
 class CopyUpFile(io.BytesIO):
     """``r+b``: a private copy of the visible bytes, published atomically at close."""
 
-    def __init__(self, fs: OrchFileSystem, logical: str, data: bytes, autocommit: bool) -> None:
+    def __init__(
+        self, fs: OrchFileSystem, logical: str, data: bytes, autocommit: bool, mode: str = "r+b"
+    ) -> None:
         super().__init__(data)
         self.fs = fs
         self.path = logical
+        self.mode = mode
         self.autocommit = autocommit
         self._done = False
         self._staged = b""

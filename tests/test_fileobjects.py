@@ -115,7 +115,7 @@ def test_writers_are_fsspec_style_and_refuse_pickling(orch, mode):
     if mode in ("ab", "r+b"):
         orch.pipe_file("notes/a.txt", b"old")
     with orch.open("notes/a.txt", mode) as f:
-        assert f.path == "notes/a.txt" and f.fs is orch
+        assert f.path == "notes/a.txt" and f.fs is orch and f.mode == mode
         f.write(b"new")
         with pytest.raises(TypeError, match="cannot be pickled"):
             pickle.dumps(f)
