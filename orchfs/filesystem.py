@@ -29,7 +29,7 @@ except ImportError:  # fsspec before 2025.10 chains every filesystem the same wa
     ChainedFileSystem = AbstractFileSystem  # type: ignore[misc,assignment]
 
 
-from .errors import LegacyConflictWarning, LegacyPathWarning, warn_outside
+from .errors import LegacyConflictWarning, LegacyPathWarning, PathEscapeError, warn_outside
 from .files import OrchReader
 from .overlay import Found, Location, ancestors, whiteout_rel
 from .paths import (
@@ -450,7 +450,10 @@ class OrchFileSystem(ChainedFileSystem):
 
         if len(self._supersede_checked) < MEMO_LIMIT:
             self._supersede_checked.add(logical)
-        found = self._overlay.lookup(logical)
+        try:
+            found = self._overlay.lookup(logical)
+        except PathEscapeError:
+            return  # a link planted above: the write replaces it, and no legacy file serves
         if found is None or found[0].upper or found[1]["type"] != "file":
             return  # an upper copy already serves it, or nothing does
         served = found[0].store.read(found[0].rel)

@@ -338,3 +338,25 @@ def test_manus_secrets_enc_is_reported(tmp_path):
     assert migrate.plan(root).unknown == (".manus/secrets.enc",)
     found = {f.id: f for f in doctor.run(root)}
     assert found["unknown-legacy"].paths == (".manus/secrets.enc",)
+
+
+def test_rollback_never_reports_success_after_a_loss(tmp_path):
+    root = build(tmp_path, "feedback")
+    migrate.apply(root, backup=False)
+    os.unlink(os.path.join(root, ".orchestrator", "state.json"))  # gone, and no backup of it
+    with pytest.raises(orchfs.errors.RollbackIncompleteError, match=r"\.workflow_state\.json"):
+        migrate.rollback(root)
+    assert Path(root, ".workflow_log.jsonl").is_file()  # everything else came back
+
+
+def test_a_hand_moved_copy_retired_without_backup_comes_back_on_rollback(tmp_path):
+    root = build(tmp_path, "feedback")
+    before = tree(root)
+    state = Path(root, ".orchestrator")
+    state.mkdir()
+    (state / "state.json").write_bytes(Path(root, ".workflow_state.json").read_bytes())
+    before_hand = tree(root)
+    result = migrate.apply(root, backup=False)
+    assert ("retire", ".workflow_state.json") in {(m.action, m.source) for m in result.plan.moves}
+    migrate.rollback(root)
+    assert_rolled_back(root, {**before, **{k: v for k, v in before_hand.items() if k.startswith(".orch")}})

@@ -189,7 +189,7 @@ def test_command_line_and_doctor(repo_with_sessions, monkeypatch, tmp_path):
         if f["id"] == "retention"
     ]
     bad = run_cli("--root", root, "sessions", "prune", "--max-bytes", "lots")
-    assert bad.exit_code == 1 and "--max-bytes" in bad.output
+    assert bad.exit_code == 2 and "--max-bytes" in bad.output  # a usage error
 
 
 def _remote_files(remote_fs, base) -> dict[str, bytes]:
