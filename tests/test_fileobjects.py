@@ -158,3 +158,24 @@ def test_abandoned_readers_close_without_resource_warning(orch):
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
     assert _open_fds() <= before
+
+
+def test_pyarrow_reads_through_orchfs_leave_no_unclosed_file(orch):
+    """A real reader library: pyarrow opens files through fsspec and leaves some of
+    them to the garbage collector."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    table = pa.table({"step": list(range(100)), "name": [f"s{i}" for i in range(100)]})
+    for i in range(3):
+        with orch.open(f"runs/part-{i}.parquet", "wb") as f:
+            pq.write_table(table, f)
+    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        assert pq.read_table("runs/part-0.parquet", filesystem=orch).equals(table)
+        assert ds.dataset("runs", filesystem=orch, format="parquet").to_table().num_rows == 300
+        assert pq.ParquetFile(orch.open("runs/part-1.parquet", "rb")).read().equals(table)
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
