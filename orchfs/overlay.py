@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # storage is imported with the first adapter, not with ``impo
     from .storage import Storage
 
 SESSIONS_DIR = "sessions"
+ABSENT = -1  # no layer showed the path
 # A directory's names are listed again unless its identity (inode, device, mtime, ctime,
 # size) is the one seen when they were listed. Timestamps are coarse (a kernel tick; a
 # whole second or two on some filesystems), so a listing is kept only when the directory
@@ -95,7 +96,9 @@ class Overlay:
         self._session_prefix = f"{SESSIONS_DIR}/{session}/" if session else ""
         self._layers_cache: dict[str, tuple[Location, ...]] = {}
         self._has_lower: dict[str, bool] = {}
-        self._served_below: set[str] = set()  # paths last served from below (or absent)
+        # Which layer answered for a path last time (ABSENT: none): the layers above it
+        # are asked first with the adapter's cheap probe, which misses without an exception.
+        self._last_layer: dict[str, int] = {}
         self._markers_seen = False
         self._listings: dict[tuple[Storage, str], tuple[tuple[int, ...], list[str], list[str]]] = {}
 
@@ -193,43 +196,47 @@ class Overlay:
     def exists(self, logical: str) -> bool:
         """Whether a layer shows ``logical`` (without building an info dictionary).
 
-        One exact look per layer until one shows it. A path that was not in its top
-        layer last time (served from below, or absent) has each layer asked first with
-        the adapter's cheap probe, which answers a miss without an exception.
+        One exact look per layer until one shows it; the layers above the one that
+        answered last time are asked with the cheap probe first (see ``_last_layer``).
         """
         layers = self._layers_cache.get(logical) or self.layers(logical)
+        top = layers[0]
         if len(layers) == 1:  # most paths: one place to look, no markers to weigh
-            return layers[0].store.exists(layers[0].rel)
-        below = logical in self._served_below
+            return top.store.exists(top.rel)
+        last = self._last_layer.get(logical, 0)
+        if not last and top.store.exists(top.rel):  # the top layer answered last time too
+            return True
         for index, location in enumerate(layers):
             store = location.store
-            if below and not store.maybe_exists(location.rel):
-                continue
+            if index < last or last == ABSENT:
+                if not store.maybe_exists(location.rel):
+                    continue
+            elif not index:
+                continue  # asked above
             if store.exists(location.rel):
-                if not index and below:
-                    self._served_below.discard(logical)
-                elif index and not below and len(self._served_below) < MEMO_LIMIT:
-                    self._served_below.add(logical)
+                if index != last:
+                    self._remember_layer(logical, index)
                 return not (index and self.hidden_above(layers, index, logical))
-        if not below and len(self._served_below) < MEMO_LIMIT:
-            self._served_below.add(logical)
+        if last != ABSENT:
+            self._remember_layer(logical, ABSENT)
         return False
+
+    def _remember_layer(self, logical: str, index: int) -> None:
+        if len(self._last_layer) < MEMO_LIMIT or logical in self._last_layer:
+            self._last_layer[logical] = index
 
     def read(self, logical: str, start: int | None = None, end: int | None = None) -> tuple[Location, bytes]:
         """Read through the layers without a separate lookup (one open per layer)."""
         layers = self._layers_cache.get(logical) or self.layers(logical)
-        served_below = logical in self._served_below
+        last = self._last_layer.get(logical, 0)
         for index, location in enumerate(layers):
-            if served_below and location.upper and not location.store.maybe_exists(location.rel):
-                continue  # a cheap miss for paths that were served from below last time
+            if (index < last or last == ABSENT) and not location.store.maybe_exists(location.rel):
+                continue  # a cheap miss above the layer that served this path last time
             data = location.store.read_optional(location.rel, start, end)
             if data is None:
                 continue
-            if index:
-                if not served_below and len(self._served_below) < MEMO_LIMIT:
-                    self._served_below.add(logical)
-            elif served_below:
-                self._served_below.discard(logical)
+            if index != last:
+                self._remember_layer(logical, index)
             if index and self.hidden_above(layers, index, logical):
                 break
             return location, data
