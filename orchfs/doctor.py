@@ -68,6 +68,7 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
         lambda: _layout_findings(root, state, layout),
         lambda: _unnamed_findings(root, layout),
         lambda: _conflict_findings(fs),
+        lambda: _record_findings(state),
         lambda: _legacy_changed(root, state, layout),
         lambda: _migration_findings(root, layout),
         lambda: _lock_findings(fs),
@@ -341,6 +342,22 @@ def _unnamed_findings(root: str, layout: Any) -> list[Finding]:
             )
         )
     return out
+
+
+def _record_findings(state: str) -> list[Finding]:
+    """Supersede records that do not check out (they are ignored: their pairs stay conflicts)."""
+    from .supersede import damaged_records
+
+    if not os.path.isdir(os.path.join(state, "superseded")):
+        return []
+    return [
+        _unsafe(
+            f"{STATE_DIR}/{rel} is not a supersede record orchfs wrote (damaged, planted, or copied "
+            "under another name); it is ignored, so its legacy file counts as a conflict",
+            f"{STATE_DIR}/{rel}",
+        )
+        for rel in damaged_records(fs_state(state))
+    ]
 
 
 def _conflict_findings(fs: Any) -> list[Finding]:

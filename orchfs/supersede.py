@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RECORD_DIR", "Record", "is_stale", "read_record", "record_key", "write_record"]
+__all__ = ["RECORD_DIR", "Record", "damaged_records", "is_stale", "read_record", "record_key", "write_record"]
 
 RECORD_DIR = "superseded"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -50,19 +50,21 @@ def write_record(state: Any, legacy: str, data: bytes) -> Record:
 
 
 def read_record(state: Any, legacy: str) -> Record | None:
-    """The record of ``legacy``, or None when there is none or it does not check out."""
+    """The record of ``legacy``, or None when there is none or it does not check out
+    (the checks of :mod:`orchfs.stored`: size limit, JSON, a plain relative path)."""
+    from .errors import StateError
+    from .stored import check_relative, load_json
+
+    where = f"{RECORD_DIR}/{record_key(legacy)}"
     try:
-        raw = state.read_optional(f"{RECORD_DIR}/{record_key(legacy)}", None, None)
-    except (OSError, ValueError):
+        raw = state.read_optional(where)
+        if raw is None:
+            return None
+        body = load_json(raw, where, limit=_MAX_RECORD_BYTES)
+        if not isinstance(body, dict) or check_relative(body.get("legacy"), "legacy", where) != legacy:
+            return None  # a record copied to another name must not vouch for another file
+    except (OSError, ValueError, StateError):
         return None
-    if raw is None or len(raw) > _MAX_RECORD_BYTES:
-        return None
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(body, dict) or body.get("legacy") != legacy:
-        return None  # a record copied to another name must not vouch for another file
     sha, size = body.get("sha256"), body.get("size")
     if not isinstance(sha, str) or not _HEX64.match(sha):
         return None
@@ -75,3 +77,28 @@ def is_stale(record: Record | None, size: int | None, sha256: Any) -> bool:
     """Whether a legacy file of ``size`` bytes still matches ``record``; ``sha256`` is a
     callable giving the file's hash, asked only when the sizes agree."""
     return record is not None and size == record.size and sha256() == record.sha256
+
+
+def damaged_records(state: Any) -> list[str]:
+    """Record files (``superseded/<name>``) that do not check out: damaged, planted, or
+    copied under another file's name. They vouch for nothing; doctor names them."""
+    from .errors import StateError
+    from .stored import load_json
+
+    try:
+        names = state.find_files(RECORD_DIR)
+    except (OSError, ValueError):
+        return []
+    bad = []
+    for name in names:
+        rel = name if name.startswith(RECORD_DIR + "/") else f"{RECORD_DIR}/{name}"
+        try:
+            body = load_json(state.read(rel), rel, limit=_MAX_RECORD_BYTES)
+            legacy = body.get("legacy") if isinstance(body, dict) else None
+            valid = isinstance(legacy, str) and read_record(state, legacy) is not None
+            valid = valid and rel == f"{RECORD_DIR}/{record_key(legacy)}"
+        except (OSError, ValueError, StateError):
+            valid = False
+        if not valid:
+            bad.append(rel)
+    return bad

@@ -274,6 +274,10 @@ def test_rule7_supersede_records_are_checked_when_read_back(v1_repo):
         with open(good, "wb") as f:
             f.write(damaged)
         assert [c.kind for c in fs.conflicts() if c.logical == "state.json"] == ["differ"]
+        from orchfs import doctor
+
+        unsafe = [f for f in doctor.run(v1_repo) if f.id == "unsafe-state"]
+        assert [f.paths for f in unsafe] == [(os.path.relpath(good, v1_repo),)]
 
 
 def test_rule8_legacy_warning_once_per_path(v1_repo):
