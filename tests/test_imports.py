@@ -40,3 +40,15 @@ def test_cli_help_loads_no_filesystem_machinery():
 def test_cli_and_demo_need_no_test_dependencies():
     modules = loaded_after("import orchfs.cli, orchfs.sample, orchfs.migrate, orchfs.doctor")
     assert "pytest" not in modules and "hypothesis" not in modules
+
+
+def test_migrate_of_a_local_repository_loads_no_fsspec(tmp_path):
+    from orchfs.sample import build_legacy_repo
+
+    repo = build_legacy_repo(tmp_path / "repo")
+    modules = loaded_after(
+        f"from orchfs.cli import main; main(['--root', {str(repo)!r}, '--quiet', 'migrate'], standalone_mode=False)"
+    )
+    assert "orchfs.migrate" in modules and not (repo / ".workflow_state.json").exists()
+    for heavy in UNUSED_LOCALLY:
+        assert heavy not in modules, heavy
