@@ -8,7 +8,6 @@ finish an unfinished migration.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -403,6 +402,7 @@ def _conflict_findings(fs: Any) -> list[Finding]:
 def _legacy_changed(root: str, state: str, layout: Any) -> list[Finding]:
     """A v1 file modified after orchfs superseded it (copy-up, write or whiteout): an old
     orchestrator still runs. The supersede record says so by hash; without one, by mtime."""
+    from .migrate import _sha256_file
     from .supersede import is_stale, read_record
 
     records = fs_state(state)
@@ -427,7 +427,7 @@ def _legacy_changed(root: str, state: str, layout: Any) -> list[Finding]:
                 continue
             record = read_record(records, legacy) if os.path.isdir(state) else None
             if record is not None:
-                changed = not is_stale(record, os.path.getsize(old), lambda p=old: _sha256(p))
+                changed = not is_stale(record, os.path.getsize(old), lambda p=old: _sha256_file(p))
             else:
                 changed = os.lstat(old).st_mtime > os.lstat(newer[0]).st_mtime
             if changed:
@@ -443,14 +443,6 @@ def _legacy_changed(root: str, state: str, layout: Any) -> list[Finding]:
                     )
                 )
     return out
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _migration_findings(root: str, layout: Any) -> list[Finding]:

@@ -398,7 +398,7 @@ class OrchFileSystem(ChainedFileSystem):
             return
         _conflicts_checked.add(key)
         for pair in self._conflicts_of(logical):
-            if pair.upper_url == upper.url:
+            if pair.upper_url == upper.url and pair.kind != "stale":  # stale: orchfs's own
                 winner = "the first" if pair.kind == "legacy-pair" else "the new copy"
                 warn_outside(
                     f"{logical}: {pair.upper_url} and {pair.legacy_url} both exist and differ; "

@@ -247,6 +247,15 @@ def test_rule7_orchfs_writes_supersede_legacy_files(v1_repo):
     assert fs.conflicts() == [c for c in fs.conflicts() if c.logical == "config.yaml"]
     stale = sorted(c.logical for c in fs.legacy_pairs() if c.kind == "stale")
     assert stale == ["feedback/tool.jsonl", "log.jsonl", "state.json"]
+    from orchfs import filesystem
+
+    filesystem._conflicts_checked.clear()
+    reader = orchfs.OrchFileSystem(root=v1_repo, skip_instance_cache=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for logical in stale:
+            reader.cat_file(logical)
+    assert not [w for w in caught if issubclass(w.category, orchfs.LegacyConflictWarning)]
     # An old orchestrator writes the legacy file again: now it is a conflict.
     with open(os.path.join(v1_repo, ".workflow_state.json"), "ab") as f:
         f.write(b" ")
