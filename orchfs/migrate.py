@@ -138,23 +138,19 @@ def _root(root: Any) -> str:
     return path
 
 
-def _lexists(path: str) -> bool:
-    return os.path.lexists(path)
-
-
 def _sha256_file(path: str) -> str:
     digest = hashlib.sha256()
-    if os.path.islink(path):
-        digest.update(b"link:" + os.readlink(path).encode())
+    if stat.S_ISLNK(_lstat(path).st_mode):
+        digest.update(b"link:" + _readlink(path).encode())
         return digest.hexdigest()
-    with open(path, "rb") as f:
+    with _open_read(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
 def _same_bytes(a: str, b: str) -> bool:
-    sa, sb = os.lstat(a), os.lstat(b)
+    sa, sb = _lstat(a), _lstat(b)
     if stat.S_ISLNK(sa.st_mode) or stat.S_ISLNK(sb.st_mode):
         return stat.S_ISLNK(sa.st_mode) == stat.S_ISLNK(sb.st_mode) and _sha256_file(a) == _sha256_file(b)
     return sa.st_size == sb.st_size and _sha256_file(a) == _sha256_file(b)
@@ -455,7 +451,7 @@ def _sha256_bytes(data: bytes) -> str:
 def _upload(source: str, store: Any, rel: str) -> None:
     """Stream a file (a link: what it points at) to the store; check what landed."""
     digest = hashlib.sha256()
-    with open(source, "rb") as reader, store.open_write(rel) as writer:
+    with _open_read(source) as reader, store.open_write(rel) as writer:
         for chunk in iter(lambda: reader.read(1 << 20), b""):
             digest.update(chunk)
             writer.write(chunk)
@@ -468,15 +464,16 @@ def _download(store: Any, rel: str, path: str) -> None:
     _ensure_parent(path)
     temp = _temp_beside(path)
     try:
-        with store.open_read(rel) as reader, open(temp, "xb") as writer:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        with store.open_read(rel) as reader, os.fdopen(_open_fd(temp, flags, 0o600), "wb") as writer:
             for chunk in iter(lambda: reader.read(1 << 20), b""):
                 writer.write(chunk)
             writer.flush()
             os.fsync(writer.fileno())
-        os.replace(temp, path)
+        _rename(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temp)
+            _unlink(temp)
         raise
 
 
@@ -581,9 +578,91 @@ def _guarded(root: str, layout: Layout) -> Iterator[Beneath]:
 def _guard_of(path: str) -> tuple[Beneath, str] | None:
     """The layer of the running root that holds ``path``, and ``path`` beneath it."""
     for root, guard in _GUARDS.items():
+        if path == root:
+            return guard, ""
         if path.startswith(root + "/"):
             return guard, path[len(root) + 1 :]
     return None
+
+
+# Every operation of a step on an entry goes through its directory's descriptor, reached
+# beneath the running root without following a symlink (``_entry``), so a link swapped
+# in anywhere on the way is refused, not followed. Outside a run (``plan``) they fall
+# back to plain paths. They call this module's ``os``, which the fault tests replace.
+@contextlib.contextmanager
+def _entry(path: str) -> Iterator[tuple[int, str]]:
+    """``(descriptor of path's directory, path's name)``."""
+    head, _, name = path.rpartition("/")
+    found = _guard_of(head)
+    if found is None:
+        fd = os.open(head or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    else:
+        fd = found[0].open_dir(found[1])
+    try:
+        yield fd, name
+    finally:
+        os.close(fd)
+
+
+def _lstat(path: str) -> os.stat_result:
+    if _guard_of(path) is None:
+        return os.lstat(path)
+    with _entry(path) as (fd, name):
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
+
+
+def _lexists(path: str) -> bool:
+    try:
+        _lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+def _rename(src: str, dst: str, *, replace: bool = True) -> None:
+    with _entry(src) as (src_fd, src_name), _entry(dst) as (dst_fd, dst_name):
+        (os.replace if replace else os.rename)(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+
+
+def _unlink(path: str) -> None:
+    with _entry(path) as (fd, name):
+        os.unlink(name, dir_fd=fd)
+
+
+def _rmdir(path: str) -> None:
+    with _entry(path) as (fd, name):
+        os.rmdir(name, dir_fd=fd)
+
+
+def _symlink(text: str, path: str) -> None:
+    with _entry(path) as (fd, name):
+        os.symlink(text, name, dir_fd=fd)
+
+
+def _readlink(path: str) -> str:
+    with _entry(path) as (fd, name):
+        return os.readlink(name, dir_fd=fd)
+
+
+def _hard_link(src: str, dst: str) -> None:
+    with _entry(src) as (src_fd, src_name), _entry(dst) as (dst_fd, dst_name):
+        os.link(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+
+
+def _utime(path: str, ns: tuple[int, int]) -> None:
+    """The entry's own times (a link's, never its target's)."""
+    with _entry(path) as (fd, name):
+        os.utime(name, ns=ns, dir_fd=fd, follow_symlinks=False)
+
+
+def _open_fd(path: str, flags: int, mode: int = 0o666) -> int:
+    """A descriptor of ``path`` itself: ``O_NOFOLLOW``, so a link there is refused."""
+    with _entry(path) as (fd, name):
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+
+
+def _open_read(path: str) -> Any:
+    return os.fdopen(_open_fd(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
 
 
 def _ensure_parent(path: str) -> None:
@@ -625,30 +704,30 @@ def _copy_exact(source: str, target: str) -> None:
     temp file is removed and the target is untouched.
     """
     _ensure_parent(target)
-    st = os.lstat(source)
+    st = _lstat(source)
     temp = _temp_beside(target)
     try:
         if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(source), temp)
+            _symlink(_readlink(source), temp)
             with contextlib.suppress(OSError, NotImplementedError):  # the link's own mtime
-                os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+                _utime(temp, (st.st_atime_ns, st.st_mtime_ns))
         else:
             expected = _write_copy(source, temp, stat.S_IMODE(st.st_mode))
             if _sha256_file(temp) != expected:
                 raise OSError(f"copy of {source} did not verify; nothing was changed")
-            os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
+            _utime(temp, (st.st_atime_ns, st.st_mtime_ns))
         checkpoint("migrate.copy")  # a verified temp file, not yet in place
-        os.replace(temp, target)
+        _rename(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temp)
+            _unlink(temp)
         raise
 
 
 def _write_copy(source: str, temp: str, mode: int) -> str:
     digest = hashlib.sha256()
-    with open(source, "rb") as src:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
+    with _open_read(source) as src:
+        fd = _open_fd(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
         try:
             for chunk in iter(lambda: src.read(1 << 20), b""):
                 digest.update(chunk)
@@ -667,24 +746,24 @@ def _place(
     _ensure_parent(target)
     if link_text is not None:
         new_text = _relink_target(link_text, source, target, root, moved)
-        st = os.lstat(source)
+        st = _lstat(source)
         temp = _temp_beside(target)
-        os.symlink(new_text, temp)
+        _symlink(new_text, temp)
         try:
             with contextlib.suppress(OSError, NotImplementedError):
-                os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-            os.replace(temp, target)
+                _utime(temp, (st.st_atime_ns, st.st_mtime_ns))
+            _rename(temp, target)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(temp)
+                _unlink(temp)
             raise
-        os.unlink(source)
+        _unlink(source)
         return
     if action == "rename":
-        os.rename(source, target)
+        _rename(source, target, replace=False)
     else:
         _copy_exact(source, target)
-        os.unlink(source)
+        _unlink(source)
 
 
 IN_PLACE_SUFFIXES = (".jsonl", ".log", ".db", ".sqlite", ".sqlite3", *SQLITE_COMPANIONS)
@@ -698,7 +777,7 @@ def _written_in_place(path: str) -> bool:
         return True
     if path.endswith((".json", ".yaml", ".yml", ".md", ".enc")):
         return False
-    with contextlib.suppress(OSError), open(path, "rb") as f:
+    with contextlib.suppress(OSError), _open_read(path) as f:
         return f.read(16) == b"SQLite format 3\x00"
     return False
 
@@ -710,7 +789,7 @@ def _backup(root: str, source: str, backup: str) -> None:
     if _lexists(backup):
         return
     _ensure_parent(backup)
-    if os.path.islink(source):
+    if stat.S_ISLNK(_lstat(source).st_mode):
         _copy_exact(source, backup)
     elif _written_in_place(source):
         from .beneath import Beneath
@@ -718,7 +797,7 @@ def _backup(root: str, source: str, backup: str) -> None:
         Beneath(root).copy(os.path.relpath(source, root), os.path.relpath(backup, root))
     else:
         try:
-            os.link(source, backup)
+            _hard_link(source, backup)
         except OSError:
             _copy_exact(source, backup)
 
@@ -746,16 +825,16 @@ def _execute(
                 _backup(root, source, backup_path)
             else:
                 with contextlib.suppress(FileExistsError):
-                    os.link(source, backup_path)
+                    _hard_link(source, backup_path)
         checkpoint("migrate.move")
         if _make_parent(target, fresh):
-            os.rename(source, target)
+            _rename(source, target, replace=False)
             return
     if step["action"] == "retire":
         if _lexists(source):
             if backup or step.get("replaced"):
                 _backup(root, source, backup_path)
-            os.unlink(source)
+            _unlink(source)
         return
     if step["action"] == "replace":  # --prefer legacy: the contained copy is put aside
         aside = os.path.join(
@@ -768,14 +847,14 @@ def _execute(
         )
         if _lexists(source) and _lexists(target):
             _backup(root, target, aside)
-            os.unlink(target)
+            _unlink(target)
     if not _lexists(source):
         return  # already moved
     if _lexists(target):
         if _same_bytes(source, target):
-            os.unlink(source)
+            _unlink(source)
             return
-        os.unlink(target)  # a copy torn by a crash before its rename: redo it
+        _unlink(target)  # a copy torn by a crash before its rename: redo it
     if backup:
         _backup(root, source, backup_path)
     checkpoint("migrate.move")
@@ -796,7 +875,7 @@ def _execute_remote(root: str, step: dict[str, Any], migration_id: str, backup: 
             _download(store, step["rel"], aside)
     if step["action"] != "retire":
         _upload(source, store, step["rel"])
-    os.unlink(source)
+    _unlink(source)
 
 
 def _undo_remote(root: str, step: dict[str, Any], backup_root: str, store: Any) -> None:
@@ -811,7 +890,7 @@ def _undo_remote(root: str, step: dict[str, Any], backup_root: str, store: Any) 
     if not _lexists(source) and store.exists(step["rel"]):
         if step.get("link") is not None:
             _ensure_parent(source)
-            os.symlink(step["link"], source)
+            _symlink(step["link"], source)
         else:
             _download(store, step["rel"], source)
             kept = f"{backup_root}/{step['source']}"
@@ -842,7 +921,7 @@ def _legacy_dirs(root: str, moves: list[dict[str, Any]]) -> dict[str, list[int]]
 def _remove_empty_dirs(root: str, rels: list[str]) -> None:
     for rel in sorted(rels, key=lambda r: r.count("/"), reverse=True):
         with contextlib.suppress(OSError):
-            os.rmdir(os.path.join(root, rel))
+            _rmdir(os.path.join(root, rel))
 
 
 def apply(
@@ -1247,9 +1326,9 @@ def _undo(root: str, step: dict[str, Any], backup_root: str) -> None:
         _ensure_parent(source)
         if step.get("link") is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(source)
-            os.symlink(step["link"], source)
-            os.unlink(target)
+                _unlink(source)
+            _symlink(step["link"], source)
+            _unlink(target)
         else:
             _copy_or_rename(target, source)
     elif not _lexists(source) and _lexists(backup_path) and not _vanished_companion(step):
@@ -1267,10 +1346,10 @@ def _vanished_companion(step: dict[str, Any]) -> bool:
 def _copy_or_rename(src: str, dst: str) -> None:
     _ensure_parent(dst)
     try:
-        os.replace(src, dst)
-    except OSError:
+        _rename(src, dst)
+    except OSError:  # another device: a verified copy
         _copy_exact(src, dst)
-        os.unlink(src)
+        _unlink(src)
 
 
 def _restore_meta(path: str, step: dict[str, Any], unchanged: bool = False) -> None:
@@ -1284,11 +1363,11 @@ def _restore_meta(path: str, step: dict[str, Any], unchanged: bool = False) -> N
             os.chmod(path, step["mode"])
         else:
             found[0].chmod(found[1], step["mode"])  # a link where a file was is refused
-        changed = os.lstat(path).st_mtime_ns != step["mtime_ns"] and step["action"] != "retire"
+        changed = _lstat(path).st_mtime_ns != step["mtime_ns"] and step["action"] != "retire"
         if changed and not unchanged:
             return  # a later change, carried back: its own mtime tells the truth
     with contextlib.suppress(OSError, NotImplementedError):
-        os.utime(path, ns=(step["mtime_ns"], step["mtime_ns"]), follow_symlinks=not link)
+        _utime(path, (step["mtime_ns"], step["mtime_ns"]))
 
 
 def _carry_back_new_files(root: str, layout: Layout, begin: dict[str, Any]) -> None:
@@ -1321,11 +1400,11 @@ def _prune_state_dirs(root: str) -> None:
         for name in files:
             if name.startswith(WHITEOUT_PREFIX):
                 with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(top, name))
+                    _unlink(os.path.join(top, name))
         with contextlib.suppress(OSError):
-            os.rmdir(top)
+            _rmdir(top)
     with contextlib.suppress(OSError):
-        os.unlink(os.path.join(state, MARKER_SENTINEL))
+        _unlink(os.path.join(state, MARKER_SENTINEL))
 
 
 __all__ = [
