@@ -238,12 +238,13 @@ def _sqlite_in_use(root: str, sources: list[str]) -> str | None:
 
     for source in sources:
         full = os.path.join(root, source)
-        if source.endswith(SQLITE_COMPANIONS) or not os.path.isfile(full):
+        # A link is moved as a link, never opened: what it points at may lie outside.
+        if source.endswith(SQLITE_COMPANIONS) or not stat.S_ISREG(_lstat(full).st_mode):
             continue
-        with open(full, "rb") as f:
+        with _open_read(full) as f:
             if f.read(16) != b"SQLite format 3\x00":
                 continue
-        fd = os.open(full, os.O_RDWR)
+        fd = _open_fd(full, os.O_RDWR)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.lockf(fd, fcntl.LOCK_UN)
@@ -539,9 +540,19 @@ def _refuse_planted_links(guard: Beneath, layout: Layout) -> None:
     directories a link that leads outside the root (one inside it is a v1 link that
     migration moves as a link; the steps never write through it)."""
     own = [STATE_DIR, *(f"{STATE_DIR}/{name}" for name in sorted({*INTERNAL_NAMES, "secrets"}))]
-    tops = {"sessions", *(e.logical.split("/")[0] for e in layout.entries)} - {*INTERNAL_NAMES, "secrets"}
+    dirs = {e.logical.split("/")[0] for e in layout.entries if e.is_dir or "/" in e.logical}
+    tops = {"sessions", *dirs} - {*INTERNAL_NAMES, "secrets"}
     judged = [f"{STATE_DIR}/{top}" for top in sorted(tops)]
     judged += [name for entry in layout.entries if entry.is_dir for name in entry.legacy]
+    # The directories above v1 locations (.claude/, .manus/): through a link there a
+    # migration would take files from outside the root.
+    judged += sorted(
+        {
+            "/".join(name.split("/")[:depth])
+            for name in layout.legacy_names()
+            for depth in range(1, name.count("/") + 1)
+        }
+    )
     for place in own + judged:
         try:
             st = guard.lstat(place)

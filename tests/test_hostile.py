@@ -919,3 +919,34 @@ def test_lone_surrogates_are_refused_by_the_gate(world, path):
         fs.pipe_file(path, b"x")
     with pytest.raises(PathEscapeError, match="UTF-8"):
         fs.cat_file(path)
+
+
+def test_migrate_never_takes_files_from_a_linked_v1_parent(world):
+    v1(world)
+    import shutil
+
+    shutil.rmtree(world.root / ".claude")
+    (world.canary / "prd_state.json").write_bytes(b"outside")  # the fixture's picture predates it
+    os.symlink(world.canary, world.root / ".claude")
+    try:
+        with pytest.raises(UnsafeStateError, match=".claude"):
+            migrate.apply(world.root)
+        cli(world, "migrate")
+        assert (world.canary / "prd_state.json").read_bytes() == b"outside"
+    finally:
+        (world.canary / "prd_state.json").unlink()
+
+
+def test_a_v1_database_that_is_a_link_is_never_opened(world, tmp_path):
+    v1(world)
+    outside_db = world.canary / "approvals.db"
+    outside_db.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    os.symlink(outside_db, world.root / ".workflow_approvals.db")
+    try:
+        migrate.apply(world.root)  # the link moves as a link; the database is never opened
+        assert os.path.islink(world.state / "approvals.db")
+        assert outside_db.read_bytes() == b"SQLite format 3\x00" + bytes(100)
+        migrate.rollback(world.root)
+        assert os.path.islink(world.root / ".workflow_approvals.db")
+    finally:
+        outside_db.unlink()
