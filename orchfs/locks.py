@@ -98,7 +98,7 @@ class Holder:
                 str(record.get("command", "")),
                 float(record["since"]),
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # planted nesting too
             return None
 
     def to_json(self, **extra: Any) -> bytes:
@@ -266,7 +266,7 @@ def _generation_of(record: bytes) -> int:
     try:
         value = json.loads(record).get("generation", 0) if record else 0
         return int(value)
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return 0
 
 
@@ -456,7 +456,7 @@ class _LeaseState:
 def _lease_state(found: Versioned) -> _LeaseState:
     try:
         record = json.loads(found.data) if found.data else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         record = {}
     if not isinstance(record, dict):
         record = {}

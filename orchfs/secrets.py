@@ -62,6 +62,7 @@ PASSPHRASE_PARAMS = "PASSPHRASE.json"  # noqa: S105 (a file name, not a password
 SUFFIX = ".enc"
 SCRYPT_MIN_N = 2**15  # the cost used for writing
 SCRYPT_MAX_N = 2**20  # the most a reader accepts
+MAX_PARAMS_BYTES = 4096  # PASSPHRASE.json is four short fields
 RESEAL = "`orchfs secrets reseal` (with the key) seals a new manifest from the files the key opens"
 _HEX64 = frozenset("0123456789abcdef")
 
@@ -377,12 +378,16 @@ class SecretStore:
         """The namespace's scrypt parameters (created, at the minimum cost, on first use)."""
         rel = f"{self._dir()}/{PASSPHRASE_PARAMS}"
         try:
-            return json.loads(self._state.read(rel))
+            data = self._state.read(rel)
         except FileNotFoundError:
             params = new_passphrase_params()
             self._write_private(rel, json.dumps(params).encode())
             return params
-        except ValueError:
+        try:
+            if len(data) > MAX_PARAMS_BYTES:
+                raise ValueError("too large")
+            return json.loads(data)
+        except (ValueError, RecursionError):
             raise SecretIntegrityError("the passphrase parameters of this namespace are damaged") from None
 
     def where(self) -> str:
