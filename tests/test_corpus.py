@@ -360,3 +360,15 @@ def test_a_hand_moved_copy_retired_without_backup_comes_back_on_rollback(tmp_pat
     assert ("retire", ".workflow_state.json") in {(m.action, m.source) for m in result.plan.moves}
     migrate.rollback(root)
     assert_rolled_back(root, {**before, **{k: v for k, v in before_hand.items() if k.startswith(".orch")}})
+
+
+def test_a_portable_repository_keeps_its_gitignore(tmp_path):
+    root = build(tmp_path, "feedback")
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    fs.initialize()
+    meta = Path(root, ".orchestrator", "meta.json")
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "portable": True}))
+    ignore = Path(root, ".gitignore").read_bytes()
+    migrate.apply(root)
+    assert Path(root, ".gitignore").read_bytes() == ignore
+    assert doctor.exit_code(doctor.run(root)) == 0
