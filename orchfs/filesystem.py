@@ -10,7 +10,6 @@ atomicity on that backend. Names that come back are logical again, as in fsspec'
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import json
 import os
@@ -18,7 +17,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from hashlib import sha1
 from typing import TYPE_CHECKING, Any
 
 from fsspec.spec import AbstractFileSystem
@@ -29,13 +27,11 @@ except ImportError:  # fsspec before 2025.10 chains every filesystem the same wa
     ChainedFileSystem = AbstractFileSystem  # type: ignore[misc,assignment]
 
 
-from .errors import LegacyConflictWarning, LegacyPathWarning, PathEscapeError, warn_outside
 from .files import OrchReader
-from .overlay import Found, Location, ancestors, whiteout_rel
+from .overlay import Conflict, Found, Location
 from .paths import (
     INTERNAL_NAMES,
     MEMO_LIMIT,
-    OPAQUE_MARKER,
     PROTOCOL,
     STATE_DIR,
     join,
@@ -50,25 +46,6 @@ if TYPE_CHECKING:
 
 LEGACY_MODES = ("read", "migrate", "off")
 SECRETS_VIEW = "secrets"
-
-
-@dataclass(frozen=True)
-class Conflict:
-    """A path whose copies in two locations both exist and differ (rule 7).
-
-    ``kind``: ``differ`` (the upper copy and a legacy file), ``legacy-changed`` (a
-    legacy file changed after orchfs superseded it), ``legacy-pair`` (two legacy
-    locations of one entry; ``upper_url`` is then the first, which serves reads) or
-    ``stale`` (a legacy file orchfs superseded and that still matches its record:
-    not a conflict, :meth:`OrchFileSystem.conflicts` leaves it out).
-    """
-
-    logical: str
-    upper_url: str
-    legacy_url: str
-    upper_sha256: str
-    legacy_sha256: str
-    kind: str = "differ"
 
 
 @dataclass(frozen=True)
@@ -241,15 +218,14 @@ class OrchFileSystem(ChainedFileSystem):
         self._key = key
         self.lock_timeout = float(lock_timeout)
         self.lease = lease
-        self._overlay = Overlay(self._state, self._repo, self.layout, session, legacy)
-        self._writable_checked = False
-        self._quiet_reads: set[tuple[str, str]] = set()
+        self._overlay = Overlay(
+            self._state, self._repo, self.layout, session, legacy, root=self.root, local_root=self._local_root
+        )
         # Shortcuts keyed by the caller's own spelling of a path that already passed the
         # gate: the top layer that served it quietly, and where exists() can look first.
         self._top_reads: dict[str, Any] = {}
         self._exists_logical: dict[str, str] = {}
         self._secret_store: Any = None
-        self._supersede_checked: set[str] = set()
 
     @property
     def storage_options(self) -> dict[str, Any]:
@@ -372,113 +348,23 @@ class OrchFileSystem(ChainedFileSystem):
                 raise _is_a_directory(logical)
             raise _not_found(logical)
         location, info = found
-        served = self._served(logical, location)
+        served = self._overlay.served(logical, location)
         return served, (info.get("size") if served is location else None)
-
-    def _served(self, logical: str, location: Any) -> Any:
-        """Rules 7-9 for a read served by ``location``; returns where to read now."""
-        key = (logical, location.layer)
-        if key in self._quiet_reads:
-            return location
-        if location.layer == "legacy":
-            if self.legacy == "migrate":
-                return self._migrate_on_read(logical, location)
-            warn_legacy_once(logical, location.url)
-            if sum(not layer.upper for layer in self._overlay.layers(logical)) > 1:
-                self._warn_conflict_once(logical, location)  # two legacy locations may differ
-        elif self._overlay.has_lower(logical) and location.url not in _conflicts_checked:
-            self._warn_conflict_once(logical, location)
-        if len(self._quiet_reads) < MEMO_LIMIT:
-            self._quiet_reads.add(key)  # warned or checked once: later reads skip this
-        return location
-
-    def _warn_conflict_once(self, logical: str, upper: Any) -> None:
-        key = upper.url
-        if key in _conflicts_checked:
-            return
-        _conflicts_checked.add(key)
-        for pair in self._conflicts_of(logical):
-            if pair.upper_url == upper.url and pair.kind != "stale":  # stale: orchfs's own
-                winner = "the first" if pair.kind == "legacy-pair" else "the new copy"
-                warn_outside(
-                    f"{logical}: {pair.upper_url} and {pair.legacy_url} both exist and differ; "
-                    f"{winner} wins. Run `orchfs doctor` to see both hashes and "
-                    "`orchfs migrate --prefer new|legacy` to settle it.",
-                    LegacyConflictWarning,
-                )
-                return
-
-    def _migrate_on_read(self, logical: str, location: Any) -> Any:
-        data = location.store.read(location.rel)
-        target = self._before_write(logical)
-        target.store.write(target.rel, data)
-        self._after_write(logical, target)
-        self._state.write(f"migration_backup/on-read/{location.rel}", data)
-        location.store.remove(location.rel)
-        return target
-
-    def _before_write(self, logical: str) -> Any:
-        """Check the layout version, initialise the state dir, record what a write
-        supersedes (rule 7), reopen whited-out parents."""
-        self.initialize()
-        if logical not in self._supersede_checked and self._overlay.has_legacy(logical):
-            self._record_superseded(logical)
-        target = self._overlay.target(logical)
-        if self._overlay.has_lower(logical) and self._overlay.markers_present():
-            for ancestor in ancestors(logical):
-                marker = whiteout_rel(target.prefix, ancestor)
-                if target.store.has_entry(marker):
-                    target.store.remove(marker)
-                    target.store.makedirs(f"{target.prefix}{ancestor}")
-                    self._overlay.write_marker(f"{target.prefix}{ancestor}/{OPAQUE_MARKER}")
-        return target
 
     def initialize(self) -> None:
         """Make the state directory ready for writes: refuse a newer layout
         (``LayoutVersionError``), write ``FORMAT`` and ``meta.json`` if they are missing."""
-        if not self._writable_checked:
-            from .meta import ensure_initialized
+        self._overlay.initialize()
 
-            ensure_initialized(self._state, self.root, self._local_root)
-            self._writable_checked = True
+    def conflicts(self) -> list[Conflict]:
+        """Every pair of locations of one path that both exist and differ: an upper copy
+        and a legacy file orchfs did not supersede (or that changed since), or two legacy
+        locations of one entry (import sources included)."""
+        return self._overlay.conflicts()
 
-    def _record_superseded(self, logical: str) -> None:
-        """Rule 7: a write, copy-up or whiteout is about to replace what a legacy file
-        serves; record that file's hash and size (and those of later legacy locations
-        with the same bytes) so that it reads as stale rather than as a conflict."""
-        from .supersede import write_record
-
-        if len(self._supersede_checked) < MEMO_LIMIT:
-            self._supersede_checked.add(logical)
-        try:
-            found = self._overlay.lookup(logical)
-        except PathEscapeError:
-            return  # a link planted above: the write replaces it, and no legacy file serves
-        if found is None or found[0].upper or found[1]["type"] != "file":
-            return  # an upper copy already serves it, or nothing does
-        served = found[0].store.read(found[0].rel)
-        write_record(self._state, found[0].rel, served)
-        for location in self._overlay.layers(logical):
-            if location.upper or location.rel == found[0].rel:
-                continue
-            other = location.store.read_optional(location.rel)
-            if other == served:
-                write_record(self._state, location.rel, other)
-
-    def _after_write(self, logical: str, target: Any) -> None:
-        if self._overlay.has_lower(logical) and self._overlay.markers_present():
-            marker = whiteout_rel(target.prefix, logical)
-            if target.store.has_entry(marker):
-                target.store.remove(marker)
-
-    def _whiteout_if_lower(self, logical: str) -> None:
-        """Rule 4: hide what lower layers still show of ``logical``."""
-        overlay = self._overlay
-        if not overlay.has_lower(logical):
-            return  # no layer below could show it: nothing to hide, nothing to ask the backend
-        if overlay.lookup(logical) is not None or overlay.is_virtual_dir(logical):
-            target = self._before_write(logical)
-            overlay.write_marker(whiteout_rel(target.prefix, logical))
+    def legacy_pairs(self) -> list[Conflict]:
+        """:meth:`conflicts` plus the ``stale`` legacy files (superseded, unchanged)."""
+        return self._overlay.legacy_pairs()
 
     def resolve(self, path: str) -> Resolution:
         """Which location serves ``path`` (layer session/contained/legacy), with its URL."""
@@ -515,73 +401,6 @@ class OrchFileSystem(ChainedFileSystem):
             return Resolution(logical, "contained", self._state.url(SECRETS_VIEW), False)
         rel = self.secrets._path(name)
         return Resolution(logical, "contained", self._state.url(rel), self._state.info(rel) is not None)
-
-    def conflicts(self) -> list[Conflict]:
-        """Every pair of locations of one path that both exist and differ: an upper copy
-        and a legacy file orchfs did not supersede (or that changed since), or two legacy
-        locations of one entry (import sources included)."""
-        return [c for c in self.legacy_pairs() if c.kind != "stale"]
-
-    def legacy_pairs(self) -> list[Conflict]:
-        """:meth:`conflicts` plus the ``stale`` legacy files (superseded, unchanged)."""
-        out: list[Conflict] = []
-        for entry in self.layout.entries:
-            names = [entry.logical] + [entry.logical + c for c in entry.companions]
-            if entry.is_dir:
-                names = [join(entry.logical, rel) for rel in self._legacy_files(entry)]
-            for logical in names:
-                out.extend(self._conflicts_of(logical))
-        return out + self._import_source_pairs()
-
-    def _import_source_pairs(self) -> list[Conflict]:
-        """Import sources (legacy secret files) that land on one contained name and differ."""
-        from .overlay import Location
-
-        targets: dict[str, list[Any]] = {}
-        for source, contained in self.layout.import_sources:
-            targets.setdefault(contained, []).append(Location("legacy", self._repo, source))
-        out = []
-        for contained, sources in targets.items():
-            upper = Location("contained", self._state, contained)
-            out.extend(self._differing(contained, [upper, *sources]))
-        return out
-
-    def _legacy_files(self, entry: Any) -> list[str]:
-        files: set[str] = set()
-        for location in entry.legacy:
-            files.update(self._repo.find_files(location))
-        return sorted(files)
-
-    def _conflicts_of(self, logical: str) -> list[Conflict]:
-        return self._differing(logical, self._overlay.layers(logical))
-
-    def _differing(self, logical: str, layers: Any) -> list[Conflict]:
-        """The first file among ``layers`` (upper first) against each later legacy file."""
-        from .supersede import is_stale, read_record
-
-        files = [
-            (loc, info) for loc in layers if (info := loc.store.info(loc.rel)) and info["type"] == "file"
-        ]
-        files = [pair for pair in files if pair[0].upper][:1] + [pair for pair in files if not pair[0].upper]
-        if len(files) < 2:
-            return []
-        first = files[0][0]
-        first_hash = hashlib.sha256(first.store.read(first.rel)).hexdigest()
-        out = []
-        for location, info in files[1:]:
-            legacy_hash = hashlib.sha256(location.store.read(location.rel)).hexdigest()
-            if legacy_hash == first_hash:
-                continue
-            if not first.upper:
-                kind = "legacy-pair"
-            else:
-                record = read_record(self._state, location.rel)
-                if is_stale(record, info.get("size"), lambda h=legacy_hash: h):
-                    kind = "stale"
-                else:
-                    kind = "legacy-changed" if record is not None else "differ"
-            out.append(Conflict(logical, first.url, location.url, first_hash, legacy_hash, kind))
-        return out
 
     # --- locks and records -----------------------------------------------------------
     def lock(
@@ -634,10 +453,8 @@ class OrchFileSystem(ChainedFileSystem):
             result = update(current)
             value = current if result is None else result
             data = json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"
-            target = self._before_write(logical)
             # The read asked the write target first, so what is there is known.
-            target.store.write(target.rel, data, target_checked=True)
-            self._after_write(logical, target)
+            self._overlay.write(logical, data, target_checked=True)
         return value
 
     def append_line(self, path: str, record: Any, timeout: float | None = None) -> None:
@@ -647,29 +464,7 @@ class OrchFileSystem(ChainedFileSystem):
         storage); it defaults to ``lock_timeout``."""
         logical = self._gate(path)
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        target = self._overlay.target(logical)
-        if self._writable_checked and target.store.append_existing(target.rel, line):
-            return  # the common case: the log already lives in its write target
-        native = target.store.capabilities.native_append
-        if native:
-            found = self._lookup(logical)
-            if found is None or found.location == target:
-                if found is None:
-                    target = self._before_write(logical)
-                target.store.append(target.rel, line)
-                return
-        lock_name = "append-" + sha1(logical.encode(), usedforsecurity=False).hexdigest()[:16]
-        with self.lock(lock_name, timeout=timeout):
-            try:  # one read through the layers; it asks the write target first
-                location, old = self._overlay.read(logical)
-            except FileNotFoundError:
-                location, old = None, b""
-            target = self._before_write(logical)
-            if native and location == target:
-                target.store.append(target.rel, line)
-            else:  # read-modify-write, or the copy-up of a lower log (rule 3)
-                target.store.write(target.rel, old + line, target_checked=True)
-            self._after_write(logical, target)
+        self._overlay.append(logical, line, lambda name: self.lock(name, timeout=timeout))
 
     # --- reading ---------------------------------------------------------------------
     def info(self, path: Any, **kwargs: Any) -> dict[str, Any]:
@@ -801,7 +596,7 @@ class OrchFileSystem(ChainedFileSystem):
             raise _not_found(logical) from None
         except IsADirectoryError:
             raise _is_a_directory(logical) from None
-        served = self._served(logical, location)
+        served = self._overlay.served(logical, location)
         if served is not location:  # legacy="migrate" moved it up
             return served.store.read(served.rel, start, end)
         if self._overlay.layers(logical)[0] is location and len(self._top_reads) < MEMO_LIMIT:
@@ -851,14 +646,10 @@ class OrchFileSystem(ChainedFileSystem):
             if not autocommit and self._intrans:  # fsspec enlists only modes without "r"
                 self.transaction.files.append(copy)
             return copy
-        target = self._before_write(logical)
-        writer = target.store.open_write(  # the lookup above asked the write target first
-            target.rel, exclusive=mode == "xb", autocommit=autocommit, target_checked=True
+        writer = self._overlay.open_writer(  # the lookup above asked the write target first
+            logical, exclusive=mode == "xb", autocommit=autocommit, found=found if mode == "ab" else None
         )
         writer.fs, writer.path, writer.mode = self, logical, mode  # as fsspec's files name them
-        writer.after_publish = lambda: self._after_write(logical, target)
-        if mode == "ab" and found is not None:  # copy-up: the lower file stays untouched
-            writer.write(found.location.store.read(found.location.rel))
         return writer
 
     def _open_secret(self, logical: str, name: str, mode: str, autocommit: bool) -> Any:
@@ -916,12 +707,10 @@ class OrchFileSystem(ChainedFileSystem):
         exclusive = mode == "create"
         if exclusive and self.exists(logical):
             raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
-        target = self._before_write(logical)
         try:
-            target.store.write(target.rel, bytes(value), exclusive=exclusive)
+            self._overlay.write(logical, bytes(value), exclusive=exclusive)
         except IsADirectoryError:
             raise _is_a_directory(logical) from None
-        self._after_write(logical, target)
 
     def cp_file(self, path1: Any, path2: Any, **kwargs: Any) -> None:
         logical1 = self._gate(path1)
@@ -931,12 +720,7 @@ class OrchFileSystem(ChainedFileSystem):
             self.makedirs(logical2, exist_ok=True)
             return
         source, _size = self._serving(logical1, found)
-        target = self._before_write(logical2)
-        if source.store is target.store:
-            target.store.copy(source.rel, target.rel)
-        else:
-            target.store.write(target.rel, source.store.read(source.rel))
-        self._after_write(logical2, target)
+        self._overlay.copy_file(source, logical2)
 
     def copy(
         self,
@@ -1022,22 +806,9 @@ class OrchFileSystem(ChainedFileSystem):
             if found is not None and not found.is_dir:
                 if self._is_dir(logical2):
                     logical2 = join(logical2, logical1.rpartition("/")[2])
-                self._move_file(logical1, logical2, found.location)
+                self._overlay.move_file(logical1, logical2, found.location)
                 return
         super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
-
-    def _move_file(self, logical1: str, logical2: str, source: Any) -> None:
-        """Rule 6: a rename is a copy-up to the new name plus a whiteout at the old one."""
-        target = self._before_write(logical2)
-        in_target = source == self._overlay.target(logical1)
-        if in_target and source.store is target.store and source.store.capabilities.atomic_rename:
-            source.store.rename(source.rel, target.rel)
-        else:
-            self.cp_file(logical1, logical2)
-            if in_target:
-                source.store.remove(source.rel)
-        self._after_write(logical2, target)
-        self._whiteout_if_lower(logical1)
 
     def rm_file(self, path: Any) -> None:
         logical = self._gate(path)
@@ -1055,12 +826,7 @@ class OrchFileSystem(ChainedFileSystem):
             raise IsADirectoryError(
                 errno.EISDIR, "is a directory (use rm(recursive=True))", f"{PROTOCOL}://{logical}"
             )
-        self._remove_file(logical, found.location)
-
-    def _remove_file(self, logical: str, location: Any) -> None:
-        if location == self._overlay.target(logical):
-            location.store.remove(location.rel)
-        self._whiteout_if_lower(logical)
+        self._overlay.remove_file(logical, found.location)
 
     def _rm(self, path: Any) -> None:
         logical = self._gate(path)
@@ -1069,7 +835,7 @@ class OrchFileSystem(ChainedFileSystem):
             return
         found = self._lookup(logical)
         if found is not None and not found.is_dir:
-            self._remove_file(logical, found.location)
+            self._overlay.remove_file(logical, found.location)
             return
         if found is None and not self._shows_directory(logical, found):
             if self._state.capabilities.empty_directories:
@@ -1077,10 +843,7 @@ class OrchFileSystem(ChainedFileSystem):
             return  # an implicit directory vanished with its last key
         if not logical:
             return
-        target = self._overlay.target(logical)
-        if target.store.exists(target.rel):
-            target.store.remove_tree(target.rel)
-        self._whiteout_if_lower(logical)
+        self._overlay.remove_dir(logical)
 
     def rm(self, path: Any, recursive: bool = False, maxdepth: Any = None) -> None:
         paths = self.expand_path(path, recursive=recursive, maxdepth=maxdepth)
@@ -1095,19 +858,7 @@ class OrchFileSystem(ChainedFileSystem):
             raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
         if not create_parents and not self._is_dir(logical.rpartition("/")[0]):
             raise _not_found(logical.rpartition("/")[0])
-        self._make_directory(logical)
-
-    def _make_directory(self, logical: str) -> None:
-        target = self._before_write(logical)
-        marker = whiteout_rel(target.prefix, logical)
-        overlay = self._overlay
-        if overlay.has_lower(logical) and overlay.markers_present() and target.store.has_entry(marker):
-            # Rule 5: a directory re-created after rm -r is opaque to the layers below.
-            target.store.remove(marker)
-            target.store.makedirs(target.rel)
-            self._overlay.write_marker(f"{target.rel}/{OPAQUE_MARKER}")
-            return
-        target.store.makedirs(target.rel)
+        self._overlay.make_directory(logical)
 
     def makedirs(self, path: Any, exist_ok: bool = False) -> None:
         logical = self._gate(path)
@@ -1120,7 +871,7 @@ class OrchFileSystem(ChainedFileSystem):
             if not exist_ok:
                 raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
             return
-        self._make_directory(logical)
+        self._overlay.make_directory(logical)
 
     def rmdir(self, path: Any) -> None:
         logical = self._gate(path)
@@ -1184,21 +935,6 @@ class CopyUpFile(io.BytesIO):
         if exc_type is not None:
             self.discard()
         self.close()
-
-
-_warned_legacy: set[str] = set()
-_conflicts_checked: set[str] = set()
-
-
-def warn_legacy_once(logical: str, url: str) -> None:
-    """Rule 8: one LegacyPathWarning per legacy file per process."""
-    if url in _warned_legacy:
-        return
-    _warned_legacy.add(url)
-    warn_outside(
-        f"{logical} was read from its v1 location {url}; run `orchfs migrate` to move it into .orchestrator/",
-        LegacyPathWarning,
-    )
 
 
 def _has_magic(path: str) -> bool:

@@ -19,12 +19,15 @@ marker was ever written; without it the marker checks are skipped.
 
 from __future__ import annotations
 
+import hashlib
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from hashlib import sha1
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .errors import PathEscapeError
+from .errors import LegacyConflictWarning, LegacyPathWarning, PathEscapeError, warn_outside
 from .layout import Layout
 from .paths import MARKER_SENTINEL, MEMO_LIMIT, OPAQUE_MARKER, WHITEOUT_PREFIX, join
 
@@ -60,6 +63,25 @@ class Location:
         return self.store.url(self.rel)
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """A path whose copies in two locations both exist and differ (rule 7).
+
+    ``kind``: ``differ`` (the upper copy and a legacy file), ``legacy-changed`` (a
+    legacy file changed after orchfs superseded it), ``legacy-pair`` (two legacy
+    locations of one entry; ``upper_url`` is then the first, which serves reads) or
+    ``stale`` (a legacy file orchfs superseded and that still matches its record:
+    not a conflict, :meth:`OrchFileSystem.conflicts` leaves it out).
+    """
+
+    logical: str
+    upper_url: str
+    legacy_url: str
+    upper_sha256: str
+    legacy_sha256: str
+    kind: str = "differ"
+
+
 class Found(NamedTuple):
     """The location that serves a logical path, and the info its lookup saw there."""
 
@@ -86,13 +108,26 @@ class Overlay:
     """Resolution of logical paths for one repository, session and legacy phase."""
 
     def __init__(
-        self, state: Storage, repo: Storage, layout: Layout, session: str | None, legacy_mode: str
+        self,
+        state: Storage,
+        repo: Storage,
+        layout: Layout,
+        session: str | None,
+        legacy_mode: str,
+        *,
+        root: str = "",
+        local_root: bool = False,
     ) -> None:
         self.state = state
         self.repo = repo
         self.layout = layout
         self.session = session
         self.legacy_mode = legacy_mode
+        self.root = root
+        self.local_root = local_root
+        self.initialized = False  # FORMAT and meta.json checked (or written) by this process
+        self._quiet_reads: set[tuple[str, str]] = set()
+        self._supersede_checked: set[str] = set()
         self._session_prefix = f"{SESSIONS_DIR}/{session}/" if session else ""
         self._layers_cache: dict[str, tuple[Location, ...]] = {}
         self._has_lower: dict[str, bool] = {}
@@ -350,9 +385,298 @@ class Overlay:
                     )
         return seen
 
+    # --- reads through a lower layer (rules 7-9) -------------------------------------
+    def served(self, logical: str, location: Location) -> Location:
+        """Rules 7-9 for a read served by ``location``; returns where to read now."""
+        key = (logical, location.layer)
+        if key in self._quiet_reads:
+            return location
+        if location.layer == "legacy":
+            if self.legacy_mode == "migrate":
+                return self._migrate_on_read(logical, location)
+            warn_legacy_once(logical, location.url)
+            if sum(not layer.upper for layer in self.layers(logical)) > 1:
+                self._warn_conflict_once(logical, location)  # two legacy locations may differ
+        elif self.has_lower(logical) and location.url not in _conflicts_checked:
+            self._warn_conflict_once(logical, location)
+        if len(self._quiet_reads) < MEMO_LIMIT:
+            self._quiet_reads.add(key)  # warned or checked once: later reads skip this
+        return location
+
+    def _warn_conflict_once(self, logical: str, upper: Location) -> None:
+        key = upper.url
+        if key in _conflicts_checked:
+            return
+        _conflicts_checked.add(key)
+        for pair in self._conflicts_of(logical):
+            if pair.upper_url == upper.url and pair.kind != "stale":  # stale: orchfs's own
+                winner = "the first" if pair.kind == "legacy-pair" else "the new copy"
+                warn_outside(
+                    f"{logical}: {pair.upper_url} and {pair.legacy_url} both exist and differ; "
+                    f"{winner} wins. Run `orchfs doctor` to see both hashes and "
+                    "`orchfs migrate --prefer new|legacy` to settle it.",
+                    LegacyConflictWarning,
+                )
+                return
+
+    def _migrate_on_read(self, logical: str, location: Location) -> Any:
+        data = location.store.read(location.rel)
+        target = self.prepare_write(logical)
+        target.store.write(target.rel, data)
+        self.finish_write(logical, target)
+        self.state.write(f"migration_backup/on-read/{location.rel}", data)
+        location.store.remove(location.rel)
+        return target
+
+    # --- writes (rules 2-6) ------------------------------------------------------------
+    def prepare_write(self, logical: str) -> Any:
+        """Check the layout version, initialise the state dir, record what a write
+        supersedes (rule 7), reopen whited-out parents."""
+        self.initialize()
+        if logical not in self._supersede_checked and self.has_legacy(logical):
+            self._record_superseded(logical)
+        target = self.target(logical)
+        if self.has_lower(logical) and self.markers_present():
+            for ancestor in ancestors(logical):
+                marker = whiteout_rel(target.prefix, ancestor)
+                if target.store.has_entry(marker):
+                    target.store.remove(marker)
+                    target.store.makedirs(f"{target.prefix}{ancestor}")
+                    self.write_marker(f"{target.prefix}{ancestor}/{OPAQUE_MARKER}")
+        return target
+
+    def initialize(self) -> None:
+        """Make the state directory ready for writes: refuse a newer layout
+        (``LayoutVersionError``), write ``FORMAT`` and ``meta.json`` if they are missing."""
+        if not self.initialized:
+            from .meta import ensure_initialized
+
+            ensure_initialized(self.state, self.root, self.local_root)
+            self.initialized = True
+
+    def _record_superseded(self, logical: str) -> None:
+        """Rule 7: a write, copy-up or whiteout is about to replace what a legacy file
+        serves; record that file's hash and size (and those of later legacy locations
+        with the same bytes) so that it reads as stale rather than as a conflict."""
+        from .supersede import write_record
+
+        if len(self._supersede_checked) < MEMO_LIMIT:
+            self._supersede_checked.add(logical)
+        try:
+            found = self.lookup(logical)
+        except PathEscapeError:
+            return  # a link planted above: the write replaces it, and no legacy file serves
+        if found is None or found.location.upper or found.is_dir:
+            return  # an upper copy already serves it, or nothing does
+        served = found.location.store.read(found.location.rel)
+        write_record(self.state, found.location.rel, served)
+        for location in self.layers(logical):
+            if location.upper or location.rel == found.location.rel:
+                continue
+            other = location.store.read_optional(location.rel)
+            if other == served:
+                write_record(self.state, location.rel, other)
+
+    def finish_write(self, logical: str, target: Location) -> None:
+        if self.has_lower(logical) and self.markers_present():
+            marker = whiteout_rel(target.prefix, logical)
+            if target.store.has_entry(marker):
+                target.store.remove(marker)
+
+    def whiteout_if_lower(self, logical: str) -> None:
+        """Rule 4: hide what lower layers still show of ``logical``."""
+        overlay = self
+        if not overlay.has_lower(logical):
+            return  # no layer below could show it: nothing to hide, nothing to ask the backend
+        if overlay.lookup(logical) is not None or overlay.is_virtual_dir(logical):
+            target = self.prepare_write(logical)
+            overlay.write_marker(whiteout_rel(target.prefix, logical))
+
+    def write(
+        self, logical: str, data: bytes, *, exclusive: bool = False, target_checked: bool = False
+    ) -> None:
+        """Rule 2: ``data`` lands in the write target of ``logical``, atomically."""
+        target = self.prepare_write(logical)
+        target.store.write(target.rel, data, exclusive=exclusive, target_checked=target_checked)
+        self.finish_write(logical, target)
+
+    def open_writer(self, logical: str, *, exclusive: bool, autocommit: bool, found: Found | None) -> Any:
+        """A staged writer into the write target; ``found`` (the caller's lookup, which
+        asked the write target first) is copied up first when given (rule 3)."""
+        target = self.prepare_write(logical)
+        writer = target.store.open_write(
+            target.rel, exclusive=exclusive, autocommit=autocommit, target_checked=True
+        )
+        writer.after_publish = lambda: self.finish_write(logical, target)
+        if found is not None:  # copy-up: the lower file stays untouched
+            writer.write(found.location.store.read(found.location.rel))
+        return writer
+
+    def copy_file(self, source: Location, logical: str) -> None:
+        """Write what ``source`` holds to ``logical`` (a server-side copy where it can)."""
+        target = self.prepare_write(logical)
+        if source.store is target.store:
+            target.store.copy(source.rel, target.rel)
+        else:
+            target.store.write(target.rel, source.store.read(source.rel))
+        self.finish_write(logical, target)
+
+    def append(self, logical: str, line: bytes, lock: Callable[[str], Any]) -> None:
+        """Append ``line``, atomically with respect to every other writer: natively where
+        the backend appends, else a read-modify-write under ``lock(name)``."""
+        target = self.target(logical)
+        if self.initialized and target.store.append_existing(target.rel, line):
+            return  # the common case: the log already lives in its write target
+        native = target.store.capabilities.native_append
+        if native:
+            found = self.lookup(logical) if logical else None
+            if found is None or found.location == target:
+                if found is None:
+                    target = self.prepare_write(logical)
+                target.store.append(target.rel, line)
+                return
+        lock_name = "append-" + sha1(logical.encode(), usedforsecurity=False).hexdigest()[:16]
+        with lock(lock_name):
+            try:  # one read through the layers; it asks the write target first
+                location, old = self.read(logical)
+            except FileNotFoundError:
+                location, old = None, b""
+            target = self.prepare_write(logical)
+            if native and location == target:
+                target.store.append(target.rel, line)
+            else:  # read-modify-write, or the copy-up of a lower log (rule 3)
+                target.store.write(target.rel, old + line, target_checked=True)
+            self.finish_write(logical, target)
+
+    def move_file(self, logical1: str, logical2: str, source: Location) -> None:
+        """Rule 6: a rename is a copy-up to the new name plus a whiteout at the old one."""
+        target = self.prepare_write(logical2)
+        in_target = source == self.target(logical1)
+        if in_target and source.store is target.store and source.store.capabilities.atomic_rename:
+            source.store.rename(source.rel, target.rel)
+        else:
+            self.copy_file(self.served(logical1, source), logical2)
+            if in_target:
+                source.store.remove(source.rel)
+        self.finish_write(logical2, target)
+        self.whiteout_if_lower(logical1)
+
+    def remove_file(self, logical: str, location: Location) -> None:
+        if location == self.target(logical):
+            location.store.remove(location.rel)
+        self.whiteout_if_lower(logical)
+
+    def remove_dir(self, logical: str) -> None:
+        """Rule 5: ``rm -r`` removes the write target's tree and hides the layers below."""
+        target = self.target(logical)
+        if target.store.exists(target.rel):
+            target.store.remove_tree(target.rel)
+        self.whiteout_if_lower(logical)
+
+    def make_directory(self, logical: str) -> None:
+        target = self.prepare_write(logical)
+        marker = whiteout_rel(target.prefix, logical)
+        overlay = self
+        if overlay.has_lower(logical) and overlay.markers_present() and target.store.has_entry(marker):
+            # Rule 5: a directory re-created after rm -r is opaque to the layers below.
+            target.store.remove(marker)
+            target.store.makedirs(target.rel)
+            self.write_marker(f"{target.rel}/{OPAQUE_MARKER}")
+            return
+        target.store.makedirs(target.rel)
+
+    # --- conflicts (rule 7) ----------------------------------------------------------
+    def conflicts(self) -> list[Conflict]:
+        """Every pair of locations of one path that both exist and differ: an upper copy
+        and a legacy file orchfs did not supersede (or that changed since), or two legacy
+        locations of one entry (import sources included)."""
+        return [c for c in self.legacy_pairs() if c.kind != "stale"]
+
+    def legacy_pairs(self) -> list[Conflict]:
+        """:meth:`conflicts` plus the ``stale`` legacy files (superseded, unchanged)."""
+        out: list[Conflict] = []
+        for entry in self.layout.entries:
+            names = [entry.logical] + [entry.logical + c for c in entry.companions]
+            if entry.is_dir:
+                names = [join(entry.logical, rel) for rel in self._legacy_files(entry)]
+            for logical in names:
+                out.extend(self._conflicts_of(logical))
+        return out + self._import_source_pairs()
+
+    def _import_source_pairs(self) -> list[Conflict]:
+        """Import sources (legacy secret files) that land on one contained name and differ."""
+        targets: dict[str, list[Any]] = {}
+        for source, contained in self.layout.import_sources:
+            targets.setdefault(contained, []).append(Location("legacy", self.repo, source))
+        out = []
+        for contained, sources in targets.items():
+            upper = Location("contained", self.state, contained)
+            out.extend(self._differing(contained, [upper, *sources]))
+        return out
+
+    def _legacy_files(self, entry: Any) -> list[str]:
+        files: set[str] = set()
+        for location in entry.legacy:
+            files.update(self.repo.find_files(location))
+        return sorted(files)
+
+    def _conflicts_of(self, logical: str) -> list[Conflict]:
+        return self._differing(logical, self.layers(logical))
+
+    def _differing(self, logical: str, layers: Any) -> list[Conflict]:
+        """The first file among ``layers`` (upper first) against each later legacy file."""
+        from .supersede import is_stale, read_record
+
+        files = [
+            (loc, info) for loc in layers if (info := loc.store.info(loc.rel)) and info["type"] == "file"
+        ]
+        files = [pair for pair in files if pair[0].upper][:1] + [pair for pair in files if not pair[0].upper]
+        if len(files) < 2:
+            return []
+        first = files[0][0]
+        first_hash = hashlib.sha256(first.store.read(first.rel)).hexdigest()
+        out = []
+        for location, info in files[1:]:
+            legacy_hash = hashlib.sha256(location.store.read(location.rel)).hexdigest()
+            if legacy_hash == first_hash:
+                continue
+            if not first.upper:
+                kind = "legacy-pair"
+            else:
+                record = read_record(self.state, location.rel)
+                if is_stale(record, info.get("size"), lambda h=legacy_hash: h):
+                    kind = "stale"
+                else:
+                    kind = "legacy-changed" if record is not None else "differ"
+            out.append(Conflict(logical, first.url, location.url, first_hash, legacy_hash, kind))
+        return out
+
+
+_warned_legacy: set[str] = set()
+_conflicts_checked: set[str] = set()
+
+
+def forget_warnings() -> None:
+    """Forget which paths this process warned about or checked for conflicts."""
+    _warned_legacy.clear()
+    _conflicts_checked.clear()
+
+
+def warn_legacy_once(logical: str, url: str) -> None:
+    """Rule 8: one LegacyPathWarning per legacy file per process."""
+    if url in _warned_legacy:
+        return
+    _warned_legacy.add(url)
+    warn_outside(
+        f"{logical} was read from its v1 location {url}; run `orchfs migrate` to move it into .orchestrator/",
+        LegacyPathWarning,
+    )
+
 
 __all__ = [
+    "Conflict",
     "Found",
     "Location",
     "Overlay",
+    "forget_warnings",
 ]

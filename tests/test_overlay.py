@@ -224,9 +224,9 @@ def test_rule7_both_exist_and_differ(v1_repo):
     assert conflict.legacy_sha256 == hashlib.sha256(REALISTIC[".workflow_state.json"]).hexdigest()
     assert found["config.yaml"].kind == "legacy-pair"
     assert found["config.yaml"].upper_url.endswith(".orchestra.yaml")
-    from orchfs import filesystem
+    from orchfs.overlay import forget_warnings
 
-    filesystem._conflicts_checked.clear()
+    forget_warnings()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert fs.cat_file("state.json") == b"upper"
@@ -290,10 +290,10 @@ def test_rule7_supersede_records_are_checked_when_read_back(v1_repo):
 
 
 def test_rule8_legacy_warning_once_per_path(v1_repo):
-    from orchfs import filesystem
+    from orchfs.overlay import forget_warnings
 
     fs = orchfs.OrchFileSystem(root=v1_repo)
-    filesystem._warned_legacy.clear()
+    forget_warnings()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fs.cat_file("state.json")
