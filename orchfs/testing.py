@@ -130,7 +130,8 @@ def orch_fake_disk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     import fcntl as fake_fcntl
     import os as fake_os
 
-    assert fake_os is not os and fake_fcntl is not fcntl, "pyfakefs did not patch os/fcntl"
+    if fake_os is os or fake_fcntl is fcntl:  # never give the real modules these stand-ins
+        raise RuntimeError("pyfakefs did not patch os and fcntl; orch_fake_disk needs its `fs` fixture")
     fake_os.pread = _pread(fake_os)
     fake_os.pwrite = _pwrite(fake_os)
     fake_os.copy_file_range = _unsupported("copy_file_range")
