@@ -803,8 +803,6 @@ def _backup(root: str, source: str, backup: str) -> None:
     if stat.S_ISLNK(_lstat(source).st_mode):
         _copy_exact(source, backup)
     elif _written_in_place(source):
-        from .beneath import Beneath
-
         Beneath(root).copy(os.path.relpath(source, root), os.path.relpath(backup, root))
     else:
         try:
