@@ -160,7 +160,7 @@ def gitignored(root: str) -> bool:
     import subprocess
 
     git = shutil.which("git")
-    if git is not None and os.path.isdir(os.path.join(root, ".git")):
+    if git is not None and os.path.exists(os.path.join(root, ".git")):  # a worktree's is a file
         try:
             answer = subprocess.run(
                 # No hooks or fsmonitor of the repository run: only the ignore rules count.
