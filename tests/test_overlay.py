@@ -247,9 +247,9 @@ def test_rule7_orchfs_writes_supersede_legacy_files(v1_repo):
     assert fs.conflicts() == [c for c in fs.conflicts() if c.logical == "config.yaml"]
     stale = sorted(c.logical for c in fs.legacy_pairs() if c.kind == "stale")
     assert stale == ["feedback/tool.jsonl", "log.jsonl", "state.json"]
-    from orchfs import filesystem
+    from orchfs.overlay import forget_warnings
 
-    filesystem._conflicts_checked.clear()
+    forget_warnings()
     reader = orchfs.OrchFileSystem(root=v1_repo, skip_instance_cache=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
