@@ -15,6 +15,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -204,11 +205,16 @@ def ensure_gitignored(root: str) -> bool:
 
 
 def _gitignore_text(root: str) -> str:
-    path = os.path.join(root, ".gitignore")
-    if not os.path.isfile(path) or os.path.islink(path):
+    """The root ``.gitignore`` ("" when absent, a link or not a file): opened without
+    following a link, so what is read is the file the check saw."""
+    try:
+        fd = os.open(os.path.join(root, ".gitignore"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
         return ""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read()
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return f.read(1 << 20).decode("utf-8", "replace")
 
 
 __all__ = [
