@@ -346,7 +346,7 @@ def _plan_moves(
     claimed: dict[str, str] = {}  # contained path -> the legacy source moving there
     for pair in _legacy_pairs(root, layout):
         stats[pair.source] = pair.st
-        full = os.path.join(root, pair.source)
+        full = f"{root}/{pair.source}"  # sources are relative and '/'-separated
         if pair.sqlite:
             sqlite_sources.append(pair.source)
         where = target(pair.contained)
@@ -1040,7 +1040,9 @@ def apply(
             *intent_records(steps),
         ]
         Journal.create(path, records)
-        return _run(root, path, records, jobs, progress, resumed=False, the_plan=the_plan, remote=remote)
+        return _run(
+            root, path, records, jobs, progress, resumed=False, the_plan=the_plan, remote=remote, steps=steps
+        )
 
 
 def _plan_of_steps(migration_id: str, steps: list[dict[str, Any]]) -> Plan:
@@ -1058,10 +1060,14 @@ def _run(
     resumed: bool,
     the_plan: Plan | None = None,
     remote: Any = None,
+    steps: list[dict[str, Any]] | None = None,
 ) -> Result:
+    """Run the steps of a journal's records (``steps``: the ones a fresh run has just
+    recorded there, rather than parsed back from the records)."""
     begin = records[0]
     migration_id = begin["id"]
-    steps = steps_of(records)
+    if steps is None:
+        steps = steps_of(records)
     done = {r["i"] for r in records if r.get("t") == "done"}
     todo = [s for s in steps if s["i"] not in done]
     journal = Journal(path)
