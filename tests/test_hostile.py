@@ -72,7 +72,8 @@ def _picture(directory: Path) -> dict[str, tuple[int, bytes | None]]:
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch) -> World:
+def hostile_environment(tmp_path, monkeypatch):
+    """No key but ORCHFS_KEY, no user or org configuration, no session from outside."""
     for name in (
         "ORCHFS_KEY_FILE",
         "ORCHFS_PASSPHRASE",
@@ -84,6 +85,10 @@ def world(tmp_path, monkeypatch) -> World:
     monkeypatch.setenv("ORCHFS_KEY", KEY)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("ORCHFS_ORG_CONFIG", str(tmp_path / "no-org.yaml"))
+
+
+@pytest.fixture
+def world(tmp_path, hostile_environment) -> World:
     canary = tmp_path / "canary"
     (canary / "sub").mkdir(parents=True)
     (canary / "a.txt").write_bytes(b"canary a")
@@ -872,21 +877,6 @@ class HostileStateMachine(RuleBasedStateMachine):
     @invariant()
     def canary_untouched(self):
         assert _picture(self.canary) == self.before
-
-
-@pytest.fixture
-def hostile_environment(tmp_path, monkeypatch):
-    for name in (
-        "ORCHFS_KEY_FILE",
-        "ORCHFS_PASSPHRASE",
-        "ORCHFS_WEB_MODE",
-        "ORCHFS_SESSION",
-        "ORCHFS_STORAGE",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ORCHFS_KEY", KEY)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("ORCHFS_ORG_CONFIG", str(tmp_path / "no-org.yaml"))
 
 
 @pytest.mark.filterwarnings("ignore::orchfs.errors.LegacyPathWarning")
