@@ -153,8 +153,7 @@ def import_snapshot(
             _check_clashes(state, members, source)
             _swap(state, staging, members)
         finally:
-            with contextlib.suppress(OSError):
-                state.remove_tree(staging)
+            _remove_quietly(state, staging)
             with contextlib.suppress(OSError):
                 state.rmdir(STAGING_DIR)  # when nothing else is in it
     total = sum(m.size for m in members.values())
@@ -314,7 +313,8 @@ def _check_clashes(state: Any, members: dict[str, _Member], source: str) -> None
 
 
 def _swap(state: Any, staging: str, members: dict[str, _Member]) -> None:
-    """Move the staged files into place; on any failure put everything back."""
+    """Move the staged files into place, each file they replace put aside first; on any
+    failure put everything back (what cannot be put back stays aside, never deleted)."""
     aside = f"{staging}{ASIDE_SUFFIX}"
     placed: list[tuple[str, bool]] = []
     try:
@@ -327,17 +327,30 @@ def _swap(state: Any, staging: str, members: dict[str, _Member]) -> None:
             placed.append((name, replaced))
             state.rename(f"{staging}/{name}", name)
     except BaseException:
-        for name, replaced in reversed(placed):
-            with contextlib.suppress(OSError):
-                if state.info(name) is not None and state.info(f"{staging}/{name}") is None:
-                    state.rename(name, f"{staging}/{name}")
-                if replaced:
-                    state.rename(f"{aside}/{name}", name)
+        if _put_back(state, staging, aside, placed):
+            _remove_quietly(state, aside)
         raise
-    finally:
-        with contextlib.suppress(OSError):
-            if state.info(aside) is not None:
-                state.remove_tree(aside)
+    _remove_quietly(state, aside)
+
+
+def _put_back(state: Any, staging: str, aside: str, placed: list[tuple[str, bool]]) -> bool:
+    """Undo :func:`_swap` so far; True when every replaced file is back in its place."""
+    whole = True
+    for name, replaced in reversed(placed):
+        try:
+            if state.info(name) is not None and state.info(f"{staging}/{name}") is None:
+                state.rename(name, f"{staging}/{name}")
+            if replaced:
+                state.rename(f"{aside}/{name}", name)
+        except OSError:
+            whole = False
+    return whole
+
+
+def _remove_quietly(state: Any, rel: str) -> None:
+    with contextlib.suppress(OSError):
+        if state.info(rel) is not None:
+            state.remove_tree(rel)
 
 
 def _checked_name(name: str, source: str) -> str:

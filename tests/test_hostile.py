@@ -940,3 +940,27 @@ def test_a_v1_database_that_is_a_link_is_never_opened(world, tmp_path):
         assert os.path.islink(world.root / ".workflow_approvals.db")
     finally:
         outside_db.unlink()
+
+
+def test_snapshot_import_failing_mid_swap_puts_everything_back(world, tmp_path, monkeypatch):
+    fs = v2(world)
+    for name in ("a.json", "b.json", "c.json"):
+        fs.pipe_file(name, b"old " + name.encode())
+    before = _state_picture(world)
+    path = archive(
+        tmp_path / "s.tgz", [(n, None, b"new " + n.encode()) for n in ("a.json", "b.json", "c.json")]
+    )
+    target = fresh(world)
+    state = target.state_storage
+    real_rename, calls = state.rename, []
+
+    def failing_rename(src: str, dst: str) -> None:
+        calls.append((src, dst))
+        if len(calls) == 4:  # a.json aside and in, b.json aside, then b.json's move in fails
+            raise OSError(5, "injected failure")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(state, "rename", failing_rename)
+    with pytest.raises(OSError, match="injected"):
+        snapshot.import_snapshot(target, path, force=True)
+    assert _state_picture(world) == before
