@@ -588,7 +588,7 @@ def _guarded(root: str, layout: Layout) -> Iterator[Beneath]:
 
 def _guard_of(path: str) -> tuple[Beneath, str] | None:
     """The layer of the running root that holds ``path``, and ``path`` beneath it."""
-    for root, guard in _GUARDS.items():
+    for root, guard in tuple(_GUARDS.items()):  # runs of other roots may start meanwhile
         if path == root:
             return guard, ""
         if path.startswith(root + "/"):
