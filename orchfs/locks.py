@@ -39,8 +39,8 @@ import contextlib
 import errno
 import json
 import os
+import platform
 import random
-import socket
 import stat
 import sys
 import threading
@@ -60,7 +60,7 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_LEASE = 30.0
 _MAX_POLL = 0.05
 _MAX_LEASE_POLL = 0.06  # each lease probe is a request: waiters must not crowd out the holder
-_HOST = socket.gethostname()
+_HOST = platform.node()  # socket.gethostname() where there is uname; no socket import
 
 try:
     import fcntl

@@ -10,7 +10,6 @@ and by which orchfs. Both are written on the first write, never by a read.
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import errno
 import json
@@ -83,6 +82,8 @@ def git_remote(root: str) -> str | None:
     config_path = os.path.join(root, ".git", "config")
     if not os.path.isfile(config_path):
         return None
+    import configparser  # only a repository with a .git/config (not every command) needs it
+
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     try:
         parser.read(config_path)
