@@ -473,7 +473,7 @@ MANIFESTS: dict[str, Callable[[bytes], bytes | None]] = {
 
 @pytest.mark.parametrize("kind", sorted(MANIFESTS))
 @pytest.mark.parametrize("operation", ["get", "list", "set", "rotate"])
-def test_hostile_manifest(world, kind, operation):
+def test_hostile_manifest(world, tmp_path, kind, operation):
     _fs, manifest = secrets_world(world)
     replacement = MANIFESTS[kind](manifest.read_bytes())
     if replacement is None:
@@ -494,9 +494,16 @@ def test_hostile_manifest(world, kind, operation):
         "get": ["secrets", "get", "TOKEN"],
         "list": ["secrets", "list"],
         "set": ["secrets", "set", "NEW"],
-        "rotate": ["secrets", "list"],
+        "rotate": ["secrets", "rotate", "--new-key-file", str(new_key_file(tmp_path))],
     }[operation]
     assert "reseal" in cli(world, *args)
+
+
+def new_key_file(directory: Path) -> Path:
+    path = directory / "new.key"
+    path.write_text("B" * 43 + "=\n")
+    os.chmod(path, 0o600)
+    return path
 
 
 def test_reseal_repairs_a_deleted_manifest(world):
@@ -515,7 +522,8 @@ def test_prune_never_follows_a_linked_session(world):
     from orchfs.sessions import Retention, prune
 
     prune(fresh(world), Retention(max_sessions=0, min_age=0.0))
-    CliRunner().invoke(main, ["--root", str(world.root), "sessions", "prune"])
+    fs.session("s2").pipe_file("state.json", b"{}")
+    cli(world, "sessions", "prune", rc=(0, 1))
 
 
 def test_prune_refuses_a_session_id_outside_the_pattern(world):
