@@ -428,8 +428,7 @@ class SecretStore:
 
         if read_meta(self._state) is not None:
             return True
-        # Files of a namespace (secrets/<repo_id>/NAME.enc), not the v1 import source beside them.
-        stored = [n for n in self._state.find_files(SECRETS_DIR) if n.endswith(SUFFIX) and "/" in n]
+        stored = self._all_stored()
         if stored:
             where = self._state.url(META_FILE)
             raise MetaError(
@@ -438,6 +437,11 @@ class SecretStore:
                 where,
             )
         return False
+
+    def _all_stored(self) -> list[str]:
+        """Secret files of every namespace (``<repo_id>/NAME.enc``), not the v1 import
+        source beside them."""
+        return [n for n in self._state.find_files(SECRETS_DIR) if n.endswith(SUFFIX) and "/" in n]
 
     def _stored_names(self) -> list[str]:
         """Names of the secret files of the namespace."""
@@ -455,6 +459,17 @@ class SecretStore:
             if stored:
                 raise ManifestError(
                     f"{where} is missing while {len(stored)} secret file(s) exist; {RESEAL}", where
+                ) from None
+            elsewhere = self._all_stored()
+            if elsewhere:  # a replaced meta.json: its secrets are there, under another repo_id
+                from .meta import META_FILE
+
+                meta = self._state.url(META_FILE)
+                raise MetaError(
+                    f"{meta} names repo_id {self.repo_id}, which holds no secrets, while secrets/ "
+                    f"holds {len(elsewhere)} under another repo_id: meta.json was replaced or "
+                    "copied; restore it from a backup",
+                    meta,
                 ) from None
             return {"entries": {}, "macs": {}}
         document = load_json(blob, where, error=ManifestError, fix=RESEAL)

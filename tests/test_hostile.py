@@ -972,3 +972,14 @@ def test_snapshot_import_failing_mid_swap_puts_everything_back(world, tmp_path, 
     with pytest.raises(OSError, match="injected"):
         snapshot.import_snapshot(target, path, force=True)
     assert _state_picture(world) == before
+
+
+def test_a_replaced_repo_id_is_not_an_absent_secret(world):
+    fs = v2(world)
+    fs.secrets.set("TOKEN", "t")
+    (world.state / "meta.json").write_text(json.dumps({"repo_id": GOOD_REPO_ID}))
+    with pytest.raises(MetaError, match="another repo_id"):
+        fresh(world).secrets.get("TOKEN")
+    with pytest.raises(MetaError, match="another repo_id"):
+        fresh(world).secrets.list()
+    assert "another repo_id" in cli(world, "secrets", "get", "TOKEN")
