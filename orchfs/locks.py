@@ -148,8 +148,8 @@ def _timeout_error(
     who = holder.describe(now) if holder else "an unknown holder (no holder record)"
     return LockTimeout(
         f"lock {name!r} of {where} is held by {who}; gave up after {waited:.1f}s. "
-        "Wait for it to finish, or raise the timeout (fs.lock(..., timeout=N), "
-        "ORCHFS_LOCK_TIMEOUT)."
+        "Wait for it to finish, or raise the timeout (state.lock_timeout or "
+        "ORCHFS_LOCK_TIMEOUT; `orchfs migrate --lock-timeout 30s`; timeout= in Python)."
     )
 
 

@@ -115,7 +115,7 @@ def test_migrate_honours_the_lock_timeout(repo, how):
     finally:
         holder.kill()
         holder.wait()
-    assert result.returncode == 1 and "lock" in result.stderr
+    assert result.returncode == 1 and "lock" in result.stderr and "--lock-timeout" in result.stderr
     assert waited < 8, f"waited {waited:.1f}s: the 10 s default was used"
     assert (repo / ".workflow_state.json").exists()  # nothing moved
     bad = cli("--root", repo, "migrate", "--lock-timeout", "banana")
