@@ -223,7 +223,10 @@ def _secret_findings(fs: Any, state: str) -> list[Finding]:
     except (SecretsLockedError, SecretIntegrityError) as exc:
         if isinstance(exc, StateError):
             raise  # a damaged or unsealed manifest is unsafe-state, not a missing key
-        stored = _stored_secret_names(fs, store)
+        try:
+            stored = store.stored_names()
+        except (OSError, ValueError):
+            stored = []
         return [
             Finding(
                 "secret-unreadable",
@@ -251,20 +254,6 @@ def _secret_findings(fs: Any, state: str) -> list[Finding]:
             tuple(f"secrets/{name}" for name, _ in unreadable),
         )
     ]
-
-
-def _stored_secret_names(fs: Any, store: Any) -> list[str]:
-    """The names of the secret files of the namespace, read from the file names (for when
-    the manifest that lists them cannot be opened)."""
-    from .secrets import SUFFIX
-
-    try:
-        files = fs._state.find_files(store._dir())
-    except (OSError, ValueError):
-        return []
-    return sorted(
-        name[: -len(SUFFIX)] for name in (f.rpartition("/")[2] for f in files) if name.endswith(SUFFIX)
-    )
 
 
 def _layout_findings(root: str, state: str, layout: Any) -> list[Finding]:

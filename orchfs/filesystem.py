@@ -399,8 +399,8 @@ class OrchFileSystem(ChainedFileSystem):
         name = self._secret_name(logical)
         if read_meta(self._state) is None:  # no namespace yet (resolving never creates one)
             return Resolution(logical, "contained", self._state.url(SECRETS_VIEW), False)
-        rel = self.secrets._path(name)
-        return Resolution(logical, "contained", self._state.url(rel), self._state.info(rel) is not None)
+        secrets = self.secrets
+        return Resolution(logical, "contained", secrets.url(name), secrets.stored_info(name) is not None)
 
     # --- locks and records -----------------------------------------------------------
     def lock(

@@ -367,7 +367,11 @@ class SecretStore:
     def stored_info(self, name: str) -> dict[str, Any] | None:
         """What the backend says of the file that holds ``name`` (its times; the size is
         the ciphertext's), or None."""
-        return self._state.info(self._path(self._check_name(name)))
+        return self._state.info(self._path(validate_name(name, "secret name")))
+
+    def url(self, name: str) -> str:
+        """Where the file that holds ``name`` is (or would be)."""
+        return self._state.url(self._path(validate_name(name, "secret name")))
 
     def keys_for(self, namespace: str, key: Any = None) -> list[MasterKey]:
         """The keys that ``key`` (else this store's own key sources) gives for another
@@ -443,8 +447,9 @@ class SecretStore:
         source beside them."""
         return [n for n in self._state.find_files(SECRETS_DIR) if n.endswith(SUFFIX) and "/" in n]
 
-    def _stored_names(self) -> list[str]:
-        """Names of the secret files of the namespace."""
+    def stored_names(self) -> list[str]:
+        """Names of the secret files of the namespace, read from the file names (for when
+        the manifest that lists them cannot be opened)."""
         return sorted(n[: -len(SUFFIX)] for n in self._state.find_files(self._dir()) if n.endswith(SUFFIX))
 
     def _read_manifest(self) -> dict[str, Any]:
@@ -455,7 +460,7 @@ class SecretStore:
         try:
             blob = store.read(f"{self._dir()}/{MANIFEST}")
         except FileNotFoundError:
-            stored = self._stored_names()
+            stored = self.stored_names()
             if stored:
                 raise ManifestError(
                     f"{where} is missing while {len(stored)} secret file(s) exist; {RESEAL}", where
@@ -575,7 +580,7 @@ class SecretStore:
         key = self._writing_key()
         with self._lock("secrets"):
             entries = {}
-            for name in self._stored_names():
+            for name in self.stored_names():
                 try:
                     self._check_name(name)
                 except ValueError:
