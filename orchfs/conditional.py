@@ -125,18 +125,20 @@ class ConditionalStore:
         _before("create", self.url(path))
         try:
             return self._create(path, data)
-        except FileExistsError:
-            raise FileExistsError(errno.EEXIST, "file exists", self.url(path)) from None
-        except OSError as exc:
-            if _status(exc) in (PRECONDITION_FAILED, CONFLICT):
+        except Exception as exc:  # azure-core's errors are not OSErrors: the status decides
+            status = _status(exc)
+            exists = isinstance(exc, FileExistsError)
+            if status in (PRECONDITION_FAILED, CONFLICT) or (status is None and exists):
                 raise FileExistsError(errno.EEXIST, "file exists", self.url(path)) from None
+            if exists:  # a client that judged by the body: undo that
+                raise OSError(errno.EIO, f"HTTP {status} from the store: {exc}", self.url(path)) from exc
             raise
 
     def replace(self, path: str, data: bytes, version: str) -> str:
         _before("replace", self.url(path))
         try:
             return self._replace(path, data, version)
-        except (FileExistsError, OSError) as exc:
+        except Exception as exc:
             if _status(exc) == PRECONDITION_FAILED or isinstance(exc, PreconditionFailed):
                 raise PreconditionFailed(self.url(path)) from None
             raise
@@ -147,7 +149,7 @@ class ConditionalStore:
             self._delete(path, version)
         except FileNotFoundError:
             raise PreconditionFailed(self.url(path)) from None
-        except OSError as exc:
+        except Exception as exc:
             if _status(exc) == PRECONDITION_FAILED or isinstance(exc, PreconditionFailed):
                 raise PreconditionFailed(self.url(path)) from None
             raise

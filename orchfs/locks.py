@@ -660,6 +660,7 @@ class RepositoryLock:
     def __init__(self, backend: Any, timeout: float) -> None:
         self.backend = backend
         self.timeout = timeout
+        self._active: Any = None  # the backend holding it: this one, or an outer ``with``'s
 
     @property
     def name(self) -> str:
@@ -672,34 +673,41 @@ class RepositoryLock:
 
     def _acquired(self) -> Any:
         """The backend that holds this lock (an outer ``with`` of this thread's, maybe)."""
-        holding = self._holdings().get(self.backend.url)
-        return holding.backend if holding is not None else self.backend
+        return self._active if self._active is not None else self.backend
 
     @property
     def lost(self) -> bool:
         return bool(getattr(self._acquired(), "lost", False))
 
     @property
+    def deadline(self) -> float | None:
+        """``time.monotonic()`` by which a lease must be renewed (None: not a lease)."""
+        backend = self._acquired()
+        return backend.deadline if isinstance(backend, LeaseLock) and backend.held else None
+
+    @property
     def token(self) -> FencingToken:
         backend = self._acquired()
-        if backend.url not in self._holdings():
-            raise LockLostError(f"lock {self.name!r} is not held by this thread: no token")
+        if not backend.held:
+            raise LockLostError(f"lock {self.name!r} is not held: no token")
         return FencingToken(self.name, backend.generation, backend)
 
     def check(self) -> None:
         """Raise :class:`LockLostError` if this lock is not (or no longer) held."""
-        if self.backend.url not in self._holdings():
-            raise LockLostError(f"lock {self.name!r} is not held by this thread")
-        self._acquired().check()
+        backend = self._acquired()
+        if not backend.held:
+            raise LockLostError(f"lock {self.name!r} is not held")
+        backend.check()
 
     def acquire(self) -> RepositoryLock:
         holdings = self._holdings()
         url = self.backend.url
         if url in holdings:
             holdings[url].depth += 1
-            return self
-        self.backend.acquire(self.timeout)
-        holdings[url] = _Holding(self.backend, 1)
+        else:
+            self.backend.acquire(self.timeout)
+            holdings[url] = _Holding(self.backend, 1)
+        self._active = holdings[url].backend
         return self
 
     def release(self) -> None:

@@ -18,16 +18,13 @@ import orchfs
 from orchfs import locks
 from orchfs.errors import LockTimeout, PathEscapeError
 
-from .conftest import make_fs
+from .conftest import OBJECT_STORES, make_fs
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-def spec_of(fs: orchfs.OrchFileSystem, request: pytest.FixtureRequest) -> str:
-    options = None
-    if fs._state.kind == "object":
-        options = request.getfixturevalue("moto_server").storage_options
-    return json.dumps({"root": fs.root, "storage_options": options})
+def spec_of(fs: orchfs.OrchFileSystem, request: pytest.FixtureRequest | None = None, **extra) -> str:
+    return json.dumps({"root": fs.root, "storage_options": fs.storage_options_ or None, **extra})
 
 
 def worker(*args: str, **kwargs) -> subprocess.Popen:
@@ -40,9 +37,21 @@ def worker(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("s3", marks=pytest.mark.slow),
+        pytest.param("seaweedfs", marks=[pytest.mark.s3, pytest.mark.slow]),
+        pytest.param("azure", marks=[pytest.mark.s3, pytest.mark.slow]),
+    ]
+)
 def shared_fs(request, tmp_path):
     return make_fs(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=OBJECT_STORES)
+def store_kind(request) -> str:
+    return request.param
 
 
 def test_eight_processes_increment_exactly(shared_fs, request):
@@ -240,3 +249,272 @@ def test_four_processes_race_for_one_s3_lease(moto_server, s3_bucket, request, t
             outcomes[int(trial)].append(outcome)
     for trial, seen in outcomes.items():
         assert sorted(seen) == ["lost", "lost", "lost", "won"], f"trial {trial}: {seen}"
+
+
+# --- fencing: a holder paused past its lease writes nothing ------------------------------
+LEASE = 2.0  # short, so that a successor takes over within seconds
+
+
+def _successor_work(fs: orchfs.OrchFileSystem, operation: str, count: int) -> None:
+    for i in range(count):
+        if operation == "update":
+            fs.update_json("counter.json", lambda value: {"n": value.get("n", 0) + 1}, timeout=60)
+        elif operation == "append":
+            fs.append_line("log.jsonl", {"writer": "successor", "i": i}, timeout=60)
+        else:
+            fs.secrets.set(f"S{i}", f"value {i}")
+
+
+def _outcome(fs: orchfs.OrchFileSystem, operation: str) -> list:
+    if operation == "update":
+        return [json.loads(fs.cat_file("counter.json"))["n"]]
+    if operation == "append":
+        return [json.loads(line)["writer"] for line in fs.cat_file("log.jsonl").decode().splitlines()]
+    return fs.secrets.list()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["read", "put"])
+@pytest.mark.parametrize("operation", ["update", "append", "secret"])
+def test_paused_holder_is_fenced(store_kind, operation, where, request, tmp_path):
+    """SIGSTOP a holder at a fault point inside its locked write, let a successor take the
+    lock after the lease and write N times, resume the holder: LockLostError, exactly N."""
+    from orchfs.secrets import new_key_text
+
+    key = new_key_text()
+    fs = make_fs(store_kind, request, tmp_path, key=key, lease=LEASE)
+    count = 3
+    holder = worker("fenced", spec_of(fs, key=key, lease=LEASE), operation, where, stdin=subprocess.PIPE)
+    try:
+        stopped = holder.stdout.readline().strip()
+        assert stopped.startswith("stopped"), stopped
+        holder.send_signal(signal.SIGSTOP)  # no renewal from here on: the lease runs out
+        _successor_work(fs, operation, count)  # each waits for the lease to expire first
+        holder.send_signal(signal.SIGCONT)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        said = holder.stdout.readline().strip()
+        assert holder.wait(timeout=60) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert said.startswith("refused: "), said
+    assert "nothing was written" in said or "Nothing more is written" in said
+    expected = {"update": [count], "append": ["successor"] * count, "secret": [f"S{i}" for i in range(count)]}
+    assert _outcome(fs, operation) == expected[operation]
+    if operation == "secret":
+        assert fs.secrets.get("S2") == "value 2"
+
+
+# --- renewal failures: the holder learns it lost the lease; nobody overlaps it --------------
+def test_renewal_failure_is_learned_before_anyone_takes_over(store_kind, request, tmp_path):
+    from orchfs.conditional import inject
+
+    fs = make_fs(store_kind, request, tmp_path, lease=LEASE)
+    other = orchfs.OrchFileSystem(root=fs.root, storage_options=fs.storage_options_, skip_instance_cache=True)
+    failing = threading.Event()
+    renewals_refused = []
+
+    def cut_renewals(call) -> None:  # the holder's renewals fail as a cut network would
+        if (
+            failing.is_set()
+            and call.op == "replace"
+            and threading.current_thread().name.startswith("orchfs-lease")
+        ):
+            renewals_refused.append(call)
+            raise ConnectionError("injected: network unreachable")
+
+    taken = {}
+
+    def successor() -> None:
+        with other.lock("repo", timeout=30, lease=LEASE):
+            taken["at"] = time.monotonic()
+            taken["holder_knew"] = lock.lost
+
+    with inject(cut_renewals):
+        lock = fs.lock("repo", timeout=5, renew=0.2)
+        lock.acquire()
+        deadline = lock.deadline
+        failing.set()
+        thread = threading.Thread(target=successor)
+        thread.start()
+        thread.join(timeout=60)
+        assert taken, "the successor never got the lock"
+        assert len(renewals_refused) >= 2, "renewal was retried before giving up"
+        assert taken["at"] >= deadline, "taken over before the holder's deadline"
+        assert taken["holder_knew"], "the holder still believed it held the lease"
+        with pytest.raises(orchfs.LockLostError):
+            fs.pipe_file("late.json", b"{}")  # the holder's thread: fenced, refused
+        with pytest.raises(orchfs.LockLostError, match="ended inside"):
+            lock.__exit__(None, None, None)
+    assert not fs.exists("late.json")
+
+
+def test_with_block_raises_when_the_lease_was_lost_inside(tmp_path, request):
+    from orchfs.conditional import inject
+
+    fs = make_fs("s3", request, tmp_path, lease=LEASE)
+    gone = threading.Event()
+
+    def fail_renewals(call) -> None:
+        if call.op == "replace" and threading.current_thread().name.startswith("orchfs-lease"):
+            gone.set()
+            raise ConnectionError("injected")
+
+    with inject(fail_renewals), pytest.raises(orchfs.LockLostError), fs.lock("repo", renew=0.1) as lock:
+        assert gone.wait(10)
+        while not lock.lost:  # bounded by the lease: renewal keeps failing
+            time.sleep(0.02)
+
+
+# --- tokens: caller writes fenced from any thread ------------------------------------------
+def test_token_fences_a_write_from_another_thread(orch):
+    with orch.lock("repo") as lock:
+        token = lock.token
+        assert token.generation >= 1
+        errors = []
+
+        def write() -> None:
+            try:
+                orch.pipe_file("from-thread.json", b"1", if_match=token)
+            except Exception as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        thread.join()
+        assert not errors
+    with pytest.raises(orchfs.LockLostError, match="released"):
+        orch.pipe_file("from-thread.json", b"2", if_match=token)
+    assert orch.cat_file("from-thread.json") == b"1"
+    with orch.lock("repo") as again:
+        assert again.token.generation > token.generation
+    with pytest.raises(TypeError, match="token"):
+        orch.pipe_file("x.json", b"1", if_match='"etag"')
+
+
+def test_generations_only_grow_across_processes(shared_fs, request):
+    seen = []
+    for _ in range(3):
+        with shared_fs.lock("gen") as lock:
+            seen.append(lock.token.generation)
+    spec = spec_of(shared_fs)
+    holder = worker("hold", spec, "gen", "30")
+    assert holder.stdout.readline().strip() == "holding"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with shared_fs.lock("gen", timeout=40, lease=30 if shared_fs._state.kind == "local" else None) as lock:
+        seen.append(lock.token.generation)
+    assert seen == sorted(set(seen)) and seen[-1] == seen[2] + 2
+
+
+# --- precondition failures are judged by the HTTP status, never by the body ---------------
+class _RewritingProxy:
+    """A loopback HTTP proxy in front of the S3 server that rewrites error bodies."""
+
+    def __init__(self, upstream: str, rewrite) -> None:
+        import http.client
+        import http.server
+        import urllib.parse
+
+        target = urllib.parse.urlsplit(upstream)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                connection = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                connection.request(self.command, self.path, body=body, headers=headers)
+                answer = connection.getresponse()
+                status, payload = rewrite(self.command, self.headers, answer.status, answer.read())
+                self.send_response(status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                connection.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+_UNHELPFUL = b"<?xml version='1.0'?><Error><Code>Unknown</Code><Message>no</Message></Error>"
+_MISLEADING = (
+    b"<?xml version='1.0'?><Error><Code>PreconditionFailed</Code><Message>At least one of the "
+    b"pre-conditions you specified did not hold</Message><Condition>If-None-Match</Condition></Error>"
+)
+
+
+def _proxied_fs(moto_server, s3_bucket, proxy) -> orchfs.OrchFileSystem:
+    options = dict(moto_server.storage_options)
+    options["client_kwargs"] = dict(options["client_kwargs"], endpoint_url=proxy.endpoint)
+    options["config_kwargs"] = {"retries": {"max_attempts": 1}}
+    root = f"s3://{s3_bucket}/proxied-{time.time_ns()}"
+    return orchfs.OrchFileSystem(root=root, storage_options=options, skip_instance_cache=True)
+
+
+def test_412_means_held_whatever_the_body_says(moto_server, s3_bucket):
+    def hide_the_words(method, headers, status, payload):
+        return status, (_UNHELPFUL if status == 412 else payload)
+
+    proxy = _RewritingProxy(moto_server.endpoint, hide_the_words)
+    try:
+        fs = _proxied_fs(moto_server, s3_bucket, proxy)
+        fs.pipe_file("once.json", b"1", mode="create")
+        with pytest.raises(FileExistsError):
+            fs.pipe_file("once.json", b"2", mode="create")
+        with pytest.raises(FileExistsError), fs.open("once.json", "xb") as f:
+            f.write(b"3")
+        assert fs.cat_file("once.json") == b"1"
+        with fs.lock("repo", timeout=1):
+            rival = orchfs.OrchFileSystem(
+                root=fs.root, storage_options=fs.storage_options_, skip_instance_cache=True
+            )
+            outcome = []
+
+            def contend() -> None:  # another thread: the lock is re-entrant within one
+                try:
+                    with rival.lock("repo", timeout=0.3):
+                        outcome.append("acquired")
+                except Exception as exc:
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=contend)
+            thread.start()
+            thread.join()
+            assert isinstance(outcome[0], LockTimeout), outcome
+            assert f"pid {os.getpid()}" in str(outcome[0])
+    finally:
+        proxy.close()
+
+
+def test_other_errors_are_not_preconditions_whatever_the_body_says(moto_server, s3_bucket):
+    def pretend(method, headers, status, payload):
+        if method == "PUT" and headers.get("If-None-Match") == "*":
+            return 500, _MISLEADING  # a server fault, worded like a precondition failure
+        return status, payload
+
+    proxy = _RewritingProxy(moto_server.endpoint, pretend)
+    try:
+        fs = _proxied_fs(moto_server, s3_bucket, proxy)
+        with pytest.raises(OSError) as info:
+            fs.pipe_file("new.json", b"1", mode="create")
+        assert not isinstance(info.value, FileExistsError)
+    finally:
+        proxy.close()

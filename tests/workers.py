@@ -14,8 +14,51 @@ def open_fs(spec: str) -> orchfs.OrchFileSystem:
     return orchfs.OrchFileSystem(
         root=options["root"],
         storage_options=options.get("storage_options"),
+        key=options.get("key"),
+        lease=options.get("lease"),
         skip_instance_cache=True,
     )
+
+
+def _wait_for_go(said: str) -> None:
+    """Say where this process stands, then block until the test writes a line to stdin."""
+    print(said, flush=True)
+    sys.stdin.readline()
+
+
+def fenced(spec: str, operation: str, where: str) -> None:
+    """One fenced write that stops at a fault point for the test to pause (SIGSTOP) it.
+
+    ``operation``: ``update`` (update_json of counter.json), ``append`` (append_line to
+    log.jsonl) or ``secret`` (secrets.set). ``where``: ``read`` stops before the read made
+    under the lock (the deadline check then finds the lease gone); ``put`` stops right
+    before the write's own request, after the deadline check (the store then refuses
+    the stale version). Prints ``refused: <error>`` or ``written``.
+    """
+    from orchfs.conditional import inject
+
+    fs = open_fs(spec)
+    target = {"update": "counter.json", "append": "log.jsonl", "secret": "/MANIFEST"}[operation]
+    stops = {"read": ("get",), "put": ("create", "replace")}[where]
+    stopped = []
+
+    def hook(request) -> None:
+        if request.op in stops and target in request.url and not stopped:
+            stopped.append(request)
+            _wait_for_go(f"stopped {request.op}")
+
+    with inject(hook):
+        try:
+            if operation == "update":
+                fs.update_json("counter.json", lambda value: {"n": value.get("n", 0) + 1}, timeout=60)
+            elif operation == "append":
+                fs.append_line("log.jsonl", {"writer": "paused"}, timeout=60)
+            else:
+                fs.secrets.set("PAUSED", "from the paused holder")
+        except orchfs.LockLostError as exc:
+            print(f"refused: {exc}", flush=True)
+            return
+    print("written", flush=True)
 
 
 def increment(spec: str, count: str) -> None:
