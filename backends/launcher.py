@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import inspect
 import json
 import os
 import shutil
@@ -197,8 +198,12 @@ def main(name: str, start: Callable[..., Service], argv: Sequence[str] | None = 
     """``python -m backends.<name> --port 0``: start, print the endpoint and record, serve."""
     parser = argparse.ArgumentParser(prog=f"python -m backends.{name}", description=start.__doc__)
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
+    if "host" in inspect.signature(start).parameters:
+        parser.add_argument(
+            "--host", default=LOOPBACK, help="address to bind (only inside a network namespace of your own)"
+        )
     args = parser.parse_args(argv)
-    service = start(port=args.port)
+    service = start(port=args.port, **({"host": args.host} if "host" in vars(args) else {}))
 
     def stop(signum: int, _frame: Any) -> None:
         # Only unwind here: the ``finally`` below stops the service outside the handler

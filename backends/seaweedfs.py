@@ -68,8 +68,11 @@ def _beside_python(name: str) -> str | None:
     return path if os.access(path, os.X_OK) else None
 
 
-def start(port: int = 0, timeout: float = 60.0) -> Service:
-    """Start ``weed mini`` on 127.0.0.1 and wait until its S3 gateway stores objects."""
+def start(port: int = 0, timeout: float = 60.0, host: str = LOOPBACK) -> Service:
+    """Start ``weed mini`` on 127.0.0.1 and wait until its S3 gateway stores objects.
+
+    ``host`` is for a network namespace of the tests' own (the simulated-hosts test),
+    where the store listens on that namespace's address instead of loopback."""
     weed = weed_binary()
     s3_port = port or free_port(_GRPC_OFFSET)
     master, volume, filer, admin = (free_port(_GRPC_OFFSET) for _ in range(4))
@@ -80,8 +83,8 @@ def start(port: int = 0, timeout: float = 60.0) -> Service:
         weed,
         "mini",
         f"-dir={data}/store",
-        f"-ip={LOOPBACK}",
-        f"-ip.bind={LOOPBACK}",
+        f"-ip={host}",
+        f"-ip.bind={host}",
         "-master.telemetry=false",
         f"-master.port={master}",
         f"-volume.port={volume}",
@@ -96,7 +99,7 @@ def start(port: int = 0, timeout: float = 60.0) -> Service:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": data}
     env.update(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
     process = spawn(argv, env=env, log=log)
-    endpoint = f"http://{LOOPBACK}:{s3_port}"
+    endpoint = f"http://{host}:{s3_port}"
     service = Service(
         "seaweedfs",
         endpoint,

@@ -551,13 +551,42 @@ class FsspecStorage:
         self._bucket_ready = False
         # Conditional create/replace/delete with versions: exclusive create, leases, fencing.
         self.conditional = for_filesystem(fs)
-        memory = kind == "memory"
-        self.capabilities = Capabilities(
-            atomic_rename=False,
-            conditional_put=True,
-            native_append=False,
-            empty_directories=memory,
-        )
+        self._capabilities: Capabilities | None = None
+        # Objects this adapter has just read or written: a write to one of them needs no
+        # lookup first (a directory cannot appear under a file's own key unseen here).
+        self._files: set[str] = set()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        if self._capabilities is None:
+            self._capabilities = Capabilities(
+                atomic_rename=False,
+                conditional_put=True,
+                native_append=False,
+                empty_directories=self.kind == "memory" or self._filer_backed(),
+            )
+        return self._capabilities
+
+    def _filer_backed(self) -> bool:
+        """Whether this S3 store keeps directories as entries of their own (SeaweedFS's
+        filer: a prefix emptied of its last object stays listed). The store says so in its
+        ``Server`` header, asked once per bucket and process."""
+        if "s3" not in _protocols(self.fs):
+            return False
+        bucket = self.base.partition("/")[0]
+        key = (str(getattr(self.fs, "client_kwargs", {}).get("endpoint_url")), bucket)
+        if key not in _filer_stores:
+            try:
+                answer = self.fs.call_s3("head_bucket", Bucket=bucket)
+                server = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("server", "")
+            except OSError:
+                return False  # no bucket yet: asked again once it exists
+            _filer_stores[key] = "seaweedfs" in server.lower()
+        return _filer_stores[key]
+
+    def _directory_key(self, rel: str) -> tuple[str, str]:
+        bucket, _, key = self._full(rel).partition("/")
+        return bucket, key.rstrip("/") + "/"
 
     def __repr__(self) -> str:
         return f"FsspecStorage({self.url('')!r})"
@@ -599,6 +628,8 @@ class FsspecStorage:
         markers = []
         for entry in entries:
             name = entry["name"].rstrip("/").rpartition("/")[2]
+            if entry["name"] == full.rstrip("/") + "/":
+                continue  # the directory's own entry ("key/") on a store that keeps directories
             if entry["name"].rstrip("/") == full.rstrip("/") and entry.get("type") != "directory":
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", self.url(rel))
             if not name:
@@ -630,10 +661,12 @@ class FsspecStorage:
         try:
             if fence is not None:
                 data = fence.read(self.conditional, full)
-                if data is not None:
-                    return data
-                raise FileNotFoundError(full)
-            return self.fs.cat_file(full, start=start, end=end, **self._read_options)
+                if data is None:
+                    raise FileNotFoundError(full)
+            else:
+                data = self.fs.cat_file(full, start=start, end=end, **self._read_options)
+            self._known_file(rel)
+            return data
         except (IsADirectoryError, FileNotFoundError):
             if self.fs.isdir(full):
                 raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel)) from None
@@ -671,7 +704,13 @@ class FsspecStorage:
             size = found["size"]
         return self.fs.open(self._full(rel), "rb", block_size=block_size, size=size)
 
+    def _known_file(self, rel: str) -> None:
+        if len(self._files) < MEMO_LIMIT:
+            self._files.add(rel)
+
     def _check_writable_target(self, rel: str, exclusive: bool) -> None:
+        if rel in self._files and not exclusive:
+            return  # a file a moment ago: overwriting it needs no request first
         found = self.info(rel)
         if found is not None:
             if found["type"] == "directory":
@@ -685,7 +724,7 @@ class FsspecStorage:
         mode = "create" if exclusive else "overwrite"
 
         def upload(data: bytes) -> None:
-            if self.capabilities.empty_directories:  # parents must exist there
+            if self.kind == "memory":  # parents must exist there; a filer makes them itself
                 self.fs.makedirs(full.rpartition("/")[0], exist_ok=True)
             fence = active_fence() if self.conditional is not None else None
             try:
@@ -697,6 +736,7 @@ class FsspecStorage:
                     self.fs.pipe_file(full, data, mode=mode)
             except FileExistsError:
                 raise FileExistsError(errno.EEXIST, "file exists", url) from None
+            self._known_file(rel)
 
         return upload
 
@@ -736,15 +776,21 @@ class FsspecStorage:
         self.write(rel, old + data, target_checked=True)
 
     def makedirs(self, rel: str) -> None:
-        if self.capabilities.empty_directories:
+        if self.kind == "memory":
             self.fs.makedirs(self._full(rel), exist_ok=True)
-        elif not self._bucket_ready:  # object storage has no directories, only a bucket
+            return
+        if not self._bucket_ready:  # object storage has no directories, only a bucket
             self.fs.makedirs(self.base, exist_ok=True)
             self._bucket_ready = True
+        if self.capabilities.empty_directories and rel:  # a filer: "key/" is a directory
+            bucket, key = self._directory_key(rel)
+            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"")
+            self.fs.invalidate_cache(self._full(rel))
 
     makedirs_private = makedirs  # modes are the bucket's access policy, not orchfs's
 
     def remove(self, rel: str) -> None:
+        self._files.discard(rel)
         fence = active_fence() if self.conditional is not None else None
         if fence is not None:
             fence.delete(self.conditional, self._full(rel))
@@ -752,13 +798,35 @@ class FsspecStorage:
             self.fs.rm_file(self._full(rel))
 
     def rmdir(self, rel: str) -> None:
-        if self.capabilities.empty_directories:
+        if self.kind == "memory":
             self.fs.rmdir(self._full(rel))
+        elif self.capabilities.empty_directories:
+            if self.fs.ls(self._full(rel)):
+                raise OSError(errno.ENOTEMPTY, "directory not empty", self.url(rel))
+            self._remove_directory_entry(rel)
+
+    def _remove_directory_entry(self, rel: str) -> None:
+        bucket, key = self._directory_key(rel)
+        self.fs.call_s3("delete_object", Bucket=bucket, Key=key)
+        self.fs.invalidate_cache(self._full(rel))
 
     def remove_tree(self, rel: str) -> None:
+        self._files.clear()
         full = self._full(rel)
-        if self.fs.exists(full):
-            self.fs.rm(full, recursive=True)
+        if not self.fs.exists(full):
+            return
+        kept = self.kind != "memory" and self.capabilities.empty_directories
+        directories = [
+            p
+            for p, i in self.fs.find(full, withdirs=True, detail=True).items()
+            if kept and i["type"] == "directory"
+        ]
+        self.fs.rm(full, recursive=True)
+        # A filer keeps the emptied directories: remove them too, deepest first.
+        for path in sorted(directories, key=len, reverse=True):
+            self._remove_directory_entry(path[len(self.base) + 1 :])
+        if kept:
+            self._remove_directory_entry(rel)
 
     def find_files(self, rel: str, include_markers: bool = False) -> list[str]:
         full = self._full(rel)
@@ -779,9 +847,16 @@ class FsspecStorage:
         self.remove(src)
 
     def copy(self, src: str, dst: str) -> None:
-        if self.capabilities.empty_directories:
+        if self.kind == "memory":  # parents must exist there; a filer makes them itself
             self.fs.makedirs(self._full(dst).rpartition("/")[0], exist_ok=True)
         self.fs.cp_file(self._full(src), self._full(dst))
+
+
+_filer_stores: dict[tuple[str, str], bool] = {}
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    return tuple(fs.protocol) if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
 
 
 def _timestamp(value: Any) -> float | None:

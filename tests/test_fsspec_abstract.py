@@ -18,8 +18,13 @@ from .conftest import BACKENDS, make_fs
 
 
 class OrchFixtures(AbstractFixtures):
-    # On S3 each test costs seconds (moto round trips): that copy runs in the full suite.
-    @pytest.fixture(params=[pytest.param(b, marks=pytest.mark.slow) if b == "s3" else b for b in BACKENDS])
+    # On object stores each test costs seconds (round trips): those copies run in the full suite.
+    @pytest.fixture(
+        params=[
+            *(pytest.param(b, marks=pytest.mark.slow) if b == "s3" else b for b in BACKENDS),
+            pytest.param("seaweedfs", marks=[pytest.mark.s3, pytest.mark.slow]),
+        ]
+    )
     def fs(self, request, tmp_path_factory):
         return make_fs(request.param, request, tmp_path_factory.mktemp("orch"))
 

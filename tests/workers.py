@@ -73,6 +73,36 @@ def append(spec: str, count: str, tag: str) -> None:
         fs.append_line("log.jsonl", {"writer": tag, "i": i, "pad": "x" * 100})
 
 
+def hold_then_update(spec: str) -> None:
+    """Hold the repository lock, say so, and try one increment when told to go (the
+    simulated-hosts test cuts this host's link in between). Prints ``refused <deadline>``
+    (the last lease deadline, ``time.monotonic()``) or ``written``."""
+    fs = open_fs(spec)
+    lock = fs.lock("repo", timeout=60, renew=0.5)
+    lock.acquire()
+    _wait_for_go("holding")
+    deadline = lock.deadline
+    try:
+        with lock:  # the outer acquisition above is this block's too (re-entrant)
+            fs.update_json("counter.json", lambda value: {"n": value.get("n", 0) + 1})
+        lock.release()
+    except orchfs.LockLostError:
+        print(f"refused {deadline}", flush=True)
+        return
+    print("written", flush=True)
+
+
+def timed_increment(spec: str) -> None:
+    """One increment; prints ``acquired <time.monotonic()>`` from inside the lock."""
+    fs = open_fs(spec)
+
+    def bump(value):
+        print(f"acquired {time.monotonic()}", flush=True)
+        return {"n": value.get("n", 0) + 1}
+
+    fs.update_json("counter.json", bump, timeout=120)
+
+
 def hold(spec: str, name: str, lease: str) -> None:
     """Take the lock, say so, then hold it until killed."""
     fs = open_fs(spec)
