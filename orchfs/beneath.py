@@ -51,22 +51,23 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from .atomic import DEFAULT_FILE_MODE, LocalAtomicWriter, fsync_directory
+from .atomic import DEFAULT_FILE_MODE, DIR_FLAGS, LocalAtomicWriter, fsync_directory
 from .errors import PathEscapeError
+from .paths import MEMO_LIMIT
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a planted FIFO must not hang a read
 READ_FLAGS = os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK
-DIR_OPEN_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
+_O_PATH = getattr(os, "O_PATH", 0)
+# Is there an entry here, and no link (also not at the end)? A probe that reads nothing.
+PROBE_FLAGS = _O_PATH | _O_CLOEXEC if _O_PATH else os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK
 # errnos that mean "this component is a symlink" under O_NOFOLLOW (EMLINK: FreeBSD).
 _LINK_ERRNOS = (errno.ELOOP, errno.EMLINK)
-# openat2 errnos the component walk looks into: a link (ELOOP; ENOTDIR for a link
-# opened O_DIRECTORY), an escape (EXDEV), a rename racing the lookup (EAGAIN).
-_WALK_ERRNOS = frozenset({*_LINK_ERRNOS, errno.ENOTDIR, errno.EXDEV, errno.EAGAIN})
 _MAX_LINKS = 40  # as the kernel's own limit on links followed in one resolution
 _COPY_CHUNK = 1 << 20
+_FIRST_READ = 1 << 16
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int): share the source's extents (btrfs, XFS)
 
 # openat2(2): struct open_how and the RESOLVE_* flags (linux/openat2.h).
@@ -78,8 +79,13 @@ _SYS_OPENAT2 = 437  # the same number on every architecture with the generic sys
 _OPENAT2_MACHINES = frozenset({"x86_64", "amd64", "aarch64", "arm64", "riscv64"})
 
 
+def _no_follow(flags: int) -> int:
+    """``flags`` as every open beneath the root uses them (see :meth:`Beneath.open`)."""
+    return flags | _O_CLOEXEC if flags & _O_PATH else flags | _O_NOFOLLOW | _O_CLOEXEC
+
+
 class _Openat2:
-    """``openat2(2)`` through ``ctypes``, or nothing where the kernel lacks it."""
+    """``openat2(2)`` through ``ctypes``: the raw call and prebuilt ``open_how`` arguments."""
 
     def __init__(self) -> None:
         import ctypes
@@ -89,24 +95,30 @@ class _Openat2:
 
         self._ctypes = ctypes
         self._how_type = OpenHow
-        self._hows: dict[tuple[int, int], Any] = {}
-        syscall = ctypes.CDLL(None, use_errno=True).syscall
-        syscall.restype = ctypes.c_long
-        self._syscall = syscall
+        # The caller's flags (with the mode, for O_CREAT) -> byref(open_how); the kernel
+        # copies the structure, so one prebuilt argument serves every call and thread.
+        self.hows: dict[Any, Any] = {}
+        self._keep: list[Any] = []  # the structures those references point into
+        self.syscall = ctypes.CDLL(None, use_errno=True).syscall  # called with ints, bytes, byref
+        self.syscall.restype = ctypes.c_long
+        self.get_errno = ctypes.get_errno
 
     def how(self, flags: int, mode: int) -> Any:
-        """A prebuilt ``byref(open_how)`` for one flags/mode pair (the kernel copies it)."""
-        key = (flags, mode)
-        ref = self._hows.get(key)
+        """The argument for opening with ``flags`` (links refused as :meth:`Beneath.open`
+        says). openat2 refuses a mode without ``O_CREAT`` (EINVAL), unlike open(2)."""
+        create = flags & os.O_CREAT
+        key = (flags, mode) if create else flags
+        ref = self.hows.get(key)
         if ref is None:
-            how = self._how_type(flags, mode, _RESOLVE)
-            ref = self._hows[key] = (how, self._ctypes.byref(how))
-        return ref[1]
+            how = self._how_type(_no_follow(flags), mode if create else 0, _RESOLVE)
+            ref = self.hows[key] = self._ctypes.byref(how)
+            self._keep.append(how)
+        return ref
 
     def __call__(self, dir_fd: int, path: bytes, how: Any) -> int:
         """The descriptor, or ``-errno``."""
-        fd = self._syscall(_SYS_OPENAT2, dir_fd, path, how, 24)
-        return fd if fd >= 0 else -self._ctypes.get_errno()
+        fd = self.syscall(_SYS_OPENAT2, dir_fd, path, how, 24)
+        return fd if fd >= 0 else -self.get_errno()
 
 
 def _probe_openat2() -> _Openat2 | None:
@@ -116,9 +128,9 @@ def _probe_openat2() -> _Openat2 | None:
         call = _Openat2()
     except (OSError, AttributeError):
         return None
-    root = os.open("/", DIR_OPEN_FLAGS)
+    root = os.open("/", DIR_FLAGS)
     try:
-        fd = call(root, b".", call.how(DIR_OPEN_FLAGS, 0))
+        fd = call(root, b".", call.how(DIR_FLAGS, 0))
     finally:
         os.close(root)
     if fd < 0:  # ENOSYS (old kernel), EPERM (a seccomp filter), EINVAL/E2BIG (old ABI)
@@ -159,6 +171,7 @@ class Beneath:
             raise OSError(errno.ENOSYS, "openat2(2) is not available here")
         self._openat2 = _OPENAT2 if use_openat2 is not False else None
         self._fd = -1
+        self._close: Callable[[int], None] = os.close
         self._opening = threading.Lock()
         self._encoded: dict[str, bytes] = {}
 
@@ -185,13 +198,16 @@ class Beneath:
                         raise
                     os.makedirs(self.root, exist_ok=True)
                     fd = os.open(self.root, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+                # Closed later by the same module that opened it: under a fake `os`
+                # (pyfakefs) a number from the fake must never reach the real close.
+                self._close = os.close
                 self._fd = fd
             return self._fd
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:
-            os.close(fd)
+            self._close(fd)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -221,37 +237,93 @@ class Beneath:
         raise PathEscapeError(f"{path} is outside {self.root}; refused")
 
     # --- resolution ------------------------------------------------------------------
-    def _refuse_link(self, rel: str, part: str | None = None) -> PathEscapeError:
-        where = f"{part!r} in {self.show(rel)}" if part else self.show(rel)
+    def _refuse_link(self, rel: str) -> PathEscapeError:
         return PathEscapeError(
-            f"{where} is a symlink (or leaves {self.root}); orchfs never follows symlinks "
-            "there: remove the link"
+            f"{self.show(rel)} is a symlink; orchfs never follows symlinks beneath {self.root} "
+            "(remove the link)"
         )
 
     def open(self, rel: str, flags: int = READ_FLAGS, mode: int = 0o666, *, create_root: bool = False) -> int:
-        """A descriptor for ``rel`` opened with ``flags`` (``O_NOFOLLOW`` always added)."""
-        flags |= _O_NOFOLLOW | _O_CLOEXEC
-        root = self.fileno(create_root)
-        if not rel:
-            return os.open(".", flags & ~_O_NOFOLLOW, mode, dir_fd=root)
+        """A descriptor for ``rel`` opened with ``flags``; a final link is refused
+        (``O_NOFOLLOW`` is added), except that ``O_PATH|O_NOFOLLOW`` opens the link itself
+        and ``O_PATH`` alone (:data:`PROBE_FLAGS`) refuses it too."""
+        fd = self.try_open(rel, flags, mode, create_root=create_root)
+        if fd >= 0:
+            return fd
+        return self._walk_open(check_rel(rel), _no_follow(flags), mode, self.fileno(create_root))
+
+    def try_open(
+        self, rel: str, flags: int = READ_FLAGS, mode: int = 0o666, *, create_root: bool = False
+    ) -> int:
+        """:meth:`open` for fast probes: the descriptor, or ``-errno`` instead of raising
+        (``-ELOOP``: a link on the way or at the end; ``-ENOENT``: nothing there). A bad
+        path still raises :class:`PathEscapeError`. Every read of orchfs starts here, so
+        the openat2 case is one dictionary look-up away from the system call."""
+        fd = self._fd
+        if fd < 0:
+            try:
+                fd = self.fileno(create_root)
+            except FileNotFoundError:
+                return -errno.ENOENT
         openat2 = self._openat2
-        if openat2 is not None:
-            path = self._encoded.get(rel)
-            if path is None:
-                path = self._encode(rel)
-            # openat2 refuses a mode without O_CREAT (EINVAL), unlike open(2).
-            fd = openat2(root, path, openat2.how(flags, mode if flags & os.O_CREAT else 0))
-            if fd >= 0:
-                return fd
-            err = -fd
-            if err not in _WALK_ERRNOS:
-                raise OSError(err, os.strerror(err), self.show(rel))
-            # A link, an escape or a race: the walk names the component (or finds it gone).
-        return self._walk_open(check_rel(rel), flags, mode, root)
+        if openat2 is None or not rel:
+            return self._try_walk(rel, _no_follow(flags), mode, fd)
+        path = self._encoded.get(rel) or self._encode(rel)
+        how = openat2.hows.get(flags) if not flags & os.O_CREAT else None
+        got = openat2.syscall(_SYS_OPENAT2, fd, path, how or openat2.how(flags, mode), 24)
+        if got >= 0:
+            return got
+        return self._settle(rel, flags, mode, fd, openat2.get_errno())
+
+    def _settle(self, rel: str, flags: int, mode: int, root: int, err: int) -> int:
+        """``-err`` for a failed openat2, unless the walk must look: EAGAIN/EXDEV (a rename
+        raced the lookup) or ENOTDIR with O_DIRECTORY (a file in the way, or a final link:
+        openat2 says ENOTDIR for both)."""
+        if err in (errno.EAGAIN, errno.EXDEV) or (err == errno.ENOTDIR and flags & _O_DIRECTORY):
+            return self._try_walk(rel, _no_follow(flags), mode, root)
+        return -err
+
+    def probe(self, rel: str, flags: int = PROBE_FLAGS) -> int:
+        """0 when ``rel`` opens with ``flags`` (by default: an entry is there and no link,
+        not even at the end), else ``-errno`` as :meth:`try_open`; nothing is read."""
+        fd = self.try_open(rel, flags)
+        if fd < 0:
+            return fd
+        os.close(fd)
+        return 0
+
+    def read_file(self, rel: str) -> bytes | int:
+        """The whole file, or ``-errno`` instead of raising (as :meth:`try_open`): the
+        path of every read orchfs makes, so it is one call frame around the system calls."""
+        root = self._fd
+        openat2 = self._openat2
+        if root < 0 or openat2 is None or not rel:
+            fd = self.try_open(rel)
+        else:
+            how = openat2.hows.get(READ_FLAGS) or openat2.how(READ_FLAGS, 0)
+            fd = openat2.syscall(_SYS_OPENAT2, root, self._encoded.get(rel) or self._encode(rel), how, 24)
+            if fd < 0:
+                fd = self._settle(rel, READ_FLAGS, 0, root, openat2.get_errno())
+        if fd < 0:
+            return fd
+        try:
+            return read_all(fd)
+        finally:
+            os.close(fd)
+
+    def _try_walk(self, rel: str, flags: int, mode: int, root: int) -> int:
+        try:
+            if not rel:
+                return os.open(".", flags & ~_O_NOFOLLOW, mode, dir_fd=root)
+            return self._walk_open(check_rel(rel), flags, mode, root)
+        except PathEscapeError:
+            return -errno.ELOOP
+        except OSError as exc:
+            return -(exc.errno or errno.EIO)
 
     def _encode(self, rel: str) -> bytes:
         path = os.fsencode(check_rel(rel))
-        if len(self._encoded) < 65536:
+        if len(self._encoded) < MEMO_LIMIT:
             self._encoded[rel] = path
         return path
 
@@ -259,6 +331,8 @@ class Beneath:
         head, name = _split(rel)
         parent = self._walk_dir(head, root, create=False) if head else root
         try:
+            if flags & _O_PATH and not flags & _O_NOFOLLOW:
+                return self._open_no_link(name, flags, parent, rel)
             return os.open(name, flags, mode, dir_fd=parent)
         except OSError as exc:
             maybe_link = exc.errno in _LINK_ERRNOS or (exc.errno == errno.ENOTDIR and flags & _O_DIRECTORY)
@@ -268,6 +342,14 @@ class Beneath:
         finally:
             if parent != root:
                 os.close(parent)
+
+    def _open_no_link(self, name: str, flags: int, parent: int, rel: str) -> int:
+        """``O_PATH`` without ``O_NOFOLLOW`` as openat2 treats it: a final link refused."""
+        fd = os.open(name, flags | _O_NOFOLLOW, dir_fd=parent)
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self._refuse_link(rel)
+        return fd
 
     def _walk_dir(self, rel: str, root: int, create: bool, mode: int = 0o777) -> int:
         """A descriptor of directory ``rel``, one ``O_NOFOLLOW`` component at a time."""
@@ -288,7 +370,7 @@ class Beneath:
 
     def _child_dir(self, fd: int, part: str, rel: str, create: bool, mode: int) -> int:
         try:
-            return os.open(part, DIR_OPEN_FLAGS, dir_fd=fd)
+            return os.open(part, DIR_FLAGS, dir_fd=fd)
         except FileNotFoundError:
             if not create:
                 raise FileNotFoundError(errno.ENOENT, "no such directory", self.show(rel)) from None
@@ -314,7 +396,7 @@ class Beneath:
         """A descriptor of directory ``rel`` (``create``: make it and its parents, each
         new one with ``mode`` less the umask, as ``os.makedirs``)."""
         try:
-            return self.open(rel, DIR_OPEN_FLAGS, create_root=create)
+            return self.open(rel, DIR_FLAGS, create_root=create)
         except FileNotFoundError:
             if not create:
                 raise
@@ -364,7 +446,13 @@ class Beneath:
             links += 1
             if links > _MAX_LINKS:
                 raise PathEscapeError(f"{self.show(rel)}: too many levels of symlinks")
-            target = self.readlink(here)
+            try:
+                target = self.readlink(here)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                pending.append(part)  # no longer a link (swapped meanwhile): look again
+                continue
             if target.startswith("/"):
                 try:
                     target = self.relpath(target)
@@ -381,6 +469,12 @@ class Beneath:
         """The entry's own stat (a link is described, not followed)."""
         if not rel:
             return os.fstat(self.fileno())
+        if self._openat2 is not None and _O_PATH:
+            fd = self.open(rel, _O_PATH | _O_NOFOLLOW)  # the entry itself, link or not
+            try:
+                return os.fstat(fd)
+            finally:
+                os.close(fd)
         with self._parent(rel) as (fd, name):
             return os.stat(name, dir_fd=fd, follow_symlinks=False)
 
@@ -417,6 +511,17 @@ class Beneath:
         fd = self.open_dir(rel)
         try:
             return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    def walk(self, rel: str = "") -> Iterator[tuple[str, list[str], list[str]]]:
+        """``(directory, subdirectories, other names)`` for ``rel`` and every directory
+        below it, top down, as ``os.walk``; a link is listed among the other names and
+        never entered. ``directory`` is relative to ``rel`` (``""`` for ``rel``); prune
+        by editing ``subdirectories`` in place."""
+        fd = self.open_dir(rel)
+        try:
+            yield from _walk_fd(fd, "")
         finally:
             os.close(fd)
 
@@ -544,10 +649,12 @@ class Beneath:
         with self._parent(rel) as (fd, name):
             os.utime(name, ns=ns, dir_fd=fd, follow_symlinks=False)
 
-    def copy(self, src: str, dst: str, *, mode: int | None = None, exclusive: bool = False) -> None:
+    def copy(
+        self, src: str, dst: str, *, mode: int | None = None, exclusive: bool = False, keep_times: bool = True
+    ) -> None:
         """Copy file ``src`` to ``dst`` atomically (reflink where the filesystem offers
         it, ``copy_file_range`` otherwise, plain reads and writes last); ``dst`` gets
-        ``mode``, or ``src``'s permission bits, and ``src``'s times."""
+        ``mode``, or ``src``'s permission bits, and (``keep_times``) ``src``'s times."""
         source = self.open(src)
         try:
             st = os.fstat(source)
@@ -556,7 +663,8 @@ class Beneath:
             final = stat.S_IMODE(st.st_mode) if mode is None else mode
             with self.writer(dst, mode=final, exclusive=exclusive) as out:
                 _copy_fd(source, out.staged_fd(), st.st_size)
-                os.utime(out.staged_fd(), ns=(st.st_atime_ns, st.st_mtime_ns))
+                if keep_times:
+                    os.utime(out.staged_fd(), ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:
             os.close(source)
 
@@ -564,24 +672,40 @@ class Beneath:
 def read_all(fd: int) -> bytes:
     """Every byte from ``fd``'s position to its end.
 
-    The first read asks for 64 KiB rather than ``fstat`` first: state files are small,
-    and an ``fstat`` costs more in Python than reading to the end in one call.
+    No ``fstat`` first (it costs more in Python than the read): one read of 64 KiB, and
+    only a read that filled it goes on. A shorter read is the end of a regular file, as
+    the read of ``st_size + 1`` bytes this replaces assumed.
     """
-    data = os.read(fd, 65536)
-    if not data:
+    data = os.read(fd, _FIRST_READ)
+    if len(data) < _FIRST_READ:
         return data
-    more = os.read(fd, 65536)
-    if not more:
-        return data
-    chunks = [data, more]
-    while more:
-        more = os.read(fd, _COPY_CHUNK)
-        chunks.append(more)
+    chunks = [data]
+    while data:
+        data = os.read(fd, _COPY_CHUNK)
+        chunks.append(data)
     return b"".join(chunks)
 
 
+def _walk_fd(fd: int, here: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    dirs: list[str] = []
+    others: list[str] = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            (dirs if entry.is_dir(follow_symlinks=False) else others).append(entry.name)
+    yield here, dirs, others
+    for name in dirs:
+        try:
+            child = os.open(name, DIR_FLAGS, dir_fd=fd)
+        except OSError:  # gone, or swapped for a link, since the listing
+            continue
+        try:
+            yield from _walk_fd(child, f"{here}/{name}" if here else name)
+        finally:
+            os.close(child)
+
+
 def _remove_below(parent: int, name: str, shown: str) -> None:
-    fd = os.open(name, DIR_OPEN_FLAGS, dir_fd=parent)
+    fd = os.open(name, DIR_FLAGS, dir_fd=parent)
     try:
         with os.scandir(fd) as entries:
             children = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
@@ -626,8 +750,8 @@ def _copy_plain(source: int, target: int, offset: int) -> None:
 
 
 __all__ = [
-    "DIR_OPEN_FLAGS",
     "OPENAT2_AVAILABLE",
+    "PROBE_FLAGS",
     "READ_FLAGS",
     "Beneath",
     "check_rel",

@@ -98,6 +98,9 @@ class MasterKey:
     def __repr__(self) -> str:
         return f"<MasterKey id={self.id.hex()} from {self.source}>"
 
+    def __reduce__(self) -> Any:
+        raise TypeError("key material is never pickled; supply the key again where it is needed")
+
     def namespace_key(self, repo_id: str) -> bytes:
         return _hkdf(self._material, b"orchfs namespace\x00" + repo_id.encode())
 
@@ -326,6 +329,9 @@ class SecretStore:
 
     def __repr__(self) -> str:
         return f"<SecretStore of {self._label!r}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a SecretStore holds key material and is never pickled; pickle the filesystem")
 
     # --- where things are -------------------------------------------------------------
     @property

@@ -4,9 +4,11 @@ An adapter is rooted at a base directory (the repository root, or the directory 
 plays ``.orchestrator/``) and takes *physical relative paths* that the path gate has
 already validated. It owns what "atomic" and "durable" mean on its backend:
 
-* :class:`LocalStorage` talks to ``os`` directly (no fsspec on the hot path): reads
-  refuse symlinks that leave the boundary, writes go through directory descriptors
-  opened without following symlinks and are published by :class:`LocalAtomicWriter`.
+* :class:`LocalStorage` talks to ``os`` directly (no fsspec on the hot path), every
+  operation through the beneath-root layer (:mod:`orchfs.beneath`): one ``openat2``
+  beneath the repository root per read, no symlink followed; a link met on a read is
+  judged and allowed only while it stays inside the root. Writes are published by
+  :class:`LocalAtomicWriter`.
 * :class:`FsspecStorage` wraps any fsspec filesystem (memory, S3, GCS, ...). There is
   no rename on object storage, so a write is staged and published as one PUT
   (multipart for large files); exclusive create is a conditional PUT
@@ -32,15 +34,17 @@ from .atomic import (
     BufferedUploadWriter,
     LocalAtomicWriter,
     StagedWriter,
-    fsync_directory,
 )
+from .beneath import PROBE_FLAGS, READ_FLAGS, Beneath, read_all
 from .conditional import for_filesystem
 from .errors import PathEscapeError
 from .locks import active_fence
 from .paths import MARKER_PREFIXES, MEMO_LIMIT, TEMP_PREFIX
 
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_APPEND_EXISTING_FLAGS = os.O_WRONLY | os.O_APPEND | (_READ_FLAGS & ~os.O_RDONLY)
+_O_PATH = getattr(os, "O_PATH", 0)
+# The entry itself, a link included (for markers): nothing read, nothing followed.
+_ENTRY_FLAGS = (_O_PATH if _O_PATH else os.O_RDONLY | os.O_NONBLOCK) | os.O_NOFOLLOW
+_APPEND_EXISTING_FLAGS = os.O_WRONLY | os.O_APPEND
 _APPEND_FLAGS = _APPEND_EXISTING_FLAGS | os.O_CREAT
 try:
     from fcntl import LOCK_EX as _LOCK_EX
@@ -132,21 +136,35 @@ def _local_info(st: os.stat_result) -> dict[str, Any]:
 
 
 class LocalStorage:
-    """Local disk through ``os``, rooted at ``base``, never leaving ``boundary``."""
+    """Local disk rooted at ``base``, every operation beneath ``boundary`` (see
+    :mod:`orchfs.beneath`): no read, write, move or delete follows a symlink, and a
+    link met on a read is judged (allowed only when it stays inside ``boundary``)."""
 
     kind = "local"
     capabilities = Capabilities(
         atomic_rename=True, conditional_put=True, native_append=True, empty_directories=True
     )
 
-    def __init__(self, base: str, boundary: str | None = None) -> None:
+    def __init__(self, base: str, boundary: str | None = None, *, use_openat2: bool | None = None) -> None:
         self.base = os.path.abspath(base)
-        self.boundary = os.path.realpath(boundary or self.base)
-        self._boundary_prefix = self.boundary.rstrip(os.sep) + os.sep
-        self._clean_dirs: set[str] = set()
-        self._write_clean_dirs: set[str] = set()
-        if os.path.islink(self.base) and not self._inside(os.path.realpath(self.base)):
-            raise PathEscapeError(f"{self.base} is a symlink that leaves {self.boundary}")
+        disk = Beneath(boundary or self.base, use_openat2=use_openat2)
+        try:
+            prefix = disk.relpath(self.base)
+        except PathEscapeError:  # state kept elsewhere on local disk: its own root
+            disk = Beneath(self.base, use_openat2=use_openat2)
+            prefix = ""
+        if prefix:
+            # A base that is a link leaving the boundary is refused at once; one that stays
+            # inside is judged on every read as any link is, and refused for writes.
+            with contextlib.suppress(FileNotFoundError):
+                disk.resolve(prefix)
+        self._disk = disk
+        self.boundary = disk.root
+        self._prefix = prefix
+        self._under = f"{prefix}/" if prefix else ""
+        # rel -> its path beneath the boundary: the same string object on every call,
+        # so the layer's own look-ups hash it once. Strings only; nothing about the disk.
+        self._paths: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"LocalStorage({self.base!r})"
@@ -157,57 +175,38 @@ class LocalStorage:
     def _full(self, rel: str) -> str:
         return f"{self.base}/{rel}" if rel else self.base
 
-    def _inside(self, real: str) -> bool:
-        return real == self.boundary or real.startswith(self._boundary_prefix)
+    def _p(self, rel: str) -> str:
+        """``rel`` (relative to the base) as a path beneath the boundary."""
+        path = self._paths.get(rel)
+        if path is None:
+            path = self._under + rel if rel else self._prefix
+            if len(self._paths) < MEMO_LIMIT:
+                self._paths[rel] = path
+        return path
 
-    def _check_link(self, full: str) -> None:
-        real = os.path.realpath(full)
-        if not self._inside(real):
-            raise PathEscapeError(
-                f"{full} is a symlink to {real}, outside {self.boundary}; orchfs refuses it"
-            )
+    def _open_dir(self, rel_dir: str, create: bool) -> int:
+        """A descriptor of directory ``base/rel_dir``, no link followed on the way."""
+        return self._disk.open_dir(self._p(rel_dir), create=create)
 
-    def _check_parents(self, rel: str) -> None:
-        """Refuse a read through an intermediate symlink that leaves the boundary.
-
-        Called once a path was found, never for absent ones. Directories found clean
-        are remembered until orchfs itself removes or renames a directory here.
-        """
-        head = rel.rpartition("/")[0]
-        if head in self._clean_dirs:
-            return
-        cut = rel.find("/")
-        while cut != -1:
-            full = self._full(rel[:cut])
-            try:
-                st = os.lstat(full)
-            except OSError:
-                return
-            if stat.S_ISLNK(st.st_mode):
-                self._check_link(full)
-                return
-            cut = rel.find("/", cut + 1)
-        if len(self._clean_dirs) < MEMO_LIMIT:
-            self._clean_dirs.add(head)
-
-    def _forget_clean_dirs(self) -> None:
-        self._clean_dirs.clear()
-        self._write_clean_dirs.clear()
+    def _judged(self, rel: str) -> str:
+        """The link-free path beneath the boundary that ``rel`` stands for: each link on
+        the way read and allowed only when it stays inside (else PathEscapeError)."""
+        return self._disk.resolve(self._p(rel))
 
     # --- reading -------------------------------------------------------------------
     def lstat(self, rel: str) -> os.stat_result | None:
-        """The entry's own stat (following only links that stay inside), or None."""
-        full = self._full(rel)
+        """The entry's stat (following only links that stay inside), or None."""
+        disk = self._disk
+        path = self._p(rel)
         try:
-            st = os.lstat(full)
+            st = disk.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        if "/" in rel and rel.rpartition("/")[0] not in self._clean_dirs:
-            self._check_parents(rel)
-        if stat.S_ISLNK(st.st_mode):
-            self._check_link(full)
+        except PathEscapeError:
+            st = None  # a link on the way: judged below
+        if st is None or stat.S_ISLNK(st.st_mode):
             try:
-                st = os.stat(full)
+                st = disk.lstat(self._judged(rel))
             except (FileNotFoundError, NotADirectoryError):
                 return None
         return st
@@ -218,81 +217,88 @@ class LocalStorage:
 
     def maybe_exists(self, rel: str) -> bool:
         """A cheap check without an exception on a miss (False means absent)."""
-        return os.access(self._full(rel), os.F_OK, follow_symlinks=False)
+        err = self._disk.probe(self._p(rel), _ENTRY_FLAGS)
+        return err == 0 or err == -errno.ELOOP  # a link on the way: the lookup proper judges it
 
-    has_entry = maybe_exists  # exact for a name orchfs itself writes (no link involved)
+    def has_entry(self, rel: str) -> bool:
+        """Whether an entry (a link counts) is at exactly ``rel``, reached without a link:
+        for the marker files orchfs writes itself."""
+        return self._disk.probe(self._p(rel), _ENTRY_FLAGS) == 0
 
     def exists(self, rel: str) -> bool:
+        fd = self._disk.try_open(self._paths.get(rel) or self._p(rel), PROBE_FLAGS)
+        if fd >= 0:  # there, and no link anywhere: the common case in one call
+            os.close(fd)
+            return True
+        if fd != -errno.ELOOP:
+            return False
         return self.lstat(rel) is not None
+
+    def _open_judged(self, rel: str, flags: int = READ_FLAGS) -> int:
+        """A descriptor of ``rel``, a link on the way judged; -ENOENT when absent."""
+        fd = self._disk.try_open(self._p(rel), flags)
+        if fd == -errno.ELOOP:
+            fd = self._disk.try_open(self._judged(rel), flags)
+            if fd == -errno.ELOOP:  # swapped for a link since: refused, never followed
+                raise PathEscapeError(f"{self._full(rel)} changed into a symlink while read; refused")
+        if fd < 0 and fd not in (-errno.ENOENT, -errno.ENOTDIR):
+            raise OSError(-fd, os.strerror(-fd), self._full(rel))
+        return fd
 
     def scan(self, rel: str, detail: bool = True) -> Listing:
         """``(name, info)`` of each child and, apart from them, the marker names; without
         ``detail`` no child but a symlink (judged as always) is stat'ed, its info None."""
-        if rel and "/" in rel:
-            self._check_parents(rel + "/")
-        full = self._full(rel)
-        if rel and os.path.islink(full):
-            self._check_link(full)
-        out = []
+        fd = self._open_judged(rel, DIR_FLAGS)
+        if fd < 0:
+            raise OSError(-fd, os.strerror(-fd), self._full(rel))
+        out: list[tuple[str, dict[str, Any] | None]] = []
         markers = []
-        with os.scandir(full) as entries:
-            for entry in entries:
-                name = entry.name
-                if name.startswith(MARKER_PREFIXES):
-                    markers.append(name)
-                    continue
-                if not detail and not entry.is_symlink():  # the directory entry's type says so
-                    out.append((name, None))
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode):
-                    try:
-                        self._check_link(entry.path)
-                        st = os.stat(entry.path)
-                    except (PathEscapeError, OSError):
+        links = []
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name.startswith(MARKER_PREFIXES):
+                        markers.append(name)
                         continue
-                out.append((name, _local_info(st)))
+                    if not detail and not entry.is_symlink():  # the directory entry's type says so
+                        out.append((name, None))
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISLNK(st.st_mode):
+                        links.append(name)
+                        continue
+                    out.append((name, _local_info(st)))
+        finally:
+            os.close(fd)
+        for name in links:  # judged one by one; one that leaves the boundary is left out
+            with contextlib.suppress(PathEscapeError, OSError):
+                st = self.lstat(f"{rel}/{name}" if rel else name)
+                if st is not None:
+                    out.append((name, _local_info(st)))
         return Listing(out, markers)
 
     def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
         """(name, info) of each child, markers and temp files left out."""
-        return self.scan(rel).children
-
-    def _open_fd(self, rel: str) -> int:
-        full = self._full(rel)
-        try:
-            fd = os.open(full, _READ_FLAGS)
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            self._check_link(full)
-            fd = os.open(os.path.realpath(full), _READ_FLAGS)
-        if "/" in rel:
-            try:
-                self._check_parents(rel)
-            except BaseException:
-                os.close(fd)
-                raise
-        return fd
+        return self.scan(rel).children  # type: ignore[return-value]
 
     def read_optional(self, rel: str, start: int | None = None, end: int | None = None) -> bytes | None:
-        """The file's bytes (or a range of them), or None when it is absent: every read's path."""
-        try:
-            fd = os.open(f"{self.base}/{rel}", _READ_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
+        """The file's bytes (or a range of them), or None when it is absent: every read's path.
+
+        One ``openat2`` beneath the boundary (no link followed, kernel-enforced) on every
+        call: nothing is remembered between reads that could skip the check.
+        """
+        if start is None and end is None:
+            data = self._disk.read_file(self._paths.get(rel) or self._p(rel))
+            if data.__class__ is bytes:
+                return data  # type: ignore[return-value]
+        fd = self._open_judged(rel)
+        if fd < 0:
             return None
-        except OSError:
-            fd = self._open_fd(rel)  # a symlink: the careful path decides
         try:
-            if "/" in rel and rel.rpartition("/")[0] not in self._clean_dirs:
-                self._check_parents(rel)
-            size = os.fstat(fd).st_size
             if start is None and end is None:
-                data = os.read(fd, size + 1)
-                if len(data) > size:  # it grew since fstat: read on to the end
-                    data += b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
-                return data
-            begin, stop = _clip_range(start, end, size)
+                return read_all(fd)
+            begin, stop = _clip_range(start, end, os.fstat(fd).st_size)
             return os.pread(fd, stop - begin, begin) if stop > begin else b""
         finally:
             os.close(fd)
@@ -304,51 +310,15 @@ class LocalStorage:
         return data
 
     def open_read(self, rel: str, block_size: int | None = None, size: int | None = None) -> IO[bytes]:
-        fd = self._open_fd(rel)
+        fd = self._open_judged(rel)
+        if fd < 0:
+            raise OSError(-fd, os.strerror(-fd), self._full(rel))
         if stat.S_ISDIR(os.fstat(fd).st_mode):
             os.close(fd)
             raise IsADirectoryError(errno.EISDIR, "is a directory", self._full(rel))
         return os.fdopen(fd, "rb", buffering=block_size or -1)
 
     # --- writing -------------------------------------------------------------------
-    def _open_dir(self, rel_dir: str, create: bool) -> int:
-        """A descriptor for ``base/rel_dir``, reached without following any symlink."""
-        try:
-            fd = os.open(self.base, DIR_FLAGS)
-        except FileNotFoundError:
-            if not create:
-                raise
-            os.makedirs(self.base, exist_ok=True)
-            fd = os.open(self.base, DIR_FLAGS)
-        for part in rel_dir.split("/") if rel_dir else ():
-            try:
-                child = self._open_child_dir(fd, part, create)
-            finally:
-                os.close(fd)
-            fd = child
-        return fd
-
-    def _open_child_dir(self, fd: int, part: str, create: bool) -> int:
-        try:
-            return os.open(part, DIR_FLAGS, dir_fd=fd)
-        except FileNotFoundError:
-            if not create:
-                raise
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, dir_fd=fd)
-            fsync_directory(fd)
-            return self._open_child_dir(fd, part, create=False)
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                raise
-            st = os.lstat(part, dir_fd=fd)
-            if stat.S_ISLNK(st.st_mode):
-                raise PathEscapeError(
-                    f"{part!r} under {self.base} is a symlink; orchfs never follows "
-                    "symlinks where a write goes"
-                ) from None
-            raise NotADirectoryError(errno.ENOTDIR, "a file is in the way", part) from None
-
     def open_write(
         self,
         rel: str,
@@ -407,42 +377,32 @@ class LocalStorage:
         filesystem; the ``flock`` keeps that true where the kernel would split a large
         write, and serialises with anyone else who locks the file.
         """
-        head, _, name = rel.rpartition("/")
-        dir_fd = self._open_dir(head, create=True)
-        try:
-            fd = os.open(name, _APPEND_FLAGS, DEFAULT_FILE_MODE, dir_fd=dir_fd)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise PathEscapeError(f"{self._full(rel)} is a symlink; not appended") from None
-            raise
-        finally:
-            os.close(dir_fd)
+        head = rel.rpartition("/")[0]
+        if head:
+            os.close(self._open_dir(head, create=True))
+        fd = self._disk.try_open(self._p(rel), _APPEND_FLAGS, DEFAULT_FILE_MODE, create_root=True)
+        if fd < 0:
+            self._refuse_append(rel, fd)
         self._append_fd(fd, rel, data)
 
     def append_existing(self, rel: str, data: bytes) -> bool:
         """Append to a file that already exists (False, and nothing done, if it does not).
 
-        The fast path of ``append_line``: one open without ``O_CREAT``; the directories
-        on the way were checked to hold no symlink.
+        The fast path of ``append_line``: one open without ``O_CREAT``, beneath the
+        boundary with no link followed.
         """
-        try:
-            fd = os.open(self._full(rel), _APPEND_EXISTING_FLAGS)
-        except FileNotFoundError:
+        fd = self._disk.try_open(self._p(rel), _APPEND_EXISTING_FLAGS)
+        if fd == -errno.ENOENT:
             return False
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise PathEscapeError(f"{self._full(rel)} is a symlink; not appended") from None
-            raise
-        head = rel.rpartition("/")[0]
-        if head and head not in self._write_clean_dirs:
-            try:
-                self._open_dir(head, create=False)  # refuses any symlink on the way
-            except BaseException:
-                os.close(fd)
-                raise
-            self._write_clean_dirs.add(head)
+        if fd < 0:
+            self._refuse_append(rel, fd)
         self._append_fd(fd, rel, data)
         return True
+
+    def _refuse_append(self, rel: str, err: int) -> None:
+        if err == -errno.ELOOP:
+            raise PathEscapeError(f"{self._full(rel)} is or runs through a symlink; not appended")
+        raise OSError(-err, os.strerror(-err), self._full(rel))
 
     def _append_fd(self, fd: int, rel: str, data: bytes) -> None:
         try:
@@ -459,8 +419,8 @@ class LocalStorage:
         os.close(self._open_dir(rel, create=True))
 
     def makedirs_private(self, rel: str) -> None:
-        """``rel`` and every directory on the way to it made 0700, each reached without
-        following a symlink."""
+        """``rel`` and every directory on the way to it (below the base) made 0700, each
+        reached without following a symlink."""
         parts = rel.split("/")
         for depth in range(1, len(parts) + 1):
             fd = self._open_dir("/".join(parts[:depth]), create=True)
@@ -469,69 +429,38 @@ class LocalStorage:
             finally:
                 os.close(fd)
 
-    def _in_parent(self, rel: str, action: Any) -> None:
-        head, _, name = rel.rpartition("/")
-        dir_fd = self._open_dir(head, create=False)
-        try:
-            action(name, dir_fd)
-            fsync_directory(dir_fd)
-        finally:
-            os.close(dir_fd)
-
     def remove(self, rel: str) -> None:
-        self._in_parent(rel, lambda name, fd: os.unlink(name, dir_fd=fd))
+        self._disk.unlink(self._p(rel))
 
     def rmdir(self, rel: str) -> None:
-        self._forget_clean_dirs()
-        self._in_parent(rel, lambda name, fd: os.rmdir(name, dir_fd=fd))
+        self._disk.rmdir(self._p(rel))
 
     def remove_tree(self, rel: str) -> None:
-        """Remove a directory and everything in it, markers included, never via a link."""
-        import shutil
-
-        self._forget_clean_dirs()
-        full = self._full(rel)
-        if os.path.islink(full):
-            os.unlink(full)
-            return
-        shutil.rmtree(full)  # fd-based on Linux: safe against symlink swaps
+        """Remove a directory and everything in it, markers included, never via a link
+        (a link at ``rel`` is removed itself)."""
+        self._disk.remove_tree(self._p(rel))
 
     def find_files(self, rel: str, include_markers: bool = False) -> list[str]:
         """Paths of every file below ``rel`` (relative to it); temp files left out, and
-        whiteout markers too unless ``include_markers``."""
-        out = []
-        base = self._full(rel)
-        if not os.path.isdir(base) or os.path.islink(base):
-            return out
+        whiteout markers too unless ``include_markers``. Links are listed, never entered."""
         skipped = TEMP_PREFIX if include_markers else MARKER_PREFIXES
-        for top, dirs, files in os.walk(base):
-            dirs[:] = [d for d in dirs if not d.startswith(skipped)]
-            prefix = os.path.relpath(top, base)
-            for name in files:
-                if not name.startswith(skipped):
-                    out.append(name if prefix == "." else f"{prefix}/{name}")
+        out = []
+        try:
+            for top, dirs, files in self._disk.walk(self._p(rel)):
+                dirs[:] = [d for d in dirs if not d.startswith(skipped)]
+                for name in files:
+                    if not name.startswith(skipped):
+                        out.append(f"{top}/{name}" if top else name)
+        except (FileNotFoundError, NotADirectoryError, PathEscapeError):
+            return []
         return out
 
     def rename(self, src: str, dst: str) -> None:
-        src_head, _, src_name = src.rpartition("/")
-        dst_head, _, dst_name = dst.rpartition("/")
-        self._forget_clean_dirs()
-        src_fd = self._open_dir(src_head, create=False)
-        try:
-            dst_fd = self._open_dir(dst_head, create=True)
-            try:
-                os.replace(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-                fsync_directory(dst_fd)
-                fsync_directory(src_fd)
-            finally:
-                os.close(dst_fd)
-        finally:
-            os.close(src_fd)
+        self._disk.rename(self._p(src), self._p(dst), make_parents=True)
 
     def copy(self, src: str, dst: str) -> None:
-        with self.open_read(src) as reader, self.open_write(dst) as writer:
-            while chunk := reader.read(1 << 20):
-                writer.write(chunk)
+        # A link at the source is judged like any read; the copy gets the usual mode.
+        self._disk.copy(self._judged(src), self._p(dst), mode=DEFAULT_FILE_MODE, keep_times=False)
 
 
 def _clip_range(start: int | None, end: int | None, size: int) -> tuple[int, int]:

@@ -5,6 +5,7 @@ the root keeps its bytes, modes and times."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import stat
@@ -14,8 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchfs.beneath import OPENAT2_AVAILABLE, Beneath, check_rel
-from orchfs.errors import PathEscapeError
+import orchfs
+from orchfs.atomic import DIR_FLAGS
+from orchfs.beneath import OPENAT2_AVAILABLE, PROBE_FLAGS, Beneath, check_rel
+from orchfs.errors import LegacyPathWarning, PathEscapeError
+from orchfs.storage import LocalStorage
 
 WAYS = [
     pytest.param(True, id="openat2", marks=pytest.mark.skipif(not OPENAT2_AVAILABLE, reason="no openat2")),
@@ -407,3 +411,133 @@ def test_random_trees_with_planted_links_never_touch_the_canary(
     assert snapshot(str(canary)) == before
     assert not os.path.lexists(base / "nowhere")
     assert sorted(os.listdir(base)) == ["canary", "root"]
+
+
+def test_try_open_tells_a_link_from_a_miss(tmp_path, canary, way):
+    root = tmp_path / "root"
+    make_tree(root)
+    os.symlink(canary, root / "dirlink")
+    os.symlink("a", root / "inside-link")
+    b = Beneath(str(root), use_openat2=way)
+    for flags in (PROBE_FLAGS, DIR_FLAGS, os.O_RDONLY):
+        assert b.try_open("dirlink", flags) == -errno.ELOOP
+        assert b.try_open("inside-link", flags) == -errno.ELOOP
+        assert b.try_open("dirlink/f", flags) == -errno.ELOOP
+        assert b.try_open("missing", flags) == -errno.ENOENT
+        assert b.try_open("ok/x", flags) == -errno.ENOTDIR
+        assert b.probe("dirlink", flags) == -errno.ELOOP
+    assert b.probe("a/b/f") == 0
+    assert b.read_file("a/b/f") == b"inside"
+    assert b.read_file("dirlink/f") == -errno.ELOOP
+    assert b.read_file("missing") == -errno.ENOENT
+
+
+# --- through the storage adapter and the filesystem -------------------------------------
+@pytest.fixture
+def repo_with_links(tmp_path, canary):
+    repo = tmp_path / "repo"
+    (repo / ".orchestrator").mkdir(parents=True)
+    (repo / "data").mkdir()
+    (repo / "data" / "state.json").write_bytes(b"v1 inside")
+    return repo
+
+
+@pytest.mark.parametrize("target", ["data/state.json", "ABS"], ids=["relative", "absolute"])
+def test_a_v1_file_that_links_inside_is_read(repo_with_links, target):
+    repo = repo_with_links
+    os.symlink(
+        str(repo / "data" / "state.json") if target == "ABS" else target, repo / ".workflow_state.json"
+    )
+    fs = orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True)
+    with pytest.warns(LegacyPathWarning):
+        assert fs.cat_file("state.json") == b"v1 inside"
+    assert fs.exists("state.json")
+    assert fs.info("state.json")["size"] == len(b"v1 inside")
+
+
+def test_a_v1_file_that_links_outside_is_refused(repo_with_links, canary):
+    repo = repo_with_links
+    before = snapshot(canary)
+    os.symlink(os.path.join(canary, "f"), repo / ".workflow_state.json")
+    os.symlink(os.path.join(canary, "sub"), repo / ".workflow_checkpoints")
+    os.symlink("../" * 6 + canary.lstrip("/"), repo / ".workflow_log.jsonl")
+    fs = orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True)
+    for logical in ("state.json", "checkpoints/g", "log.jsonl"):
+        with pytest.raises(PathEscapeError):
+            fs.cat_file(logical)
+        with pytest.raises(PathEscapeError):
+            fs.open(logical, "rb")
+    assert "g" not in str(fs.ls("", detail=False))
+    assert snapshot(canary) == before
+
+
+@pytest.mark.parametrize("use_openat2", WAYS)
+def test_storage_on_both_ways_refuses_a_swap_on_a_warm_instance(repo_with_links, canary, use_openat2):
+    repo = repo_with_links
+    state = repo / ".orchestrator"
+    (state / "cp").mkdir()
+    (state / "cp" / "one.json").write_bytes(b"inside")
+    (state / "log.jsonl").write_bytes(b"")
+    store = LocalStorage(str(state), str(repo), use_openat2=use_openat2)
+    assert store.read("cp/one.json") == b"inside"
+    assert store.exists("cp/one.json")
+    assert [n for n, _ in store.listdir("cp")] == ["one.json"]
+    store.append("cp/log.jsonl", b"x")
+    os.rename(state / "cp", repo / "cp-aside")
+    os.symlink(canary, state / "cp")  # the same instance, every memo warm
+    with open(os.path.join(canary, "one.json"), "wb") as f:
+        f.write(b"CANARY")
+    before = snapshot(canary)
+    for call in (
+        lambda: store.read("cp/one.json"),
+        lambda: store.read_optional("cp/one.json", 0, 3),
+        lambda: store.open_read("cp/one.json"),
+        lambda: store.info("cp/one.json"),
+        lambda: store.exists("cp/one.json"),
+        lambda: store.listdir("cp"),
+        lambda: store.write("cp/new.json", b"x"),
+        lambda: store.append("cp/log.jsonl", b"x"),
+        lambda: store.append_existing("cp/log.jsonl", b"x"),
+        lambda: store.makedirs("cp/d"),
+        lambda: store.remove("cp/one.json"),
+        lambda: store.remove_tree("cp/sub"),
+        lambda: store.rename("cp/one.json", "moved.json"),
+        lambda: store.copy("cp/one.json", "copied.json"),
+    ):
+        with pytest.raises(PathEscapeError):
+            call()
+    assert snapshot(canary) == before
+    assert store.has_entry("cp")  # the link itself is an entry; nothing below it is
+    assert not store.has_entry("cp/one.json")
+
+
+@pytest.mark.parametrize("use_openat2", WAYS)
+def test_storage_follows_links_that_stay_inside(repo_with_links, use_openat2):
+    repo = repo_with_links
+    state = repo / ".orchestrator"
+    os.symlink("../data", state / "alias")
+    os.symlink(str(repo / "data" / "state.json"), state / "file-alias.json")
+    store = LocalStorage(str(state), str(repo), use_openat2=use_openat2)
+    assert store.read("alias/state.json") == b"v1 inside"
+    assert store.read("file-alias.json") == b"v1 inside"
+    assert store.info("alias")["type"] == "directory"
+    assert dict(store.listdir(""))["alias"]["type"] == "directory"
+    assert [n for n, _ in store.listdir("alias")] == ["state.json"]
+    with pytest.raises(PathEscapeError):  # writes never go through a link
+        store.write("alias/new.json", b"x")
+
+
+def test_a_linked_state_directory_is_read_inside_and_never_written_through(tmp_path, canary):
+    repo = tmp_path / "repo"
+    (repo / "real-state").mkdir(parents=True)
+    (repo / "real-state" / "state.json").write_bytes(b"through an inside link")
+    os.symlink("real-state", repo / ".orchestrator")
+    store = LocalStorage(str(repo / ".orchestrator"), str(repo))
+    assert store.read("state.json") == b"through an inside link"
+    with pytest.raises(PathEscapeError):
+        store.write("state.json", b"x")
+    assert (repo / "real-state" / "state.json").read_bytes() == b"through an inside link"
+    os.unlink(repo / ".orchestrator")
+    os.symlink(canary, repo / ".orchestrator")
+    with pytest.raises(PathEscapeError):
+        LocalStorage(str(repo / ".orchestrator"), str(repo))

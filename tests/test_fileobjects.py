@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import warnings
+from typing import Any
 
 import fsspec
 import pytest
@@ -141,6 +142,14 @@ def test_abandoned_readers_close_without_resource_warning(orch):
     """As ``python -W error::ResourceWarning`` would see it: an unclosed reader that is
     dropped (a reader library that never closes) is closed quietly, its descriptor freed."""
     orch.pipe_file("state.json", DATA)
+
+    def through_fsspec() -> Any:
+        return fsspec.open(
+            "orch://state.json", "rb", root=orch.root, storage_options=orch.storage_options_ or None
+        )
+
+    with through_fsspec() as warm:  # the cached filesystem (and its root descriptor) made first
+        warm.read()
     gc.collect()
     before = _open_fds()
     with warnings.catch_warnings(record=True) as caught:
@@ -149,10 +158,7 @@ def test_abandoned_readers_close_without_resource_warning(orch):
         assert binary.read(5) == DATA[:5]
         text = orch.open("state.json", "r")
         assert text.read(5) == DATA[:5].decode()
-        opened = fsspec.open(
-            "orch://state.json", "rb", root=orch.root, storage_options=orch.storage_options_ or None
-        )
-        with opened as via_fsspec:
+        with through_fsspec() as via_fsspec:
             assert via_fsspec.read() == DATA
         del binary, text
         gc.collect()

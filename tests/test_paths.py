@@ -243,3 +243,43 @@ def test_symlink_inside_the_root_is_readable(tmp_path):
     os.symlink(repo / "real.json", repo / ".orchestrator" / "alias.json")
     fs = orchfs.OrchFileSystem(root=str(repo))
     assert fs.cat_file("alias.json") == b"inside"
+
+
+LONE_SURROGATES = st.integers(0xD800, 0xDFFF).map(chr)
+
+
+@settings(max_examples=300, deadline=None)
+@given(prefix=st.text(max_size=8), surrogate=LONE_SURROGATES, suffix=st.text(max_size=8))
+def test_lone_surrogates_are_refused_by_the_gate(prefix, surrogate, suffix):
+    with pytest.raises(PathEscapeError, match="cannot be encoded"):
+        paths.validate(f"{prefix}{surrogate}{suffix}")
+    with pytest.raises(PathEscapeError):
+        paths.validate_name(f"s{surrogate}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=20))
+def test_whatever_the_gate_accepts_encodes(text):
+    try:
+        normal = paths.validate(text)
+    except PathEscapeError:
+        return
+    normal.encode("utf-8")  # strictly: no UnicodeEncodeError later, half-way through
+    os.fsencode(normal)
+
+
+@pytest.mark.parametrize("name", ["a\udc80.json", "dir/\ud800/x", "\udcff"])
+def test_unencodable_names_fail_at_the_gate_for_every_entry_point(name, tmp_path):
+    fs = orchfs.OrchFileSystem(root=str(tmp_path), skip_instance_cache=True)
+    for call in (
+        lambda: fs.pipe_file(name, b"x"),
+        lambda: fs.cat_file(name),
+        lambda: fs.exists(name),
+        lambda: fs.ls(name),
+        lambda: fs.rm(name),
+        lambda: fs.append_line(name, {"a": 1}),
+        lambda: fs.session(name),
+    ):
+        with pytest.raises(PathEscapeError):
+            call()
+    assert not os.path.exists(tmp_path / ".orchestrator" / "a")
