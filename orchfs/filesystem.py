@@ -516,7 +516,8 @@ class OrchFileSystem(ChainedFileSystem):
         )
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
-        logical = self._exists_logical.get(path)  # the gate's answer for this spelling
+        # The gate's answer for this spelling, when the layout places nothing below it.
+        logical = self._exists_logical.get(path)
         if logical is None:
             logical = self._gate(path)
             if not logical:
@@ -527,9 +528,11 @@ class OrchFileSystem(ChainedFileSystem):
                 except (FileNotFoundError, IsADirectoryError):
                     return False
                 return True
+            if self.layout.virtual_children(logical):  # a layout directory: asked in full
+                return self._overlay.exists(logical) or self._overlay.is_virtual_dir(logical)
             if len(self._exists_logical) < MEMO_LIMIT:
                 self._exists_logical[path] = logical
-        return self._overlay.exists(logical) or self._overlay.is_virtual_dir(logical)
+        return self._overlay.exists(logical)
 
     def isdir(self, path: Any) -> bool:
         return self._is_dir(self._gate(path))

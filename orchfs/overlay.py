@@ -241,6 +241,12 @@ class Overlay:
         last = self._last_layer.get(logical, 0)
         if not last and top.store.exists(top.rel):  # the top layer answered last time too
             return True
+        if last == ABSENT:  # absent last time: a cheap probe per layer says whether it still is
+            for location in layers:
+                if location.store.maybe_exists(location.rel):
+                    break
+            else:
+                return False
         for index, location in enumerate(layers):
             store = location.store
             if index < last or last == ABSENT:
