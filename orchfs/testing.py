@@ -120,9 +120,18 @@ def orch_fake_disk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     import fcntl
     import os
 
-    from . import beneath, filesystem, locks, migrate  # imported before pyfakefs patches modules
+    # Imported before pyfakefs patches modules. It unloads those first imported under
+    # its patch, and a second copy of cryptography's classes would break every later
+    # use of secrets in the process.
+    import cryptography.exceptions
+    import cryptography.hazmat.primitives.ciphers.aead
+    import cryptography.hazmat.primitives.kdf.hkdf
+    import cryptography.hazmat.primitives.kdf.scrypt
+    import cryptography.hazmat.primitives.padding
 
-    del filesystem, locks, migrate
+    from . import beneath, filesystem, locks, migrate
+
+    del filesystem, locks, migrate, cryptography
     monkeypatch.setattr(beneath, "_OPENAT2", None)  # the O_NOFOLLOW walk: plain os calls
     fake = request.getfixturevalue("fs")
     # Inside the patch, `os` and `fcntl` are pyfakefs's modules; give them what they lack

@@ -169,3 +169,14 @@ def local_repo(tmp_path) -> str:
     repo = tmp_path / "repo"
     repo.mkdir()
     return str(repo)
+
+
+def digest_tree(root: str) -> dict[str, bytes]:
+    """Every file below ``root`` (relative name -> bytes)."""
+    out = {}
+    for top, _dirs, files in os.walk(root):
+        for name in files:
+            full = os.path.join(top, name)
+            with open(full, "rb") as f:
+                out[os.path.relpath(full, root)] = f.read()
+    return out

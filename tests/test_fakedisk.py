@@ -12,15 +12,7 @@ from orchfs.errors import LegacyPathWarning
 from orchfs.secrets import new_key_text
 from orchfs.testing import LEGACY_SAMPLE
 
-
-def digest_tree(root: str) -> dict[str, bytes]:
-    out = {}
-    for top, _dirs, files in os.walk(root):
-        for name in files:
-            full = os.path.join(top, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, root)] = f.read()
-    return out
+from .conftest import digest_tree
 
 
 def test_v2_repository_on_the_fake_disk(orch_fake_disk):

@@ -61,7 +61,7 @@ class TestOrchOpen(AbstractOpenTests, OrchFixtures):
     pass
 
 
-class RootFixtures(AbstractFixtures):
+class RootFixtures(OrchFixtures):
     """fsspec's own set-up for its memory filesystem, with orchfs in its place: the
     logical root as ``fs_path`` (top-level names), ``/``-joined paths, one filesystem
     per class."""
@@ -81,10 +81,6 @@ class RootFixtures(AbstractFixtures):
     @pytest.fixture
     def fs_sanitize_path(self):
         return lambda path: path.lstrip("/")  # orchfs names have no root marker
-
-    @pytest.fixture
-    def supports_empty_directories(self, fs):
-        return fs.storage_capabilities.empty_directories
 
 
 class TestRootCopy(AbstractCopyTests, RootFixtures):

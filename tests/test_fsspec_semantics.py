@@ -14,6 +14,8 @@ import pytest
 
 import orchfs
 
+from .conftest import digest_tree
+
 
 def _stamp(when: datetime) -> float:
     return when.timestamp()
@@ -131,16 +133,6 @@ def _contents(fs):
     return {name: fs.cat_file(name) for name in fs.find("")}
 
 
-def _local_contents(directory):
-    out = {}
-    for top, _dirs, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(top, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = f.read()
-    return out
-
-
 def _outcome(call):
     try:
         call()
@@ -162,7 +154,7 @@ def test_get_places_files_as_memory_does(backend_no_s3, request, tmp_path, sourc
         _outcome(lambda: ref.fs.get(ref.at(source), str(outs[1] / dest), recursive=recursive)),
     ]
     assert errors[0] == errors[1]
-    assert _local_contents(outs[0]) == _local_contents(outs[1])
+    assert digest_tree(outs[0]) == digest_tree(outs[1])
 
 
 @pytest.mark.parametrize("recursive", [True, False])
