@@ -296,6 +296,10 @@ def test_s3_requests_per_operation(request, tmp_path):
 
     assert requests(write_new) == ["HEAD", "LIST", "PUT"]
     # The lookup's HEAD, then s3fs's own (it keeps the ETag to notice a changed object).
-    assert requests(lambda: fs.open("run/new.json", "rb").read()) == ["GET", "HEAD", "HEAD"]
+    def read_new() -> None:
+        with fs.open("run/new.json", "rb") as f:
+            f.read()
+
+    assert requests(read_new) == ["GET", "HEAD", "HEAD"]
     assert requests(lambda: fs.rm_file("run/new.json")) == ["DELETE", "HEAD"]
     assert fs.cat_file("state.json") == b"{1}"
