@@ -59,7 +59,7 @@ HOLDER_RECORD_BYTES = 512
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_LEASE = 30.0
 _MAX_POLL = 0.05
-_MAX_LEASE_POLL = 0.06  # each lease probe is a request: waiters must not crowd out the holder
+_MAX_LEASE_POLL = 0.03  # each lease probe is a request: waiters must not crowd out the holder
 _HOST = platform.node()  # socket.gethostname() where there is uname; no socket import
 
 try:

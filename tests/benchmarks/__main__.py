@@ -8,6 +8,7 @@ from . import (
     bench_core,
     bench_locks,
     bench_migrate,
+    bench_objects,
     bench_overlay,
     bench_realistic,
     bench_secrets,
@@ -20,6 +21,7 @@ BENCHMARKS = {
     "realistic": bench_realistic.run,
     "startup": bench_startup.run,
     "locks": bench_locks.run,
+    "objects": bench_objects.run,
     "migrate": bench_migrate.run,
     "secrets": bench_secrets.run,
 }
