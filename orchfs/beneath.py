@@ -59,6 +59,8 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a planted FIFO must not hang a read
+_O_CREAT = os.O_CREAT
+_ENOENT = errno.ENOENT  # the common miss, answered without another call
 READ_FLAGS = os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK
 _O_PATH = getattr(os, "O_PATH", 0)
 # Is there an entry here, and no link (also not at the end)? A probe that reads nothing.
@@ -269,11 +271,12 @@ class Beneath:
         if openat2 is None or not rel:
             return self._try_walk(rel, _no_follow(flags), mode, fd)
         path = self._encoded.get(rel) or self._encode(rel)
-        how = openat2.hows.get(flags) if not flags & os.O_CREAT else None
+        how = openat2.hows.get(flags) if not flags & _O_CREAT else None
         got = openat2.syscall(_SYS_OPENAT2, fd, path, how or openat2.how(flags, mode), 24)
         if got >= 0:
             return got
-        return self._settle(rel, flags, mode, fd, openat2.get_errno())
+        err = openat2.get_errno()
+        return -err if err == _ENOENT else self._settle(rel, flags, mode, fd, err)
 
     def _settle(self, rel: str, flags: int, mode: int, root: int, err: int) -> int:
         """``-err`` for a failed openat2, unless the walk must look: EAGAIN/EXDEV (a rename

@@ -20,8 +20,9 @@ import warnings
 import pytest
 
 import orchfs
+from orchfs import beneath
 from orchfs.errors import PathEscapeError
-from tests.test_beneath import snapshot
+from tests.test_beneath import WAYS, snapshot
 
 CANARY = b"CANARY: outside bytes"
 DEADLINE = 10.0
@@ -68,8 +69,11 @@ def arena(tmp_path):
     return repo, canary
 
 
+@pytest.mark.parametrize("use_openat2", WAYS)
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "fresh"])
-def test_swapped_directories_never_lead_outside(arena, warm):
+def test_swapped_directories_never_lead_outside(arena, warm, use_openat2, monkeypatch):
+    if not use_openat2:  # every instance made below walks component by component
+        monkeypatch.setattr(beneath, "_OPENAT2", None)
     repo, canary = arena
     before = snapshot(str(canary))
     places = [str(repo / ".orchestrator" / "data"), str(repo / ".workflow_checkpoints")]
