@@ -172,6 +172,9 @@ class Beneath:
         if use_openat2 and _OPENAT2 is None:
             raise OSError(errno.ENOSYS, "openat2(2) is not available here")
         self._openat2 = _OPENAT2 if use_openat2 is not False else None
+        # The call and its prebuilt arguments, one attribute away on every open.
+        self._syscall = self._openat2.syscall if self._openat2 is not None else None
+        self._hows = self._openat2.hows if self._openat2 is not None else {}
         self._fd = -1
         self._close: Callable[[int], None] = os.close
         self._opening = threading.Lock()
@@ -267,15 +270,15 @@ class Beneath:
                 fd = self.fileno(create_root)
             except FileNotFoundError:
                 return -errno.ENOENT
-        openat2 = self._openat2
-        if openat2 is None or not rel:
+        syscall = self._syscall
+        if syscall is None or not rel:
             return self._try_walk(rel, _no_follow(flags), mode, fd)
         path = self._encoded.get(rel) or self._encode(rel)
-        how = openat2.hows.get(flags) if not flags & _O_CREAT else None
-        got = openat2.syscall(_SYS_OPENAT2, fd, path, how or openat2.how(flags, mode), 24)
+        how = self._hows.get(flags) if not flags & _O_CREAT else None
+        got = syscall(_SYS_OPENAT2, fd, path, how or self._openat2.how(flags, mode), 24)
         if got >= 0:
             return got
-        err = openat2.get_errno()
+        err = self._openat2.get_errno()
         return -err if err == _ENOENT else self._settle(rel, flags, mode, fd, err)
 
     def _settle(self, rel: str, flags: int, mode: int, root: int, err: int) -> int:
