@@ -428,6 +428,31 @@ def _remote_store(root: str, storage: str | None, options: dict[str, Any] | None
     return store
 
 
+def _recorded_storage(begin: dict[str, Any], given: str | None, where: str) -> str | None:
+    """The state directory a journal's migration went to, checked against the one this run
+    was given: a journal may not send a rollback or a resume somewhere else. With none
+    given, a recorded object store is used (its credentials come again from the caller);
+    a recorded local directory never is (it may be any directory on this machine)."""
+    recorded = begin.get("storage")
+    if recorded is None or recorded == given:  # a local migration is undone locally
+        return recorded
+    if given is not None:
+        raise UnsafeStateError(
+            f"{where}: the journal's migration went to {recorded!r}, not {given!r}; refused "
+            "(pass the storage it went to)",
+            where,
+        )
+    protocol = recorded.partition("://")[0] if "://" in recorded else ""
+    if protocol in ("", "file", "local"):
+        raise UnsafeStateError(
+            f"{where}: the journal's migration went to the local directory {recorded!r}; pass "
+            "--storage with it to roll back from there (a journal alone never names a directory "
+            "to read from)",
+            where,
+        )
+    return recorded
+
+
 def _remote_plan(
     root: str, layout: Layout, store: Any, migration_id: str | None, retire_leftovers: bool
 ) -> Plan:
@@ -961,6 +986,8 @@ def apply(
         pending = [p for p in found if Journal.status(p) == "unfinished"]
         if pending:
             records = read_journal(pending[-1], layout)
+            recorded = _recorded_storage(records[0], storage, os.path.relpath(pending[-1], root))
+            remote = _remote_store(root, recorded, storage_options)
             return _run(root, pending[-1], records, jobs, progress, resumed=True, remote=remote)
         if [p for p in found if Journal.status(p) == "rolling-back"]:
             raise OrchFSError(
@@ -1267,6 +1294,8 @@ def rollback(
         begin = records[0]
         mid = begin["id"]
         steps = steps_of(records)
+        recorded = _recorded_storage(begin, storage, os.path.relpath(path, root))
+        remote = _remote_store(root, recorded, storage_options)
         journal = Journal(path)
         logger.info("rolling back migration %s: %d step(s)", mid, len(steps))
         journal.write({"t": "rollback-begin"}, sync=True)
@@ -1277,7 +1306,6 @@ def rollback(
                 guard.makedirs(name)
                 guard.chmod(name, mode)
         backup_root = os.path.join(root, STATE_DIR, BACKUP_DIR, mid)
-        remote = _remote_store(root, begin.get("storage") or storage, storage_options)
         for step in reversed(steps):
             checkpoint("rollback.step")
             if remote is not None:

@@ -983,3 +983,22 @@ def test_a_replaced_repo_id_is_not_an_absent_secret(world):
     with pytest.raises(MetaError, match="another repo_id"):
         fresh(world).secrets.list()
     assert "another repo_id" in cli(world, "secrets", "get", "TOKEN")
+
+
+@pytest.mark.parametrize("recorded", ["CANARY", "file://CANARY", "memory://elsewhere/state"])
+def test_a_journal_never_chooses_where_a_rollback_reads(world, recorded):
+    import uuid
+
+    v1(world)
+    storage = f"memory://hostile-{uuid.uuid4().hex}/state"
+    migrate.apply(world.root, storage=storage)
+    path = next((world.state / "migrations").glob("*.jsonl"))
+    lines = path.read_text().splitlines()
+    begin_record = json.loads(lines[0])
+    begin_record["storage"] = recorded.replace("CANARY", str(world.canary))
+    path.write_text("\n".join([json.dumps(begin_record), *lines[1:]]) + "\n")
+    given = storage if recorded.startswith("memory") else None
+    with pytest.raises(UnsafeStateError, match="went to"):
+        migrate.rollback(world.root, storage=given)
+    args = ["--storage", given] if given else []
+    assert "went to" in cli(world, "migrate", "--rollback", *args)
