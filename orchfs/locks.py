@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import platform
 import random
@@ -61,6 +62,8 @@ DEFAULT_LEASE = 30.0
 _MAX_POLL = 0.05
 _MAX_LEASE_POLL = 0.03  # each lease probe is a request: waiters must not crowd out the holder
 _HOST = platform.node()  # socket.gethostname() where there is uname; no socket import
+
+logger = logging.getLogger(__name__)
 
 try:
     import fcntl
@@ -153,12 +156,92 @@ def _timeout_error(
     )
 
 
-def _sleep_step(delay: float, deadline: float, ceiling: float = _MAX_POLL) -> float:
-    time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-    return min(delay * 2, ceiling)
+class LockBackend:
+    """What every kind of lock shares, in the shape of filelock's ``BaseFileLock``: the
+    wait until a deadline (polling with a doubling delay), the timeout error that names
+    the holder, logging, and the ``lost`` flag. Re-entrancy is :class:`RepositoryLock`'s.
+
+    A backend supplies :meth:`_try` (one attempt, without waiting unless ``_try`` is
+    handed time to wait, as a thread lock can), :meth:`_holder` (who has it) and, where
+    it needs them, :meth:`_start` (before the first attempt), :meth:`_give_up` (after a
+    timeout) and :meth:`_won` (after a successful attempt).
+    """
+
+    name: str
+    url: str
+    where: str  # the repository the lock belongs to, for messages
+    generation = 0
+    first_poll = 0.001
+    poll_ceiling = _MAX_POLL
+    can_wait = False  # whether _try can itself wait (a thread lock) instead of polling
+
+    @property
+    def held(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def lost(self) -> bool:
+        """Whether the lock ended while held: only a lease can."""
+        return False
+
+    def check(self) -> None:
+        """Raise :class:`LockLostError` if the lock was lost (a kernel or process lock is
+        held until released, so there is nothing to check)."""
+
+    def _try(self, wait: float) -> bool:
+        raise NotImplementedError
+
+    def _holder(self) -> Holder | None:
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        """Before the first attempt."""
+
+    def _give_up(self) -> None:
+        """After the last attempt failed."""
+
+    def _won(self, waited: bool) -> None:
+        """After an attempt took the lock."""
+
+    def _pause(self, delay: float) -> float:
+        """How long to sleep before the next attempt."""
+        return delay
+
+    def acquire(self, timeout: float) -> None:
+        started = time.monotonic()
+        deadline = started + timeout
+        delay = self.first_poll
+        waited = False
+        self._start()
+        while True:
+            try:
+                if self._try(max(0.0, deadline - time.monotonic()) if self.can_wait else 0.0):
+                    break
+                timed_out = time.monotonic() >= deadline
+                if timed_out or not waited:
+                    holder = self._holder()
+            except BaseException:
+                self._give_up()
+                raise
+            if timed_out:
+                self._give_up()
+                logger.info("gave up on lock %r of %s after %.1fs", self.name, self.where, timeout)
+                raise _timeout_error(self.name, self.where, timeout, holder)
+            if not waited:
+                waited = True
+                who = holder.describe() if holder else "an unknown holder"
+                logger.info(
+                    "waiting up to %.1fs for lock %r of %s, held by %s", timeout, self.name, self.where, who
+                )
+            slept = self._pause(delay)
+            time.sleep(max(0.0, min(slept, deadline - time.monotonic())))
+            delay = min(slept * 2, self.poll_ceiling)
+        if waited:
+            logger.info("took lock %r of %s after %.2fs", self.name, self.where, time.monotonic() - started)
+        self._won(waited)
 
 
-class LocalFileLock:
+class LocalFileLock(LockBackend):
     """``flock`` on ``locks/<name>.lock`` under the state directory."""
 
     def __init__(self, storage: Any, name: str, session: str | None) -> None:
@@ -166,13 +249,14 @@ class LocalFileLock:
         self.name = name
         self.session = session
         self.url = storage.url(f"{LOCKS_DIR}/{name}.lock")
+        self.where = storage.url("")
         self._fd = -1
         self._dir_fd = -1
         self._holder_fd = -1
         self.generation = 0
 
     def _open(self) -> None:
-        dir_fd = self.storage._open_dir(LOCKS_DIR, create=True)
+        dir_fd = self.storage.open_dir(LOCKS_DIR, create=True)
         try:
             if stat.S_IMODE(os.fstat(dir_fd).st_mode) != PRIVATE_DIR_MODE:
                 os.fchmod(dir_fd, PRIVATE_DIR_MODE)
@@ -218,20 +302,20 @@ class LocalFileLock:
         self._holder_fd = os.open(f"{self.name}.holder", flags, PRIVATE_FILE_MODE, dir_fd=self._dir_fd)
         self._write_record(Holder.current(self.session).to_json(generation=self.generation))
 
-    def acquire(self, timeout: float) -> None:
+    def _start(self) -> None:
         self._open()
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = self._holder()
-                    self._close()
-                    raise _timeout_error(self.name, self.storage.url(""), timeout, holder) from None
-                delay = _sleep_step(delay, deadline)
+
+    def _try(self, wait: float) -> bool:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _give_up(self) -> None:
+        self._close()
+
+    def _won(self, waited: bool) -> None:
         try:
             self._record_holder()
         except BaseException:
@@ -241,9 +325,6 @@ class LocalFileLock:
     @property
     def held(self) -> bool:
         return self._fd >= 0
-
-    def check(self) -> None:
-        """A kernel lock is held until its holder releases it or dies: nothing to lose."""
 
     def release(self) -> None:
         if self._holder_fd >= 0:  # free again; the generation stays for the next holder
@@ -276,30 +357,32 @@ _memory_generations: dict[str, int] = {}
 _memory_registry = threading.Lock()
 
 
-class MemoryLock:
+class MemoryLock(LockBackend):
     """A process-wide lock per repository URL and name."""
+
+    can_wait = True  # a thread lock waits without polling
 
     def __init__(self, storage: Any, name: str, session: str | None) -> None:
         self.name = name
         self.session = session
-        self.url = storage.url(f"{LOCKS_DIR}/{name}.lock")
+        self.url = self.where = storage.url(f"{LOCKS_DIR}/{name}.lock")
         self.generation = 0
         with _memory_registry:
             self._lock = _memory_locks.setdefault(self.url, threading.Lock())
 
-    def acquire(self, timeout: float) -> None:
-        got = self._lock.acquire(timeout=timeout) if timeout > 0 else self._lock.acquire(False)
-        if not got:
-            raise _timeout_error(self.name, self.url, timeout, _memory_holders.get(self.url))
+    def _try(self, wait: float) -> bool:
+        return self._lock.acquire(timeout=wait) if wait > 0 else self._lock.acquire(False)
+
+    def _holder(self) -> Holder | None:
+        return _memory_holders.get(self.url)
+
+    def _won(self, waited: bool) -> None:
         _memory_holders[self.url] = Holder.current(self.session)
         self.generation = _memory_generations[self.url] = _memory_generations.get(self.url, 0) + 1
 
     @property
     def held(self) -> bool:
         return self.generation > 0
-
-    def check(self) -> None:
-        """A process-wide lock is held until released: nothing to lose."""
 
     def release(self) -> None:
         self.generation = 0
@@ -479,8 +562,11 @@ _yield_until: dict[str, float] = {}
 _CONTENTION_MEMORY = 10.0
 
 
-class LeaseLock:
+class LeaseLock(LockBackend):
     """A lease object ``locks/<name>.lease`` on object storage (see the module docstring)."""
+
+    first_poll = 0.004
+    poll_ceiling = _MAX_LEASE_POLL
 
     def __init__(
         self,
@@ -496,6 +582,7 @@ class LeaseLock:
         self.lease = lease
         self.renew_every = renew if renew is not None else lease / 3
         self.url = storage.url(f"{LOCKS_DIR}/{name}.lease")
+        self.where = storage.url("")
         self.store = storage.conditional
         if self.store is None:
             raise ConfigError(
@@ -503,13 +590,16 @@ class LeaseLock:
                 "hold a lease there; keep the state on S3 (or an S3-compatible store), Azure Blob, "
                 "local disk or memory"
             )
-        self._path = storage._full(f"{LOCKS_DIR}/{name}.lease")
+        self._path = storage.backend_path(f"{LOCKS_DIR}/{name}.lease")
         self._version: str | None = None
         self.generation = 0
         self.deadline = 0.0  # time.monotonic() by which the lease must be renewed
         self._lost = False
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._seen: _LeaseState | None = None  # the lease object as the last probe saw it
+        self._known: tuple[str, int] | None = None
+        self._attempt = False
 
     @property
     def held(self) -> bool:
@@ -539,7 +629,7 @@ class LeaseLock:
         found = self.store.get(self._path)
         return None if found is None else _lease_state(found)
 
-    def _try(self, known: tuple[str, int] | None) -> bool:
+    def _take(self, known: tuple[str, int] | None) -> bool:
         """One conditional write that takes the lease if ``known`` (version, generation)
         is still what the store has (or, with None, if there is no lease object)."""
         generation = (known[1] if known else 0) + 1
@@ -557,34 +647,44 @@ class LeaseLock:
         self._lost = False
         return True
 
-    def acquire(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        delay = 0.004
+    def _start(self) -> None:
         known = _known_free.get(self._path)
         # Right after a contended release, this process lets the waiters go first.
         courtesy = _yield_until.pop(self._path, 0.0) - time.monotonic()
         if courtesy > 0:
-            time.sleep(min(courtesy, timeout))
+            time.sleep(courtesy)
             known = None
-        attempt = known is not None  # nothing known: ask the store before writing
-        waited = False
+        self._known = known
+        self._attempt = known is not None  # nothing known: ask the store before writing
+        self._seen = None
+
+    def _try(self, wait: float) -> bool:
         while True:
-            if attempt and self._try(known):
-                if waited:
-                    _contended_at[self._path] = time.monotonic()
-                self._start_heartbeat()
-                _enter_fence(self)
-                return
-            state = self.current()
-            attempt = state is None or state.free()
-            known = None if state is None else (state.version, state.generation)
-            if attempt:
-                continue
-            waited = True
-            if time.monotonic() >= deadline:
-                raise _timeout_error(self.name, self.storage.url(""), timeout, state.holder)
-            # Jittered backoff: waiters spread out and never crowd out the holder's requests.
-            delay = _sleep_step(delay * (0.5 + random.random()), deadline, _MAX_LEASE_POLL)
+            if self._attempt and self._take(self._known):
+                return True
+            state = self._seen = self.current()
+            self._attempt = state is None or state.free()
+            self._known = None if state is None else (state.version, state.generation)
+            if not self._attempt:
+                return False
+            if state is not None and not state.released:
+                who = state.holder.describe() if state.holder else "an unknown holder"
+                logger.warning(
+                    "lease on lock %r of %s expired (held by %s); taking it over", self.name, self.where, who
+                )
+
+    def _holder(self) -> Holder | None:
+        return self._seen.holder if self._seen is not None else None
+
+    def _pause(self, delay: float) -> float:
+        # Jittered backoff: waiters spread out and never crowd out the holder's requests.
+        return delay * (0.5 + random.random())
+
+    def _won(self, waited: bool) -> None:
+        if waited:
+            _contended_at[self._path] = time.monotonic()
+        self._start_heartbeat()
+        _enter_fence(self)
 
     def _start_heartbeat(self) -> None:
         self._stop.clear()
@@ -599,12 +699,14 @@ class LeaseLock:
         while not self._stop.is_set():
             if time.monotonic() >= self.deadline:
                 self._lost = True
+                logger.warning("lease on lock %r of %s was not renewed in time: lost", self.name, self.where)
                 return
             sent = time.monotonic()
             try:
                 self._version = self.store.replace(self._path, self._body(self.generation), self._version)
             except PreconditionFailed:
                 self._lost = True  # someone took it over: the lease had expired
+                logger.warning("lease on lock %r of %s was taken over: lost", self.name, self.where)
                 return
             except Exception:  # transient (network, 5xx, throttling): try again before the deadline
                 self._stop.wait(min(backoff, max(0.0, self.deadline - time.monotonic())))

@@ -188,6 +188,11 @@ class LocalStorage:
         """A descriptor of directory ``base/rel_dir``, no link followed on the way."""
         return self._disk.open_dir(self._p(rel_dir), create=create)
 
+    def open_dir(self, rel: str, *, create: bool = False) -> int:
+        """A descriptor of the directory ``rel`` (made where ``create``), no link followed
+        on the way; the caller closes it. Local disk only: the locks use it."""
+        return self._open_dir(rel, create)
+
     def _judged(self, rel: str) -> str:
         """The link-free path beneath the boundary that ``rel`` stands for: each link on
         the way read and allowed only when it stays inside (else PathEscapeError)."""
@@ -525,6 +530,10 @@ class FsspecStorage:
 
     def url(self, rel: str) -> str:
         return self.fs.unstrip_protocol(self._full(rel))
+
+    def backend_path(self, rel: str) -> str:
+        """The path the backend's own filesystem (and its conditional requests) knows."""
+        return self._full(rel)
 
     def _convert(self, info: dict[str, Any]) -> dict[str, Any]:
         kind = "directory" if info.get("type") == "directory" else "file"
