@@ -6,7 +6,7 @@ is taken on faith (DESIGN §3). Before a stored value becomes a path or an actio
 passes one of these checks, which raise an :class:`~orchfs.errors.StateError`
 subclass naming the file and what is wrong:
 
-* :func:`load_json` reads a JSON state file with a size limit and a shape check;
+* :func:`load_json` parses a JSON state file within a size limit (the caller checks its shape);
 * :func:`check_id` holds migration and session ids to one strict pattern;
 * :func:`check_repo_id` holds ``repo_id`` (the secret namespace) to its fixed format;
 * :func:`check_relative` holds a stored relative path (a journal's ``source``) to the
