@@ -194,7 +194,7 @@ def init(ctx: Context, portable: bool, adopt: bool) -> None:
       orchfs init --portable  # does not
       orchfs init --adopt     # the repository was moved: same identity, new place
     """
-    from .meta import FORMAT_FILE, META_FILE, ensure_gitignored, read_meta
+    from .meta import FORMAT_FILE, ensure_gitignored, read_meta, write_meta
 
     fs = ctx.fs()
     state = fs.state_storage
@@ -211,7 +211,7 @@ def init(ctx: Context, portable: bool, adopt: bool) -> None:
         changed = changed or any(meta.get(key) != value for key, value in moved.items())
         meta.update(moved)
     if changed:
-        state.write(META_FILE, json.dumps(meta, indent=2).encode() + b"\n")
+        write_meta(state, meta)
     ignored = False if portable else ensure_gitignored(ctx.root)
     if existed and not changed and not ignored:
         human = f"already initialised: {ctx.root}/.orchestrator (nothing to do)"

@@ -124,6 +124,11 @@ def read_meta(state: Any) -> dict[str, Any] | None:
     return check_meta(load_json(data, where, error=MetaError, fix=_META_FIX), where)
 
 
+def write_meta(state: Any, meta: dict[str, Any]) -> None:
+    """Replace meta.json with ``meta``, atomically."""
+    state.write(META_FILE, json.dumps(meta, indent=2).encode() + b"\n")
+
+
 def check_meta(meta: Any, where: str) -> dict[str, Any]:
     """A parsed meta.json document, or :class:`MetaError` saying what is wrong."""
     if not isinstance(meta, dict):
@@ -231,4 +236,5 @@ __all__ = [
     "parse_format",
     "read_format",
     "read_meta",
+    "write_meta",
 ]
