@@ -12,6 +12,10 @@ names, and :class:`ConditionalStore` is that common shape:
   ``version`` (``If-Match`` / ``ifGenerationMatch``);
 * ``delete(path, version)`` - the same condition on a delete.
 
+Implemented here: S3 and S3-compatible stores (s3fs), Azure Blob (adlfs) and fsspec's
+memory filesystem. GCS would map onto ``ifGenerationMatch`` the same way but has no
+emulator on the test machine, so it is not offered: a lease there is refused.
+
 A failed condition is judged by the HTTP status alone - 412, or 409 for Azure's create
 over an existing blob - never by the words of the error body, which differ between AWS,
 SeaweedFS, MinIO and Azure. ``create`` raises :class:`FileExistsError`; ``replace`` and
