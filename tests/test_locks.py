@@ -518,3 +518,48 @@ def test_other_errors_are_not_preconditions_whatever_the_body_says(moto_server, 
         assert not isinstance(info.value, FileExistsError)
     finally:
         proxy.close()
+
+
+def test_store_without_conditional_requests_refuses_a_lease(tmp_path):
+    import fsspec
+
+    from orchfs.errors import ConfigError
+    from orchfs.storage import FsspecStorage
+
+    storage = FsspecStorage(fsspec.filesystem("file"), str(tmp_path), "object")
+    with pytest.raises(ConfigError, match="no conditional requests"):
+        locks.make_lock(storage, "repo", timeout=1, session=None)
+
+
+def test_lease_on_memory_storage_renews_and_fences(tmp_path):
+    """The lease logic itself, in process: a failed renewal is retried, then the holder
+    learns it lost the lease and its fenced write is refused."""
+    import fsspec
+
+    from orchfs.conditional import inject
+    from orchfs.storage import FsspecStorage
+
+    storage = FsspecStorage(fsspec.filesystem("memory"), f"/lease-{time.time_ns()}", "memory")
+    lease = locks.LeaseLock(storage, "repo", None, lease=0.5, renew=0.05)
+    tries = []
+
+    def refuse(call) -> None:
+        if call.op == "replace" and threading.current_thread().name.startswith("orchfs-lease"):
+            tries.append(call)
+            raise ConnectionError("injected")
+
+    lock = locks.RepositoryLock(lease, timeout=5)
+    with inject(refuse):
+        lock.acquire()
+        first = lock.token.generation
+        storage.write("state.json", b"1")  # fenced: the lease is fresh
+        while not lock.lost:
+            time.sleep(0.01)
+        with pytest.raises(orchfs.LockLostError):
+            storage.write("state.json", b"2")
+        lock.release()
+    assert len(tries) >= 2
+    assert storage.read("state.json") == b"1"
+    lock.acquire()  # taken again over the expired record: the generation grew
+    assert lock.token.generation == first + 1
+    lock.release()
