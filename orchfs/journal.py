@@ -143,7 +143,8 @@ class Journal:
                 continue  # a torn last line, or the cut first one
             if not isinstance(record, dict):
                 raise JournalError(f"{where}: a line near the end is not a JSON object; {_FIX}", where)
-            return STATUS_OF.get(record.get("t"), "unfinished")  # type: ignore[arg-type]
+            kind = record.get("t")
+            return STATUS_OF.get(kind, "unfinished") if isinstance(kind, str) else "unfinished"
         return "unfinished"
 
 
@@ -274,7 +275,7 @@ def check(records: list[Any], where: str, layout: Layout, expected_id: str | Non
             index = record.get("i")
             if type(index) is not int or not 0 <= index < len(sources):
                 raise JournalError(f"{where}:{number}: done record names no step ({index!r}); {_FIX}", where)
-        elif kind not in TAIL_KINDS:
+        elif not isinstance(kind, str) or kind not in TAIL_KINDS:
             raise JournalError(f"{where}:{number}: unknown record type {kind!r}; {_FIX}", where)
         tail = tail or kind != "intents"
     expected = begin.get("steps")
@@ -336,7 +337,7 @@ def _check_row(row: Any, index: int, where: str, allowed: tuple[str, ...], remot
             raise wrong(field)
     if step["mode"] > 0o7777:
         raise wrong("mode")
-    if step["action"] not in ACTIONS:
+    if not isinstance(step["action"], str) or step["action"] not in ACTIONS:
         raise wrong("action")
     if step["replaced"] not in (None, True, False):
         raise wrong("replaced")

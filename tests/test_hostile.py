@@ -214,6 +214,7 @@ HOSTILE_JOURNALS: dict[str, Callable[[World], list]] = {
         },
     ],
     "done-out-of-range": lambda w: [begin(), {"t": "intents", "steps": []}, {"t": "done", "i": 7}],
+    "unhashable-type": lambda w: [begin(), {"t": "intents", "steps": []}, {"t": ["end"]}],
 }
 
 
@@ -228,6 +229,7 @@ DAMAGED_JOURNALS = frozenset(
         "array-line",
         "unknown-action",
         "done-out-of-range",
+        "unhashable-type",
     }
 )
 
@@ -687,7 +689,7 @@ def test_migration_id_argument_outside_the_pattern(world):
 
 
 # --- random hostile state between random operations ------------------------------------------
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: E402
 
@@ -1002,3 +1004,38 @@ def test_a_journal_never_chooses_where_a_rollback_reads(world, recorded):
         migrate.rollback(world.root, storage=given)
     args = ["--storage", given] if given else []
     assert "went to" in cli(world, "migrate", "--rollback", *args)
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    begin_field=st.sampled_from(["v", "id", "backup", "dirs", "root_mtime_ns", "storage", "steps"]),
+    begin_value=JSON_VALUES,
+    row_field=st.integers(0, 10),
+    row_value=JSON_VALUES,
+    tail=st.lists(JSON_VALUES | st.fixed_dictionaries({"t": JSON_VALUES, "i": JSON_VALUES}), max_size=3),
+)
+def test_any_json_in_a_journal_is_checked_or_refused(begin_field, begin_value, row_field, row_value, tail):
+    """One field of a valid journal at a time (begin, a row, the tail) holds any JSON."""
+    from orchfs import journal
+    from orchfs.layout import default_layout
+
+    good = [*row(0, ".workflow_checkpoints/cp_1.json", ".orchestrator/checkpoints/cp_1.json"), None]
+    bad = [*good[:row_field], row_value, *good[row_field + 1 :]][:11]
+    for records in (
+        [{**begin(), begin_field: begin_value}, {"t": "intents", "steps": [good]}],
+        [begin(dirs={".workflow_checkpoints": [0o755, 0]}), {"t": "intents", "steps": [bad]}],
+        [begin(), {"t": "intents", "steps": [good]}, *tail],
+    ):
+        with contextlib.suppress(StateError):  # refused cleanly; anything else fails the test
+            journal.check(records, "migrations/x.jsonl", default_layout())
