@@ -1039,3 +1039,23 @@ def test_any_json_in_a_journal_is_checked_or_refused(begin_field, begin_value, r
     ):
         with contextlib.suppress(StateError):  # refused cleanly; anything else fails the test
             journal.check(records, "migrations/x.jsonl", default_layout())
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=JSON_VALUES, entry=JSON_VALUES, name=st.text(max_size=12), mac=JSON_VALUES)
+def test_any_json_in_meta_or_a_manifest_is_checked_or_refused(document, entry, name, mac):
+    from orchfs.meta import check_meta
+    from orchfs.secrets import check_manifest
+
+    for meta in (document, {"repo_id": document}, {"repo_id": GOOD_REPO_ID, "root": document}):
+        with contextlib.suppress(StateError):
+            check_meta(meta, "meta.json")
+    for manifest in (
+        document,
+        {"entries": document, "macs": {"00" * 8: "0" * 64}},
+        {"entries": {name: entry}, "macs": {"00" * 8: "0" * 64}},
+        {"entries": {}, "macs": {name: mac}},
+        {"entries": {"A": {"version": 1, "sha256": "0" * 64, "also": entry}}, "macs": {"00" * 8: mac}},
+    ):
+        with contextlib.suppress(StateError):
+            check_manifest(manifest, "MANIFEST")
