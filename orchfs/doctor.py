@@ -75,6 +75,7 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
         lambda: _permission_findings(state),
         lambda: _identity_findings(root, state),
         lambda: _secret_findings(fs, state),
+        lambda: _session_name_findings(state),
     ]
     for check in checks:
         findings += _guarded(check)
@@ -104,6 +105,20 @@ def _unsafe(message: str, path: str | None) -> Finding:
         "inspect and repair or remove it by hand (doctor --fix never changes it); the message says how",
         (path,) if path else (),
     )
+
+
+def _session_name_findings(state: str) -> list[Finding]:
+    """Session directories whose names are not session ids (prune and list refuse them)."""
+    from .paths import ID_PATTERN
+
+    sessions = os.path.join(state, "sessions")
+    if os.path.islink(sessions) or not os.path.isdir(sessions):
+        return []
+    return [
+        _unsafe(f"{STATE_DIR}/sessions/{name!r} is not a session id; sessions commands refuse it", None)
+        for name in sorted(os.listdir(sessions))
+        if os.path.isdir(os.path.join(sessions, name)) and not ID_PATTERN.match(name)
+    ]
 
 
 def _unique(findings: list[Finding]) -> list[Finding]:

@@ -536,6 +536,7 @@ def test_prune_refuses_a_session_id_outside_the_pattern(world):
 
     with pytest.raises(UnsafeStateError, match="session id"):
         prune(fresh(world), Retention(max_sessions=0, min_age=0.0))
+    assert any(f.id == "unsafe-state" and "bad name" in f.message for f in doctor.run(world.root))
     (world.root / "workflow.yaml").write_text("state:\n  retention: {max_sessions: 0, min_age: 0s}\n")
     cli(world, "sessions", "prune")
 
