@@ -14,7 +14,7 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -28,11 +28,12 @@ except ImportError:  # fsspec before 2025.10 chains every filesystem the same wa
 
 
 from .files import OrchReader
-from .overlay import Conflict, Found, Location
+from .overlay import Conflict, Found, Resolution, Times
 from .paths import (
     INTERNAL_NAMES,
     MEMO_LIMIT,
     PROTOCOL,
+    SECRETS_VIEW,
     STATE_DIR,
     join,
     strip_protocol,
@@ -45,28 +46,6 @@ if TYPE_CHECKING:
     from .storage import Storage
 
 LEGACY_MODES = ("read", "migrate", "off")
-SECRETS_VIEW = "secrets"
-
-
-@dataclass(frozen=True)
-class Times:
-    """A directory's ``mtime`` (the newest) and ``created`` (the oldest) of several stamps."""
-
-    mtime: float | None
-    created: float | None
-
-    @classmethod
-    def of(cls, infos: Iterable[dict[str, Any]]) -> Times:
-        mtimes: list[float] = []
-        created: list[float] = []
-        for info in infos:
-            if info.get("mtime") is not None:
-                mtimes.append(info["mtime"])
-                created.append(info.get("created") or info["mtime"])
-        return cls(max(mtimes, default=None), min(created, default=None))
-
-    def as_info(self) -> dict[str, Any]:
-        return {"mtime": self.mtime, "created": self.created}
 
 
 @dataclass(frozen=True)
@@ -75,16 +54,6 @@ class BulkPlan:
 
     sources: list[str]
     targets: list[str]
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """Which location serves a logical path: ``layer`` is session, contained or legacy."""
-
-    logical: str
-    layer: str
-    url: str
-    exists: bool
 
 
 def _not_found(logical: str) -> FileNotFoundError:
@@ -106,34 +75,6 @@ def _root_url(root: Any, fo: str | None, target_protocol: str | None) -> str:
             "'memory://repo'), or ORCHFS_ROOT in the environment"
         )
     return os.fspath(root)
-
-
-def _open_root(root: str, options: dict[str, Any]) -> tuple[str, Any]:
-    """Normalise and check the repository root; return (root url, adapter)."""
-    from fsspec.core import split_protocol
-
-    from .storage import open_storage
-
-    protocol, path = split_protocol(root)
-    if protocol in (None, "file", "local"):
-        local = os.path.abspath(os.path.expanduser(path))
-        if not os.path.exists(local):
-            raise FileNotFoundError(
-                errno.ENOENT,
-                "repository root does not exist (create it or pass another root=)",
-                local,
-            )
-        if not os.path.isdir(local):
-            raise NotADirectoryError(errno.ENOTDIR, "repository root is not a directory", local)
-        return local, open_storage(local, None)
-    import fsspec
-
-    if protocol not in fsspec.available_protocols():
-        raise ValueError(
-            f"unknown protocol {protocol!r} in root {root!r}; known protocols include "
-            "file, memory and s3 (install orchfs[s3] for S3)"
-        )
-    return root.rstrip("/"), open_storage(root, options)
 
 
 class OrchFileSystem(ChainedFileSystem):
@@ -172,7 +113,7 @@ class OrchFileSystem(ChainedFileSystem):
         from .config import environment_layer, parse_duration
         from .layout import coerce_layout
         from .overlay import Overlay
-        from .storage import open_storage
+        from .storage import open_root, open_storage
 
         # Unset arguments come from the environment layer of the configuration (DESIGN §6).
         environ = environment_layer()
@@ -194,7 +135,7 @@ class OrchFileSystem(ChainedFileSystem):
         if session is not None:
             validate_id(validate_name(session, "session id"), "session id")
         options = dict(storage_options or target_options or {})
-        self.root, self._repo = _open_root(_root_url(root, fo, target_protocol), options)
+        self.root, self._repo = open_root(_root_url(root, fo, target_protocol), options)
         self._local_root = self._repo.kind == "local"
         if storage is None:
             storage = f"{self.root}/{STATE_DIR}"
@@ -371,26 +312,7 @@ class OrchFileSystem(ChainedFileSystem):
         logical = self._gate(path)
         if logical.startswith(SECRETS_VIEW + "/"):
             return self._resolve_secret(logical)
-        found = self._lookup(logical)
-        if found is not None:
-            return Resolution(logical, found.location.layer, found.location.url, True)
-        target = self._overlay.target(logical)
-        layer = self._virtual_layer(logical)
-        if layer is not None:  # feedback/, prd/: a directory only because its files exist
-            return Resolution(logical, layer, target.url, True)
-        return Resolution(logical, target.layer, target.url, self._is_dir(logical))
-
-    def _virtual_layer(self, logical: str) -> str | None:
-        """The layer serving the first file that a layout directory shows (None: empty)."""
-        for name in sorted(self.layout.virtual_children(logical)):
-            child = join(logical, name)
-            found = self._overlay.lookup(child)
-            if found is not None:
-                return found.location.layer
-            layer = self._virtual_layer(child)
-            if layer is not None:
-                return layer
-        return None
+        return self._overlay.resolve(logical)
 
     def _resolve_secret(self, logical: str) -> Resolution:
         """``secrets/NAME`` is served by its encrypted file ``secrets/<repo_id>/NAME.enc``."""
@@ -481,39 +403,12 @@ class OrchFileSystem(ChainedFileSystem):
                     return out
             elif not self._overlay.is_virtual_dir(logical):
                 raise _not_found(logical)
-        times = self._directory_times(logical)
+        times = self._overlay.directory_times(logical, self._secret_times)
         out["mtime"], out["created"] = times.mtime, times.created
         return out
 
-    def _directory_times(self, logical: str) -> Times:
-        """A directory's times (see :meth:`_held_times`); one that holds nothing dated
-        takes the root's, and a root with nothing stored at all the epoch."""
-        for place in (logical, "") if logical else ("",):
-            times = self._held_times(place)
-            if times.mtime is not None:
-                return times
-        return Times(0.0, 0.0)
-
-    def _held_times(self, logical: str) -> Times:
-        """The newest of the layers that show the directory where the backend keeps
-        directory times (local disk), else the newest of what it holds (memory and object
-        storage keep none for directories); no times when it holds no file."""
-        if logical == SECRETS_VIEW:
-            return Times.of(self._secret_info(f"{SECRETS_VIEW}/{n}") for n in self.secrets.list())
-        if logical:
-            layers: list[Location] = list(self._overlay.layers(logical))
-        else:  # the root: the state directory (and session), and the repository for legacy files
-            layers = self._overlay.upper_layers()
-            if self.legacy != "off":
-                layers.append(Location("legacy", self._repo, ""))
-        infos = (location.store.info(location.rel) for location in layers)
-        own = Times.of(info for info in infos if info is not None and info["type"] == "directory")
-        if own.mtime is not None:
-            return own
-        return Times.of(
-            self._held_times(join(logical, name)).as_info() if found.get("mtime") is None else found
-            for name, (found, _location) in self._overlay.listdir(logical).items()
-        )
+    def _secret_times(self) -> Times:
+        return Times.of(self._secret_info(f"{SECRETS_VIEW}/{n}") for n in self.secrets.list())
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
         # The gate's answer for this spelling, when the layout places nothing below it.

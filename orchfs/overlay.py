@@ -22,14 +22,14 @@ from __future__ import annotations
 import hashlib
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from hashlib import sha1
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import LegacyConflictWarning, LegacyPathWarning, PathEscapeError, warn_outside
 from .layout import Layout
-from .paths import MARKER_SENTINEL, MEMO_LIMIT, OPAQUE_MARKER, WHITEOUT_PREFIX, join
+from .paths import MARKER_SENTINEL, MEMO_LIMIT, OPAQUE_MARKER, SECRETS_VIEW, WHITEOUT_PREFIX, join
 
 if TYPE_CHECKING:  # storage is imported with the first adapter, not with ``import orchfs``
     from .storage import Storage
@@ -80,6 +80,37 @@ class Conflict:
     upper_sha256: str
     legacy_sha256: str
     kind: str = "differ"
+
+
+@dataclass(frozen=True)
+class Times:
+    """A directory's ``mtime`` (the newest) and ``created`` (the oldest) of several stamps."""
+
+    mtime: float | None
+    created: float | None
+
+    @classmethod
+    def of(cls, infos: Iterable[dict[str, Any]]) -> Times:
+        mtimes: list[float] = []
+        created: list[float] = []
+        for info in infos:
+            if info.get("mtime") is not None:
+                mtimes.append(info["mtime"])
+                created.append(info.get("created") or info["mtime"])
+        return cls(max(mtimes, default=None), min(created, default=None))
+
+    def as_info(self) -> dict[str, Any]:
+        return {"mtime": self.mtime, "created": self.created}
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Which location serves a logical path: ``layer`` is session, contained or legacy."""
+
+    logical: str
+    layer: str
+    url: str
+    exists: bool
 
 
 class Found(NamedTuple):
@@ -391,6 +422,62 @@ class Overlay:
                     )
         return seen
 
+    def resolve(self, logical: str) -> Resolution:
+        """Which location serves ``logical`` (or, absent, where a write would go)."""
+        found = self.lookup(logical) if logical else None
+        if found is not None:
+            return Resolution(logical, found.location.layer, found.location.url, True)
+        target = self.target(logical)
+        layer = self._virtual_layer(logical)
+        if layer is not None:  # feedback/, prd/: a directory only because its files exist
+            return Resolution(logical, layer, target.url, True)
+        return Resolution(logical, target.layer, target.url, not logical or self.is_virtual_dir(logical))
+
+    def _virtual_layer(self, logical: str) -> str | None:
+        """The layer serving the first file that a layout directory shows (None: empty)."""
+        for name in sorted(self.layout.virtual_children(logical)):
+            child = join(logical, name)
+            found = self.lookup(child)
+            if found is not None:
+                return found.location.layer
+            layer = self._virtual_layer(child)
+            if layer is not None:
+                return layer
+        return None
+
+    def directory_times(self, logical: str, secret_times: Callable[[], Times]) -> Times:
+        """A directory's times (see :meth:`_held_times`); one that holds nothing dated
+        takes the root's, and a root with nothing stored at all the epoch.
+        ``secret_times`` gives those of the ``secrets`` view (the secret store's)."""
+        for place in (logical, "") if logical else ("",):
+            times = self._held_times(place, secret_times)
+            if times.mtime is not None:
+                return times
+        return Times(0.0, 0.0)
+
+    def _held_times(self, logical: str, secret_times: Callable[[], Times]) -> Times:
+        """The newest of the layers that show the directory where the backend keeps
+        directory times (local disk), else the newest of what it holds (memory and object
+        storage keep none for directories); no times when it holds no file."""
+        if logical == SECRETS_VIEW:
+            return secret_times()
+        if logical:
+            layers: list[Location] = list(self.layers(logical))
+        else:  # the root: the state directory (and session), and the repository for legacy files
+            layers = self.upper_layers()
+            if self.legacy_mode != "off":
+                layers.append(Location("legacy", self.repo, ""))
+        infos = (location.store.info(location.rel) for location in layers)
+        own = Times.of(info for info in infos if info is not None and info["type"] == "directory")
+        if own.mtime is not None:
+            return own
+        return Times.of(
+            self._held_times(join(logical, name), secret_times).as_info()
+            if found.get("mtime") is None
+            else found
+            for name, (found, _location) in self.listdir(logical).items()
+        )
+
     # --- reads through a lower layer (rules 7-9) -------------------------------------
     def served(self, logical: str, location: Location) -> Location:
         """Rules 7-9 for a read served by ``location``; returns where to read now."""
@@ -684,5 +771,7 @@ __all__ = [
     "Found",
     "Location",
     "Overlay",
+    "Resolution",
+    "Times",
     "forget_warnings",
 ]

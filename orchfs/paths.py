@@ -32,6 +32,7 @@ from urllib.parse import unquote
 from .errors import PathEscapeError
 
 PROTOCOL = "orch"
+SECRETS_VIEW = "secrets"  # the logical subtree that shows the secret store as files
 STATE_DIR = ".orchestrator"  # the directory that plays the state directory inside a local root
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -190,6 +191,7 @@ __all__ = [
     "MEMO_LIMIT",
     "OPAQUE_MARKER",
     "PROTOCOL",
+    "SECRETS_VIEW",
     "STATE_DIR",
     "TEMP_PREFIX",
     "WHITEOUT_PREFIX",

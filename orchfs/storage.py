@@ -832,11 +832,46 @@ def open_storage(url: str, options: dict[str, Any] | None, boundary: str | None 
     return FsspecStorage(fs, cls._strip_protocol(url), kind, read_options)
 
 
+class Root(NamedTuple):
+    """A repository root: its normalised URL (a plain path on local disk) and adapter."""
+
+    url: str
+    storage: Storage
+
+
+def open_root(root: str, options: dict[str, Any]) -> Root:
+    """The repository root, normalised and checked (it must exist), and its adapter."""
+    from fsspec.core import split_protocol
+
+    protocol, path = split_protocol(root)
+    if protocol in (None, "file", "local"):
+        local = os.path.abspath(os.path.expanduser(path))
+        if not os.path.exists(local):
+            raise FileNotFoundError(
+                errno.ENOENT,
+                "repository root does not exist (create it or pass another root=)",
+                local,
+            )
+        if not os.path.isdir(local):
+            raise NotADirectoryError(errno.ENOTDIR, "repository root is not a directory", local)
+        return Root(local, open_storage(local, None))
+    import fsspec
+
+    if protocol not in fsspec.available_protocols():
+        raise ValueError(
+            f"unknown protocol {protocol!r} in root {root!r}; known protocols include "
+            "file, memory and s3 (install orchfs[s3] for S3)"
+        )
+    return Root(root.rstrip("/"), open_storage(root, options))
+
+
 __all__ = [
     "Capabilities",
     "FsspecStorage",
     "Listing",
     "LocalStorage",
+    "Root",
     "Storage",
+    "open_root",
     "open_storage",
 ]
