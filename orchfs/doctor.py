@@ -130,7 +130,7 @@ def _unsafe_links(root: str, state: str, layout: Any) -> list[Finding]:
     """Symlinks that lead outside the root: inside the state directory (orchfs never follows
     them, and never makes them in its own directories) and at legacy locations."""
     out = []
-    places = [os.path.join(root, name) for name in dict.fromkeys(layout.legacy_names())]
+    places = [os.path.join(root, name) for name in dict.fromkeys([*layout.legacy_names(), ".gitignore"])]
     if os.path.islink(state):
         places.append(state)
     elif os.path.isdir(state):

@@ -395,6 +395,8 @@ def test_init_never_appends_to_a_linked_gitignore(world):
     with pytest.raises(UnsafeStateError, match="symlink"):
         ensure_gitignored(str(world.root))
     assert "symlink" in cli(world, "init")
+    assert any(f.id == "unsafe-state" and ".gitignore" in f.message for f in doctor.run(world.root))
+    doctor.fix(world.root)
 
 
 # --- meta.json and FORMAT -------------------------------------------------------------------
