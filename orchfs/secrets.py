@@ -315,8 +315,8 @@ class SecretStore:
         """``state`` and ``repo`` are the adapters of the state directory and the root;
         ``initialize`` gives the repository its identity (meta.json) on first write;
         ``lock(name)`` is the repository's lock factory."""
-        self._state = state
-        self._repo = repo
+        self._store = state
+        self._root_store = repo
         self._initialize = initialize
         self._lock = lock
         self._web_mode = web_mode
@@ -325,7 +325,7 @@ class SecretStore:
         self._keys: list[MasterKey] | None = None
         self._namespace: dict[bytes, tuple[MasterKey, bytes]] = {}
         self._mac_keys: dict[bytes, bytes] = {}
-        self._repo_id: str | None = None
+        self._id: str | None = None
 
     def __repr__(self) -> str:
         return f"<SecretStore of {self._label!r}>"
@@ -337,15 +337,15 @@ class SecretStore:
     @property
     def repo_id(self) -> str:
         """The namespace: ``repo_id`` of meta.json (created with it on first use)."""
-        if self._repo_id is None:
+        if self._id is None:
             from .meta import read_meta
 
-            meta = read_meta(self._state)
+            meta = read_meta(self._store)
             if meta is None:
                 self._initialize()
-                meta = read_meta(self._state)
-            self._repo_id = str(meta["repo_id"])
-        return self._repo_id
+                meta = read_meta(self._store)
+            self._id = str(meta["repo_id"])
+        return self._id
 
     def _dir(self) -> str:
         return f"{SECRETS_DIR}/{self.repo_id}"
@@ -373,11 +373,11 @@ class SecretStore:
     def stored_info(self, name: str) -> dict[str, Any] | None:
         """What the backend says of the file that holds ``name`` (its times; the size is
         the ciphertext's), or None."""
-        return self._state.info(self._path(validate_name(name, "secret name")))
+        return self._store.info(self._path(validate_name(name, "secret name")))
 
     def url(self, name: str) -> str:
         """Where the file that holds ``name`` is (or would be)."""
-        return self._state.url(self._path(validate_name(name, "secret name")))
+        return self._store.url(self._path(validate_name(name, "secret name")))
 
     def keys_for(self, namespace: str, key: Any = None) -> list[MasterKey]:
         """The keys that ``key`` (else this store's own key sources) gives for another
@@ -388,7 +388,7 @@ class SecretStore:
         """The namespace's scrypt parameters (created, at the minimum cost, on first use)."""
         rel = f"{self._dir()}/{PASSPHRASE_PARAMS}"
         try:
-            data = self._state.read(rel)
+            data = self._store.read(rel)
         except FileNotFoundError:
             params = new_passphrase_params()
             self._write_private(rel, json.dumps(params).encode())
@@ -432,15 +432,15 @@ class SecretStore:
     def _exists(self) -> bool:
         """Whether the repository has an identity yet (reads never create one). Secret
         files without one mean a lost meta.json, never "no secrets"."""
-        if self._repo_id is not None:
+        if self._id is not None:
             return True
         from .meta import META_FILE, read_meta
 
-        if read_meta(self._state) is not None:
+        if read_meta(self._store) is not None:
             return True
         stored = self._all_stored()
         if stored:
-            where = self._state.url(META_FILE)
+            where = self._store.url(META_FILE)
             raise MetaError(
                 f"{where} is missing but secrets/ holds {len(stored)} encrypted secret(s); restore "
                 "meta.json from a backup (its repo_id names their namespace)",
@@ -451,17 +451,17 @@ class SecretStore:
     def _all_stored(self) -> list[str]:
         """Secret files of every namespace (``<repo_id>/NAME.enc``), not the v1 import
         source beside them."""
-        return [n for n in self._state.find_files(SECRETS_DIR) if n.endswith(SUFFIX) and "/" in n]
+        return [n for n in self._store.find_files(SECRETS_DIR) if n.endswith(SUFFIX) and "/" in n]
 
     def stored_names(self) -> list[str]:
         """Names of the secret files of the namespace, read from the file names (for when
         the manifest that lists them cannot be opened)."""
-        return sorted(n[: -len(SUFFIX)] for n in self._state.find_files(self._dir()) if n.endswith(SUFFIX))
+        return sorted(n[: -len(SUFFIX)] for n in self._store.find_files(self._dir()) if n.endswith(SUFFIX))
 
     def _read_manifest(self) -> dict[str, Any]:
         if not self._exists():
             return {"entries": {}, "macs": {}}
-        store = self._state
+        store = self._store
         where = store.url(f"{self._dir()}/{MANIFEST}")
         try:
             blob = store.read(f"{self._dir()}/{MANIFEST}")
@@ -475,7 +475,7 @@ class SecretStore:
             if elsewhere:  # a replaced meta.json: its secrets are there, under another repo_id
                 from .meta import META_FILE
 
-                meta = self._state.url(META_FILE)
+                meta = self._store.url(META_FILE)
                 raise MetaError(
                     f"{meta} names repo_id {self.repo_id}, which holds no secrets, while secrets/ "
                     f"holds {len(elsewhere)} under another repo_id: meta.json was replaced or "
@@ -511,7 +511,7 @@ class SecretStore:
         self._write_private(f"{self._dir()}/{MANIFEST}", document)
 
     def _write_private(self, rel: str, data: bytes) -> None:
-        store = self._state
+        store = self._store
         store.makedirs_private(self._dir())
         checkpoint("secrets.write")
         store.write(rel, data, mode=PRIVATE_FILE_MODE)
@@ -558,7 +558,7 @@ class SecretStore:
         entry = manifest["entries"].get(name)
         where = f"secret {name!r}"
         try:
-            blob = self._state.read(self._path(name))
+            blob = self._store.read(self._path(name))
         except FileNotFoundError:
             if entry is not None:
                 raise SecretIntegrityError(f"{where} is in the manifest but its file is gone") from None
@@ -591,7 +591,7 @@ class SecretStore:
                     self._check_name(name)
                 except ValueError:
                     raise SecretIntegrityError(f"secret file {name!r}{SUFFIX} has a refused name") from None
-                blob = self._state.read(self._path(name))
+                blob = self._store.read(self._path(name))
                 decrypt(self._table(), self.repo_id, name, blob, f"secret {name!r}")
                 entries[name] = {"version": 1, "sha256": hashlib.sha256(blob).hexdigest(), "also": []}
             self._write_manifest(entries, [key])
@@ -607,7 +607,7 @@ class SecretStore:
             del entries[name]
             self._write_manifest(entries, self._sealing_keys(manifest, self._writing_key()))
             with contextlib.suppress(FileNotFoundError):
-                self._state.remove(self._path(name))
+                self._store.remove(self._path(name))
 
     def rotate(self, new_key: Any) -> dict[str, Any]:
         """Re-encrypt every secret under ``new_key``; resumable after a crash.
@@ -625,7 +625,7 @@ class SecretStore:
             entries = manifest["entries"]
             self._write_manifest(entries, seal)  # both keys open the manifest from now on
             for name in sorted(entries):
-                blob = self._state.read(self._path(name))
+                blob = self._store.read(self._path(name))
                 if parse_header(blob, name).key_id == new.id:
                     continue  # done by an earlier, interrupted run
                 plaintext = decrypt(self._table(), self.repo_id, name, blob, f"secret {name!r}")
@@ -652,7 +652,7 @@ class SecretStore:
             still_old = [
                 n
                 for n in sorted(entries)
-                if parse_header(self._state.read(self._path(n)), n).key_id != new.id
+                if parse_header(self._store.read(self._path(n)), n).key_id != new.id
             ]
             retired = not still_old
             self._write_manifest(entries, [new] if retired else seal)
@@ -679,7 +679,7 @@ class SecretStore:
         if path is not None:
             with open(path, "rb") as f:
                 return f.read()
-        for store, rel in ((self._repo, ".secrets.enc"), (self._state, "secrets/legacy.enc")):
+        for store, rel in ((self._root_store, ".secrets.enc"), (self._store, "secrets/legacy.enc")):
             try:
                 return store.read(rel)
             except FileNotFoundError:
