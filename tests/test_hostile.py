@@ -1062,3 +1062,53 @@ def test_any_json_in_meta_or_a_manifest_is_checked_or_refused(document, entry, n
     ):
         with contextlib.suppress(StateError):
             check_manifest(manifest, "MANIFEST")
+
+
+@pytest.mark.parametrize("operation", ["migrate", "rollback"])
+def test_a_directory_swapped_for_a_link_during_a_run_never_leads_outside(world, operation):
+    """Another process swaps .orchestrator/checkpoints (or the v1 directory) for a link to
+    the canary and back, over and over, while a migration or rollback runs: whatever the
+    interleaving, nothing outside changes (the run may fail with a clear error)."""
+    import shutil
+    import sys
+    import threading
+
+    files = {f".workflow_checkpoints/cp_{i:04d}.json": b"{}" for i in range(600)}
+    build_legacy_repo(world.root, files)
+    if operation == "rollback":
+        migrate.apply(world.root)
+    swapped = world.state / "checkpoints" if operation == "migrate" else world.root / ".workflow_checkpoints"
+    aside = swapped.with_name(swapped.name + "-aside")
+    done = threading.Event()
+    swaps = []
+
+    def swapper():
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                os.rename(swapped, aside)
+                os.symlink(world.canary, swapped)
+                swaps.append(1)
+                for _ in range(20):  # the link stays a while: as long as the directory does
+                    os.sched_yield()
+                os.unlink(swapped)
+                os.rename(aside, swapped)
+            for _ in range(20):
+                os.sched_yield()
+
+    thread = threading.Thread(target=swapper, daemon=True)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: more interleavings per run
+    thread.start()
+    try:
+        with contextlib.suppress(OrchFSError, FileNotFoundError, FileExistsError, NotADirectoryError):
+            (migrate.apply if operation == "migrate" else migrate.rollback)(world.root)
+    finally:
+        done.set()
+        thread.join(10)
+        sys.setswitchinterval(interval)
+    assert not thread.is_alive() and swaps  # the race ran
+    if swapped.is_symlink():  # leave the repository as the swapper found it
+        swapped.unlink()
+    if aside.exists() and not swapped.exists():
+        os.rename(aside, swapped)
+    shutil.rmtree(aside, ignore_errors=True)
