@@ -53,10 +53,12 @@ class Context:
 
     @property
     def root(self) -> str:
+        given = "--root"
         if self._root is None:
+            given = "ORCHFS_ROOT"
             self._root = os.environ.get("ORCHFS_ROOT") or find_root()
         if not os.path.isdir(self._root):  # a usage error (exit 2), not an orchfs failure
-            raise click.UsageError(f"repository root {self._root}: no such directory (see --root)")
+            raise click.UsageError(f"{given} {self._root}: no such directory; name an existing one")
         return os.path.abspath(self._root)
 
     def config(self) -> Any:
@@ -144,7 +146,41 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OrchGroup(click.Group):
+    """The top-level group: as a program, click's own errors (a missing argument, a bad
+    option value, an unknown command) are one line naming the fix, as orchfs's are, or
+    one JSON document with ``--json``; the exit code stays 2. Mounted under another CLI,
+    that CLI's own handling applies."""
+
+    def main(self, args: Any = None, *pargs: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, *pargs, standalone_mode=False, **kwargs)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            result = super().main(argv, *pargs, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `orchfs`: the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            help_hint = f"{exc.ctx.command_path} --help" if exc.ctx is not None else "orchfs --help"
+            message = f"{exc.format_message()} (see `{help_hint}`)"
+            if "--json" in argv:
+                click.echo(json.dumps({"error": "UsageError", "message": message}))
+            else:
+                click.echo(f"orchfs: error: {message}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("orchfs: aborted", err=True)
+            sys.exit(1)
+        # Without standalone mode click returns --help's and --version's exit code, or the
+        # command's own return value (orchfs commands return nothing, or exit themselves).
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=OrchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--root",
     type=click.Path(file_okay=False),
@@ -304,7 +340,7 @@ def cat(ctx: Context, path: str) -> None:
 
 @main.command()
 @click.argument("path")
-@click.argument("source", type=click.Path(dir_okay=False, allow_dash=True), required=False)
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, allow_dash=True), required=False)
 @json_option
 @pass_ctx
 @handle_errors
@@ -332,20 +368,29 @@ def _put_source(source: str | None) -> bytes:
     if source is not None and source != "-":
         with open(source, "rb") as f:
             return f.read()
-    stdin = sys.stdin
-    if stdin is None or stdin.closed:
-        raise click.UsageError("stdin is closed: name a SOURCE file, or pipe the bytes in")
-    if source is None and stdin.isatty():
+    data = _piped("name a SOURCE file, or pipe the bytes in", read_terminal=source == "-")
+    if data is None:
         raise click.UsageError("nothing piped in: pipe the bytes in, or name a SOURCE file")
+    if not data and source is None:
+        raise click.UsageError("stdin was empty: pipe the bytes in (give `-` to write an empty file)")
+    return data
+
+
+def _piped(fix: str, read_terminal: bool = False) -> bytes | None:
+    """Everything piped into stdin, or None when stdin is a terminal (unless
+    ``read_terminal``): the caller prompts or refuses. A closed or unreadable stdin is a
+    usage error whose message ends with ``fix``."""
+    stdin = sys.stdin
+    if stdin is None or stdin.closed:  # `<&-`: Python leaves sys.stdin None
+        raise click.UsageError(f"stdin is closed: {fix}")
+    if stdin.isatty() and not read_terminal:
+        return None
     reader = getattr(stdin, "buffer", stdin)
     try:
         data = reader.read()
     except (OSError, ValueError):
-        raise click.UsageError("stdin cannot be read: name a SOURCE file, or pipe the bytes in") from None
-    data = data.encode() if isinstance(data, str) else data
-    if not data and source is None:
-        raise click.UsageError("stdin was empty: pipe the bytes in (give `-` to write an empty file)")
-    return data
+        raise click.UsageError(f"stdin cannot be read: {fix}") from None
+    return data.encode() if isinstance(data, str) else data
 
 
 @main.command()
@@ -364,6 +409,8 @@ def rm(ctx: Context, path: str, recursive: bool) -> None:
     fs = ctx.fs()
     if not fs.exists(path):
         raise FileNotFoundError(f"no such path: {path}")
+    if not recursive and fs.isdir(path):  # as rm(1): a whole directory only when asked
+        raise IsADirectoryError(f"{path} is a directory: pass -r to remove it and everything in it")
     fs.rm(path, recursive=recursive)
     ctx.emit({"removed": path}, f"removed {path}")
 
@@ -459,6 +506,39 @@ def _human_plan(document: dict[str, Any], dry_run: bool) -> str:
     return "\n".join(lines)
 
 
+def _check_migrate_flags(
+    rollback: bool,
+    migration_id: str | None,
+    dry_run: bool,
+    prefer: str | None,
+    no_backup: bool,
+    jobs: int,
+    retire_leftovers: bool,
+) -> None:
+    """Flags that would be ignored are usage errors: `migrate --id X` alone would migrate,
+    and `--rollback --dry-run` would roll back for real."""
+    if migration_id is not None and not rollback:
+        raise click.UsageError("--id names the migration to roll back: use it with --rollback")
+    if not rollback:
+        return
+    ignored = [
+        flag
+        for flag, given in (
+            ("--dry-run", dry_run),
+            ("--prefer", prefer is not None),
+            ("--no-backup", no_backup),
+            ("--jobs", jobs != 1),
+            ("--retire-leftovers", retire_leftovers),
+        )
+        if given
+    ]
+    if ignored:
+        raise click.UsageError(
+            f"--rollback does not take {', '.join(ignored)}: run `orchfs migrate --rollback` "
+            "(or with --id ID) alone; a rollback has no dry run"
+        )
+
+
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--rollback", is_flag=True, help="Undo the newest migration (or --id).")
@@ -531,6 +611,7 @@ def migrate(
         raise click.BadParameter(str(exc), param_hint="--lock-timeout") from None
     if wait is None:
         wait = ctx.config().lock_timeout  # state.lock_timeout, ORCHFS_LOCK_TIMEOUT
+    _check_migrate_flags(rollback, migration_id, dry_run, prefer, no_backup, jobs, retire_leftovers)
     if rollback:
         result = migration.rollback(ctx.root, migration_id, storage=ctx.storage(storage), lock_timeout=wait)
         ctx.emit(result.to_json(), result.message)
@@ -784,9 +865,26 @@ def config() -> None:
     """
 
 
+def _pep440(param: click.Parameter, value: str | None) -> str | None:
+    """A version given on the command line is checked even where no pin would use it."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        if value is not None:
+            Version(value)
+    except InvalidVersion:
+        raise click.BadParameter(f"{value!r} is not a version (e.g. 2.8.0)", param=param) from None
+    return value
+
+
 @config.command(name="show")
 @click.option("--show-origin", is_flag=True, help="Say which file and line each value comes from.")
-@click.option("--orchestrator-version", help="Check the repository's orchestrator_version pin against this.")
+@click.option(
+    "--orchestrator-version",
+    metavar="VERSION",
+    callback=lambda _ctx, param, value: _pep440(param, value),
+    help="Check the repository's orchestrator_version pin against this (e.g. 2.8.0).",
+)
 @json_option
 @pass_ctx
 @handle_errors
@@ -826,11 +924,20 @@ def secrets() -> None:
     """
 
 
-def _read_value(prompt: str) -> str:
-    stdin = sys.stdin
-    if not stdin.isatty():
-        return stdin.read().rstrip("\n")
-    return click.prompt(prompt, hide_input=True, confirmation_prompt=False)
+def _read_value(what: str, fix: str) -> str:
+    """``what`` from piped stdin (one trailing newline dropped), else a hidden prompt on a
+    terminal. Nothing piped in is a usage error: an unset ``$TOKEN`` in
+    ``printf %s "$TOKEN" | orchfs secrets set`` must not store an empty secret."""
+    data = _piped(fix)
+    if data is None:
+        return click.prompt(what, hide_input=True, confirmation_prompt=False)
+    try:
+        value = data.decode("utf-8").rstrip("\n")
+    except UnicodeDecodeError:
+        raise click.UsageError(f"the {what} on stdin is not UTF-8 text: {fix}") from None
+    if not value:
+        raise click.UsageError(f"stdin was empty: {fix}")
+    return value
 
 
 @secrets.command(name="init")
@@ -864,23 +971,30 @@ def secrets_set(ctx: Context, name: str) -> None:
     Example:
       printf %s "$TOKEN" | orchfs secrets set API_TOKEN
     """
-    value = _read_value(f"value of {name}")
+    value = _read_value(
+        f"value of {name}", f'pipe the value in (printf %s "$VALUE" | orchfs secrets set {name})'
+    )
     ctx.fs().secrets.set(name, value)
     ctx.emit({"set": name}, f"stored {name}")
 
 
 @secrets.command(name="get")
 @click.argument("name")
+@json_option
 @pass_ctx
 @handle_errors
 def secrets_get(ctx: Context, name: str) -> None:
-    """Print a secret's value, and nothing else.
+    """Print a secret's value, and nothing else (with --json: name and value).
 
     \b
     Example:
       export TOKEN="$(orchfs secrets get API_TOKEN)"
     """
-    click.echo(ctx.fs().secrets.get(name))
+    value = ctx.fs().secrets.get(name)
+    if ctx.json:
+        click.echo(json.dumps({"name": name, "value": value}))
+    else:
+        click.echo(value)  # even with --quiet: the value is what was asked for
 
 
 @secrets.command(name="list")
@@ -949,12 +1063,15 @@ def secrets_rotate(ctx: Context, new_key_file: str | None) -> None:
     Example:
       orchfs secrets rotate --new-key-file ~/.config/orchfs/key.new
     """
-    from .secrets import _read_key_file, install_user_key, user_key_path
+    from .secrets import _read_key_file, install_user_key, parse_key, user_key_path
 
     if new_key_file:
         new_key: Any = _read_key_file(new_key_file, "--new-key-file")  # 0600 and well-formed
     else:
-        new_key = _read_value("new key (url-safe base64)")
+        text = _read_value(
+            "new key", "pipe the new key in (url-safe base64 of 32 bytes), or pass --new-key-file"
+        )
+        new_key = parse_key(text, "stdin")
     store = ctx.fs().secrets
     old_source = store.keys()[0].source if store.keys() else ""
     report = store.rotate(new_key)

@@ -17,6 +17,7 @@ finaliser to report as a ``ResourceWarning``.
 from __future__ import annotations
 
 import io
+import sys
 from typing import Any
 
 from .paths import PROTOCOL
@@ -27,6 +28,8 @@ __all__ = ["OrchReader"]
 # ``ValueError`` as on any closed file (fsspec's memory file never closes itself).
 _CLOSED = io.BytesIO()
 _CLOSED.close()
+# The backend reader's methods a reader binds as its own (no Python frame per call).
+_HOT = ("read", "readinto", "seek", "tell")
 
 
 def _reopen(fs: Any, path: str, position: int) -> OrchReader:
@@ -51,10 +54,8 @@ class OrchReader(io.IOBase):
         """Read through ``f``; the hot calls are its own bound methods, so a loop of
         small reads costs what it costs on the backend's reader (no extra frame)."""
         self.f = f
-        self.read = f.read
-        self.readinto = f.readinto
-        self.seek = f.seek
-        self.tell = f.tell
+        for name in _HOT:
+            setattr(self, name, getattr(f, name))
 
     @property
     def size(self) -> int:
@@ -76,6 +77,15 @@ class OrchReader(io.IOBase):
         f = self.f
         self._use(_CLOSED)
         f.close()
+
+    def __del__(self) -> None:
+        # ``fs.open(p).read()`` drops this reader before the read runs: the caller holds the
+        # backend reader's own bound ``read`` (one of ours, see _use), and closing now would
+        # fail that read. Then the backend reader closes itself when that method goes, as
+        # ``open(p).read()`` does. A stored bound method has two references when unused:
+        # our instance dict and getrefcount's argument.
+        if not self.closed and all(sys.getrefcount(self.__dict__[name]) <= 2 for name in _HOT):
+            self.close()
 
     def readable(self) -> bool:
         return True

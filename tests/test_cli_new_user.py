@@ -1,0 +1,328 @@
+"""The command line and the documentation, tried as a new user would: each case here once
+went wrong (a traceback, an ignored flag that did something else, a silent empty secret,
+a usage error over four lines, a documented command or flag that did not parse)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import orchfs
+from orchfs.cli import main
+from orchfs.testing import build_legacy_repo
+from tests.conftest import digest_tree
+
+PROJECT = Path(__file__).resolve().parent.parent
+DOCS = [PROJECT / "README.md", *sorted((PROJECT / "docs").rglob("*.md"))]
+
+
+@pytest.fixture
+def repo(tmp_path):
+    root = build_legacy_repo(tmp_path / "repo")
+    (root / ".git").mkdir()
+    return root
+
+
+@pytest.fixture
+def key_env(tmp_path, monkeypatch):
+    """A master key in the environment, and a private config home (no user key file)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    for name in ("ORCHFS_KEY_FILE", "ORCHFS_PASSPHRASE"):
+        monkeypatch.delenv(name, raising=False)
+    key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv("ORCHFS_KEY", key)
+    return key
+
+
+def run(*args, input=None):
+    result = CliRunner().invoke(main, [str(a) for a in args], input=input)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert "Traceback" not in result.output
+    return result
+
+
+def shell(line: str, repo: Path) -> subprocess.CompletedProcess:
+    """A command line through a real shell (for `<&-`), with this checkout's orchfs."""
+    command = f"{shlex.quote(sys.executable)} -m orchfs.cli --root {shlex.quote(str(repo))} {line}"
+    env = dict(os.environ, PYTHONPATH=str(PROJECT))
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, env=env)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("orchfs: error: "), stderr
+    return lines[0]
+
+
+def stored_secrets(repo: Path) -> list[str]:
+    return orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True).secrets.list()
+
+
+# --- secrets from stdin ---------------------------------------------------------------------
+def test_secrets_set_with_closed_stdin_is_a_usage_error(repo, key_env):
+    result = shell("secrets set TOKEN <&-", repo)
+    assert result.returncode == 2
+    assert "stdin is closed" in one_error_line(result.stderr)
+    assert stored_secrets(repo) == []
+
+
+def test_secrets_set_with_nothing_piped_stores_nothing(repo, key_env):
+    result = run("--root", repo, "secrets", "set", "TOKEN", input="")
+    assert result.exit_code == 2
+    assert "stdin was empty" in one_error_line(result.stderr)
+    assert stored_secrets(repo) == []
+    assert run("--root", repo, "secrets", "set", "TOKEN", input="s3cr3t\n").exit_code == 0
+    assert run("--root", repo, "secrets", "get", "TOKEN").stdout == "s3cr3t\n"
+
+
+@pytest.mark.parametrize(
+    ("redirect", "says"), [("<&-", "stdin is closed"), ("</dev/null", "stdin was empty")]
+)
+def test_secrets_rotate_without_a_key_on_stdin(repo, key_env, redirect, says):
+    assert run("--root", repo, "secrets", "set", "TOKEN", input="v").exit_code == 0
+    result = shell(f"secrets rotate {redirect}", repo)
+    assert result.returncode == 2
+    assert says in one_error_line(result.stderr) and "--new-key-file" in result.stderr
+    assert run("--root", repo, "secrets", "get", "TOKEN").stdout == "v\n"  # the old key still opens it
+
+
+def test_secrets_rotate_names_stdin_for_a_malformed_key(repo, key_env):
+    assert run("--root", repo, "secrets", "set", "TOKEN", input="v").exit_code == 0
+    result = run("--root", repo, "secrets", "rotate", input="garbage\n")
+    assert result.exit_code == 1
+    assert one_error_line(result.stderr) == "orchfs: error: a key from stdin must be 32 bytes, not 5"
+    assert run("--root", repo, "secrets", "get", "TOKEN").stdout == "v\n"
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_secrets_get_takes_json_on_either_side(repo, key_env, where):
+    assert run("--root", repo, "secrets", "set", "TOKEN", input="v").exit_code == 0
+    args = (
+        ["--json", "secrets", "get", "TOKEN"] if where == "before" else ["secrets", "get", "TOKEN", "--json"]
+    )
+    result = run("--root", repo, *args)
+    assert result.exit_code == 0 and json.loads(result.stdout) == {"name": "TOKEN", "value": "v"}
+
+
+# --- flags that would be ignored ------------------------------------------------------------
+def test_migrate_id_without_rollback_changes_nothing(repo):
+    before = digest_tree(str(repo))
+    result = run("--root", repo, "migrate", "--id", "20260101T000000-abcdef")
+    assert result.exit_code == 2
+    assert "--rollback" in one_error_line(result.stderr)
+    assert digest_tree(str(repo)) == before
+
+
+@pytest.mark.parametrize("flag", [["--dry-run"], ["--prefer", "new"], ["--no-backup"], ["-j", "4"]])
+def test_rollback_refuses_flags_it_would_ignore(repo, flag):
+    assert run("--root", repo, "migrate").exit_code == 0
+    after_migration = digest_tree(str(repo))
+    result = run("--root", repo, "migrate", "--rollback", *flag)
+    assert result.exit_code == 2
+    assert flag[0] in one_error_line(result.stderr)
+    assert digest_tree(str(repo)) == after_migration  # `--rollback --dry-run` rolled back for real
+
+
+def test_config_show_checks_the_version_it_is_given(repo):
+    result = run("--root", repo, "config", "show", "--orchestrator-version", "banana")
+    assert result.exit_code == 2 and "'banana' is not a version" in one_error_line(result.stderr)
+    assert run("--root", repo, "config", "show", "--orchestrator-version", "2.8.0").exit_code == 0
+
+
+# --- paths ------------------------------------------------------------------------------------
+def test_put_from_a_missing_file_is_a_usage_error(repo, tmp_path):
+    result = run("--root", repo, "put", "notes.json", tmp_path / "nonexistent")
+    assert result.exit_code == 2 and "does not exist" in one_error_line(result.stderr)
+    assert not (repo / ".orchestrator" / "notes.json").exists()
+
+
+def test_rm_of_a_directory_needs_r(repo):
+    before = digest_tree(str(repo))
+    result = run("--root", repo, "rm", "checkpoints")
+    assert result.exit_code == 1
+    assert "pass -r" in one_error_line(result.stderr)
+    assert digest_tree(str(repo)) == before
+    assert run("--root", repo, "ls", "checkpoints").stdout.strip()
+    assert run("--root", repo, "rm", "checkpoints", "-r").exit_code == 0
+    assert run("--root", repo, "ls", "checkpoints").exit_code == 1
+
+
+def test_a_missing_root_from_the_environment_names_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORCHFS_ROOT", str(tmp_path / "gone"))
+    result = run("ls")
+    assert result.exit_code == 2
+    assert f"ORCHFS_ROOT {tmp_path / 'gone'}: no such directory" in one_error_line(result.stderr)
+
+
+# --- usage errors: one line (or one JSON document), exit code 2 -----------------------------
+USAGE_ERRORS = [
+    ["cat"],
+    ["bogus"],
+    ["ls", "--nope"],
+    ["migrate", "--jobs", "0"],
+    ["migrate", "--prefer", "banana"],
+    ["sessions", "prune", "--max-age", "banana"],
+    ["secrets", "get"],
+    ["secrets", "bogus"],
+    ["snapshot", "import", "/nonexistent.tgz"],
+]
+
+
+@pytest.mark.parametrize("args", USAGE_ERRORS, ids=" ".join)
+def test_usage_errors_are_one_line_naming_the_help(repo, args):
+    result = run("--root", repo, *args)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "--help`" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize("args", USAGE_ERRORS, ids=" ".join)
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_usage_errors_with_json_are_one_document(repo, args, where):
+    argv = ["--json", *args] if where == "before" else [*args, "--json"]
+    result = run("--root", repo, *argv)
+    assert result.exit_code == 2
+    document = json.loads(result.stdout)
+    assert document["error"] == "UsageError" and "--help`" in document["message"]
+
+
+def test_bare_command_and_help_keep_their_own_output(repo):
+    bare = run()
+    assert bare.exit_code == 2 and "Commands:" in bare.output
+    assert run("--help").exit_code == 0 and run("--version").exit_code == 0
+
+
+# --- the documentation runs -----------------------------------------------------------------
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
+
+
+def test_the_readme_python_example_runs(tmp_path, key_env):
+    root = tmp_path / "repo"
+    root.mkdir()
+    (block,) = _python_blocks((PROJECT / "README.md").read_text())
+    assert '"/path/to/repo"' in block
+    exec(compile(block.replace('"/path/to/repo"', repr(str(root))), "README.md", "exec"), {})
+    state = root / ".orchestrator"
+    assert json.loads((state / "state.json").read_text()) == {"step": 4}
+    assert [json.loads(line) for line in (state / "log.jsonl").read_text().splitlines()] == [
+        {"event": "step"}
+    ]
+    fs = orchfs.OrchFileSystem(root=str(root), skip_instance_cache=True)
+    assert fs.secrets.get("API_KEY") == "s3cr3t"
+    assert all(b"s3cr3t" not in data for data in digest_tree(str(state)).values())
+
+
+SHELL_FENCES = {"", "bash", "sh", "shell", "console", "text"}
+CUT = {"|", "||", "&&", ";", ">", "{"}
+
+
+def _command_lines(text: str):
+    """`orchfs ...` in shell code blocks and inline code spans."""
+    fence = None
+    for line in text.splitlines():
+        opening = re.match(r"\s*```(\w*)", line)
+        if opening:
+            fence = None if fence is not None else opening.group(1)
+        elif fence is not None:
+            found = re.search(r"(?:^|[|$&;]\s*)(orchfs\s.*)", line.strip())
+            if fence in SHELL_FENCES and found:
+                yield found.group(1)
+        else:
+            yield from (span for span in re.findall(r"`([^`\n]+)`", line) if span.startswith("orchfs "))
+
+
+def _documented_commands() -> list[tuple[str, str]]:
+    found = []
+    for path in DOCS:
+        for line in _command_lines(path.read_text()):
+            if "[" in line or "{" in line.split("#")[0]:
+                continue  # a synopsis (`[--root DIR]`, `{init,set}`), checked below from the table
+            found.append((path.relative_to(PROJECT).as_posix(), line))
+    return found
+
+
+def _resolve(words: list[str]) -> tuple[click.Command, list[str]]:
+    """The command a list of words names (after the global options), and its arguments."""
+    command: click.Command = main
+    while isinstance(command, click.Group) and words:
+        sub = command.get_command(click.Context(command), words[0])
+        assert sub is not None, f"no command {words[0]!r}"
+        command, words = sub, words[1:]
+    return command, words
+
+
+@pytest.mark.parametrize(("page", "line"), _documented_commands(), ids=lambda v: v)
+def test_every_documented_command_line_parses(page, line):
+    words = []
+    for word in shlex.split(line, comments=True)[1:]:
+        if word in CUT:
+            break
+        words.append(word.split("|")[0])  # `--prefer new|legacy`: each choice is documented
+    while words and words[0] in ("--json", "-q", "--quiet", "--root"):
+        words = words[2:] if words[0] == "--root" else words[1:]
+    command, rest = _resolve(words)
+    if isinstance(command, click.Group) and not rest:
+        return  # a group named in prose (`orchfs config`)
+    try:
+        command.make_context(command.name, rest)  # any other usage error fails the test
+    except click.BadParameter as exc:
+        assert "does not exist" in exc.message, exc.message  # an example file (/backups/repo.tgz)
+
+
+def _table_rows() -> list[tuple[list[str], str]]:
+    rows = []
+    for line in (PROJECT / "docs" / "cli.md").read_text().splitlines():
+        cell = re.match(r"\| `([^`]+)` \|", line)
+        if not cell:
+            continue
+        synopsis = cell.group(1)
+        names = []
+        for word in synopsis.split():
+            if not re.fullmatch(r"[a-z][a-z-]*|\{[a-z,-]+\}", word):
+                break
+            names.append(word)
+        rows.append((names, synopsis))
+    return rows
+
+
+@pytest.mark.parametrize(("names", "synopsis"), _table_rows(), ids=lambda v: v if isinstance(v, str) else "")
+def test_the_cli_table_matches_the_commands(names, synopsis):
+    """Every command in docs/cli.md exists with the flags shown, and shows every flag it has."""
+    last = names[-1]
+    subcommands = last.strip("{}").split(",") if last.startswith("{") else [None]
+    prefix = names[:-1] if last.startswith("{") else names
+    documented = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", synopsis))
+    for sub in subcommands:
+        command, _rest = _resolve(prefix + ([sub] if sub else []))
+        assert not isinstance(command, click.Group) or sub is None
+        options = [set(p.opts + p.secondary_opts) for p in command.params if isinstance(p, click.Option)]
+        assert documented <= set().union(*options), (synopsis, documented - set().union(*options))
+        if sub is None:  # one command a row: each of its options appears in the row
+            hidden = [o for o in options if not o & (documented | {"--json", "--help"})]
+            assert hidden == [], synopsis
+
+
+# --- the first read a user tries ------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["local", "memory"])
+def test_open_then_read_in_one_expression(tmp_path, backend):
+    """`fs.open(p).read()` drops the reader before the read runs; the read still works."""
+    (tmp_path / "repo").mkdir()
+    root = str(tmp_path / "repo") if backend == "local" else f"memory://{tmp_path.name}"
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    fs.pipe_file("state.json", b'{"step": 1}')
+    assert fs.open("state.json", "rb").read() == b'{"step": 1}'
+    assert fs.open("state.json", "rb").seek(2) == 2
+    assert fs.open("state.json", "r").read() == '{"step": 1}'
