@@ -230,7 +230,7 @@ def init(ctx: Context, portable: bool, adopt: bool) -> None:
       orchfs init --portable  # does not
       orchfs init --adopt     # the repository was moved: same identity, new place
     """
-    from .meta import FORMAT_FILE, ensure_gitignored, read_meta, write_meta
+    from .meta import FORMAT_FILE, ensure_gitignored, gitignored, read_meta, write_meta
 
     fs = ctx.fs()
     state = fs.state_storage
@@ -255,6 +255,8 @@ def init(ctx: Context, portable: bool, adopt: bool) -> None:
         human = f"{'updated' if existed else 'initialised'} {ctx.root}/.orchestrator" + (
             " (added to .gitignore)" if ignored else ""
         )
+    if portable and gitignored(ctx.root):  # portable in meta.json, yet git would not carry it
+        human += "; git still ignores .orchestrator/: remove that line from .gitignore to commit the state"
     ctx.emit(
         {
             "root": ctx.root,

@@ -380,6 +380,8 @@ def _write_private_file(target: str, blob: bytes) -> None:
     from .storage import LocalStorage
 
     directory, name = os.path.split(target)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(f"{directory} is a file, not a directory; choose a place inside a directory")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory} does not exist; create it or choose another place")
     LocalStorage(directory).write(name, blob, mode=PRIVATE_FILE_MODE)

@@ -326,3 +326,22 @@ def test_open_then_read_in_one_expression(tmp_path, backend):
     assert fs.open("state.json", "rb").read() == b'{"step": 1}'
     assert fs.open("state.json", "rb").seek(2) == 2
     assert fs.open("state.json", "r").read() == '{"step": 1}'
+
+
+def test_snapshot_export_under_a_file_says_so(repo, tmp_path):
+    (tmp_path / "a-file").write_bytes(b"x")
+    result = run("--root", repo, "snapshot", "export", tmp_path / "a-file" / "state.tgz")
+    assert result.exit_code == 1
+    assert "is a file, not a directory" in one_error_line(result.stderr)
+    assert (tmp_path / "a-file").read_bytes() == b"x"
+
+
+def test_init_portable_after_init_says_git_still_ignores_the_state(repo):
+    assert run("--root", repo, "init").exit_code == 0
+    gitignore = (repo / ".gitignore").read_bytes()
+    result = run("--root", repo, "init", "--portable")
+    assert result.exit_code == 0 and "git still ignores .orchestrator/" in result.stdout
+    assert (repo / ".gitignore").read_bytes() == gitignore  # the user's file is the user's to edit
+    assert json.loads((repo / ".orchestrator" / "meta.json").read_text())["portable"] is True
+    fresh = run("--root", build_legacy_repo(repo.parent / "other"), "init", "--portable")
+    assert "git still ignores" not in fresh.stdout
