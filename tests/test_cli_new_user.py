@@ -209,12 +209,14 @@ def _python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
 
 
-def test_the_readme_python_example_runs(tmp_path, key_env):
+@pytest.mark.parametrize("page", ["README.md", "docs/index.md"])
+def test_the_first_python_example_runs(tmp_path, key_env, page):
+    """The example a new user copies first, run against a temporary repository."""
     root = tmp_path / "repo"
     root.mkdir()
-    (block,) = _python_blocks((PROJECT / "README.md").read_text())
+    block = _python_blocks((PROJECT / page).read_text())[0]
     assert '"/path/to/repo"' in block
-    exec(compile(block.replace('"/path/to/repo"', repr(str(root))), "README.md", "exec"), {})
+    exec(compile(block.replace('"/path/to/repo"', repr(str(root))), page, "exec"), {})
     state = root / ".orchestrator"
     assert json.loads((state / "state.json").read_text()) == {"step": 4}
     assert [json.loads(line) for line in (state / "log.jsonl").read_text().splitlines()] == [
@@ -223,6 +225,17 @@ def test_the_readme_python_example_runs(tmp_path, key_env):
     fs = orchfs.OrchFileSystem(root=str(root), skip_instance_cache=True)
     assert fs.secrets.get("API_KEY") == "s3cr3t"
     assert all(b"s3cr3t" not in data for data in digest_tree(str(state)).values())
+
+
+def test_the_api_page_shows_every_constructor_argument():
+    import inspect
+
+    (shown,) = re.findall(
+        r"^OrchFileSystem\((.*?)\)$", (PROJECT / "docs" / "api.md").read_text(), re.M | re.S
+    )
+    documented = {part.split("=")[0].strip() for part in shown.split(",")} - {"*"}
+    internal = {"self", "fo", "target_protocol", "target_options", "kwargs"}  # fsspec's URL chaining
+    assert documented == set(inspect.signature(orchfs.OrchFileSystem.__init__).parameters) - internal
 
 
 SHELL_FENCES = {"", "bash", "sh", "shell", "console", "text"}
