@@ -133,7 +133,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return result
         except (OrchFSError, OSError, ValueError, KeyError) as exc:
             ctx = click.get_current_context().find_object(Context)
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            message = _error_text(exc)
             if ctx is not None and ctx.json:
                 click.echo(json.dumps({"error": type(exc).__name__, "message": message}))
             else:
@@ -141,6 +141,22 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
 
     return wrapper
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line for an error: an OSError names its path first, not as ``[Errno 2] ...: 'x'``
+    (which reads as the tail of a traceback), and a missing logical path says how to look."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror}"
+        logical = str(exc.filename).removeprefix("orch://")
+        if logical != str(exc.filename) and isinstance(exc, IsADirectoryError):
+            text += f" (`orchfs ls -l {logical}` lists it)"
+        elif logical != str(exc.filename) and isinstance(exc, FileNotFoundError):
+            text += " (`orchfs ls -l` shows what is there)"
+        return text
+    return str(exc)
 
 
 pass_ctx = click.make_pass_decorator(Context)

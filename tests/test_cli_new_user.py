@@ -358,3 +358,20 @@ def test_init_portable_after_init_says_git_still_ignores_the_state(repo):
     assert json.loads((repo / ".orchestrator" / "meta.json").read_text())["portable"] is True
     fresh = run("--root", build_legacy_repo(repo.parent / "other"), "init", "--portable")
     assert "git still ignores" not in fresh.stdout
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("nothere.json", "orch://nothere.json: no such file or directory in the orchestrator state"),
+        (
+            "checkpoints",
+            "orch://checkpoints: is a directory, not a file (`orchfs ls -l checkpoints` lists it)",
+        ),
+    ],
+)
+def test_cat_errors_name_the_path_first(repo, path, says):
+    result = run("--root", repo, "cat", path)
+    assert result.exit_code == 1
+    line = one_error_line(result.stderr)
+    assert line.startswith(f"orchfs: error: {says}") and "[Errno" not in line
