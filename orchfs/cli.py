@@ -1174,7 +1174,7 @@ def demo(ctx: Context, keep: bool) -> None:
 
     def step(title: str, detail: Any) -> None:
         steps.append({"step": title, "detail": detail})
-        if not ctx.json:
+        if not ctx.json and not ctx.quiet:  # -q: the walk-through as a silent check (exit code)
             click.echo(click.style(f"== {title}", bold=True))
             click.echo(detail if isinstance(detail, str) else json.dumps(detail, indent=2))
 

@@ -375,3 +375,8 @@ def test_cat_errors_name_the_path_first(repo, path, says):
     assert result.exit_code == 1
     line = one_error_line(result.stderr)
     assert line.startswith(f"orchfs: error: {says}") and "[Errno" not in line
+
+
+def test_quiet_demo_prints_nothing():
+    result = run("-q", "demo")
+    assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
