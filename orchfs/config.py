@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -222,6 +223,50 @@ def environment_layer(environ: Mapping[str, str] | None = None) -> dict[str, Any
                 value = value.strip().lower() in _TRUE
             out[".".join(keys)] = value
     return out
+
+
+LEGACY_MODES = ("read", "migrate", "off")
+
+
+@dataclass(frozen=True)
+class FaceSettings:
+    """The arguments of ``OrchFileSystem`` that fall back on the ``ORCHFS_*`` layer,
+    resolved and checked."""
+
+    storage: str | None
+    session: str | None
+    web_mode: bool
+    legacy: str
+    lock_timeout: float
+    lease: float
+
+
+def face_settings(
+    *,
+    storage: str | None = None,
+    session: str | None = None,
+    web_mode: bool | None = None,
+    legacy: str | None = None,
+    lock_timeout: float | str | None = None,
+    lease: float | str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> FaceSettings:
+    """Each unset argument from the environment layer, else its default; web mode
+    without a session gets a new session id."""
+    env = environment_layer(environ)
+    legacy = legacy if legacy is not None else env.get("state.legacy", "read")
+    web_mode = env.get("web_mode", False) if web_mode is None else web_mode
+    wait = parse_duration(lock_timeout if lock_timeout is not None else env.get("state.lock_timeout", 10.0))
+    lease = parse_duration(lease if lease is not None else env.get("state.lease", 30.0))
+    if lease <= 0:
+        raise ValueError(f"lease must be > 0 seconds, not {lease}")
+    if storage is None:
+        storage = env.get("state.storage") or None
+    if legacy not in LEGACY_MODES:
+        raise ValueError(f"legacy={legacy!r} is not one of {', '.join(LEGACY_MODES)}")
+    if web_mode and session is None:
+        session = env.get("session") or uuid.uuid4().hex[:12]
+    return FaceSettings(storage, session, bool(web_mode), legacy, float(wait), lease)
 
 
 def load_config(

@@ -13,7 +13,6 @@ import errno
 import io
 import json
 import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,8 +43,6 @@ from .paths import (
 
 if TYPE_CHECKING:
     from .storage import Storage
-
-LEGACY_MODES = ("read", "migrate", "off")
 
 
 @dataclass(frozen=True)
@@ -110,28 +107,21 @@ class OrchFileSystem(ChainedFileSystem):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        from .config import environment_layer, parse_duration
+        from .config import face_settings
         from .layout import coerce_layout
         from .overlay import Overlay
         from .storage import open_root, open_storage
 
         # Unset arguments come from the environment layer of the configuration (DESIGN §6).
-        environ = environment_layer()
-        legacy = legacy if legacy is not None else environ.get("state.legacy", "read")
-        if web_mode is None:
-            web_mode = environ.get("web_mode", False)
-        if lock_timeout is None:
-            lock_timeout = environ.get("state.lock_timeout", 10.0)
-        lock_timeout = parse_duration(lock_timeout)
-        lease = parse_duration(lease if lease is not None else environ.get("state.lease", 30.0))
-        if lease <= 0:
-            raise ValueError(f"lease must be > 0 seconds, not {lease}")
-        if storage is None:
-            storage = environ.get("state.storage") or None
-        if legacy not in LEGACY_MODES:
-            raise ValueError(f"legacy={legacy!r} is not one of {', '.join(LEGACY_MODES)}")
-        if web_mode and session is None:
-            session = environ.get("session") or uuid.uuid4().hex[:12]
+        given = face_settings(
+            storage=storage,
+            session=session,
+            web_mode=web_mode,
+            legacy=legacy,
+            lock_timeout=lock_timeout,
+            lease=lease,
+        )
+        storage, session, legacy = given.storage, given.session, given.legacy
         if session is not None:
             validate_id(validate_name(session, "session id"), "session id")
         options = dict(storage_options or target_options or {})
@@ -148,7 +138,7 @@ class OrchFileSystem(ChainedFileSystem):
         self.storage = storage
         self.storage_options_ = options
         self.session_id = session
-        self.web_mode = web_mode
+        self.web_mode = given.web_mode
         self.legacy = legacy
         self.layout = coerce_layout(layout)
         if key is not None:
@@ -157,8 +147,8 @@ class OrchFileSystem(ChainedFileSystem):
             if isinstance(key, KeyReference):  # an unpickled copy
                 key = key.resolve()
         self._key = key
-        self.lock_timeout = float(lock_timeout)
-        self.lease = lease
+        self.lock_timeout = given.lock_timeout
+        self.lease = given.lease
         self._overlay = Overlay(
             self._state, self._repo, self.layout, session, legacy, root=self.root, local_root=self._local_root
         )
