@@ -489,6 +489,7 @@ class FsspecStorage:
         # Objects this adapter has just read or written: a write to one of them needs no
         # lookup first (a directory cannot appear under a file's own key unseen here).
         self._files: set[str] = set()
+        self._dirs: set[str] = set()  # prefixes seen holding objects (ancestors of those files)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -575,7 +576,10 @@ class FsspecStorage:
             if name.startswith(MARKER_PREFIXES):
                 markers.append(name)
                 continue
-            out.append((name, self._convert(entry)))
+            converted = self._convert(entry)
+            if converted["type"] == "directory" and len(self._dirs) < MEMO_LIMIT:
+                self._dirs.add(f"{rel}/{name}" if rel else name)
+            out.append((name, converted))
         return Listing(out, markers)
 
     def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
@@ -645,10 +649,22 @@ class FsspecStorage:
     def _known_file(self, rel: str) -> None:
         if len(self._files) < MEMO_LIMIT:
             self._files.add(rel)
+            cut = rel.rfind("/")
+            while cut > 0 and rel[:cut] not in self._dirs:
+                self._dirs.add(rel[:cut])
+                cut = rel.rfind("/", 0, cut)
 
     def _check_writable_target(self, rel: str, exclusive: bool) -> None:
-        if rel in self._files and not exclusive:
-            return  # a file a moment ago: overwriting it needs no request first
+        if not exclusive:
+            if rel in self._files:
+                return  # a file a moment ago: overwriting it needs no request first
+            if rel in self._dirs:
+                raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel))
+            if self.kind != "memory" and not self.capabilities.empty_directories:
+                # Directories here are only prefixes of keys; a key may sit beside one (as
+                # with s3fs). orchfs refuses the prefixes it knows of, and asks nothing:
+                # a write is one PUT.
+                return
         found = self.info(rel)
         if found is not None:
             if found["type"] == "directory":
@@ -729,6 +745,7 @@ class FsspecStorage:
 
     def remove(self, rel: str) -> None:
         self._files.discard(rel)
+        self._dirs.clear()  # a prefix may have lost its last key
         fence = active_fence() if self.conditional is not None else None
         if fence is not None:
             fence.delete(self.conditional, self._full(rel))
@@ -750,6 +767,7 @@ class FsspecStorage:
 
     def remove_tree(self, rel: str) -> None:
         self._files.clear()
+        self._dirs.clear()
         full = self._full(rel)
         if not self.fs.exists(full):
             return

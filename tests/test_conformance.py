@@ -281,6 +281,9 @@ def test_s3_requests_per_operation(request, tmp_path):
     # Two marker probes (state.json has a legacy location), then the PUT: the file was just
     # read, so no lookup first.
     assert requests(lambda: fs.pipe_file("state.json", b"{1}")) == ["GET", "GET", "PUT"]
+    # A path with no legacy location: one PUT, nothing asked first.
+    assert requests(lambda: fs.pipe_file("run/fresh.json", b"{}")) == ["PUT"]
+    assert requests(lambda: fs.pipe_file("run/fresh.json", b"{2}")) == ["PUT"]
 
     def bump() -> None:
         fs.update_json("run/counter.json", lambda v: {"n": v.get("n", 0) + 1})
@@ -295,6 +298,7 @@ def test_s3_requests_per_operation(request, tmp_path):
             f.write(b"abc")
 
     assert requests(write_new) == ["HEAD", "LIST", "PUT"]
+
     # The lookup's HEAD, then s3fs's own (it keeps the ETag to notice a changed object).
     def read_new() -> None:
         with fs.open("run/new.json", "rb") as f:
@@ -303,3 +307,13 @@ def test_s3_requests_per_operation(request, tmp_path):
     assert requests(read_new) == ["GET", "HEAD", "HEAD"]
     assert requests(lambda: fs.rm_file("run/new.json")) == ["DELETE", "HEAD"]
     assert fs.cat_file("state.json") == b"{1}"
+
+
+def test_write_where_a_directory_was(orch):
+    """A directory emptied by rm is no longer in the way of a file of its name."""
+    orch.pipe_file("run/a/b.json", b"1")
+    with pytest.raises(IsADirectoryError):
+        orch.pipe_file("run/a", b"x")
+    orch.rm("run/a", recursive=True)
+    orch.pipe_file("run/a", b"x")
+    assert orch.cat_file("run/a") == b"x"
