@@ -560,6 +560,12 @@ _known_free: dict[str, tuple[str, int]] = {}
 _contended_at: dict[str, float] = {}
 _yield_until: dict[str, float] = {}
 _CONTENTION_MEMORY = 10.0
+# Waiters announce themselves in ``<name>.waiting`` (a plain write, at most once a second
+# each); a holder that releases looks at it at most every few seconds, so that a tight
+# loop of one process that never waits still lets a waiting process in within seconds.
+_ANNOUNCE_EVERY = 1.0
+_LOOK_FOR_WAITERS_EVERY = 3.0
+_looked_for_waiters: dict[str, float] = {}
 
 
 class LeaseLock(LockBackend):
@@ -591,6 +597,8 @@ class LeaseLock(LockBackend):
                 "local disk or memory"
             )
         self._path = storage.backend_path(f"{LOCKS_DIR}/{name}.lease")
+        self._waiting_path = storage.backend_path(f"{LOCKS_DIR}/{name}.waiting")
+        self._announced = -_ANNOUNCE_EVERY
         self._version: str | None = None
         self.generation = 0
         self.deadline = 0.0  # time.monotonic() by which the lease must be renewed
@@ -677,8 +685,25 @@ class LeaseLock(LockBackend):
         return self._seen.holder if self._seen is not None else None
 
     def _pause(self, delay: float) -> float:
+        now = time.monotonic()
+        if now - self._announced >= _ANNOUNCE_EVERY:
+            self._announced = now
+            with contextlib.suppress(Exception):  # a hint for the holder, never required
+                self.storage.fs.pipe_file(self._waiting_path, Holder.current(self.session).to_json())
         # Jittered backoff: waiters spread out and never crowd out the holder's requests.
         return delay * (0.5 + random.random())
+
+    def _waiters_lately(self) -> bool:
+        """Whether a waiter announced itself in the last few seconds (one GET, now and then)."""
+        now = time.monotonic()
+        if now - _looked_for_waiters.get(self._path, -_LOOK_FOR_WAITERS_EVERY) < _LOOK_FOR_WAITERS_EVERY:
+            return False
+        _looked_for_waiters[self._path] = now
+        try:
+            found = self.store.get(self._waiting_path)
+        except Exception:
+            return False
+        return found is not None and found.age is not None and found.age <= 2 * _ANNOUNCE_EVERY + 1.0
 
     def _won(self, waited: bool) -> None:
         if waited:
@@ -733,6 +758,8 @@ class LeaseLock(LockBackend):
                 version = self.store.replace(self._path, self._body(self.generation, True), self._version)
                 _known_free[self._path] = (version, self.generation)
         self._version = None
+        if self._waiters_lately():
+            _contended_at[self._path] = time.monotonic()
         contended = _contended_at.get(self._path)
         if contended is not None and time.monotonic() - contended < _CONTENTION_MEMORY:
             # Others were waiting lately: this process's next acquisition waits about one

@@ -563,3 +563,34 @@ def test_lease_on_memory_storage_renews_and_fences(tmp_path):
     lock.acquire()  # taken again over the expired record: the generation grew
     assert lock.token.generation == first + 1
     lock.release()
+
+
+@pytest.mark.slow
+def test_a_waiter_is_not_starved_by_a_tight_loop(request, tmp_path):
+    """One process increments in a tight loop (it never waits); another process asks once:
+    it gets in while the loop still runs (waiters announce themselves; the looping holder
+    looks now and then and lets them go first)."""
+    fs = make_fs("s3", request, tmp_path)
+    stop = threading.Event()
+    done = []
+
+    def loop() -> None:
+        while not stop.is_set() and len(done) < 3000:
+            fs.update_json("counter.json", lambda value: {"n": value.get("n", 0) + 1})
+            done.append(1)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        while len(done) < 3 and thread.is_alive():
+            time.sleep(0.01)
+        waiter = worker("timed_increment", spec_of(fs))
+        said = waiter.stdout.readline().split()
+        assert waiter.wait(timeout=120) == 0
+        still_looping = thread.is_alive()
+    finally:
+        stop.set()
+        thread.join()
+    assert said and said[0] == "acquired"
+    assert still_looping, "the waiter got the lock only after the loop ended"
+    assert json.loads(fs.cat_file("counter.json"))["n"] == len(done) + 1
