@@ -9,7 +9,6 @@ finish an unfinished migration.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import stat
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .beneath import Beneath
-from .errors import PathEscapeError, StateError
+from .errors import PathEscapeError, StateError, library_logger
 from .layout import coerce_layout
 from .meta import LAYOUT_VERSION, git_remote, gitignored, read_format, read_meta
 from .paths import INTERNAL_NAMES, STATE_DIR, TEMP_PREFIX, WHITEOUT_PREFIX
@@ -29,7 +28,7 @@ ORPHAN_TEMP_AGE = 15 * 60.0
 # was planted: migrate, rollback and --fix would otherwise write or chmod through it.
 LINK_FREE_TREES = frozenset({"secrets", "locks", "migrations", "tmp"})
 
-logger = logging.getLogger(__name__)
+logger = library_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import logging
 
 
 class OrchFSError(Exception):
@@ -128,6 +132,18 @@ def warn_outside(message: str, category: type[Warning]) -> None:
         frame = frame.f_back
         level += 1
     warnings.warn(message, category, stacklevel=level)
+
+
+def library_logger(name: str) -> logging.Logger:
+    """The logger of an orchfs module (``orchfs.locks``, ...). The ``orchfs`` logger
+    carries a ``NullHandler``, so that nothing reaches stderr unless the application
+    configures logging: the library itself never prints."""
+    import logging
+
+    package = logging.getLogger(__name__.partition(".")[0])
+    if not any(isinstance(handler, logging.NullHandler) for handler in package.handlers):
+        package.addHandler(logging.NullHandler())
+    return logging.getLogger(name)
 
 
 __all__ = [

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import platform
 import random
@@ -52,7 +51,7 @@ from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .conditional import PreconditionFailed, Versioned
-from .errors import ConfigError, LockLostError, LockTimeout, PathEscapeError
+from .errors import ConfigError, LockLostError, LockTimeout, PathEscapeError, library_logger
 from .paths import validate_name
 
 LOCKS_DIR = "locks"
@@ -63,7 +62,7 @@ _MAX_POLL = 0.05
 _MAX_LEASE_POLL = 0.03  # each lease probe is a request: waiters must not crowd out the holder
 _HOST = platform.node()  # socket.gethostname() where there is uname; no socket import
 
-logger = logging.getLogger(__name__)
+logger = library_logger(__name__)
 
 try:
     import fcntl

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import shutil
 import stat
@@ -39,6 +38,7 @@ from .errors import (
     RollbackIncompleteError,
     SQLiteInUseError,
     UnsafeStateError,
+    library_logger,
 )
 from .faults import checkpoint
 from .journal import JOURNAL_DIR, Journal, begin_record, intent_records, journals, read_journal, steps_of
@@ -49,7 +49,7 @@ from .stored import check_id
 BACKUP_DIR = "migration_backup"
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
-logger = logging.getLogger(__name__)
+logger = library_logger(__name__)
 
 
 @dataclass(frozen=True)

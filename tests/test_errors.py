@@ -67,3 +67,19 @@ def test_unsupported_mode(local_repo):
     fs.pipe_file("state.json", b"{}")
     with pytest.raises(ValueError, match="unsupported mode"):
         fs.open("state.json", "zb")
+
+
+def test_orchfs_logs_reach_no_terminal_unless_the_application_asks():
+    import subprocess
+    import sys
+
+    code = (
+        "import orchfs.locks, orchfs.migrate, orchfs.doctor, logging;"
+        "orchfs.locks.logger.warning('lease lost');"
+        "orchfs.migrate.logger.warning('step');"
+        "logging.basicConfig(level=logging.INFO);"
+        "orchfs.doctor.logger.info('configured')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == ["INFO:orchfs.doctor:configured"]
