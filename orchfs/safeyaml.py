@@ -76,8 +76,10 @@ def compose(text: str, source: str) -> Any:
             return yaml.compose(text, Loader=_loader())
         except yaml.YAMLError:
             if len(text) <= REPARSE_BYTES:  # events only: no recursion, however deep
-                for _event in yaml.parse(text, Loader=yaml.SafeLoader):
-                    pass  # raises again, with the clearer message
+                # Raises again, with the clearer message; the limits hold here too: libyaml
+                # 0.2.6's own nesting limit (PyYAML 6.0.4's wheels) fails a deep document
+                # before the first event, and the pure-Python parser would walk all of it.
+                _check_events(yaml.parse(text, Loader=yaml.SafeLoader), source)
             raise
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
