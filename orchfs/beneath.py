@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from .atomic import DEFAULT_FILE_MODE, DIR_FLAGS, LocalAtomicWriter, fsync_directory
-from .errors import PathEscapeError
+from .errors import PathEscapeError, UnsafeStateError
 from .paths import MEMO_LIMIT
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -313,7 +313,7 @@ class Beneath:
         if fd < 0:
             return fd
         try:
-            return read_all(fd)
+            return read_all(fd, rel)
         finally:
             os.close(fd)
 
@@ -498,7 +498,7 @@ class Beneath:
     def read_bytes(self, rel: str) -> bytes:
         fd = self.open(rel)
         try:
-            return read_all(fd)
+            return read_all(fd, rel)
         finally:
             os.close(fd)
 
@@ -619,13 +619,21 @@ class Beneath:
             fsync_directory(fd)
 
     def chmod(self, rel: str, mode: int) -> None:
-        """Set ``rel``'s permission bits; a symlink there is refused, never followed."""
+        """Set ``rel``'s permission bits; a symlink there is refused, never followed.
+
+        A file with more than one hard link gets ``mode`` on a copy of its own that
+        replaces it: another link may sit outside the root, and a chmod would change it.
+        """
         if not rel:
             os.fchmod(self.fileno(), mode)
             return
         with self._parent(rel) as (fd, name):
-            if self._is_link(name, fd):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
                 raise self._refuse_link(rel)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                self.copy(rel, rel, mode=mode)
+                return
             try:
                 os.chmod(name, mode, dir_fd=fd, follow_symlinks=False)
                 return
@@ -675,8 +683,8 @@ class Beneath:
             os.close(source)
 
 
-def read_all(fd: int) -> bytes:
-    """Every byte from ``fd``'s position to its end.
+def read_all(fd: int, where: str | None = None) -> bytes:
+    """Every byte from ``fd``'s position to its end (``where`` names it in errors).
 
     No ``fstat`` first (it costs more in Python than the read): one read of 64 KiB, and
     only a read that filled it goes on. A shorter read is the end of a regular file, as
@@ -685,6 +693,13 @@ def read_all(fd: int) -> bytes:
     data = os.read(fd, _FIRST_READ)
     if len(data) < _FIRST_READ:
         return data
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        # A device (/dev/zero) or a pipe fed by someone never ends: refused, not read.
+        raise UnsafeStateError(
+            f"{where or 'a file orchfs reads'} is not a regular file (a device or a pipe); "
+            "refused: remove it",
+            where,
+        )
     chunks = [data]
     while data:
         data = os.read(fd, _COPY_CHUNK)

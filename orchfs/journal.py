@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, temp_name
+from .beneath import READ_FLAGS
 from .errors import JournalError, UnsafeStateError
 from .layout import Layout, is_unnamed_v1
 from .paths import STATE_DIR
@@ -408,7 +409,7 @@ def _check_directory(directory: str, create: bool = False) -> None:
 def _open(path: str) -> Iterator[Any]:
     _check_directory(os.path.dirname(path))
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, READ_FLAGS)  # O_NONBLOCK: a planted FIFO must not hang the open
     except OSError as exc:
         if os.path.islink(path):
             raise UnsafeStateError(f"{_shown(path)} is a symlink; refused (remove it)", path) from None

@@ -50,8 +50,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
+from .beneath import READ_FLAGS
 from .conditional import PreconditionFailed, Versioned
-from .errors import ConfigError, LockLostError, LockTimeout, PathEscapeError, library_logger
+from .errors import (
+    ConfigError,
+    LockLostError,
+    LockTimeout,
+    PathEscapeError,
+    StateError,
+    UnsafeStateError,
+    library_logger,
+)
 from .paths import validate_name
 
 LOCKS_DIR = "locks"
@@ -93,14 +102,13 @@ class Holder:
     def from_json(cls, data: bytes) -> Holder | None:
         try:
             record = json.loads(data)
-            return cls(
-                int(record["pid"]),
-                str(record["host"]),
-                record.get("session"),
-                str(record.get("command", "")),
-                float(record["since"]),
-            )
-        except (ValueError, KeyError, TypeError, RecursionError):  # planted nesting too
+            pid, session = int(record["pid"]), record.get("session")
+            # A planted record: pid 0 or -1 would ask os.kill about a group, a huge one overflows.
+            if not 0 < pid < 1 << 31 or not isinstance(session, (str, type(None))):
+                return None
+            host, command = str(record["host"]), str(record.get("command", ""))
+            return cls(pid, host, session, command, float(record["since"]))
+        except (ValueError, KeyError, TypeError, RecursionError, OverflowError):  # planted nesting too
             return None
 
     def to_json(self, **extra: Any) -> bytes:
@@ -276,7 +284,8 @@ class LocalFileLock(LockBackend):
 
     def _record(self) -> bytes:
         try:
-            fd = os.open(f"{self.name}.holder", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._dir_fd)
+            # O_NONBLOCK: a FIFO planted there reads as nothing instead of hanging.
+            fd = os.open(f"{self.name}.holder", READ_FLAGS, dir_fd=self._dir_fd)
         except OSError:
             return b""
         try:
@@ -297,8 +306,23 @@ class LocalFileLock(LockBackend):
 
     def _record_holder(self) -> None:
         self.generation = _generation_of(self._record()) + 1
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._holder_fd = os.open(f"{self.name}.holder", flags, PRIVATE_FILE_MODE, dir_fd=self._dir_fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(f"{self.name}.holder", flags, PRIVATE_FILE_MODE, dir_fd=self._dir_fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO):  # a link; a FIFO with no reader
+                raise
+            fd = -1
+        if fd < 0 or not _own_file(fd):
+            if fd >= 0:
+                os.close(fd)
+            raise UnsafeStateError(
+                f"{self.storage.url(LOCKS_DIR)}/{self.name}.holder is not a plain file (a link, "
+                "a FIFO, a device or a hard link, which may be another name of a file outside "
+                "the repository); orchfs never writes a holder record there: remove it",
+                f"{LOCKS_DIR}/{self.name}.holder",
+            )
+        self._holder_fd = fd
         self._write_record(Holder.current(self.session).to_json(generation=self.generation))
 
     def _start(self) -> None:
@@ -346,8 +370,14 @@ def _generation_of(record: bytes) -> int:
     try:
         value = json.loads(record).get("generation", 0) if record else 0
         return int(value)
-    except (ValueError, AttributeError, TypeError, RecursionError):
+    except (ValueError, AttributeError, TypeError, RecursionError, OverflowError):  # 1e999 too
         return 0
+
+
+def _own_file(fd: int) -> bool:
+    """A regular file with no other name (a hard link may lead outside the root)."""
+    st = os.fstat(fd)
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
 
 _memory_locks: dict[str, threading.Lock] = {}
@@ -535,20 +565,39 @@ class _LeaseState:
         return self.released or self.expired()
 
 
-def _lease_state(found: Versioned) -> _LeaseState:
+# Bounds of a lease record orchfs writes: a lease of seconds to minutes (a week is
+# no lease), a generation that counts acquisitions.
+_MAX_LEASE_SECONDS = 7 * 86400.0
+_MAX_GENERATION = 1 << 63
+
+
+def _lease_state(found: Versioned, url: str) -> _LeaseState:
+    """The lease object's record, checked: a planted one (not JSON, a NaN, negative or
+    endless lease, a generation that is no count) is :class:`StateError`, never a lock
+    held forever or taken over by a guess."""
     try:
         record = json.loads(found.data) if found.data else {}
     except (ValueError, RecursionError):
-        record = {}
+        record = None
     if not isinstance(record, dict):
-        record = {}
-    return _LeaseState(
-        found.version,
-        Holder.from_json(found.data),
-        int(record.get("generation", 0)),
-        float(record.get("lease", 0)),
-        bool(record.get("released", False)),
-        found.age,
+        raise _damaged_lease(url, "not a JSON object")
+    generation, ttl = record.get("generation", 0), record.get("lease", 0)
+    released = record.get("released", False)
+    if type(generation) is not int or not 0 <= generation < _MAX_GENERATION:
+        raise _damaged_lease(url, "its generation is not a count")
+    if type(ttl) not in (int, float) or not 0 <= ttl <= _MAX_LEASE_SECONDS:  # NaN fails too
+        raise _damaged_lease(url, f"its lease is not a duration of at most {_MAX_LEASE_SECONDS:g}s")
+    if type(released) is not bool:
+        raise _damaged_lease(url, "its released flag is not true or false")
+    holder = Holder.from_json(found.data)
+    return _LeaseState(found.version, holder, generation, float(ttl), released, found.age)
+
+
+def _damaged_lease(url: str, why: str) -> StateError:
+    return StateError(
+        f"{url} is not a lease orchfs wrote ({why}: damaged or planted); if no orchfs process "
+        "holds this lock, remove the object",
+        url,
     )
 
 
@@ -634,7 +683,7 @@ class LeaseLock(LockBackend):
 
     def current(self) -> _LeaseState | None:
         found = self.store.get(self._path)
-        return None if found is None else _lease_state(found)
+        return None if found is None else _lease_state(found, self.url)
 
     def _take(self, known: tuple[str, int] | None) -> bool:
         """One conditional write that takes the lease if ``known`` (version, generation)

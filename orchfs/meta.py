@@ -192,18 +192,27 @@ def ensure_gitignored(root: str) -> bool:
         return False
     text = _gitignore_text(root)
     line = ("" if not text or text.endswith("\n") else "\n") + IGNORE_LINE + "\n"
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+    # O_NONBLOCK: a FIFO planted there must not hang the open (ENXIO with no reader).
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         fd = os.open(os.path.join(root, ".gitignore"), flags, 0o644)  # a link there is refused
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO):
             raise
         raise UnsafeStateError(
-            f"{root}/.gitignore is a symlink; orchfs never writes through one: replace it with a "
-            f"file, or add {IGNORE_LINE} to the file it points at yourself",
+            f"{root}/.gitignore is a symlink or a FIFO; orchfs never writes through one: replace "
+            f"it with a file, or add {IGNORE_LINE} to the file it points at yourself",
             ".gitignore",
         ) from None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            # A hard link may be another name of a file outside the repository.
+            raise UnsafeStateError(
+                f"{root}/.gitignore is not a plain file (a device, a FIFO or a hard link); orchfs "
+                f"never appends to one: replace it with a file of its own, or add {IGNORE_LINE} yourself",
+                ".gitignore",
+            )
         os.write(fd, line.encode())
     finally:
         os.close(fd)

@@ -1174,30 +1174,23 @@ SECRETS_PREFIX = f"{STATE_DIR}/secrets/"
 def _tighten_secrets(root: str, steps: list[dict[str, Any]]) -> None:
     """Moved secret files 0600 and their directories 0700, as doctor expects (rollback
     gives the files their v1 modes back)."""
-    state = os.path.join(root, STATE_DIR)
+    guard = Beneath(root)
     for step in steps:
         target = step["target"]
         if step["action"] == "retire" or not target.startswith(SECRETS_PREFIX):
             continue
-        full = os.path.join(root, target)
-        _chmod_nofollow(full, PRIVATE_FILE_MODE, 0)
-        folder = os.path.dirname(full)
-        while len(folder) > len(state):
-            _chmod_nofollow(folder, PRIVATE_DIR_MODE, os.O_DIRECTORY)
-            folder = os.path.dirname(folder)
+        _chmod_own(guard, target, PRIVATE_FILE_MODE)
+        folder = target.rpartition("/")[0]
+        while len(folder) > len(STATE_DIR):
+            _chmod_own(guard, folder, PRIVATE_DIR_MODE)
+            folder = folder.rpartition("/")[0]
 
 
-def _chmod_nofollow(path: str, mode: int, kind: int) -> None:
-    """chmod what ``path`` names itself, never what a symlink there points at."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | kind)
-    except OSError:
-        return  # a link (refused), or gone: nothing of ours to tighten
-    try:
-        if kind or stat.S_ISREG(os.fstat(fd).st_mode):
-            os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
+def _chmod_own(guard: Beneath, rel: str, mode: int) -> None:
+    """chmod what ``rel`` names itself: never what a symlink there points at, never a file
+    outside through a hard link (:meth:`Beneath.chmod`), never opening a FIFO."""
+    with contextlib.suppress(PathEscapeError, FileNotFoundError, NotADirectoryError):
+        guard.chmod(rel, mode)  # a link is refused, a gone entry is nothing of ours
 
 
 def _file_snapshot(root: str, rel: str) -> dict[str, Any]:

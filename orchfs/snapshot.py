@@ -244,7 +244,8 @@ def _claim_dir(name: str, files: dict[str, _Member], parents: set[str], source: 
 
 
 def _copy_member(tar: Any, member: Any, state: Any, rel: str, name: str) -> _Member:
-    mode = stat.S_IMODE(member.mode) & 0o777
+    # A secret is 0600 whatever the archive says (a planted 0666 would let anyone read it).
+    mode = PRIVATE_FILE_MODE if name.startswith(PRIVATE_DIRS) else stat.S_IMODE(member.mode) & 0o777
     reader = tar.extractfile(member)
     keep = _is_state_file(name)
     kept = []

@@ -37,14 +37,15 @@ from .atomic import (
 )
 from .beneath import PROBE_FLAGS, READ_FLAGS, Beneath, read_all
 from .conditional import for_filesystem
-from .errors import PathEscapeError
+from .errors import PathEscapeError, UnsafeStateError
 from .locks import active_fence
 from .paths import MARKER_PREFIXES, MEMO_LIMIT, TEMP_PREFIX
 
 _O_PATH = getattr(os, "O_PATH", 0)
 # The entry itself, a link included (for markers): nothing read, nothing followed.
 _ENTRY_FLAGS = (_O_PATH if _O_PATH else os.O_RDONLY | os.O_NONBLOCK) | os.O_NOFOLLOW
-_APPEND_EXISTING_FLAGS = os.O_WRONLY | os.O_APPEND
+# O_NONBLOCK: a FIFO planted where a log is fails at once (ENXIO) instead of hanging.
+_APPEND_EXISTING_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_NONBLOCK", 0)
 _APPEND_FLAGS = _APPEND_EXISTING_FLAGS | os.O_CREAT
 try:
     from fcntl import LOCK_EX as _LOCK_EX
@@ -302,7 +303,7 @@ class LocalStorage:
             return None
         try:
             if start is None and end is None:
-                return read_all(fd)
+                return read_all(fd, self._full(rel))
             begin, stop = _clip_range(start, end, os.fstat(fd).st_size)
             return os.pread(fd, stop - begin, begin) if stop > begin else b""
         finally:
@@ -407,10 +408,22 @@ class LocalStorage:
     def _refuse_append(self, rel: str, err: int) -> None:
         if err == -errno.ELOOP:
             raise PathEscapeError(f"{self._full(rel)} is or runs through a symlink; not appended")
+        if err == -errno.ENXIO:
+            raise self._not_own_file(rel)
         raise OSError(-err, os.strerror(-err), self._full(rel))
+
+    def _not_own_file(self, rel: str) -> UnsafeStateError:
+        return UnsafeStateError(
+            f"{self._full(rel)} is not a plain file (a FIFO, a device, or a hard link that may be "
+            "another name of a file outside the repository); not appended: remove it",
+            self._full(rel),
+        )
 
     def _append_fd(self, fd: int, rel: str, data: bytes) -> None:
         try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise self._not_own_file(rel)
             if _flock is not None:
                 _flock(fd, _LOCK_EX)
             written = os.write(fd, data)

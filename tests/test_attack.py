@@ -1,0 +1,297 @@
+"""Stored state planted by an attacker, beyond the cases of ``test_hostile``: FIFOs and
+devices where orchfs reads or writes a file (a read of a FIFO blocks forever, a device
+never ends), hard links that are another name of a file outside the repository (a chmod
+or an in-place write through one changes the outside file), lock holder records and
+lease objects with values no orchfs wrote, and snapshot members that ask for loose modes.
+
+Each case plants the state next to a canary directory outside the root (the ``world``
+fixture of ``test_hostile`` checks its bytes and modes at the end) and expects a clear
+:class:`OrchFSError` from the API, or from the command line rc 1 or 2 with one line and no
+traceback. Cases that would hang without the fix run the command line in a subprocess
+with a timeout, so that a regression fails instead of hanging the suite.
+"""
+
+# ruff: noqa: F811  (the fixtures imported below are parameters of the tests)
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+import orchfs
+from orchfs import doctor, migrate, snapshot
+from orchfs.errors import StateError, UnsafeStateError
+
+from .conftest import make_fs
+
+# The canary world of test_hostile (its fixtures, imported: pytest finds them here).
+from .test_hostile import World, cli, hostile_environment, v1, v2, world  # noqa: F401
+
+PROJECT = str(Path(__file__).resolve().parent.parent)
+# A bound no working command comes near; a command that blocks on a FIFO never meets it.
+HANG_BOUND_SECONDS = 120
+JOURNAL_NAME = "20260101T000000-abcdef.jsonl"
+
+
+def cli_process(world: World, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+    """The command line in its own process: rc 1 or 2, one line on stderr, no traceback."""
+    env = {**os.environ, "PYTHONPATH": PROJECT}
+    result = subprocess.run(
+        [sys.executable, "-m", "orchfs.cli", "--root", str(world.root), *args],
+        input=stdin.decode(),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=HANG_BOUND_SECONDS,
+    )
+    assert result.returncode in (1, 2), (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    if args[0] != "doctor":
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("orchfs: error: "), result.stderr
+    return result
+
+
+def canary_file(world: World) -> Path:
+    """A file outside the root, on the same filesystem (so it can be hard-linked)."""
+    path = world.canary / "a.txt"
+    assert os.stat(path).st_dev == os.stat(world.root).st_dev
+    return path
+
+
+def secrets_dir(world: World) -> Path:
+    (namespace,) = (world.state / "secrets").iterdir()
+    return namespace
+
+
+def with_secret(world: World) -> orchfs.OrchFileSystem:
+    fs = v2(world)
+    fs.secrets.set("token", "s3cr3t")
+    return fs
+
+
+def can_mknod() -> bool:
+    return hasattr(os, "mknod") and os.geteuid() == 0
+
+
+# --- FIFOs where orchfs opens a file: never a hang ------------------------------------------
+@pytest.mark.parametrize(
+    "command", [("migrate",), ("migrate", "--rollback"), ("doctor",), ("doctor", "--fix")]
+)
+def test_a_fifo_journal_is_refused_not_waited_on(world, command):
+    v1(world)
+    v2(world)
+    (world.state / "migrations").mkdir()
+    os.mkfifo(world.state / "migrations" / JOURNAL_NAME)
+    result = cli_process(world, *command)
+    assert "not a regular file" in result.stderr + result.stdout
+
+
+def test_init_refuses_a_fifo_gitignore(world):
+    os.mkfifo(world.root / ".gitignore")
+    result = cli_process(world, "init")
+    assert ".gitignore" in result.stderr
+
+
+def test_migrate_of_a_fifo_at_a_secret_location_never_hangs(world):
+    os.mkfifo(world.root / ".secrets.enc")
+    env = {**os.environ, "PYTHONPATH": PROJECT}
+    result = subprocess.run(
+        [sys.executable, "-m", "orchfs.cli", "--root", str(world.root), "migrate"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=HANG_BOUND_SECONDS,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_append_line_refuses_a_fifo(world):
+    fs = v2(world)
+    os.mkfifo(world.state / "log.jsonl")
+    with pytest.raises(UnsafeStateError, match="not a plain file"):
+        fs.append_line("log.jsonl", {"step": 1})
+
+
+def test_a_fifo_holder_record_never_hangs_a_lock(world):
+    v2(world)
+    (world.state / "locks").mkdir(exist_ok=True)
+    holder = world.state / "locks" / "repo.holder"
+    holder.unlink(missing_ok=True)
+    os.mkfifo(holder)
+    code = (
+        "import orchfs, sys\n"
+        f"fs = orchfs.OrchFileSystem(root={str(world.root)!r}, skip_instance_cache=True)\n"
+        "try:\n"
+        "    with fs.lock('repo', timeout=5):\n"
+        "        pass\n"
+        "except orchfs.OrchFSError as exc:\n"
+        "    print(type(exc).__name__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": PROJECT}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=HANG_BOUND_SECONDS
+    )
+    assert result.stdout.strip() == "UnsafeStateError", result.stderr
+
+
+# --- devices where orchfs reads a file: refused, never read to the end ---------------------
+@pytest.mark.skipif(not can_mknod(), reason="making a device node needs root")
+@pytest.mark.parametrize(
+    ("place", "command"),
+    [
+        ("meta.json", ("secrets", "list")),
+        ("notes.md", ("cat", "notes.md")),
+        ("state.json", ("cat", "state.json")),
+    ],
+)
+def test_a_device_where_a_file_is_read_is_refused(world, place, command):
+    with_secret(world)
+    target = world.state / place
+    target.unlink(missing_ok=True)
+    os.mknod(target, stat.S_IFCHR | 0o644, os.makedev(1, 5))  # what /dev/zero is: endless
+    result = cli_process(world, *command)
+    assert "not a regular file" in result.stderr
+
+
+# --- hard links: another name of a file outside ---------------------------------------------
+@pytest.mark.parametrize("sub", ["secrets", "locks"])
+def test_doctor_fix_never_chmods_a_file_outside_through_a_hard_link(world, sub):
+    with_secret(world)
+    place = secrets_dir(world) if sub == "secrets" else world.state / "locks"
+    place.mkdir(exist_ok=True)
+    os.link(canary_file(world), place / "planted.enc")
+    findings = doctor.run(world.root)
+    assert "loose-permissions" in {f.id for f in findings}
+    doctor.fix(world.root, findings)
+    # The planted name is now a private file of its own; the outside file kept its mode.
+    assert stat.S_IMODE(os.lstat(place / "planted.enc").st_mode) == 0o600
+    assert os.lstat(place / "planted.enc").st_nlink == 1
+    assert (place / "planted.enc").read_bytes() == b"canary a"
+
+
+def test_migrate_never_chmods_a_hard_linked_v1_secret_outside(world):
+    os.link(canary_file(world), world.root / ".secrets.enc")
+    migrate.apply(world.root)
+    moved = world.state / "secrets" / "legacy.enc"
+    assert stat.S_IMODE(os.lstat(moved).st_mode) == 0o600
+    assert moved.read_bytes() == b"canary a"
+
+
+def test_init_never_appends_to_a_hard_linked_gitignore(world):
+    os.link(world.canary / ".gitignore", world.root / ".gitignore")
+    out = cli(world, "init")
+    assert "hard link" in out
+
+
+def test_append_line_never_writes_outside_through_a_hard_link(world):
+    fs = v2(world)
+    os.link(canary_file(world), world.state / "log.jsonl")
+    with pytest.raises(UnsafeStateError, match="hard link"):
+        fs.append_line("log.jsonl", {"step": 1})
+
+
+def test_lock_holder_record_never_written_through_a_hard_link(world):
+    fs = v2(world)
+    (world.state / "locks").mkdir(exist_ok=True)
+    holder = world.state / "locks" / "repo.holder"
+    holder.unlink(missing_ok=True)
+    os.link(canary_file(world), holder)
+    with pytest.raises(UnsafeStateError, match="holder"), fs.lock("repo", timeout=5):
+        pass
+    with fs.lock("other", timeout=5):  # the refused lock left nothing held
+        pass
+
+
+# --- lock holder records with values no orchfs wrote ----------------------------------------
+@pytest.mark.parametrize(
+    "record",
+    [
+        b'{"generation": 1e999}',
+        b'{"pid": 1e999, "host": "h", "since": 0}',
+        b'{"pid": 100000000000000000000000000000, "host": "HOST", "since": 0}',
+        b'{"pid": -1, "host": "HOST", "since": 0}',
+        b'{"pid": 1, "host": "HOST", "since": 0, "session": {"a": 1}}',
+        b"[" * 5000,
+    ],
+)
+def test_a_planted_holder_record_is_no_holder(world, record):
+    import platform
+
+    fs = v2(world)
+    (world.state / "locks").mkdir(exist_ok=True)
+    for name in ("repo.lock", "repo.holder"):
+        (world.state / "locks" / name).unlink(missing_ok=True)
+    (world.state / "locks" / "repo.lock").write_bytes(b"")
+    (world.state / "locks" / "repo.holder").write_bytes(record.replace(b"HOST", platform.node().encode()))
+    doctor.run(world.root)  # no raw OverflowError from a pid or a generation
+    with fs.lock("repo", timeout=5) as lock:
+        assert lock.token.generation >= 1
+    cli(world, "doctor", "--fix", rc=(0, 1))
+
+
+# --- lease objects on object storage with values no orchfs wrote ---------------------------
+PLANTED_LEASES = {
+    "not-json": b"\x00not json",
+    "array": b"[1, 2]",
+    "nan-lease": b'{"pid": 1, "host": "h", "since": 0, "lease": NaN, "generation": 1}',
+    "endless-lease": b'{"pid": 1, "host": "h", "since": 0, "lease": 1e308, "generation": 1}',
+    "negative-lease": b'{"pid": 1, "host": "h", "since": 0, "lease": -5, "generation": 1}',
+    "negative-generation": b'{"pid": 1, "host": "h", "since": 0, "lease": 30, "generation": -7}',
+    "huge-generation": b'{"pid": 1, "host": "h", "since": 0, "lease": 30, "generation": 1e999}',
+    "text-generation": b'{"pid": 1, "host": "h", "since": 0, "lease": 30, "generation": "9"}',
+    "released-as-text": b'{"pid": 1, "host": "h", "since": 0, "lease": 30, "released": "no"}',
+}
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("kind", sorted(PLANTED_LEASES))
+def test_a_planted_lease_object_is_refused_and_left_alone(kind, moto_server, s3_bucket, request, tmp_path):
+    fs = make_fs("s3", request, tmp_path)
+    state = fs.state_storage
+    lease = "locks/repo.lease"
+    state.write(lease, PLANTED_LEASES[kind])
+    with pytest.raises(StateError, match="not a lease orchfs wrote"), fs.lock("repo", timeout=5):
+        pass
+    assert state.read(lease) == PLANTED_LEASES[kind]
+
+
+# --- snapshot members ---------------------------------------------------------------------
+def _archive(path: Path, members: dict[str, tuple[bytes, int]], directories: dict[str, int]) -> Path:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, mode in directories.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, mode
+            tar.addfile(info)
+        for name, (data, mode) in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_snapshot_import_never_lands_a_secret_with_loose_modes(world, tmp_path):
+    fs = v2(world)
+    repo_id = uuid.uuid4().hex
+    archive = _archive(
+        tmp_path / "loose.tgz",
+        {
+            "meta.json": (json.dumps({"repo_id": repo_id}).encode(), 0o644),
+            f"secrets/{repo_id}/planted.enc": (b"ciphertext", 0o666),
+        },
+        {"secrets": 0o777, f"secrets/{repo_id}": 0o777},
+    )
+    snapshot.import_snapshot(fs, archive, force=True)
+    landed = world.state / "secrets" / repo_id
+    assert stat.S_IMODE(os.lstat(landed / "planted.enc").st_mode) == 0o600
+    assert stat.S_IMODE(os.lstat(landed).st_mode) == 0o700
