@@ -269,6 +269,20 @@ def face_settings(
     return FaceSettings(storage, session, bool(web_mode), legacy, float(wait), lease)
 
 
+def _state_file(root: str, rel: str) -> str:
+    """The link-free path of a local configuration file (in the state directory or at
+    its v1 place): a symlink there is judged like any in stored state, and one that leads
+    outside the root is refused, since its settings (``state.storage``) decide where
+    orchfs writes."""
+    from .beneath import Beneath
+    from .errors import PathEscapeError
+
+    try:
+        return os.path.join(root, Beneath(root).resolve(rel))
+    except PathEscapeError as exc:
+        raise ConfigError(f"{root}/{rel}: refused as configuration ({exc})") from None
+
+
 def load_config(
     root: Any,
     *,
@@ -294,9 +308,9 @@ def load_config(
         layers += _includes(workflow, values, origins, [workflow])
         layers.append((workflow, values, origins))
     for local in (
-        os.path.join(root, ".orchestrator", "config.yaml"),
-        os.path.join(root, ".orchestra.yaml"),
-        os.path.join(root, ".orchestrator.yaml"),
+        _state_file(root, ".orchestrator/config.yaml"),
+        _state_file(root, ".orchestra.yaml"),
+        _state_file(root, ".orchestrator.yaml"),
     ):
         if os.path.isfile(local):
             values, origins = _load(local)

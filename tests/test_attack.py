@@ -28,7 +28,7 @@ import pytest
 
 import orchfs
 from orchfs import doctor, migrate, snapshot
-from orchfs.errors import StateError, UnsafeStateError
+from orchfs.errors import ConfigError, StateError, UnsafeStateError
 
 from .conftest import make_fs
 
@@ -295,3 +295,18 @@ def test_snapshot_import_never_lands_a_secret_with_loose_modes(world, tmp_path):
     landed = world.state / "secrets" / repo_id
     assert stat.S_IMODE(os.lstat(landed / "planted.enc").st_mode) == 0o600
     assert stat.S_IMODE(os.lstat(landed).st_mode) == 0o700
+
+
+# --- configuration files at state and v1 places -------------------------------------------
+@pytest.mark.parametrize("place", [".orchestrator/config.yaml", ".orchestra.yaml", ".orchestrator.yaml"])
+def test_a_local_config_linked_outside_never_redirects_writes(world, tmp_path, place):
+    v2(world)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "evil.yaml").write_text(f"state:\n  storage: {world.canary / 'store'}\n")
+    os.symlink(elsewhere / "evil.yaml", world.root / place)
+    with pytest.raises(ConfigError, match="outside"):
+        orchfs.load_config(world.root)
+    out = cli(world, "put", "notes.md", "-")
+    assert "refused as configuration" in out
+    assert not (world.canary / "store").exists()
