@@ -317,7 +317,11 @@ def ls_command(ctx: Context, path: str, long_: bool) -> None:
 
     def human() -> str:
         if long_:
-            return "\n".join(f"{r['type'][0]} {r['size']:>10} {r['layer']:<9} {r['name']}" for r in rows)
+            # A secret's size is None: its plaintext length is not known without decrypting it.
+            return "\n".join(
+                f"{r['type'][0]} {'-' if r['size'] is None else r['size']:>10} {r['layer']:<9} {r['name']}"
+                for r in rows
+            )
         return "\n".join(r["name"] + ("/" if r["type"] == "directory" else "") for r in rows)
 
     ctx.emit({"path": path, "entries": rows}, human)

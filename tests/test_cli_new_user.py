@@ -380,3 +380,27 @@ def test_cat_errors_name_the_path_first(repo, path, says):
 def test_quiet_demo_prints_nothing():
     result = run("-q", "demo")
     assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
+
+
+def _leaves(command: click.Command, path: tuple[str, ...] = ()):
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _leaves(sub, (*path, name))
+    else:
+        yield path, command
+
+
+@pytest.mark.parametrize(
+    ("path", "command"), list(_leaves(main)), ids=lambda v: " ".join(v) if isinstance(v, tuple) else ""
+)
+def test_every_command_takes_json_after_its_name(path, command):
+    """DESIGN §10: `--json` is also accepted after the command name."""
+    assert "--json" in {opt for param in command.params for opt in param.opts}, path
+
+
+def test_long_listing_of_secrets(repo, key_env):
+    assert run("--root", repo, "secrets", "set", "TOKEN", input="s3cr3t").exit_code == 0
+    result = run("--root", repo, "ls", "secrets", "-l")
+    assert result.exit_code == 0
+    assert result.stdout.split() == ["f", "-", "contained", "secrets/TOKEN"]  # size unknown unread
+    assert "s3cr3t" not in result.stdout
