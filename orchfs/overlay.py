@@ -29,6 +29,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from .errors import LegacyConflictWarning, LegacyPathWarning, PathEscapeError, warn_outside
+from .layerindex import UNKNOWN, index_for
 from .layout import Layout
 from .paths import MARKER_SENTINEL, MEMO_LIMIT, OPAQUE_MARKER, SECRETS_VIEW, WHITEOUT_PREFIX, join
 
@@ -171,6 +172,12 @@ class Overlay:
         self._last_layer: dict[str, int] = {}
         self._markers_seen = False
         self._listings: dict[tuple[Storage, str], tuple[tuple[int, ...], list[str], list[str]]] = {}
+        # Which layer holds a path, kept exact by inotify on local disk (None elsewhere):
+        # one look instead of a probe per layer (see orchfs.layerindex).
+        self.index = index_for(state, repo)
+        self._beneath: dict[str, tuple[tuple[str, str], ...]] = {}
+        if self.index is not None:
+            self._sentinel = self.index.key(state.path_beneath(MARKER_SENTINEL))  # type: ignore[attr-defined]
 
     # --- layers --------------------------------------------------------------------
     def layers(self, logical: str) -> tuple[Location, ...]:
@@ -246,6 +253,20 @@ class Overlay:
         self.state.write(rel, b"")
 
     # --- lookups -------------------------------------------------------------------
+    def _indexed(self, logical: str, layers: tuple[Location, ...]) -> int:
+        """The position of the layer that shows ``logical`` by the layer index, ABSENT,
+        or UNKNOWN (ask the layers): one poll, and markers weighed from the same look."""
+        index: Any = self.index
+        paths = self._beneath.get(logical)
+        if paths is None:  # index_for made sure that every layer is a LocalStorage
+            paths = tuple(index.key(loc.store.path_beneath(loc.rel)) for loc in layers)  # type: ignore[attr-defined]
+            if len(self._beneath) < MEMO_LIMIT:
+                self._beneath[logical] = paths
+        at: int = index.first(paths)
+        if at > 0 and (self._markers_seen or not index.known_absent(self._sentinel)):
+            return UNKNOWN  # markers may hide it: the full check
+        return at
+
     def lookup(self, logical: str, upper_listed: bool = False) -> Found | None:
         """The location that serves ``logical`` and its info, or None.
 
@@ -253,6 +274,12 @@ class Overlay:
         did not find ``logical`` there, so only the legacy layers are asked.
         """
         layers = self.layers(logical)
+        if self.index is not None and not upper_listed:
+            at = self._indexed(logical, layers)
+            if at != UNKNOWN:
+                found = layers[at].store.info(layers[at].rel) if at >= 0 else None
+                if found is not None or at < 0:
+                    return None if found is None else Found(layers[at], found)
         for index, location in enumerate(layers):
             if upper_listed and location.upper:
                 continue
@@ -270,6 +297,10 @@ class Overlay:
         answered last time are asked with the cheap probe first (see ``_last_layer``).
         """
         layers = self._layers_cache.get(logical) or self.layers(logical)
+        if self.index is not None:
+            at = self._indexed(logical, layers)
+            if at != UNKNOWN:
+                return at >= 0
         top = layers[0]
         if len(layers) == 1:  # most paths: one place to look, no markers to weigh
             return top.store.exists(top.rel)
@@ -304,6 +335,14 @@ class Overlay:
     def read(self, logical: str, start: int | None = None, end: int | None = None) -> tuple[Location, bytes]:
         """Read through the layers without a separate lookup (one open per layer)."""
         layers = self._layers_cache.get(logical) or self.layers(logical)
+        if self.index is not None:
+            at = self._indexed(logical, layers)
+            if at >= 0:
+                data = layers[at].store.read_optional(layers[at].rel, start, end)
+                if data is not None:
+                    return layers[at], data
+            elif at != UNKNOWN:
+                raise FileNotFoundError(logical)
         last = self._last_layer.get(logical, 0)
         for index, location in enumerate(layers):
             if (index < last or last == ABSENT) and not location.store.maybe_exists(location.rel):

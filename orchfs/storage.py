@@ -185,6 +185,15 @@ class LocalStorage:
                 self._paths[rel] = path
         return path
 
+    @property
+    def disk(self) -> Beneath:
+        """The beneath-root layer this adapter works through (rooted at ``boundary``)."""
+        return self._disk
+
+    def path_beneath(self, rel: str) -> str:
+        """``rel`` as a path beneath ``boundary`` (what :attr:`disk` takes)."""
+        return self._p(rel)
+
     def _open_dir(self, rel_dir: str, create: bool) -> int:
         """A descriptor of directory ``base/rel_dir``, no link followed on the way."""
         return self._disk.open_dir(self._p(rel_dir), create=create)

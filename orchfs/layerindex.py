@@ -1,0 +1,546 @@
+"""Which names exist in a local directory tree, kept exact by inotify: one look instead of a probe per layer.
+
+A logical path has several locations (the write target, then the lower layers), and
+asking the disk about each costs a system call per layer. A :class:`LayerIndex` knows
+the names in the directories it was asked about, so that the overlay can tell which
+layer holds a path, or that none does, without touching the disk; the one location
+that holds it is then opened (reads) beneath the root as always.
+
+Exact, never stale. Each indexed directory is watched with inotify *before* it is
+listed, and before every answer one non-blocking ``epoll_wait`` asks whether the
+kernel queued anything: inotify events are queued by the change itself, so an answer
+given after an empty poll describes the disk as it is. Pending events update the
+names they concern (a created or moved-in name is "there, kind unknown" until looked
+at; a removed one is gone; a directory changed in any other way is forgotten with its
+subdirectories). The same poll watches the mount table (``/proc/self/mountinfo``),
+since a mount changes what a path shows without an event in the directory. A queue
+overflow, a mount, a read error or a ``fork`` forget everything.
+
+What is trusted. The index only says which layer to try and whether a path is absent;
+opening still goes through :class:`~orchfs.beneath.Beneath` (``openat2``, no link
+followed). A name that is a symlink, of unknown kind, or below a directory that is not
+indexed gives :data:`UNKNOWN`, and the caller asks the disk as it would without an
+index. A directory is indexed only on a local filesystem whose changes inotify sees
+(ext4, XFS, btrfs, tmpfs, ...; not NFS or FUSE), on the root's device, searchable.
+
+Where there is no inotify (another system, a fake ``os``, no ``/proc``, the watch or
+instance limits reached) every answer is :data:`UNKNOWN`: the callers probe as before.
+One inotify instance serves the whole process (instances are a per-user resource);
+it is closed when no directory is watched any more.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import threading
+import weakref
+from collections.abc import Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from .errors import PathEscapeError
+
+if TYPE_CHECKING:
+    from .beneath import Beneath
+
+PRESENT = 1  # there, reached without a symlink
+ABSENT = -1  # certainly not there (a component missing or not a directory)
+UNKNOWN = -2  # ask the disk
+
+# Below these, asking the disk is cheaper than listing a directory or keeping it.
+INDEX_AFTER = 4  # questions about one directory before it is listed and watched
+RETRY_AFTER = 64  # questions before a directory that could not be indexed is tried again
+MAX_DIRS = 1024  # directories watched per index
+MAX_NAMES = 65536  # a larger directory is not indexed
+
+# Kinds of a name in a directory's listing (up to _FILE: there, no symlink).
+_DIR = 1
+_FILE = 2  # anything that is neither a directory nor a symlink
+_LINK = 3
+_UNSURE = 4  # created or moved in since the listing: looked at when asked about
+
+# inotify(7)
+_IN_ATTRIB = 0x4
+_IN_MOVED_FROM = 0x40
+_IN_MOVED_TO = 0x80
+_IN_CREATE = 0x100
+_IN_DELETE = 0x200
+_IN_DELETE_SELF = 0x400
+_IN_MOVE_SELF = 0x800
+_IN_UNMOUNT = 0x2000
+_IN_Q_OVERFLOW = 0x4000
+_IN_IGNORED = 0x8000
+_IN_ONLYDIR = 0x1000000
+_IN_ISDIR = 0x40000000
+_MASK = (
+    _IN_ATTRIB
+    | _IN_MOVED_FROM
+    | _IN_MOVED_TO
+    | _IN_CREATE
+    | _IN_DELETE
+    | _IN_DELETE_SELF
+    | _IN_MOVE_SELF
+    | _IN_ONLYDIR
+)
+_NAME_GONE = _IN_DELETE | _IN_MOVED_FROM
+_NAME_NEW = _IN_CREATE | _IN_MOVED_TO
+_SELF_CHANGED = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT | _IN_IGNORED | _IN_ATTRIB
+_EVENT_HEADER = 16  # struct inotify_event: int wd; uint32 mask, cookie, len; then the name
+_READ_SIZE = 65536
+
+# statfs f_type of filesystems whose every change inotify reports (local ones).
+_LOCAL_FILESYSTEMS = frozenset(
+    {
+        0xEF53,  # ext2/3/4
+        0x58465342,  # XFS
+        0x9123683E,  # btrfs
+        0x01021994,  # tmpfs
+        0xF2F52010,  # F2FS
+        0x2FC12FC1,  # ZFS
+        0xCA451A4E,  # bcachefs
+        0x794C7630,  # overlayfs
+    }
+)
+
+
+class _Dir:
+    """One indexed directory: its names and kinds, its indexed subdirectories."""
+
+    __slots__ = ("children", "name", "names", "parent", "rel", "tree", "wd")
+
+    def __init__(self, tree: _Tree, rel: str, parent: _Dir | None, names: dict[str, int], wd: int) -> None:
+        self.tree = tree
+        self.rel = rel
+        self.name = rel.rpartition("/")[2]
+        self.parent = parent
+        self.names = names
+        self.wd = wd
+        self.children: dict[str, _Dir] = {}
+
+
+class _Tree:
+    """The indexed directories of one root (what the watcher's events update)."""
+
+    def __init__(self) -> None:
+        self.dirs: dict[str, _Dir] = {}
+
+    def drop(self, node: _Dir) -> None:
+        """Forget ``node`` and every indexed directory below it."""
+        for child in list(node.children.values()):
+            self.drop(child)
+        if self.dirs.get(node.rel) is node:
+            del self.dirs[node.rel]
+        if node.parent is not None and node.parent.children.get(node.name) is node:
+            del node.parent.children[node.name]
+        _WATCHER.unwatch(node)
+
+    def clear(self) -> None:
+        root = self.dirs.get("")
+        if root is not None:
+            self.drop(root)
+        for node in list(self.dirs.values()):  # none, unless a drop was interrupted
+            self.drop(node)
+
+    def event(self, node: _Dir, mask: int, name: str) -> None:
+        """Apply one inotify event of ``node``'s directory."""
+        if not name:
+            if mask & _SELF_CHANGED:  # the directory itself moved, went or changed modes
+                self.drop(node)
+            return
+        child = node.children.get(name)
+        if child is not None:  # replaced, removed or changed: looked at again when asked
+            self.drop(child)
+        if mask & _NAME_GONE:
+            node.names.pop(name, None)
+        elif mask & _NAME_NEW:
+            node.names[name] = _DIR if mask & _IN_ISDIR else _UNSURE
+
+
+class _Watcher:
+    """The process's one inotify instance, and an epoll that also watches the mounts."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.fd = -1
+        self.mounts = -1
+        self.epoll: Any = None
+        self.poll: Any = None  # epoll.poll while something is watched
+        self.busy = False  # events read and not yet applied
+        self.remounted = False  # the mount table changed: everything is forgotten
+        self.watched: dict[int, list[_Dir]] = {}
+        self.failed = False  # inotify cannot be used in this process
+        self._add_watch: Any = None
+
+    def _start(self) -> bool:
+        if self.fd >= 0:
+            return True
+        if self.failed:
+            return False
+        try:
+            import ctypes
+            import select
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            if fd < 0:
+                return False  # EMFILE (the per-user instance limit): try again later
+            self._add_watch = libc.inotify_add_watch
+            self._rm_watch = libc.inotify_rm_watch
+            self._get_errno = ctypes.get_errno
+            self.fd = fd
+            self.mounts = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+            self.epoll = select.epoll()
+            self.epoll.register(fd, select.EPOLLIN)
+            self.epoll.register(self.mounts, select.EPOLLPRI | select.EPOLLERR)
+            self.epoll.poll(0)  # the mount table's first poll reports it as changed
+        except (OSError, AttributeError):
+            self.failed = True
+            self._close()
+            return False
+        return True
+
+    def _close(self) -> None:
+        self.poll = None
+        if self.epoll is not None:
+            self.epoll.close()
+            self.epoll = None
+        for fd in (self.fd, self.mounts):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.mounts = -1
+
+    def watch(
+        self, tree: _Tree, rel: str, parent: _Dir | None, dir_fd: int, names: dict[str, int]
+    ) -> _Dir | None:
+        """Watch the directory open as ``dir_fd`` for ``tree`` (the caller lists it after)."""
+        if not self._start():
+            return None
+        wd = self._add_watch(self.fd, f"/proc/self/fd/{dir_fd}".encode(), _MASK)
+        if wd < 0:  # ENOSPC: the watch limit; the caller asks the disk instead
+            return None
+        node = _Dir(tree, rel, parent, names, wd)
+        self.watched.setdefault(wd, []).append(node)
+        self.poll = self.epoll.poll
+        return node
+
+    def unwatch(self, node: _Dir) -> None:
+        nodes = self.watched.get(node.wd)
+        if nodes is None or node not in nodes:
+            return
+        nodes.remove(node)
+        if not nodes:
+            del self.watched[node.wd]
+            if self.fd >= 0:
+                self._rm_watch(self.fd, node.wd)  # its IN_IGNORED is read and dropped later
+        if not self.watched:
+            self._close()  # nothing watched: no descriptor kept
+
+    def sync(self, ready: list[tuple[int, int]]) -> None:
+        """Apply every queued event; ``ready`` is what the caller's poll reported (a
+        mount change is reported to one poll only)."""
+        if any(fd == self.mounts for fd, _events in ready):
+            self.remounted = True
+        with self.lock:
+            if self.fd < 0:
+                return
+            self.busy = True
+            try:
+                if self.remounted:  # a mount or unmount anywhere: start afresh
+                    self.reset()
+                    return
+                while True:
+                    try:
+                        data = os.read(self.fd, _READ_SIZE)
+                    except BlockingIOError:
+                        return
+                    if not self._apply(data):
+                        self.reset()
+                        return
+            except OSError:
+                self.reset()
+            finally:
+                self.busy = self.remounted = False
+
+    def _apply(self, data: bytes) -> bool:
+        """Apply the events in ``data``; False when they overflowed."""
+        at = 0
+        while at + _EVENT_HEADER <= len(data):
+            wd = int.from_bytes(data[at : at + 4], sys.byteorder, signed=True)
+            mask = int.from_bytes(data[at + 4 : at + 8], sys.byteorder)
+            size = int.from_bytes(data[at + 12 : at + 16], sys.byteorder)
+            raw = data[at + _EVENT_HEADER : at + _EVENT_HEADER + size].rstrip(b"\0")
+            at += _EVENT_HEADER + size
+            if mask & _IN_Q_OVERFLOW:
+                return False
+            name = os.fsdecode(raw)
+            for node in list(self.watched.get(wd, ())):
+                node.tree.event(node, mask, name)
+        return True
+
+    def reset(self) -> None:
+        """Forget every index of this process (an overflow, a mount, a fork)."""
+        trees = {id(node.tree): node.tree for nodes in self.watched.values() for node in nodes}
+        self.watched.clear()
+        self._close()
+        for tree in trees.values():
+            tree.dirs.clear()  # their watches went with the descriptor
+
+    def after_fork(self) -> None:
+        # The child shares the parent's inotify queue: reading it would take the parent's
+        # events. It lets go of the descriptors (the parent keeps its own) and starts over.
+        self.lock = threading.RLock()
+        self.busy = self.remounted = False
+        self.reset()
+
+
+_WATCHER = _Watcher()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WATCHER.after_fork)
+
+
+def _linux() -> bool:
+    return sys.platform.startswith("linux")
+
+
+def _local_filesystem(fd: int) -> bool:
+    """Whether the filesystem of ``fd`` reports every change to inotify."""
+    import ctypes
+
+    buffer = ctypes.create_string_buffer(256)  # struct statfs: f_type first
+    if ctypes.CDLL(None, use_errno=True).fstatfs(fd, buffer) != 0:
+        return False
+    kind = int.from_bytes(buffer.raw[: ctypes.sizeof(ctypes.c_long)], sys.byteorder, signed=False)
+    return kind in _LOCAL_FILESYSTEMS
+
+
+class LayerIndex:
+    """The names in directories beneath one root (a :class:`Beneath`), kept exact.
+
+    :meth:`first` is the one question: the first of some root-relative paths that is
+    there (one poll of the event queue, then look-ups in memory), :data:`ABSENT` or
+    :data:`UNKNOWN`. :meth:`known_absent` asks about one more path of the same
+    operation without polling again. ``use_inotify=False`` answers :data:`UNKNOWN`
+    always (what happens where inotify is missing).
+    """
+
+    def __init__(self, disk: Beneath, *, use_inotify: bool | None = None, max_dirs: int = MAX_DIRS) -> None:
+        self._disk = disk
+        self._tree = _Tree()
+        self._dirs = self._tree.dirs
+        self._asked: dict[str, int] = {}
+        self._max_dirs = max_dirs
+        self._usable = use_inotify is not False and _linux() and hasattr(os, "O_PATH")
+        self._checked_root = False
+        weakref.finalize(self, _release, self._tree)
+
+    def __repr__(self) -> str:
+        return f"LayerIndex({self._disk.root!r}, {len(self._dirs)} directories)"
+
+    @property
+    def watched(self) -> int:
+        """How many directories are indexed now."""
+        return len(self._dirs)
+
+    def close(self) -> None:
+        """Stop watching (the process's inotify descriptor closes with its last watch)."""
+        _release(self._tree)
+        self._usable = False
+
+    @staticmethod
+    def key(path: str) -> tuple[str, str]:
+        """A root-relative path as :meth:`first` takes it: ``(directory, name)``."""
+        head, _, name = path.rpartition("/")
+        return head, name
+
+    def first(self, keys: Iterable[tuple[str, str]]) -> int:
+        """The position of the first of ``keys`` (see :meth:`key`) that is there,
+        :data:`ABSENT` when none is, :data:`UNKNOWN` when one before the answer cannot
+        be told here."""
+        dirs = self._dirs
+        if dirs:  # something indexed: what changed is applied first
+            watcher = _WATCHER
+            try:
+                ready = watcher.poll(0)  # type: ignore[misc]
+            except (TypeError, ValueError):  # closed meanwhile (nothing watched any more)
+                ready = [(-1, 0)]
+            if ready or watcher.busy or watcher.remounted:
+                watcher.sync(ready)
+        elif not self._usable:
+            return UNKNOWN
+        for at, (head, name) in enumerate(keys):
+            node = dirs.get(head)
+            if node is not None:  # the common case, inline: a look-up in one dictionary
+                kind = node.names.get(name)
+                if kind is None:
+                    continue
+                if kind <= _FILE:
+                    return at
+            state = self._state(head, name)
+            if state == PRESENT:
+                return at
+            if state != ABSENT:
+                return UNKNOWN
+        return ABSENT
+
+    def known_absent(self, key: tuple[str, str]) -> bool:
+        """Whether ``key`` is certainly absent, as of the last :meth:`first` (no poll:
+        for a second question of the same operation)."""
+        node = self._dirs.get(key[0])
+        if node is not None:
+            return key[1] not in node.names
+        return self._state(*key) == ABSENT
+
+    def _state(self, head: str, name: str) -> int:
+        node = self._dirs.get(head)
+        if node is None:
+            found = self._directory(head, True)
+            if not isinstance(found, _Dir):
+                return UNKNOWN if found is None else ABSENT
+            node = found
+        kind = node.names.get(name)
+        if kind is None:
+            return ABSENT
+        if kind <= _FILE:
+            return PRESENT
+        if kind == _UNSURE:
+            return self._look(node, name)
+        return UNKNOWN
+
+    def _look(self, node: _Dir, name: str) -> int:
+        """Settle the kind of a name created since the listing (one lstat)."""
+        with _WATCHER.lock:
+            if node.names.get(name) != _UNSURE or self._dirs.get(node.rel) is not node:
+                return UNKNOWN
+            try:
+                st = self._disk.lstat(f"{node.rel}/{name}" if node.rel else name)
+            except (OSError, PathEscapeError):
+                return UNKNOWN
+            # A change after the lstat is queued and applied after this: never lost.
+            kind = _LINK if stat.S_ISLNK(st.st_mode) else _DIR if stat.S_ISDIR(st.st_mode) else _FILE
+            node.names[name] = kind
+        return UNKNOWN if kind == _LINK else PRESENT
+
+    def _directory(self, rel: str, asked: bool) -> _Dir | int | None:
+        """The node of directory ``rel`` (indexed now if worth it), :data:`ABSENT` when a
+        component is certainly missing or not a directory, or None (ask the disk)."""
+        if not self._usable:
+            return None
+        head, _, name = rel.rpartition("/")
+        above = self._dirs.get(head) if rel else None
+        if above is not None and above.names.get(name, _FILE) == _FILE:
+            return ABSENT  # missing, or a file in the way: known without indexing
+        if asked:
+            count = self._asked.get(rel, 0) + 1
+            if len(self._asked) < MAX_NAMES:
+                # Indexed from the INDEX_AFTER-th question on; one that cannot be indexed
+                # is tried again only after many more questions (they are cheap probes).
+                self._asked[rel] = count if count < INDEX_AFTER else -RETRY_AFTER
+            if count < INDEX_AFTER:
+                return None
+        if not rel:
+            return self._index(rel, None)
+        if above is None:
+            found = self._directory(head, False)
+            if not isinstance(found, _Dir):
+                return found
+            above = found
+            if above.names.get(name, _FILE) == _FILE:
+                return ABSENT
+        if above.names[name] == _LINK:
+            return None
+        return self._index(rel, above)
+
+    def _index(self, rel: str, parent: _Dir | None) -> _Dir | None:
+        """Watch, then list, directory ``rel`` (so that no change falls in between)."""
+        with _WATCHER.lock:
+            known = self._dirs.get(rel)
+            if known is not None:
+                return known
+            if len(self._dirs) >= self._max_dirs or not isinstance(os, ModuleType):
+                return None  # enough watched, or a fake os (pyfakefs): ask the disk
+            if not self._checked_root:
+                try:
+                    self._usable = self._root_fits()
+                except OSError:
+                    return None
+                self._checked_root = True
+                if not self._usable:
+                    return None
+            try:
+                fd = self._disk.open_dir(rel)
+            except (OSError, PathEscapeError):
+                return None  # gone, a link or a file since: the disk judges it
+            try:
+                st = os.fstat(fd)
+                if st.st_dev != self._device or not _searchable(fd):
+                    return None
+                names: dict[str, int] = {}
+                node = _WATCHER.watch(self._tree, rel, parent, fd, names)
+                if node is None:
+                    return None
+                try:
+                    with os.scandir(fd) as entries:
+                        for entry in entries:
+                            if len(names) >= MAX_NAMES:
+                                raise OverflowError
+                            names[entry.name] = (
+                                _LINK
+                                if entry.is_symlink()
+                                else _DIR
+                                if entry.is_dir(follow_symlinks=False)
+                                else _FILE
+                            )
+                except (OSError, OverflowError):
+                    _WATCHER.unwatch(node)
+                    return None
+            finally:
+                os.close(fd)
+            self._dirs[rel] = node
+            if parent is not None:
+                parent.children[node.name] = node
+                parent.names[node.name] = _DIR  # opened as one, beneath the root, just now
+            self._asked.pop(rel, None)
+            return node
+
+    def _root_fits(self) -> bool:
+        fd = self._disk.open_dir("")  # OSError: no root yet, looked at again next time
+        try:
+            self._device = os.fstat(fd).st_dev
+            return os.path.isdir("/proc/self/fd") and _local_filesystem(fd)
+        finally:
+            os.close(fd)
+
+
+def _searchable(fd: int) -> bool:
+    """Whether names can be looked up in the directory ``fd`` (execute permission)."""
+    try:
+        os.stat(".", dir_fd=fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
+
+
+def _release(tree: _Tree) -> None:
+    with _WATCHER.lock:
+        tree.clear()
+
+
+def index_for(*stores: Any) -> LayerIndex | None:
+    """One index for ``stores`` where they are all local adapters beneath one boundary
+    (paths through :meth:`LocalStorage.path_beneath`), else None."""
+    if not _linux() or not stores or any(getattr(s, "kind", None) != "local" for s in stores):
+        return None
+    if len({s.boundary for s in stores}) != 1:
+        return None
+    return LayerIndex(stores[0].disk)
+
+
+__all__ = [
+    "ABSENT",
+    "PRESENT",
+    "UNKNOWN",
+    "LayerIndex",
+    "index_for",
+]

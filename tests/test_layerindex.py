@@ -1,0 +1,401 @@
+"""The layer index against plain probing: equal answers at every step, whoever changed the disk.
+
+Changes are made by another process (a helper that takes one change at a time) so that
+the index learns of them only from the kernel; right after each change, the indexed
+instance and an instance without an index (today's probing) must answer alike, and the
+index's own answers must match a probe beneath the root. Then the fallbacks: a queue
+overflow, no inotify, the watch limit; and what is left behind: descriptors and
+watches after close, and a forked child that must not take its parent's events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import multiprocessing
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+import orchfs
+from orchfs import layerindex
+from orchfs.beneath import PROBE_FLAGS, Beneath
+from orchfs.layerindex import ABSENT, PRESENT, UNKNOWN, LayerIndex
+from orchfs.overlay import forget_warnings
+
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd") or not hasattr(os, "O_PATH"), reason="inotify index: Linux only"
+)
+
+CANARY = b"CANARY: outside bytes"
+CONTAINED = ".orchestrator/checkpoints"
+LEGACY = ".workflow_checkpoints"
+# The physical places the helper changes, and the logical paths asked about.
+DIRS = [CONTAINED, LEGACY, f"{CONTAINED}/sub", f"{LEGACY}/sub", ".orchestrator/notes"]
+FILES = [f"{d}/{n}" for d in DIRS for n in ("a.json", "b.json")]
+LOGICAL = [
+    "checkpoints/a.json",
+    "checkpoints/b.json",
+    "checkpoints/sub/a.json",
+    "checkpoints/sub/b.json",
+    "checkpoints/sub",
+    "checkpoints/nothing.json",
+    "notes/a.json",
+    "notes/b.json",
+]
+PHYSICAL = sorted({*FILES, *DIRS, f"{CONTAINED}/x/y", f"{LEGACY}/a.json/z"})
+
+
+def _apply(root: str, outside: str, change: tuple) -> None:
+    """One change, made the way another program would make it (plain os calls)."""
+    kind, *args = change
+    path = os.path.join(root, args[0])
+    with contextlib.suppress(OSError):
+        if kind == "write":
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(args[1])
+        elif kind == "remove":
+            if os.path.islink(path) or not os.path.isdir(path):
+                os.unlink(path)
+            else:
+                shutil.rmtree(path)
+        elif kind == "mkdir":
+            os.makedirs(path)
+        elif kind == "rename":
+            os.replace(path, os.path.join(root, args[1]))
+        elif kind == "link":  # a directory swapped for a symlink (inside or outside the root)
+            aside = path + ".aside"
+            if os.path.lexists(aside):
+                shutil.rmtree(aside, ignore_errors=True)
+            if os.path.lexists(path):
+                os.rename(path, aside)
+            os.symlink(outside if args[1] == "outside" else os.path.join(root, LEGACY), path)
+        elif kind == "unlink" and os.path.islink(path):  # and back
+            os.unlink(path)
+            if os.path.lexists(path + ".aside"):
+                os.rename(path + ".aside", path)
+
+
+def _helper(conn) -> None:
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        root, outside, change = message
+        _apply(root, outside, change)
+        conn.send("done")
+
+
+class Helper:
+    """Another process that makes each change and says when it is done."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("fork")
+        self.conn, theirs = context.Pipe()
+        self.process = context.Process(target=_helper, args=(theirs,), daemon=True)
+        self.process.start()
+
+    def change(self, root: str, outside: str, change: tuple) -> None:
+        self.conn.send((root, outside, change))
+        assert self.conn.recv() == "done"
+
+    def stop(self) -> None:
+        self.conn.send(None)
+        self.process.join(10)
+
+
+@pytest.fixture(scope="module")
+def helper():
+    running = Helper()
+    yield running
+    running.stop()
+
+
+def outcome(fs: orchfs.OrchFileSystem, logical: str) -> tuple:
+    """What a caller sees of ``logical``: exists, the bytes (or the error), the type.
+    The once-per-process conflict check is forgotten first, so that both instances make it."""
+    forget_warnings()
+    seen = []
+    for ask in (fs.exists, fs.cat_file, fs.isfile):
+        try:
+            seen.append(ask(logical))
+        except Exception as exc:  # the kind of refusal is part of the answer
+            seen.append(type(exc).__name__)
+    return tuple(seen)
+
+
+def probed(disk: Beneath, path: str) -> int:
+    """What a probe beneath the root says (UNKNOWN: a link on the way, judged elsewhere)."""
+    err = disk.probe(path, PROBE_FLAGS)
+    if err == 0:
+        return PRESENT
+    return ABSENT if err in (-errno.ENOENT, -errno.ENOTDIR) else UNKNOWN
+
+
+def state(index: LayerIndex, path: str) -> int:
+    """The index's answer about one path, in :func:`probed`'s terms."""
+    said = index.first((index.key(path),))
+    return PRESENT if said == 0 else said
+
+
+def make_repo(base: str) -> tuple[str, str]:
+    root = os.path.join(base, "repo")
+    outside = os.path.join(base, "outside")
+    os.makedirs(outside)
+    for name in ("a.json", "b.json"):
+        Path(outside, name).write_bytes(CANARY)
+    for d in DIRS:
+        os.makedirs(os.path.join(root, d))
+    Path(root, CONTAINED, "a.json").write_bytes(b"contained a")
+    Path(root, LEGACY, "b.json").write_bytes(b"legacy b")
+    return root, outside
+
+
+def pair(root: str) -> tuple[orchfs.OrchFileSystem, orchfs.OrchFileSystem]:
+    indexed = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    plain = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    assert indexed._overlay.index is not None
+    plain._overlay.index = None  # today's probing, for comparison
+    return indexed, plain
+
+
+def assert_alike(root: str, indexed, plain, disk: Beneath, index: LayerIndex) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logical in LOGICAL:
+            assert outcome(indexed, logical) == outcome(plain, logical), logical
+    for path in PHYSICAL:
+        said = state(index, path)
+        if said != UNKNOWN:
+            assert said == probed(disk, path), path
+
+
+names = st.sampled_from(FILES)
+places = st.sampled_from(DIRS)
+
+
+class ChangedByAnother(RuleBasedStateMachine):
+    """Random changes by another process; after each, indexed == probed."""
+
+    helper: Helper
+
+    @initialize()
+    def setup(self) -> None:
+        self.base = tempfile.mkdtemp(prefix="orchfs-index-")
+        self.root, self.outside = make_repo(self.base)
+        self.indexed, self.plain = pair(self.root)
+        self.disk = Beneath(self.root)
+        self.index = LayerIndex(self.disk)
+        for _ in range(layerindex.INDEX_AFTER):  # warm: every directory indexed from here on
+            assert_alike(self.root, self.indexed, self.plain, self.disk, self.index)
+
+    def teardown(self) -> None:
+        if hasattr(self, "index"):
+            self.index.close()
+            self.indexed._overlay.index.close()
+            self.disk.close()
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def change(self, *change) -> None:
+        self.helper.change(self.root, self.outside, change)
+
+    @rule(path=names, data=st.binary(min_size=1, max_size=8))
+    def write(self, path, data):
+        self.change("write", path, data)
+
+    @rule(path=st.one_of(names, places))
+    def remove(self, path):
+        self.change("remove", path)
+
+    @rule(path=st.one_of(names, places))
+    def mkdir(self, path):
+        self.change("mkdir", path)
+
+    @rule(source=st.one_of(names, places), to=st.one_of(names, places))
+    def rename(self, source, to):
+        self.change("rename", source, to)
+
+    @rule(path=places, where=st.sampled_from(["outside", "inside"]))
+    def link(self, path, where):
+        self.change("link", path, where)
+
+    @rule(path=places)
+    def unlink(self, path):
+        self.change("unlink", path)
+
+    @invariant()
+    def alike(self):
+        if hasattr(self, "index"):
+            assert_alike(self.root, self.indexed, self.plain, self.disk, self.index)
+
+
+def test_changes_by_another_process_show_at_once(helper):
+    ChangedByAnother.helper = helper
+    run = ChangedByAnother.TestCase
+    run.settings = settings(
+        max_examples=40, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)
+    )
+    run().runTest()
+
+
+def test_the_index_answers_without_the_disk(tmp_path, helper):
+    """Not vacuous: once warm, the index itself answers (no UNKNOWN) for link-free paths,
+    and an absent path in an indexed directory costs no probe."""
+    root, outside = make_repo(str(tmp_path))
+    index = LayerIndex(Beneath(root))
+    paths = (f"{CONTAINED}/a.json", f"{LEGACY}/b.json", f"{CONTAINED}/none", f"{LEGACY}/x/y")
+    for _ in range(layerindex.INDEX_AFTER):
+        state(index, paths[0])
+        state(index, paths[1])
+    assert [state(index, p) for p in paths] == [PRESENT, PRESENT, ABSENT, ABSENT]
+    assert index.first((index.key(f"{CONTAINED}/none"), index.key(f"{LEGACY}/b.json"))) == 1
+    helper.change(root, outside, ("write", f"{CONTAINED}/none", b"now"))
+    assert state(index, f"{CONTAINED}/none") == PRESENT  # no waiting: seen at once
+    helper.change(root, outside, ("link", CONTAINED, "outside"))
+    assert state(index, f"{CONTAINED}/a.json") == UNKNOWN  # a link on the way: the disk judges
+    index.close()
+
+
+def test_concurrent_changes_never_lead_outside_and_settle(tmp_path):
+    """A thread swaps directories for links to outside and writes files meanwhile: no
+    read returns outside bytes; once it stops, indexed and probed answers agree."""
+    root, outside = make_repo(str(tmp_path))
+    indexed, plain = pair(root)
+    disk = Beneath(root)
+    index = LayerIndex(disk)
+    stop = threading.Event()
+    changes = [
+        ("link", CONTAINED, "outside"),
+        ("write", f"{LEGACY}/a.json", b"legacy a"),
+        ("unlink", CONTAINED),
+        ("link", LEGACY, "outside"),
+        ("rename", f"{CONTAINED}/a.json", f"{CONTAINED}/b.json"),
+        ("unlink", LEGACY),
+        ("write", f"{CONTAINED}/a.json", b"contained a"),
+        ("remove", f"{LEGACY}/sub"),
+        ("mkdir", f"{LEGACY}/sub"),
+    ]
+
+    def churn() -> None:
+        for _round in range(300):
+            for change in changes:
+                _apply(root, outside, change)
+        stop.set()
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        while not stop.is_set():
+            for logical in LOGICAL:
+                seen = outcome(indexed, logical)
+                assert CANARY not in seen, logical
+    worker.join()
+    assert_alike(root, indexed, plain, disk, index)
+    index.close()
+
+
+def test_overflow_forgets_everything_and_answers_right(tmp_path):
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if limit > 200_000:
+        pytest.skip(f"max_queued_events is {limit}: too many events to make here")
+    root, _outside = make_repo(str(tmp_path))
+    index = LayerIndex(Beneath(root))
+    target = f"{CONTAINED}/a.json"
+    for _ in range(layerindex.INDEX_AFTER):
+        state(index, target)
+    assert state(index, target) == PRESENT and index.watched >= 3
+    folder = os.path.join(root, CONTAINED)
+    for i in range(limit // 2 + 10):  # two events each: more than the queue holds
+        name = os.path.join(folder, f"f{i}")
+        os.close(os.open(name, os.O_CREAT | os.O_WRONLY))
+        os.unlink(name)
+    os.unlink(os.path.join(root, target))
+    said = state(index, target)
+    assert index.watched == 0  # everything forgotten
+    assert said in (UNKNOWN, ABSENT)
+    for _ in range(layerindex.INDEX_AFTER + 1):
+        said = state(index, target)
+    assert said == ABSENT and index.watched >= 3
+    index.close()
+
+
+def test_without_inotify_every_answer_is_the_disks(tmp_path):
+    root, _outside = make_repo(str(tmp_path))
+    index = LayerIndex(Beneath(root), use_inotify=False)
+    for _ in range(layerindex.INDEX_AFTER * 2):
+        assert state(index, f"{CONTAINED}/a.json") == UNKNOWN
+    assert index.watched == 0
+
+
+def test_watch_limit_leaves_the_rest_to_the_disk(tmp_path, helper):
+    root, outside = make_repo(str(tmp_path))
+    index = LayerIndex(Beneath(root), max_dirs=2)  # the root and .orchestrator, no more
+    target = f"{CONTAINED}/a.json"
+    for _ in range(layerindex.INDEX_AFTER * 2):
+        assert state(index, target) == UNKNOWN
+    assert index.watched == 2
+    assert state(index, ".orchestrator/none") == ABSENT
+    helper.change(root, outside, ("write", ".orchestrator/none", b"x"))
+    assert state(index, ".orchestrator/none") == PRESENT
+    index.close()
+
+
+def _fds() -> dict[str, str]:
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+    return out
+
+
+def test_descriptors_and_watches_go_with_the_last_index(tmp_path):
+    root, _outside = make_repo(str(tmp_path))
+    gc.collect()
+    before = _fds()
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    other = LayerIndex(Beneath(root))
+    for _ in range(layerindex.INDEX_AFTER):
+        fs.exists("checkpoints/a.json")
+        fs.exists("notes/a.json")
+        state(other, f"{LEGACY}/b.json")
+    during = _fds()
+    inotify = [fd for fd, target in during.items() if "inotify" in target and fd not in before]
+    assert len(inotify) == 1  # one instance for the whole process
+    watches = Path(f"/proc/self/fdinfo/{inotify[0]}").read_text().count("inotify wd:")
+    assert watches == fs._overlay.index.watched + other.watched - 1  # the root is watched once
+    other.close()
+    watches = Path(f"/proc/self/fdinfo/{inotify[0]}").read_text().count("inotify wd:")
+    assert watches == fs._overlay.index.watched  # the other's watches are gone, the root's kept
+    del fs, other
+    gc.collect()
+    assert set(_fds()) <= set(before)
+
+
+def test_a_forked_child_does_not_take_its_parents_events(tmp_path):
+    root, _outside = make_repo(str(tmp_path))
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    for _ in range(layerindex.INDEX_AFTER):
+        assert not fs.exists("checkpoints/new.json")
+    context = multiprocessing.get_context("fork")
+
+    def child() -> None:  # changes the directory, then asks through its copy of fs
+        Path(root, CONTAINED, "new.json").write_bytes(b"from the child")
+        os._exit(0 if fs.exists("checkpoints/new.json") else 3)
+
+    process = context.Process(target=child)
+    process.start()
+    process.join(30)
+    assert process.exitcode == 0
+    assert fs.cat_file("checkpoints/new.json") == b"from the child"
+    assert fs.exists("checkpoints/new.json")
