@@ -172,6 +172,7 @@ class _Watcher:
         self.watched: dict[int, list[_Dir]] = {}
         self.failed = False  # inotify cannot be used in this process
         self._add_watch: Any = None
+        self._close_fd = os.close
 
     def _start(self) -> bool:
         if self.fd >= 0:
@@ -188,7 +189,10 @@ class _Watcher:
                 return False  # EMFILE (the per-user instance limit): try again later
             self._add_watch = libc.inotify_add_watch
             self._rm_watch = libc.inotify_rm_watch
-            self._get_errno = ctypes.get_errno
+            # The real calls, kept: the descriptors must never meet a fake os (pyfakefs)
+            # that a test may put in place while they are open.
+            self._read = os.read
+            self._close_fd = os.close
             self.fd = fd
             self.mounts = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
             self.epoll = select.epoll()
@@ -208,7 +212,7 @@ class _Watcher:
             self.epoll = None
         for fd in (self.fd, self.mounts):
             if fd >= 0:
-                os.close(fd)
+                self._close_fd(fd)
         self.fd = self.mounts = -1
 
     def watch(
@@ -252,7 +256,7 @@ class _Watcher:
                     return
                 while True:
                     try:
-                        data = os.read(self.fd, _READ_SIZE)
+                        data = self._read(self.fd, _READ_SIZE)
                     except BlockingIOError:
                         return
                     if not self._apply(data):
