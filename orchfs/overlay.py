@@ -279,7 +279,7 @@ class Overlay:
             if at != UNKNOWN:
                 found = layers[at].store.info(layers[at].rel) if at >= 0 else None
                 if found is not None or at < 0:
-                    return None if found is None else Found(layers[at], found)
+                    return None if found is None else Found((layers[at], found))
         for index, location in enumerate(layers):
             if upper_listed and location.upper:
                 continue
