@@ -483,6 +483,7 @@ class LayerIndex:
                 names: dict[str, int] = {}
                 node = _WATCHER.watch(self._tree, rel, parent, fd, names)
                 if node is None:
+                    self._usable = not _WATCHER.failed  # no inotify here: stop trying
                     return None
                 try:
                     with os.scandir(fd) as entries:

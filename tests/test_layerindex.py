@@ -16,6 +16,7 @@ import gc
 import multiprocessing
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import warnings
@@ -399,3 +400,34 @@ def test_a_forked_child_does_not_take_its_parents_events(tmp_path):
     assert process.exitcode == 0
     assert fs.cat_file("checkpoints/new.json") == b"from the child"
     assert fs.exists("checkpoints/new.json")
+
+
+def test_a_mount_over_an_indexed_directory_shows_at_once(tmp_path):
+    """A mount changes what a path shows without an event in the directory: the poll
+    of the mount table makes the index start afresh."""
+    root, _outside = make_repo(str(tmp_path))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.json").write_bytes(b"mounted")
+    index = LayerIndex(Beneath(root))
+    target = f"{CONTAINED}/a.json"
+    for _ in range(layerindex.INDEX_AFTER):
+        index.first((index.key(f"{CONTAINED}/b.json"),))
+        index.first((index.key(f"{LEGACY}/a.json"),))
+    assert state(index, f"{LEGACY}/a.json") == ABSENT and state(index, f"{LEGACY}/b.json") == PRESENT
+    place = os.path.join(root, LEGACY)
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "--bind", str(other), place], capture_output=True).returncode
+    ):
+        index.close()
+        pytest.skip("bind mounts need privileges this run does not have")
+    try:
+        assert state(index, f"{LEGACY}/a.json") in (PRESENT, UNKNOWN)
+        assert state(index, f"{LEGACY}/b.json") in (ABSENT, UNKNOWN)
+        assert state(index, target) in (PRESENT, UNKNOWN)
+    finally:
+        subprocess.run(["umount", place], check=True)
+    assert state(index, f"{LEGACY}/a.json") in (ABSENT, UNKNOWN)
+    assert state(index, f"{LEGACY}/b.json") in (PRESENT, UNKNOWN)
+    index.close()
