@@ -505,7 +505,8 @@ def _human_plan(document: dict[str, Any], dry_run: bool) -> str:
         if conflict.get("other"):
             lines.append(
                 f"  CONFLICT {conflict['source']} <> {conflict['other']} (two legacy locations of "
-                f"{conflict['target']} differ: the first moves, this one is kept in the backup)"
+                f"{conflict['target']} differ: {conflict['other']} moves, {conflict['source']} is kept "
+                "in the backup)"
             )
         else:
             lines.append(f"  CONFLICT {conflict['source']} <> {conflict['target']} (both exist and differ)")

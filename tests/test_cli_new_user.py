@@ -404,3 +404,14 @@ def test_long_listing_of_secrets(repo, key_env):
     assert result.exit_code == 0
     assert result.stdout.split() == ["f", "-", "contained", "secrets/TOKEN"]  # size unknown unread
     assert "s3cr3t" not in result.stdout
+
+
+def test_two_legacy_copies_conflict_says_which_moves(repo):
+    (repo / "secrets.enc.yaml").write_text("sops: first\n")
+    (repo / ".manus").mkdir(exist_ok=True)
+    (repo / ".manus" / "secrets.enc.yaml").write_text("sops: second\n")
+    plan = run("--root", repo, "migrate", "--dry-run").stdout
+    (line,) = [line for line in plan.splitlines() if "CONFLICT" in line]
+    assert "secrets.enc.yaml moves, .manus/secrets.enc.yaml is kept in the backup" in line
+    assert run("--root", repo, "migrate", "--prefer", "new").exit_code == 0
+    assert (repo / ".orchestrator" / "secrets" / "sops.yaml").read_text() == "sops: first\n"
