@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import FormatError, LayoutVersionError, MetaError, UnsafeStateError
 from .paths import STATE_DIR
-from .stored import check_repo_id, load_json
+from .stored import check_repo_id, load_json, read_state
 from .version import __version__
 
 LAYOUT_VERSION = 2
@@ -49,10 +49,8 @@ _META_FIX = (
 
 
 def read_format(state: Any) -> FormatInfo | None:
-    try:
-        return parse_format(state.read(FORMAT_FILE), f"{state.url(FORMAT_FILE)}")
-    except FileNotFoundError:
-        return None
+    data = read_state(state, FORMAT_FILE, MAX_FORMAT_BYTES)
+    return None if data is None else parse_format(data, f"{state.url(FORMAT_FILE)}")
 
 
 def parse_format(data: bytes, where: str = FORMAT_FILE) -> FormatInfo:
@@ -116,9 +114,8 @@ META_TYPES = {
 def read_meta(state: Any) -> dict[str, Any] | None:
     """meta.json, checked (``None`` when there is none yet): damaged is :class:`MetaError`,
     a ``repo_id`` outside its format :class:`~orchfs.errors.UnsafeStateError`."""
-    try:
-        data = state.read(META_FILE)
-    except FileNotFoundError:
+    data = read_state(state, META_FILE)
+    if data is None:
         return None
     where = state.url(META_FILE)
     return check_meta(load_json(data, where, error=MetaError, fix=_META_FIX), where)

@@ -43,7 +43,7 @@ from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .errors import ManifestError, MetaError, OrchFSError, SecretIntegrityError, SecretsLockedError
 from .faults import checkpoint
 from .paths import validate_name
-from .stored import load_json
+from .stored import load_json, read_state
 
 if TYPE_CHECKING:
     from .storage import Storage
@@ -387,9 +387,8 @@ class SecretStore:
     def _passphrase_params(self) -> dict[str, Any]:
         """The namespace's scrypt parameters (created, at the minimum cost, on first use)."""
         rel = f"{self._dir()}/{PASSPHRASE_PARAMS}"
-        try:
-            data = self._store.read(rel)
-        except FileNotFoundError:
+        data = read_state(self._store, rel, MAX_PARAMS_BYTES)
+        if data is None:
             params = new_passphrase_params()
             self._write_private(rel, json.dumps(params).encode())
             return params
@@ -463,14 +462,13 @@ class SecretStore:
             return {"entries": {}, "macs": {}}
         store = self._store
         where = store.url(f"{self._dir()}/{MANIFEST}")
-        try:
-            blob = store.read(f"{self._dir()}/{MANIFEST}")
-        except FileNotFoundError:
+        blob = read_state(store, f"{self._dir()}/{MANIFEST}")
+        if blob is None:
             stored = self.stored_names()
             if stored:
                 raise ManifestError(
                     f"{where} is missing while {len(stored)} secret file(s) exist; {RESEAL}", where
-                ) from None
+                )
             elsewhere = self._all_stored()
             if elsewhere:  # a replaced meta.json: its secrets are there, under another repo_id
                 from .meta import META_FILE
@@ -481,7 +479,7 @@ class SecretStore:
                     f"holds {len(elsewhere)} under another repo_id: meta.json was replaced or "
                     "copied; restore it from a backup",
                     meta,
-                ) from None
+                )
             return {"entries": {}, "macs": {}}
         document = load_json(blob, where, error=ManifestError, fix=RESEAL)
         check_manifest(document, where)

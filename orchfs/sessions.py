@@ -92,9 +92,10 @@ def current_session(state: Any) -> str | None:
     valid session id whose ``sessions/<id>/`` exists is ignored."""
     from .errors import PathEscapeError
     from .paths import validate_id, validate_name
+    from .stored import read_state
 
     try:
-        raw = state.read_optional(CURRENT_FILE)
+        raw = read_state(state, CURRENT_FILE, _CURRENT_MAX_BYTES)
     except (OSError, ValueError):
         return None
     if raw is None or len(raw) > _CURRENT_MAX_BYTES:

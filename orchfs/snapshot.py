@@ -43,6 +43,10 @@ EXCLUDED_TOP = frozenset({"locks", "tmp"})
 SNAPSHOT_NAMESPACE = "orchfs-snapshot"
 SNAPSHOT_NAME = "snapshot"
 PRIVATE_DIRS = ("secrets",)
+CONFIG_FILE = "config.yaml"
+# Settings of config.yaml that decide where orchfs reads or writes (never from a snapshot).
+PLACING_KEYS = ("include",)
+PLACING_STATE_KEYS = ("storage", "persist")
 DEFAULT_MAX_BYTES = 1 << 30  # --max-bytes: what a snapshot may hold in total
 STAGING_DIR = "tmp"
 STAGING_PREFIX = "import-"
@@ -260,14 +264,36 @@ def _copy_member(tar: Any, member: Any, state: Any, rel: str, name: str) -> _Mem
 def _is_state_file(name: str) -> bool:
     """Members that orchfs itself reads back (and so checks before they land)."""
     return (
-        name in (META_FILE, FORMAT_FILE)
+        name in (META_FILE, FORMAT_FILE, CONFIG_FILE)
         or (name.startswith(f"{JOURNAL_DIR}/") and name.endswith(".jsonl"))
         or (name.startswith("secrets/") and name.endswith("/MANIFEST"))
     )
 
 
+def _check_config(data: bytes, where: str) -> None:
+    """A snapshot's ``config.yaml`` (the local overrides, read by every command) may not
+    say where orchfs reads or writes: a snapshot brings state, not a new place for it."""
+    from .safeyaml import compose, construct
+
+    try:
+        node = compose(data.decode("utf-8"), where)  # bounded: bombs are ConfigError
+    except UnicodeDecodeError:
+        raise SnapshotError(f"{where} is not UTF-8 text; refused") from None
+    values = construct(node) if node is not None else {}
+    state = values.get("state") if isinstance(values, dict) else None
+    placing = [key for key in PLACING_KEYS if isinstance(values, dict) and key in values]
+    placing += [f"state.{key}" for key in PLACING_STATE_KEYS if isinstance(state, dict) and key in state]
+    if placing:
+        raise SnapshotError(
+            f"{where} sets {', '.join(placing)}: a snapshot brings state, never a new place for "
+            "orchfs to read or write it; remove those settings from the snapshot's config.yaml"
+        )
+
+
 def _check_state(members: dict[str, _Member], fs: Any, source: str) -> None:
     """The snapshot's stored state, checked as orchfs checks it when it reads it."""
+    if CONFIG_FILE in members:
+        _check_config(members[CONFIG_FILE].data, f"{source}: {CONFIG_FILE}")
     from .journal import parse as parse_journal
     from .meta import check_meta, check_writable, parse_format, read_format
     from .secrets import check_manifest

@@ -30,6 +30,17 @@ MAX_STATE_JSON_BYTES = 16 << 20
 REPO_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 
+def read_state(storage: Any, rel: str, limit: int = MAX_STATE_JSON_BYTES) -> bytes | None:
+    """The bytes of state file ``rel`` (None when absent), at most ``limit + 1`` of them
+    on local disk: a planted file of any size (a sparse one costs nothing to make) is
+    never read whole, only far enough for the size check to refuse it. Object stores are
+    read whole: under a lease the fenced write that follows names the version a whole
+    read notes."""
+    if storage.kind == "local":
+        return storage.read_optional(rel, 0, limit + 1)
+    return storage.read_optional(rel)
+
+
 def load_json(
     data: bytes,
     where: str,
@@ -41,9 +52,7 @@ def load_json(
     """Parse one JSON document read from ``where``; damaged or oversized -> ``error``."""
     suffix = f"; {fix}" if fix else ""
     if len(data) > limit:
-        raise error(
-            f"{where} is {len(data)} bytes, over the {limit}-byte limit for a state file{suffix}", where
-        )
+        raise error(f"{where} is over the {limit}-byte limit for a state file{suffix}", where)
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as exc:  # deep nesting ends in RecursionError
@@ -100,4 +109,5 @@ __all__ = [
     "check_relative",
     "check_repo_id",
     "load_json",
+    "read_state",
 ]

@@ -53,11 +53,11 @@ def read_record(state: Any, legacy: str) -> Record | None:
     """The record of ``legacy``, or None when there is none or it does not check out
     (the checks of :mod:`orchfs.stored`: size limit, JSON, a plain relative path)."""
     from .errors import StateError
-    from .stored import check_relative, load_json
+    from .stored import check_relative, load_json, read_state
 
     where = f"{RECORD_DIR}/{record_key(legacy)}"
     try:
-        raw = state.read_optional(where)
+        raw = read_state(state, where, _MAX_RECORD_BYTES)
         if raw is None:
             return None
         body = load_json(raw, where, limit=_MAX_RECORD_BYTES)
@@ -83,7 +83,7 @@ def damaged_records(state: Any) -> list[str]:
     """Record files (``superseded/<name>``) that do not check out: damaged, planted, or
     copied under another file's name. They vouch for nothing; doctor names them."""
     from .errors import StateError
-    from .stored import load_json
+    from .stored import load_json, read_state
 
     try:
         names = state.find_files(RECORD_DIR)
@@ -93,7 +93,7 @@ def damaged_records(state: Any) -> list[str]:
     for name in names:
         rel = name if name.startswith(RECORD_DIR + "/") else f"{RECORD_DIR}/{name}"
         try:
-            body = load_json(state.read(rel), rel, limit=_MAX_RECORD_BYTES)
+            body = load_json(read_state(state, rel, _MAX_RECORD_BYTES) or b"", rel, limit=_MAX_RECORD_BYTES)
             legacy = body.get("legacy") if isinstance(body, dict) else None
             valid = isinstance(legacy, str) and read_record(state, legacy) is not None
             valid = valid and rel == f"{RECORD_DIR}/{record_key(legacy)}"

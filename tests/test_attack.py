@@ -28,7 +28,7 @@ import pytest
 
 import orchfs
 from orchfs import doctor, migrate, snapshot
-from orchfs.errors import ConfigError, StateError, UnsafeStateError
+from orchfs.errors import ConfigError, SnapshotError, StateError, UnsafeStateError
 
 from .conftest import make_fs
 
@@ -39,22 +39,34 @@ PROJECT = str(Path(__file__).resolve().parent.parent)
 # A bound no working command comes near; a command that blocks on a FIFO never meets it.
 HANG_BOUND_SECONDS = 120
 JOURNAL_NAME = "20260101T000000-abcdef.jsonl"
+# A process limited to this much address space cannot read a planted 4 GiB file whole.
+MEMORY_BOUND_BYTES = 1536 << 20
+HUGE_FILE_BYTES = 4 << 30
 
 
-def cli_process(world: World, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
-    """The command line in its own process: rc 1 or 2, one line on stderr, no traceback."""
+def _bounded_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BOUND_BYTES, MEMORY_BOUND_BYTES))
+
+
+def cli_process(
+    world: World, *args: str, rc: tuple[int, ...] = (1, 2), bounded_memory: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """The command line in its own process: rc 1 or 2, one line on stderr, no traceback
+    (``bounded_memory``: in an address space too small to hold a planted huge file)."""
     env = {**os.environ, "PYTHONPATH": PROJECT}
     result = subprocess.run(
         [sys.executable, "-m", "orchfs.cli", "--root", str(world.root), *args],
-        input=stdin.decode(),
         capture_output=True,
         text=True,
         env=env,
         timeout=HANG_BOUND_SECONDS,
+        preexec_fn=_bounded_memory if bounded_memory else None,
     )
-    assert result.returncode in (1, 2), (result.returncode, result.stdout, result.stderr)
+    assert result.returncode in rc, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stdout + result.stderr
-    if args[0] != "doctor":
+    if result.returncode and args[0] != "doctor":
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("orchfs: error: "), result.stderr
     return result
@@ -309,4 +321,57 @@ def test_a_local_config_linked_outside_never_redirects_writes(world, tmp_path, p
         orchfs.load_config(world.root)
     out = cli(world, "put", "notes.md", "-")
     assert "refused as configuration" in out
+    assert not (world.canary / "store").exists()
+
+
+# --- huge planted state files: refused after a bounded read, never read whole ---------------
+def _plant_huge(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(HUGE_FILE_BYTES)  # sparse: nothing on disk, 4 GiB to a reader
+
+
+@pytest.mark.parametrize(
+    ("place", "command", "said"),
+    [
+        ("meta.json", ("secrets", "list"), "over the"),
+        ("FORMAT", ("put", "notes.md", "-"), "damaged"),
+        ("MANIFEST", ("secrets", "list"), "over the"),
+        ("current", ("cat", "state.json"), None),  # not a session id: ignored, as any bad one
+        ("superseded", ("doctor",), "unsafe-state"),
+    ],
+)
+def test_a_huge_state_file_is_never_read_whole(world, place, command, said):
+    if place == "superseded":
+        v1(world)
+    with_secret(world)  # over v1's state file: a supersede record
+    if place == "MANIFEST":
+        target = secrets_dir(world) / "MANIFEST"
+    elif place == "superseded":
+        (target,) = (world.state / "superseded").iterdir()
+    else:
+        target = world.state / place
+    _plant_huge(target)
+    result = cli_process(world, *command, rc=(0,) if said is None else (1,), bounded_memory=True)
+    assert said is None or said in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "state:\n  storage: {outside}\n",
+        "state:\n  persist: {{url: {outside}, interval: 1s}}\n",
+        "include:\n  - {outside}/evil.yaml\n",
+    ],
+)
+def test_snapshot_config_never_points_state_outside(world, tmp_path, config):
+    fs = v2(world)
+    text = config.format(outside=world.canary / "store")
+    archive = _archive(tmp_path / "config.tgz", {"config.yaml": (text.encode(), 0o644)}, {})
+    with pytest.raises(SnapshotError, match="never a new place"):
+        snapshot.import_snapshot(fs, archive, force=True)
+    assert not (world.state / "config.yaml").exists()
+    cli(world, "snapshot", "import", "--force", str(archive))
+    cli(world, "put", "notes.md", "-", rc=(0, 1))
     assert not (world.canary / "store").exists()
