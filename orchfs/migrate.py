@@ -1078,6 +1078,39 @@ def _plan_of_steps(migration_id: str, steps: list[dict[str, Any]]) -> Plan:
     return Plan(migration_id, moves, (), (), None)
 
 
+@dataclass(frozen=True)
+class LocalMover:
+    """Moves steps into ``<root>/.orchestrator`` on the same disk, and back."""
+
+    root: str
+    migration_id: str
+    backup: bool
+    moved: dict[str, str] = field(default_factory=dict)
+    fresh: set[str] | None = None  # directories this run made itself (no checks inside)
+
+    def execute(self, step: dict[str, Any]) -> None:
+        _execute(self.root, step, self.migration_id, self.backup, self.moved, self.fresh)
+
+    def undo(self, step: dict[str, Any], backup_root: str) -> None:
+        _undo(self.root, step, backup_root)
+
+
+@dataclass(frozen=True)
+class RemoteMover:
+    """Moves steps to a state directory on another backend (upload, verify, delete), and back."""
+
+    root: str
+    migration_id: str
+    backup: bool
+    store: Any
+
+    def execute(self, step: dict[str, Any]) -> None:
+        _execute_remote(self.root, step, self.migration_id, self.backup, self.store)
+
+    def undo(self, step: dict[str, Any], backup_root: str) -> None:
+        _undo_remote(self.root, step, backup_root, self.store)
+
+
 def _run(
     root: str,
     path: str,
@@ -1102,7 +1135,12 @@ def _run(
     total = len(steps)
     moved = moved_paths(steps) if any(s.get("link") for s in steps) else {}
     try:
-        fresh: set[str] | None = None if resumed else set()
+        backup = begin.get("backup", True)
+        mover: LocalMover | RemoteMover = (
+            RemoteMover(root, migration_id, backup, remote)
+            if remote is not None
+            else LocalMover(root, migration_id, backup, moved, None if resumed else set())
+        )
         logger.info(
             "%s migration %s: %d of %d step(s) to run",
             "resuming" if resumed else "starting",
@@ -1121,10 +1159,7 @@ def _run(
                 step["source"],
                 step["target"],
             )
-            if remote is not None:
-                _execute_remote(root, step, migration_id, begin.get("backup", True), remote)
-            else:
-                _execute(root, step, migration_id, begin.get("backup", True), moved, fresh)
+            mover.execute(step)
             return step["i"]
 
         if jobs > 1 and any(s["action"] in ("copy", "upload") for s in todo):
@@ -1299,12 +1334,14 @@ def rollback(
                 guard.makedirs(name)
                 guard.chmod(name, mode)
         backup_root = os.path.join(root, STATE_DIR, BACKUP_DIR, mid)
+        mover: LocalMover | RemoteMover = (
+            RemoteMover(root, mid, begin.get("backup", True), remote)
+            if remote is not None
+            else LocalMover(root, mid, begin.get("backup", True))
+        )
         for step in reversed(steps):
             checkpoint("rollback.step")
-            if remote is not None:
-                _undo_remote(root, step, backup_root, remote)
-            else:
-                _undo(root, step, backup_root)
+            mover.undo(step, backup_root)
         if remote is None:
             _carry_back_new_files(root, layout, begin)
         _restore_gitignore(root, begin.get("gitignore"))
