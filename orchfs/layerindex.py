@@ -356,7 +356,7 @@ class LayerIndex:
     def key(path: str) -> tuple[str, str]:
         """A root-relative path as :meth:`first` takes it: ``(directory, name)``."""
         head, _, name = path.rpartition("/")
-        return head, name
+        return head, sys.intern(name)  # the listing's own string: compared by identity
 
     def first(self, keys: Iterable[tuple[str, str]]) -> int:
         """The position of the first of ``keys`` (see :meth:`key`) that is there,
@@ -490,7 +490,7 @@ class LayerIndex:
                         for entry in entries:
                             if len(names) >= MAX_NAMES:
                                 raise OverflowError
-                            names[entry.name] = (
+                            names[sys.intern(entry.name)] = (
                                 _LINK
                                 if entry.is_symlink()
                                 else _DIR
