@@ -452,7 +452,7 @@ class LayerIndex:
             above = found
             if above.names.get(name, _FILE) == _FILE:
                 return ABSENT
-        if above.names[name] == _LINK:
+        if above.names.get(name) == _LINK:
             return None
         return self._index(rel, above)
 
