@@ -631,6 +631,8 @@ class Beneath:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 raise self._refuse_link(rel)
+            if stat.S_IMODE(st.st_mode) == mode:
+                return  # nothing to change (and no copy of a linked file to make)
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 self.copy(rel, rel, mode=mode)
                 return

@@ -131,7 +131,9 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 if issubclass(warning.category, LegacyConflictWarning):
                     click.echo(f"orchfs: warning: {warning.message}", err=True)
             return result
-        except (OrchFSError, OSError, ValueError, KeyError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, (OrchFSError, OSError, ValueError, KeyError)) and _is_own(exc):
+                raise  # a defect of orchfs itself: its traceback belongs in the report
             ctx = click.get_current_context().find_object(Context)
             message = _error_text(exc)
             if ctx is not None and ctx.json:
@@ -141,6 +143,12 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
 
     return wrapper
+
+
+def _is_own(exc: BaseException) -> bool:
+    """Whether ``exc`` is Python's or orchfs's own; anything else comes from a storage
+    client (an unreachable endpoint, a server's odd answer) and is one line like the rest."""
+    return type(exc).__module__.partition(".")[0] in ("builtins", "orchfs", "click")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -156,6 +164,8 @@ def _error_text(exc: BaseException) -> str:
         elif logical != str(exc.filename) and isinstance(exc, FileNotFoundError):
             text += " (`orchfs ls -l` shows what is there)"
         return text
+    if not isinstance(exc, (OSError, ValueError)) and not _is_own(exc):
+        return f"{type(exc).__name__}: {exc}"
     return str(exc)
 
 

@@ -16,6 +16,8 @@ file, line and column. Only YAML's safe types are ever built.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +50,11 @@ def _where(source: str, mark: Any) -> str:
 def read_text(path: str) -> str:
     """The text of a YAML file, refused unread past the size limit."""
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: a FIFO put where a YAML file was checked must not hang the open.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"{path}: not a regular file (a FIFO or a device); refused")
             data = f.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None

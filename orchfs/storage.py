@@ -328,9 +328,13 @@ class LocalStorage:
         fd = self._open_judged(rel)
         if fd < 0:
             raise OSError(-fd, os.strerror(-fd), self._full(rel))
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
             os.close(fd)
-            raise IsADirectoryError(errno.EISDIR, "is a directory", self._full(rel))
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, "is a directory", self._full(rel))
+            # A device or a pipe never ends (or blocks): no reader of it is handed out.
+            raise self._not_own_file(rel)
         return os.fdopen(fd, "rb", buffering=block_size or -1)
 
     # --- writing -------------------------------------------------------------------
@@ -424,7 +428,7 @@ class LocalStorage:
     def _not_own_file(self, rel: str) -> UnsafeStateError:
         return UnsafeStateError(
             f"{self._full(rel)} is not a plain file (a FIFO, a device, or a hard link that may be "
-            "another name of a file outside the repository); not appended: remove it",
+            "another name of a file outside the repository); refused: remove it",
             self._full(rel),
         )
 

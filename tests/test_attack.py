@@ -376,3 +376,44 @@ def test_snapshot_config_never_points_state_outside(world, tmp_path, config):
     cli(world, "snapshot", "import", "--force", str(archive))
     cli(world, "put", "notes.md", "-", rc=(0, 1))
     assert not (world.canary / "store").exists()
+
+
+@pytest.mark.skipif(not can_mknod(), reason="making a device node needs root")
+def test_no_reader_of_a_device_is_handed_out(world):
+    fs = v2(world)
+    os.mknod(world.state / "notes.md", stat.S_IFCHR | 0o644, os.makedev(1, 5))
+    with pytest.raises(UnsafeStateError, match="not a plain file"):
+        fs.open("notes.md", "rb")
+
+
+def test_a_fifo_where_yaml_is_read_is_refused(tmp_path):
+    fifo = tmp_path / "layout.yaml"
+    os.mkfifo(fifo)
+    code = (
+        "from orchfs.safeyaml import read_text\n"
+        "from orchfs.errors import ConfigError\n"
+        "try:\n"
+        f"    read_text({str(fifo)!r})\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": PROJECT}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=HANG_BOUND_SECONDS
+    )
+    assert "not a regular file" in result.stdout, result.stderr
+
+
+# --- a storage client's own errors ----------------------------------------------------------
+def test_an_unreachable_store_is_one_line_not_a_traceback(world, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "planted")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted")
+    monkeypatch.setenv("ORCHFS_STORAGE", f"s3://bucket-{uuid.uuid4().hex[:8]}/repo")
+    out = cli(world, "cat", "state.json")
+    assert "EndpointConnectionError" in out
