@@ -1270,10 +1270,13 @@ def _restore_gitignore(root: str, before: Any) -> None:
         return
     full = os.path.join(root, ".gitignore")
     try:
-        fd = os.open(full, os.O_RDWR | os.O_NOFOLLOW)
+        fd = os.open(full, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return  # gone, or a link: never written through
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return  # a FIFO (a read would block) or a hard link (maybe a file outside)
         with os.fdopen(os.dup(fd), "rb") as f:
             now = f.read()
         added = now[len(old) :].lstrip(b"\n")

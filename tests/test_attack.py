@@ -417,3 +417,44 @@ def test_an_unreachable_store_is_one_line_not_a_traceback(world, monkeypatch):
     monkeypatch.setenv("ORCHFS_STORAGE", f"s3://bucket-{uuid.uuid4().hex[:8]}/repo")
     out = cli(world, "cat", "state.json")
     assert "EndpointConnectionError" in out
+
+
+# --- rollback's .gitignore: taken back only from a plain file of its own --------------------
+def _migrated_with_gitignore(world: World) -> bytes:
+    v1(world)
+    (world.root / ".gitignore").write_bytes(b"build/\n")
+    migrate.apply(world.root)
+    after = (world.root / ".gitignore").read_bytes()
+    assert after == b"build/\n.orchestrator/\n"
+    return after
+
+
+def test_rollback_never_waits_on_a_fifo_gitignore(world):
+    _migrated_with_gitignore(world)
+    (world.root / ".gitignore").unlink()
+    os.mkfifo(world.root / ".gitignore")
+    env = {**os.environ, "PYTHONPATH": PROJECT}
+    result = subprocess.run(
+        [sys.executable, "-m", "orchfs.cli", "--root", str(world.root), "migrate", "--rollback"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=HANG_BOUND_SECONDS,
+    )
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISFIFO(os.lstat(world.root / ".gitignore").st_mode)
+
+
+def test_rollback_never_truncates_a_file_outside_through_a_hard_link(world, tmp_path):
+    after = _migrated_with_gitignore(world)
+    outside = tmp_path / "elsewhere" / ".gitignore"  # another repository's, say
+    outside.parent.mkdir()
+    outside.write_bytes(after)
+    os.chmod(outside, 0o640)
+    before = os.lstat(outside)
+    (world.root / ".gitignore").unlink()
+    os.link(outside, world.root / ".gitignore")
+    migrate.rollback(world.root)
+    now = os.lstat(outside)
+    assert outside.read_bytes() == after
+    assert (now.st_mode, now.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
