@@ -23,7 +23,7 @@ import json
 import os
 import stat
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, temp_name
 from .beneath import READ_FLAGS
@@ -37,7 +37,28 @@ SUFFIX = ".jsonl"
 SCHEMA_VERSION = 1
 DONE_BATCH = 512
 ROWS_PER_LINE = 1024
-STEP_FIELDS = ("i", "source", "target", "bytes", "action", "mode", "mtime_ns", "link", "replaced", "rel")
+
+
+class Step(NamedTuple):
+    """One step of a migration, as its journal records it (one row of an intents record).
+
+    ``source`` and ``target`` are relative to the root; ``rel`` is the target's path on
+    another backend (``storage=``); ``replaced`` marks a step over an existing v2 copy.
+    """
+
+    i: int
+    source: str
+    target: str
+    bytes: int
+    action: str  # rename | copy | upload | retire | replace
+    mode: int | None = None
+    mtime_ns: int | None = None
+    link: str | None = None
+    replaced: bool | None = None
+    rel: str | None = None
+
+
+STEP_FIELDS = Step._fields
 REQUIRED_FIELDS = 7  # i .. mtime_ns; a shorter row is damaged, a longer one's tail is optional
 ACTIONS = frozenset({"rename", "copy", "retire", "replace", "upload"})
 TAIL_KINDS = frozenset({"done", "end", "rollback-begin", "rolled-back"})
@@ -173,23 +194,16 @@ def begin_record(
     }
 
 
-def intent_records(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def intent_records(steps: list[Step]) -> Iterator[dict[str, Any]]:
     """The plan as intent records, 1,024 steps a line (one json.dumps of lists each)."""
     for start in range(0, len(steps), ROWS_PER_LINE):
         chunk = steps[start : start + ROWS_PER_LINE]
-        yield {"t": "intents", "steps": [[step.get(f) for f in STEP_FIELDS] for step in chunk]}
+        yield {"t": "intents", "steps": [list(step) for step in chunk]}
 
 
-def steps_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The steps of checked records, as dicts (fields a shorter row lacks are None)."""
-    steps = []
-    for record in records:
-        if record.get("t") == "intents":
-            for row in record["steps"]:
-                step = dict.fromkeys(STEP_FIELDS)
-                step.update(zip(STEP_FIELDS, row, strict=False))
-                steps.append(step)
-    return steps
+def steps_of(records: list[dict[str, Any]]) -> list[Step]:
+    """The steps of checked records (fields a shorter row lacks are None)."""
+    return [Step(*row) for record in records if record.get("t") == "intents" for row in record["steps"]]
 
 
 def journals(root: str) -> list[str]:
@@ -432,6 +446,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "STEP_FIELDS",
     "Journal",
+    "Step",
     "begin_record",
     "check",
     "intent_records",

@@ -41,7 +41,16 @@ from .errors import (
     library_logger,
 )
 from .faults import checkpoint
-from .journal import JOURNAL_DIR, Journal, begin_record, intent_records, journals, read_journal, steps_of
+from .journal import (
+    JOURNAL_DIR,
+    Journal,
+    Step,
+    begin_record,
+    intent_records,
+    journals,
+    read_journal,
+    steps_of,
+)
 from .layout import UNNAMED_PATTERNS, Layout, coerce_layout
 from .paths import INTERNAL_NAMES, MARKER_PREFIXES, MARKER_SENTINEL, STATE_DIR, WHITEOUT_PREFIX
 from .stored import check_id
@@ -537,13 +546,13 @@ def _relink_target(link_text: str, old_path: str, new_path: str, root: str, move
     return os.path.relpath(pointed, os.path.dirname(new_path))
 
 
-def moved_paths(steps: list[dict[str, Any]]) -> dict[str, str]:
+def moved_paths(steps: list[Step]) -> dict[str, str]:
     """Where each migrated file and directory goes (root-relative), for relinking."""
     out: dict[str, str] = {}
     for step in steps:
-        if step["action"] == "retire":
+        if step.action == "retire":
             continue
-        source, target = step["source"], step["target"]
+        source, target = step.source, step.target
         out[source] = target
         src_parts, dst_parts = source.split("/"), target.split("/")
         while len(src_parts) > 1 and len(dst_parts) > 1 and src_parts[-1] == dst_parts[-1]:
@@ -838,7 +847,7 @@ def _backup(root: str, source: str, backup: str) -> None:
 
 def _execute(
     root: str,
-    step: dict[str, Any],
+    step: Step,
     migration_id: str,
     backup: bool,
     moved: dict[str, str],
@@ -849,10 +858,10 @@ def _execute(
     ``fresh`` (first pass only) holds the directories this run created: a rename into
     one of them cannot find anything in its way, so it skips the careful checks.
     """
-    source = f"{root}/{step['source']}"
-    target = f"{root}/{step['target']}"
-    backup_path = f"{root}/{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{step['source']}"
-    if fresh is not None and step["action"] == "rename" and step["link"] is None:
+    source = f"{root}/{step.source}"
+    target = f"{root}/{step.target}"
+    backup_path = f"{root}/{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{step.source}"
+    if fresh is not None and step.action == "rename" and step.link is None:
         if backup:
             _make_parent(backup_path, fresh)
             if _written_in_place(source):
@@ -864,20 +873,20 @@ def _execute(
         if _make_parent(target, fresh):
             _rename(source, target, replace=False)
             return
-    if step["action"] == "retire":
+    if step.action == "retire":
         if _lexists(source):
-            if backup or step.get("replaced"):
+            if backup or step.replaced:
                 _backup(root, source, backup_path)
             _unlink(source)
         return
-    if step["action"] == "replace":  # --prefer legacy: the contained copy is put aside
+    if step.action == "replace":  # --prefer legacy: the contained copy is put aside
         aside = os.path.join(
             root,
             STATE_DIR,
             BACKUP_DIR,
             migration_id,
             STATE_DIR + "-replaced",
-            step["target"][len(STATE_DIR) + 1 :],
+            step.target[len(STATE_DIR) + 1 :],
         )
         if _lexists(source) and _lexists(target):
             _backup(root, target, aside)
@@ -892,58 +901,58 @@ def _execute(
     if backup:
         _backup(root, source, backup_path)
     checkpoint("migrate.move")
-    _place(source, target, "copy" if step["action"] == "copy" else "rename", step.get("link"), root, moved)
+    _place(source, target, "copy" if step.action == "copy" else "rename", step.link, root, moved)
 
 
-def _execute_remote(root: str, step: dict[str, Any], migration_id: str, backup: bool, store: Any) -> None:
+def _execute_remote(root: str, step: Step, migration_id: str, backup: bool, store: Any) -> None:
     """One step towards a state directory on another backend (upload, verify, delete)."""
-    source = f"{root}/{step['source']}"
-    backup_path = f"{root}/{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{step['source']}"
+    source = f"{root}/{step.source}"
+    backup_path = f"{root}/{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{step.source}"
     if not _lexists(source):
         return  # already done
-    if backup or step.get("replaced"):
+    if backup or step.replaced:
         _backup(root, source, backup_path)
-    if step["action"] == "replace":
-        aside = f"{root}/{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{STATE_DIR}-replaced/{step['rel']}"
+    if step.action == "replace":
+        aside = f"{root}/{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{STATE_DIR}-replaced/{step.rel}"
         if not _lexists(aside):
-            _download(store, step["rel"], aside)
-    if step["action"] != "retire":
-        _upload(source, store, step["rel"])
+            _download(store, step.rel, aside)
+    if step.action != "retire":
+        _upload(source, store, step.rel)
     _unlink(source)
 
 
-def _undo_remote(root: str, step: dict[str, Any], backup_root: str, store: Any) -> None:
-    source = f"{root}/{step['source']}"
-    if step["action"] == "retire":
-        backup_path = f"{backup_root}/{step['source']}"
+def _undo_remote(root: str, step: Step, backup_root: str, store: Any) -> None:
+    source = f"{root}/{step.source}"
+    if step.action == "retire":
+        backup_path = f"{backup_root}/{step.source}"
         if not _lexists(source) and _lexists(backup_path):
             _copy_or_rename(backup_path, source)
         _restore_meta(source, step)
         return
     unchanged = False
-    if not _lexists(source) and store.exists(step["rel"]):
-        if step.get("link") is not None:
+    if not _lexists(source) and store.exists(step.rel):
+        if step.link is not None:
             _ensure_parent(source)
-            _symlink(step["link"], source)
+            _symlink(step.link, source)
         else:
-            _download(store, step["rel"], source)
-            kept = f"{backup_root}/{step['source']}"
+            _download(store, step.rel, source)
+            kept = f"{backup_root}/{step.source}"
             # The backup tells whether the file changed while it lived in the store.
             unchanged = _lexists(kept) and _sha256_file(kept) == _sha256_file(source)
-    if store.exists(step["rel"]):
-        aside = f"{backup_root}/{STATE_DIR}-replaced/{step['rel']}"
-        if step["action"] == "replace" and _lexists(aside):
-            _upload(aside, store, step["rel"])
+    if store.exists(step.rel):
+        aside = f"{backup_root}/{STATE_DIR}-replaced/{step.rel}"
+        if step.action == "replace" and _lexists(aside):
+            _upload(aside, store, step.rel)
         else:
-            store.remove(step["rel"])
+            store.remove(step.rel)
     _restore_meta(source, step, unchanged)
 
 
-def _legacy_dirs(root: str, moves: list[dict[str, Any]]) -> dict[str, list[int]]:
+def _legacy_dirs(root: str, moves: list[Step]) -> dict[str, list[int]]:
     """v1 directories that hold moved files: their mode and mtime, to restore on rollback."""
     out: dict[str, list[int]] = {}
     for step in moves:
-        parts = step["source"].split("/")[:-1]
+        parts = step.source.split("/")[:-1]
         for depth in range(1, len(parts) + 1):
             rel = "/".join(parts[:depth])
             if rel not in out:
@@ -1016,20 +1025,20 @@ def apply(
             raise OSError(
                 f"not enough free space: {the_plan.copy_bytes} bytes to copy, {the_plan.free_bytes} free"
             )
-        steps = [
+        drafts = [
             {"source": m.source, "target": m.target, "bytes": m.bytes, "action": m.action}
             | ({"replaced": True} if m.source in the_plan.keep else {})
             for m in the_plan.moves
         ]
         if remote is not None:
             base = remote.url("")
-            for step in steps:
-                step["rel"] = step["target"][len(base) :].lstrip("/")
+            for draft in drafts:
+                draft["rel"] = draft["target"][len(base) :].lstrip("/")
         for conflict in the_plan.conflicts:
             # The later of two legacy locations never replaces the first: it is retired
             # into the backup (kept even without one), whichever copy is preferred.
             action = "retire" if prefer == "new" or conflict.other else "replace"
-            steps.append(
+            drafts.append(
                 {
                     "source": conflict.source,
                     "target": conflict.target,
@@ -1039,13 +1048,12 @@ def apply(
                 }
             )
         stats = the_plan.stats
-        for index, step in enumerate(steps):
-            source = step["source"]
+        steps = []
+        for index, draft in enumerate(drafts):
+            source = draft["source"]
             st = stats.get(source) or os.lstat(f"{root}/{source}")
-            step["i"] = index
-            step["mode"] = st.st_mode & 0o7777
-            step["mtime_ns"] = st.st_mtime_ns
-            step["link"] = os.readlink(f"{root}/{source}") if stat.S_ISLNK(st.st_mode) else None
+            link = os.readlink(f"{root}/{source}") if stat.S_ISLNK(st.st_mode) else None
+            steps.append(Step(index, mode=st.st_mode & 0o7777, mtime_ns=st.st_mtime_ns, link=link, **draft))
         from .meta import ensure_initialized, read_meta
 
         ensure_initialized(state, root, True)  # FORMAT and meta.json, so that the repo is v2
@@ -1072,9 +1080,9 @@ def apply(
         )
 
 
-def _plan_of_steps(migration_id: str, steps: list[dict[str, Any]]) -> Plan:
+def _plan_of_steps(migration_id: str, steps: list[Step]) -> Plan:
     """The plan a journal recorded, as a Plan (for results of resumed runs and rollbacks)."""
-    moves = tuple(Move(s["source"], s["target"], s["bytes"], s["action"]) for s in steps)
+    moves = tuple(Move(s.source, s.target, s.bytes, s.action) for s in steps)
     return Plan(migration_id, moves, (), (), None)
 
 
@@ -1088,10 +1096,10 @@ class LocalMover:
     moved: dict[str, str] = field(default_factory=dict)
     fresh: set[str] | None = None  # directories this run made itself (no checks inside)
 
-    def execute(self, step: dict[str, Any]) -> None:
+    def execute(self, step: Step) -> None:
         _execute(self.root, step, self.migration_id, self.backup, self.moved, self.fresh)
 
-    def undo(self, step: dict[str, Any], backup_root: str) -> None:
+    def undo(self, step: Step, backup_root: str) -> None:
         _undo(self.root, step, backup_root)
 
 
@@ -1104,10 +1112,10 @@ class RemoteMover:
     backup: bool
     store: Any
 
-    def execute(self, step: dict[str, Any]) -> None:
+    def execute(self, step: Step) -> None:
         _execute_remote(self.root, step, self.migration_id, self.backup, self.store)
 
-    def undo(self, step: dict[str, Any], backup_root: str) -> None:
+    def undo(self, step: Step, backup_root: str) -> None:
         _undo_remote(self.root, step, backup_root, self.store)
 
 
@@ -1120,7 +1128,7 @@ def _run(
     resumed: bool,
     the_plan: Plan | None = None,
     remote: Any = None,
-    steps: list[dict[str, Any]] | None = None,
+    steps: list[Step] | None = None,
 ) -> Result:
     """Run the steps of a journal's records (``steps``: the ones a fresh run has just
     recorded there, rather than parsed back from the records)."""
@@ -1129,11 +1137,11 @@ def _run(
     if steps is None:
         steps = steps_of(records)
     done = {r["i"] for r in records if r.get("t") == "done"}
-    todo = [s for s in steps if s["i"] not in done]
+    todo = [s for s in steps if s.i not in done]
     journal = Journal(path)
     finished = len(done)
     total = len(steps)
-    moved = moved_paths(steps) if any(s.get("link") for s in steps) else {}
+    moved = moved_paths(steps) if any(s.link for s in steps) else {}
     try:
         backup = begin.get("backup", True)
         mover: LocalMover | RemoteMover = (
@@ -1149,20 +1157,20 @@ def _run(
             total,
         )
 
-        def one(step: dict[str, Any]) -> int:
+        def one(step: Step) -> int:
             checkpoint("migrate.step")
             logger.debug(
                 "migration %s step %d: %s %s -> %s",
                 migration_id,
-                step["i"],
-                step["action"],
-                step["source"],
-                step["target"],
+                step.i,
+                step.action,
+                step.source,
+                step.target,
             )
             mover.execute(step)
-            return step["i"]
+            return step.i
 
-        if jobs > 1 and any(s["action"] in ("copy", "upload") for s in todo):
+        if jobs > 1 and any(s.action in ("copy", "upload") for s in todo):
             from concurrent.futures import ThreadPoolExecutor  # only parallel runs need threads
 
             with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -1206,13 +1214,13 @@ def _run(
 SECRETS_PREFIX = f"{STATE_DIR}/secrets/"
 
 
-def _tighten_secrets(root: str, steps: list[dict[str, Any]]) -> None:
+def _tighten_secrets(root: str, steps: list[Step]) -> None:
     """Moved secret files 0600 and their directories 0700, as doctor expects (rollback
     gives the files their v1 modes back)."""
     guard = Beneath(root)
     for step in steps:
-        target = step["target"]
-        if step["action"] == "retire" or not target.startswith(SECRETS_PREFIX):
+        target = step.target
+        if step.action == "retire" or not target.startswith(SECRETS_PREFIX):
             continue
         _chmod_own(guard, target, PRIVATE_FILE_MODE)
         folder = target.rpartition("/")[0]
@@ -1349,9 +1357,9 @@ def rollback(
             _carry_back_new_files(root, layout, begin)
         _restore_gitignore(root, begin.get("gitignore"))
         missing = [
-            s["source"]
+            s.source
             for s in steps
-            if not _lexists(os.path.join(root, s["source"])) and not _vanished_companion(s)
+            if not _lexists(os.path.join(root, s.source)) and not _vanished_companion(s)
         ]
         for name, (mode, mtime) in sorted(begin.get("dirs", {}).items(), key=lambda kv: -kv[0].count("/")):
             guard.chmod(name, mode)
@@ -1377,20 +1385,20 @@ def rollback(
         )
 
 
-def _undo(root: str, step: dict[str, Any], backup_root: str) -> None:
-    source = os.path.join(root, step["source"])
-    target = os.path.join(root, step["target"])
-    backup_path = os.path.join(backup_root, step["source"])
-    if step["action"] == "retire":
+def _undo(root: str, step: Step, backup_root: str) -> None:
+    source = os.path.join(root, step.source)
+    target = os.path.join(root, step.target)
+    backup_path = os.path.join(backup_root, step.source)
+    if step.action == "retire":
         if not _lexists(source) and _lexists(backup_path):
             _ensure_parent(source)
             _copy_or_rename(backup_path, source)
-        elif not _lexists(source) and _lexists(target) and not step.get("replaced"):
+        elif not _lexists(source) and _lexists(target) and not step.replaced:
             _copy_exact(target, source)  # retired without a backup: it held these bytes
             _restore_meta(source, step)
         return
-    if step["action"] == "replace":
-        aside = os.path.join(backup_root, STATE_DIR + "-replaced", step["target"][len(STATE_DIR) + 1 :])
+    if step.action == "replace":
+        aside = os.path.join(backup_root, STATE_DIR + "-replaced", step.target[len(STATE_DIR) + 1 :])
         if _lexists(target) and not _lexists(source):
             _ensure_parent(source)
             _copy_or_rename(target, source)
@@ -1400,10 +1408,10 @@ def _undo(root: str, step: dict[str, Any], backup_root: str) -> None:
         return
     if _lexists(target):
         _ensure_parent(source)
-        if step.get("link") is not None:
+        if step.link is not None:
             with contextlib.suppress(FileNotFoundError):
                 _unlink(source)
-            _symlink(step["link"], source)
+            _symlink(step.link, source)
             _unlink(target)
         else:
             _copy_or_rename(target, source)
@@ -1412,11 +1420,11 @@ def _undo(root: str, step: dict[str, Any], backup_root: str) -> None:
     _restore_meta(source, step)
 
 
-def _vanished_companion(step: dict[str, Any]) -> bool:
+def _vanished_companion(step: Step) -> bool:
     """A SQLite ``-wal``/``-shm``/``-journal`` is gone because SQLite folded it into its
     database (or rolled it back): its old bytes must never come back over the database's
     new ones."""
-    return step["source"].endswith(SQLITE_COMPANIONS)
+    return step.source.endswith(SQLITE_COMPANIONS)
 
 
 def _copy_or_rename(src: str, dst: str) -> None:
@@ -1428,22 +1436,22 @@ def _copy_or_rename(src: str, dst: str) -> None:
         _unlink(src)
 
 
-def _restore_meta(path: str, step: dict[str, Any], unchanged: bool = False) -> None:
+def _restore_meta(path: str, step: Step, unchanged: bool = False) -> None:
     """v1 mode back; v1 mtime back unless the file was changed after the migration."""
     if not _lexists(path):
         return
-    link = step.get("link") is not None
+    link = step.link is not None
     if not link:
         found = _guard_of(path)
         if found is None:
-            os.chmod(path, step["mode"])
+            os.chmod(path, step.mode)
         else:
-            found[0].chmod(found[1], step["mode"])  # a link where a file was is refused
-        changed = _lstat(path).st_mtime_ns != step["mtime_ns"] and step["action"] != "retire"
+            found[0].chmod(found[1], step.mode)  # a link where a file was is refused
+        changed = _lstat(path).st_mtime_ns != step.mtime_ns and step.action != "retire"
         if changed and not unchanged:
             return  # a later change, carried back: its own mtime tells the truth
     with contextlib.suppress(OSError, NotImplementedError):
-        _utime(path, (step["mtime_ns"], step["mtime_ns"]))
+        _utime(path, (step.mtime_ns, step.mtime_ns))
 
 
 def _carry_back_new_files(root: str, layout: Layout, begin: dict[str, Any]) -> None:
