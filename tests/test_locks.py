@@ -597,3 +597,16 @@ def test_a_waiter_is_not_starved_by_a_tight_loop(request, tmp_path):
     assert said and said[0] == "acquired"
     assert still_looping, "the waiter got the lock only after the loop ended"
     assert json.loads(fs.cat_file("counter.json"))["n"] == len(done) + 1
+
+
+def test_lease_length_comes_from_the_configuration(monkeypatch, request, tmp_path):
+    monkeypatch.setenv("ORCHFS_LEASE", "7s")
+    fs = make_fs("s3", request, tmp_path)
+    assert fs.lease == 7.0
+    with fs.lock("repo") as lock:
+        assert 0 < lock.deadline - time.monotonic() <= 7.0
+    with fs.lock("repo", lease=12) as lock:
+        assert 7.0 < lock.deadline - time.monotonic() <= 12.0
+    monkeypatch.setenv("ORCHFS_LEASE", "soon")
+    with pytest.raises(orchfs.ConfigError, match="soon"):
+        make_fs("memory", request, tmp_path)
