@@ -522,7 +522,10 @@ class OrchFileSystem(ChainedFileSystem):
                 f"unsupported mode {mode!r} for {PROTOCOL}://{logical}: use rb, wb, xb, ab or "
                 "r+b (text variants too)"
             )
-        found = self._lookup(logical)
+        # A plain write where no layer lies below needs no lookup: the store itself refuses
+        # a directory in the way (and on S3 asks nothing: the write is one PUT).
+        looked = mode != "wb" or self._overlay.has_lower(logical)
+        found = self._lookup(logical) if looked else None
         if self._shows_directory(logical, found):
             raise _is_a_directory(logical)
         if mode == "xb" and found is not None:
@@ -535,7 +538,11 @@ class OrchFileSystem(ChainedFileSystem):
                 self.transaction.files.append(copy)
             return copy
         writer = self._overlay.open_writer(  # the lookup above asked the write target first
-            logical, exclusive=mode == "xb", autocommit=autocommit, found=found if mode == "ab" else None
+            logical,
+            exclusive=mode == "xb",
+            autocommit=autocommit,
+            found=found if mode == "ab" else None,
+            target_checked=looked,
         )
         writer.fs, writer.path, writer.mode = self, logical, mode  # as fsspec's files name them
         return writer

@@ -636,12 +636,21 @@ class Overlay:
         target.store.write(target.rel, data, exclusive=exclusive, target_checked=target_checked)
         self.finish_write(logical, target)
 
-    def open_writer(self, logical: str, *, exclusive: bool, autocommit: bool, found: Found | None) -> Any:
+    def open_writer(
+        self,
+        logical: str,
+        *,
+        exclusive: bool,
+        autocommit: bool,
+        found: Found | None,
+        target_checked: bool = True,
+    ) -> Any:
         """A staged writer into the write target; ``found`` (the caller's lookup, which
-        asked the write target first) is copied up first when given (rule 3)."""
+        asked the write target first) is copied up first when given (rule 3). Without a
+        lookup (``target_checked=False``) the store checks what it must itself."""
         target = self.prepare_write(logical)
         writer = target.store.open_write(
-            target.rel, exclusive=exclusive, autocommit=autocommit, target_checked=True
+            target.rel, exclusive=exclusive, autocommit=autocommit, target_checked=target_checked
         )
         writer.after_publish = lambda: self.finish_write(logical, target)
         if found is not None:  # copy-up: the lower file stays untouched
