@@ -881,10 +881,15 @@ def snapshot_import(ctx: Context, file: str, force: bool, max_bytes: str) -> Non
     Example:
       orchfs snapshot import /backups/repo.tgz
     """
+    from .errors import ConfigError
     from .sessions import parse_size
     from .snapshot import import_snapshot
 
-    info = import_snapshot(ctx.fs(), file, force=force, max_bytes=parse_size(max_bytes, "--max-bytes"))
+    try:
+        limit = parse_size(max_bytes, "--max-bytes")
+    except ConfigError as exc:  # a bad option value is a usage error, as for sessions prune
+        raise click.UsageError(str(exc)) from None
+    info = import_snapshot(ctx.fs(), file, force=force, max_bytes=limit)
     ctx.emit(info.to_json(), f"imported {info.files} file(s), {info.bytes} bytes from {info.path}")
 
 

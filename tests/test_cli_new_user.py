@@ -178,6 +178,7 @@ USAGE_ERRORS = [
     ["secrets", "get"],
     ["secrets", "bogus"],
     ["snapshot", "import", "/nonexistent.tgz"],
+    ["snapshot", "import", __file__, "--max-bytes", "banana"],
 ]
 
 
