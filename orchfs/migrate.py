@@ -153,6 +153,10 @@ def _sha256_file(path: str) -> str:
         digest.update(b"link:" + _readlink(path).encode())
         return digest.hexdigest()
     with _open_read(path) as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            # A device (/dev/zero) never ends and a pipe may block: neither is hashed.
+            digest.update(b"special:" + path.encode())
+            return digest.hexdigest()
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

@@ -458,3 +458,12 @@ def test_rollback_never_truncates_a_file_outside_through_a_hard_link(world, tmp_
     now = os.lstat(outside)
     assert outside.read_bytes() == after
     assert (now.st_mode, now.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+
+
+@pytest.mark.skipif(not can_mknod(), reason="making a device node needs root")
+def test_migrate_never_hashes_a_device_at_a_v1_location(world):
+    fs = v2(world)
+    fs.pipe_file("state.json", b"")  # the same size a device reports: the bytes are compared
+    os.mknod(world.root / ".workflow_state.json", stat.S_IFCHR | 0o644, os.makedev(1, 5))
+    result = cli_process(world, "migrate", "--dry-run", rc=(0, 1))
+    assert "CONFLICT" in result.stdout
