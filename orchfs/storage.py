@@ -45,6 +45,8 @@ _O_PATH = getattr(os, "O_PATH", 0)
 # The entry itself, a link included (for markers): nothing read, nothing followed.
 _ENTRY_FLAGS = (_O_PATH if _O_PATH else os.O_RDONLY | os.O_NONBLOCK) | os.O_NOFOLLOW
 # O_NONBLOCK: a FIFO planted where a log is fails at once (ENXIO) instead of hanging.
+# An append that finds its file replaced after the open opens the path again, this often.
+_APPEND_TRIES = 100
 _APPEND_EXISTING_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_NONBLOCK", 0)
 _APPEND_FLAGS = _APPEND_EXISTING_FLAGS | os.O_CREAT
 try:
@@ -399,10 +401,13 @@ class LocalStorage:
         head = rel.rpartition("/")[0]
         if head:
             os.close(self._open_dir(head, create=True))
-        fd = self._disk.try_open(self._p(rel), _APPEND_FLAGS, DEFAULT_FILE_MODE, create_root=True)
-        if fd < 0:
-            self._refuse_append(rel, fd)
-        self._append_fd(fd, rel, data)
+        for _ in range(_APPEND_TRIES):
+            fd = self._disk.try_open(self._p(rel), _APPEND_FLAGS, DEFAULT_FILE_MODE, create_root=True)
+            if fd < 0:
+                self._refuse_append(rel, fd)
+            if self._append_fd(fd, rel, data):
+                return
+        raise self._kept_replacing(rel)
 
     def append_existing(self, rel: str, data: bytes) -> bool:
         """Append to a file that already exists (False, and nothing done, if it does not).
@@ -410,13 +415,15 @@ class LocalStorage:
         The fast path of ``append_line``: one open without ``O_CREAT``, beneath the
         boundary with no link followed.
         """
-        fd = self._disk.try_open(self._p(rel), _APPEND_EXISTING_FLAGS)
-        if fd == -errno.ENOENT:
-            return False
-        if fd < 0:
-            self._refuse_append(rel, fd)
-        self._append_fd(fd, rel, data)
-        return True
+        for _ in range(_APPEND_TRIES):
+            fd = self._disk.try_open(self._p(rel), _APPEND_EXISTING_FLAGS)
+            if fd == -errno.ENOENT:
+                return False
+            if fd < 0:
+                self._refuse_append(rel, fd)
+            if self._append_fd(fd, rel, data):
+                return True
+        raise self._kept_replacing(rel)
 
     def _refuse_append(self, rel: str, err: int) -> None:
         if err == -errno.ELOOP:
@@ -432,17 +439,30 @@ class LocalStorage:
             self._full(rel),
         )
 
-    def _append_fd(self, fd: int, rel: str, data: bytes) -> None:
+    def _kept_replacing(self, rel: str) -> OSError:
+        return OSError(
+            errno.EAGAIN, "the file was replaced while appending, again and again; try again", self._full(rel)
+        )
+
+    def _append_fd(self, fd: int, rel: str, data: bytes) -> bool:
+        """Append to the open ``fd``; False if the file was replaced or removed since it was
+        opened (a concurrent atomic write or rm: the caller opens the path again)."""
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            if not stat.S_ISREG(st.st_mode):
                 raise self._not_own_file(rel)
             if _flock is not None:
                 _flock(fd, _LOCK_EX)
+                st = os.fstat(fd)  # what the lock now covers
+            if st.st_nlink == 0:
+                return False
+            if st.st_nlink > 1:
+                raise self._not_own_file(rel)
             written = os.write(fd, data)
             if written != len(data):  # only on a full disk: never leave half a line
                 os.ftruncate(fd, os.fstat(fd).st_size - written)
                 raise OSError(errno.ENOSPC, "short append", self._full(rel))
+            return True
         finally:
             os.close(fd)
 

@@ -166,3 +166,36 @@ def test_suite_core_passes_under_python_O():
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_append_racing_a_replacement_opens_the_new_file(tmp_path):
+    """An append whose file is replaced or removed after its open (nlink 0) opens the path
+    again: it is neither refused as a hard link nor written into the orphaned file."""
+    import threading
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    fs = orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True)
+    fs.pipe_file("log.jsonl", b"")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def replacer() -> None:
+        while not stop.is_set():
+            fs.pipe_file("log.jsonl", b"")
+            fs.rm("log.jsonl")
+
+    thread = threading.Thread(target=replacer)
+    thread.start()
+    try:
+        for i in range(400):
+            try:
+                fs.append_line("log.jsonl", {"i": i})
+            except BaseException as exc:
+                errors.append(exc)
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+    fs.append_line("log.jsonl", {"last": True})
+    assert fs.cat_file("log.jsonl").splitlines()[-1] == b'{"last":true}'
