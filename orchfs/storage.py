@@ -871,6 +871,10 @@ def _timestamp(value: Any) -> float | None:
     return None
 
 
+# The pyproject extra that installs each object store's fsspec backend.
+_EXTRAS = {"s3": "s3", "s3a": "s3", "az": "azure", "abfs": "azure", "abfss": "azure"}
+
+
 def open_storage(url: str, options: dict[str, Any] | None, boundary: str | None = None) -> Storage:
     """The adapter for a directory URL: a local path, ``file://``, ``memory://``, ``s3://``..."""
     if "://" not in url and "::" not in url:  # a plain path: no need to load fsspec
@@ -884,7 +888,9 @@ def open_storage(url: str, options: dict[str, Any] | None, boundary: str | None 
     try:
         cls = fsspec.get_filesystem_class(protocol)
     except (ValueError, ImportError) as exc:
-        raise ValueError(f"cannot open storage {url!r}: {exc}") from exc
+        extra = _EXTRAS.get(protocol or "")
+        hint = f" (pip install 'orchfs[{extra}]')" if extra and isinstance(exc, ImportError) else ""
+        raise ValueError(f"cannot open storage {url!r}: {exc}{hint}") from exc
     options = dict(options or {})
     if protocol in ("s3", "s3a"):
         options.setdefault("use_listings_cache", False)

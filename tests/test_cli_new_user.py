@@ -416,3 +416,24 @@ def test_two_legacy_copies_conflict_says_which_moves(repo):
     assert "secrets.enc.yaml moves, .manus/secrets.enc.yaml is kept in the backup" in line
     assert run("--root", repo, "migrate", "--prefer", "new").exit_code == 0
     assert (repo / ".orchestrator" / "secrets" / "sops.yaml").read_text() == "sops: first\n"
+
+
+def test_storage_without_its_backend_names_the_extra(repo):
+    """Installed without the s3 extra (s3fs absent from this child process)."""
+    program = "import sys; sys.modules['s3fs'] = None; from orchfs.cli import main; main()"
+    command = [
+        sys.executable,
+        "-c",
+        program,
+        "--root",
+        str(repo),
+        "migrate",
+        "--dry-run",
+        "--storage",
+        "s3://b/x",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(PROJECT))
+    )
+    assert result.returncode == 1, result.stderr
+    assert "pip install 'orchfs[s3]'" in one_error_line(result.stderr)
