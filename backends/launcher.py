@@ -70,6 +70,7 @@ class Service:
             "protocol": self.protocol,
             "storage_options": self.storage_options,
             "capability": asdict(self.capability),
+            "data": list(self.cleanup),
         }
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -81,10 +82,44 @@ class Service:
             except subprocess.TimeoutExpired:
                 _signal_group(self.process, signal.SIGKILL)
                 self.process.wait()
-        # Children that ignored the group's SIGTERM (or were started by the child) go too.
+        # Children that ignored the group's SIGTERM (or were started by the child) go too,
+        # and are gone before their data is removed (a dying server may still write).
         _signal_group(self.process, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while _group_alive(self.process) and time.monotonic() < deadline:
+            time.sleep(0.02)
         for path in self.cleanup:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _group_alive(process: subprocess.Popen) -> bool:
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Zombies of the group count as gone: only their parent (gone too) would reap them.
+    return any(_state(pid) not in ("Z", None) for pid in _group_members(process.pid))
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = open(f"/proc/{entry}/stat").read().rpartition(")")[2].split()  # noqa: SIM115
+                if int(fields[2]) == pgid:
+                    members.append(int(entry))
+    return members
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

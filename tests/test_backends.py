@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,7 +83,11 @@ def test_launcher_prints_endpoint_and_leaves_nothing_behind(name, sig):
         while any(alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not [pid for pid in children if alive(pid)], f"{name} left processes behind"
+        if sig == signal.SIGTERM:  # a clean stop removes the data too
+            assert not [path for path in record["data"] if os.path.exists(path)]
     finally:
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
+        for path in record.get("data", []) if "record" in locals() else []:
+            shutil.rmtree(path, ignore_errors=True)  # a killed launcher cannot remove it
