@@ -28,7 +28,13 @@ from hashlib import sha1
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from .errors import LegacyConflictWarning, LegacyPathWarning, PathEscapeError, warn_outside
+from .errors import (
+    LegacyConflictWarning,
+    LegacyPathWarning,
+    PathEscapeError,
+    UnsafeStateError,
+    warn_outside,
+)
 from .layerindex import UNKNOWN, index_for
 from .layout import Layout
 from .paths import MARKER_SENTINEL, MEMO_LIMIT, OPAQUE_MARKER, SECRETS_VIEW, WHITEOUT_PREFIX, join
@@ -544,7 +550,11 @@ class Overlay:
         if key in _conflicts_checked:
             return
         _conflicts_checked.add(key)
-        for pair in self._conflicts_of(logical):
+        try:
+            pairs = self._conflicts_of(logical)
+        except (PathEscapeError, UnsafeStateError):
+            return  # a lower location that leads outside is doctor's unsafe-state, not this read's
+        for pair in pairs:
             if pair.upper_url == upper.url and pair.kind != "stale":  # stale: orchfs's own
                 winner = "the first" if pair.kind == "legacy-pair" else "the new copy"
                 warn_outside(

@@ -467,3 +467,24 @@ def test_migrate_never_hashes_a_device_at_a_v1_location(world):
     os.mknod(world.root / ".workflow_state.json", stat.S_IFCHR | 0o644, os.makedev(1, 5))
     result = cli_process(world, "migrate", "--dry-run", rc=(0, 1))
     assert "CONFLICT" in result.stdout
+
+
+def test_upper_read_is_served_when_a_legacy_location_leads_outside(tmp_path):
+    """The once-per-path conflict check compares with the legacy copy; a legacy location
+    that is a symlink to outside is refused for that comparison (doctor reports it), and
+    the read served by .orchestrator/ still succeeds, on every instance."""
+    import orchfs
+    from orchfs.overlay import forget_warnings
+
+    repo, canary = tmp_path / "repo", tmp_path / "canary"
+    repo.mkdir()
+    canary.mkdir()
+    (canary / "secret.json").write_bytes(b"outside")
+    (repo / ".workflow_state.json").symlink_to(canary / "secret.json")
+    (repo / ".orchestrator").mkdir()
+    (repo / ".orchestrator" / "state.json").write_bytes(b"inside")
+    forget_warnings()
+    for _ in range(2):
+        fs = orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True)
+        assert fs.cat_file("state.json") == b"inside"
+    assert (canary / "secret.json").read_bytes() == b"outside"
