@@ -19,7 +19,6 @@ from click.testing import CliRunner
 
 import orchfs
 from orchfs.cli import main
-from orchfs.testing import build_legacy_repo
 from tests.conftest import digest_tree
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -27,8 +26,9 @@ DOCS = [PROJECT / "README.md", *sorted((PROJECT / "docs").rglob("*.md"))]
 
 
 @pytest.fixture
-def repo(tmp_path):
-    root = build_legacy_repo(tmp_path / "repo")
+def repo(legacy_repo_factory):
+    """A v1 repository from orchfs's own pytest plugin, as a git checkout."""
+    root = legacy_repo_factory()
     (root / ".git").mkdir()
     return root
 
@@ -350,14 +350,14 @@ def test_snapshot_export_under_a_file_says_so(repo, tmp_path):
     assert (tmp_path / "a-file").read_bytes() == b"x"
 
 
-def test_init_portable_after_init_says_git_still_ignores_the_state(repo):
+def test_init_portable_after_init_says_git_still_ignores_the_state(repo, legacy_repo_factory):
     assert run("--root", repo, "init").exit_code == 0
     gitignore = (repo / ".gitignore").read_bytes()
     result = run("--root", repo, "init", "--portable")
     assert result.exit_code == 0 and "git still ignores .orchestrator/" in result.stdout
     assert (repo / ".gitignore").read_bytes() == gitignore  # the user's file is the user's to edit
     assert json.loads((repo / ".orchestrator" / "meta.json").read_text())["portable"] is True
-    fresh = run("--root", build_legacy_repo(repo.parent / "other"), "init", "--portable")
+    fresh = run("--root", legacy_repo_factory(), "init", "--portable")
     assert "git still ignores" not in fresh.stdout
 
 
