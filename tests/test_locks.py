@@ -56,10 +56,12 @@ def store_kind(request) -> str:
 
 def test_eight_processes_increment_exactly(shared_fs, request):
     spec = spec_of(shared_fs, request)
-    procs = [worker("increment", spec, "200") for _ in range(8)]
+    # Azurite answers a conditional write in ~20 ms: fewer rounds there, the same contention.
+    each = 50 if shared_fs.root.startswith("abfs://") else 200
+    procs = [worker("increment", spec, str(each)) for _ in range(8)]
     for proc in procs:
         assert proc.wait(timeout=600) == 0
-    assert json.loads(shared_fs.cat_file("counter.json")) == {"n": 1600}
+    assert json.loads(shared_fs.cat_file("counter.json")) == {"n": 8 * each}
 
 
 def test_four_processes_append_every_line(shared_fs, request):
