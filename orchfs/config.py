@@ -10,6 +10,7 @@ Mappings merge deeply; scalars and lists replace.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import uuid
@@ -87,11 +88,15 @@ class Config:
 
 def parse_duration(value: Any, origin: Origin | None = None) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ConfigError(f"{origin or 'configuration'}: {value!r} is not a duration (use 10s, 5m, 1h)")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not 0 <= seconds < math.inf:  # YAML's .nan, .inf and negative numbers are no duration
         raise ConfigError(f"{origin or 'configuration'}: {value!r} is not a duration (use 10s, 5m, 1h)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    return seconds
 
 
 def _load(path: str) -> tuple[dict[str, Any], dict[str, Origin]]:

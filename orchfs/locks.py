@@ -565,9 +565,9 @@ class _LeaseState:
         return self.released or self.expired()
 
 
-# Bounds of a lease record orchfs writes: a lease of seconds to minutes (a week is
+# Bounds of a lease record orchfs writes: a lease of seconds to minutes (a year is
 # no lease), a generation that counts acquisitions.
-_MAX_LEASE_SECONDS = 7 * 86400.0
+_MAX_LEASE_SECONDS = 366 * 86400.0
 _MAX_GENERATION = 1 << 63
 
 

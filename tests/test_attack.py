@@ -488,3 +488,14 @@ def test_upper_read_is_served_when_a_legacy_location_leads_outside(tmp_path):
         fs = orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True)
         assert fs.cat_file("state.json") == b"inside"
     assert (canary / "secret.json").read_bytes() == b"outside"
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-5", "-.inf"])
+@pytest.mark.parametrize("key", ["lease", "lock_timeout"])
+def test_a_duration_that_is_no_duration_is_a_config_error(world, key, value):
+    v2(world)
+    (world.root / "workflow.yaml").write_text(f"state:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match="not a duration"):
+        orchfs.load_config(world.root)
+    out = cli(world, "cat", "state.json")
+    assert "workflow.yaml" in out
