@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 PRECONDITION_FAILED = 412
+NOT_FOUND = 404
 CONFLICT = 409  # Azure: a create (If-None-Match: *) over an existing blob
 
 
@@ -143,7 +144,10 @@ class ConditionalStore:
         try:
             return self._replace(path, data, version)
         except Exception as exc:
-            if _status(exc) == PRECONDITION_FAILED or isinstance(exc, PreconditionFailed):
+            # Gone (404) is not at that version either: someone deleted it meanwhile.
+            if _status(exc) in (PRECONDITION_FAILED, NOT_FOUND) or isinstance(
+                exc, (PreconditionFailed, FileNotFoundError)
+            ):
                 raise PreconditionFailed(self.url(path)) from None
             raise
 

@@ -612,3 +612,15 @@ def test_lease_length_comes_from_the_configuration(monkeypatch, request, tmp_pat
     monkeypatch.setenv("ORCHFS_LEASE", "soon")
     with pytest.raises(orchfs.ConfigError, match="soon"):
         make_fs("memory", request, tmp_path)
+
+
+def test_lease_object_deleted_behind_the_process_is_recreated(request, tmp_path):
+    """This process remembers the version of a released lease; if the object is gone
+    (a bucket emptied, a cleanup), the next acquisition creates it again."""
+    fs = make_fs("s3", request, tmp_path)
+    with fs.lock("gone"):
+        pass
+    fs.state_storage.fs.rm_file(fs.state_storage.backend_path("locks/gone.lease"))
+    with fs.lock("gone", timeout=5) as lock:
+        assert lock.token.generation == 1
+    fs.update_json("state.json", lambda value: {"ok": True})
