@@ -9,6 +9,7 @@ expect.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
@@ -132,6 +133,22 @@ def warn_outside(message: str, category: type[Warning]) -> None:
         frame = frame.f_back
         level += 1
     warnings.warn(message, category, stacklevel=level)
+
+
+def not_found(logical: str) -> FileNotFoundError:
+    """The ``FileNotFoundError`` of a logical path, named as its ``orch://`` URL."""
+    from .paths import PROTOCOL
+
+    return FileNotFoundError(
+        errno.ENOENT, "no such file or directory in the orchestrator state", f"{PROTOCOL}://{logical}"
+    )
+
+
+def is_a_directory(logical: str) -> IsADirectoryError:
+    """The ``IsADirectoryError`` of a logical path opened or read as a file."""
+    from .paths import PROTOCOL
+
+    return IsADirectoryError(errno.EISDIR, "is a directory, not a file", f"{PROTOCOL}://{logical}")
 
 
 def library_logger(name: str) -> logging.Logger:

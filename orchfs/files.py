@@ -1,4 +1,4 @@
-"""The read file object that ``OrchFileSystem.open(path, "rb")`` hands out on every backend.
+"""The file objects that ``OrchFileSystem.open`` hands out on every backend.
 
 :class:`OrchReader` is fsspec-style whatever the backend: ``path`` is the logical path
 and ``fs`` the orch filesystem (so ``f.fs.open(f.path)`` opens the same file again),
@@ -12,17 +12,21 @@ nor any byte of content travels in the pickle (a secret's plaintext included).
 It is closed by ``close()``, a ``with`` block, or as soon as the last reference to it
 goes away (``io.IOBase`` closes on finalisation), never left for the backend's own
 finaliser to report as a ``ResourceWarning``.
+
+:class:`CopyUpFile` serves ``r+b`` and secrets opened for writing: it edits a private
+copy in memory and publishes the whole file atomically at close; it never pickles.
 """
 
 from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .paths import PROTOCOL
 
-__all__ = ["OrchReader"]
+__all__ = ["CopyUpFile", "OrchReader"]
 
 # Stands in for the backend's reader once closed, so that every later call raises
 # ``ValueError`` as on any closed file (fsspec's memory file never closes itself).
@@ -117,3 +121,60 @@ class OrchReader(io.IOBase):
 
     def __repr__(self) -> str:
         return f"<OrchReader {PROTOCOL}://{self.path}>"
+
+
+class CopyUpFile(io.BytesIO):
+    """``r+b`` (and a secret opened for writing): a private copy of the visible bytes,
+    handed to ``publish`` (an atomic write of the whole file) at close, or at the end
+    of the transaction it was opened in."""
+
+    def __init__(
+        self,
+        fs: Any,
+        logical: str,
+        data: bytes,
+        autocommit: bool,
+        publish: Callable[[bytes], None],
+        mode: str = "r+b",
+    ) -> None:
+        super().__init__(data)
+        self.fs = fs
+        self.path = logical
+        self.mode = mode
+        self.autocommit = autocommit
+        self._publish = publish
+        self._done = False
+        self._staged = b""
+
+    @property
+    def size(self) -> int:
+        with self.getbuffer() as view:  # released at once: a held view would block writes
+            return view.nbytes
+
+    def __reduce__(self) -> Any:
+        # BytesIO would pickle its bytes: a secret's plaintext among them.
+        raise TypeError(f"a file open for writing cannot be pickled ({PROTOCOL}://{self.path})")
+
+    def close(self) -> None:
+        if not self.closed:
+            if self.autocommit:
+                self.commit()
+            elif not self._done:  # in a transaction, which commits after the close
+                self._staged = self.getvalue()
+        super().close()
+
+    def commit(self) -> None:
+        if not self._done:
+            self._done = True
+            data = self._staged if self.closed else self.getvalue()
+            self._staged = b""
+            self._publish(data)
+
+    def discard(self) -> None:
+        self._done = True
+        self._staged = b""
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None:
+            self.discard()
+        self.close()

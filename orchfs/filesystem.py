@@ -10,11 +10,9 @@ atomicity on that backend. Names that come back are logical again, as in fsspec'
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +24,10 @@ except ImportError:  # fsspec before 2025.10 chains every filesystem the same wa
     ChainedFileSystem = AbstractFileSystem  # type: ignore[misc,assignment]
 
 
-from .files import OrchReader
-from .overlay import Conflict, Found, Resolution, Times
+from .errors import is_a_directory as _is_a_directory
+from .errors import not_found as _not_found
+from .files import CopyUpFile, OrchReader
+from .overlay import Conflict, Found, Resolution
 from .paths import (
     INTERNAL_NAMES,
     MEMO_LIMIT,
@@ -40,25 +40,11 @@ from .paths import (
     validate_id,
     validate_name,
 )
+from .secretsview import SecretsView, secret_name
+from .transfer import copy_plan, get_plan, has_magic
 
 if TYPE_CHECKING:
     from .storage import Storage
-
-
-@dataclass(frozen=True)
-class BulkPlan:
-    """Where each source of a bulk ``get``/``copy`` goes, in order."""
-
-    sources: list[str]
-    targets: list[str]
-
-
-def _not_found(logical: str) -> FileNotFoundError:
-    return FileNotFoundError(
-        errno.ENOENT,
-        "no such file or directory in the orchestrator state",
-        f"{PROTOCOL}://{logical}",
-    )
 
 
 def _root_url(root: Any, fo: str | None, target_protocol: str | None) -> str:
@@ -217,14 +203,10 @@ class OrchFileSystem(ChainedFileSystem):
             )
         return self._secret_store
 
-    def _secret_name(self, logical: str) -> str | None:
-        """``secrets/NAME`` -> NAME: that subtree is the secret store seen as files."""
-        head, _, name = logical.partition("/")
-        if head != SECRETS_VIEW:
-            return None
-        if not name or "/" in name:
-            raise IsADirectoryError(errno.EISDIR, "secrets/ holds names, not directories", logical)
-        return name
+    @property
+    def _secrets_view(self) -> SecretsView:
+        # Made per call: a view kept on the instance would be a reference cycle.
+        return SecretsView(self)
 
     def session(self, session_id: str) -> OrchFileSystem:
         """The same repository with session-scoped entries bound to ``session_id``."""
@@ -301,18 +283,8 @@ class OrchFileSystem(ChainedFileSystem):
         """Which location serves ``path`` (layer session/contained/legacy), with its URL."""
         logical = self._gate(path)
         if logical.startswith(SECRETS_VIEW + "/"):
-            return self._resolve_secret(logical)
+            return self._secrets_view.resolve(logical)
         return self._overlay.resolve(logical)
-
-    def _resolve_secret(self, logical: str) -> Resolution:
-        """``secrets/NAME`` is served by its encrypted file ``secrets/<repo_id>/NAME.enc``."""
-        from .meta import read_meta
-
-        name = self._secret_name(logical)
-        if read_meta(self._state) is None:  # no namespace yet (resolving never creates one)
-            return Resolution(logical, "contained", self._state.url(SECRETS_VIEW), False)
-        secrets = self.secrets
-        return Resolution(logical, "contained", secrets.url(name), secrets.stored_info(name) is not None)
 
     # --- locks and records -----------------------------------------------------------
     def lock(
@@ -382,7 +354,7 @@ class OrchFileSystem(ChainedFileSystem):
     def info(self, path: Any, **kwargs: Any) -> dict[str, Any]:
         logical = self._gate(path)
         if logical.startswith(SECRETS_VIEW + "/"):
-            return self._secret_info(logical)
+            return self._secrets_view.info(logical)
         out = _directory_info(logical)
         if logical and logical != SECRETS_VIEW:
             found = self._overlay.lookup(logical)
@@ -393,12 +365,9 @@ class OrchFileSystem(ChainedFileSystem):
                     return out
             elif not self._overlay.is_virtual_dir(logical):
                 raise _not_found(logical)
-        times = self._overlay.directory_times(logical, self._secret_times)
+        times = self._overlay.directory_times(logical, self._secrets_view.times)
         out["mtime"], out["created"] = times.mtime, times.created
         return out
-
-    def _secret_times(self) -> Times:
-        return Times.of(self._secret_info(f"{SECRETS_VIEW}/{n}") for n in self.secrets.list())
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
         # The gate's answer for this spelling, when the layout places nothing below it.
@@ -432,7 +401,7 @@ class OrchFileSystem(ChainedFileSystem):
     def ls(self, path: Any, detail: bool = True, **kwargs: Any) -> list[Any]:
         logical = self._gate(path)
         if logical == SECRETS_VIEW:
-            infos = [self._secret_info(f"{SECRETS_VIEW}/{n}") for n in self.secrets.list()]
+            infos = self._secrets_view.listing()
             return infos if detail else [i["name"] for i in infos]
         children = self._overlay.listdir(logical, detail)
         if not children:
@@ -470,12 +439,9 @@ class OrchFileSystem(ChainedFileSystem):
         logical = self._gate(path)
         if not logical:
             raise _is_a_directory("")
-        name = self._secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
+        name = secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
         if name is not None:
-            try:
-                return self.secrets.get_bytes(name)[start:end]
-            except KeyError:
-                raise _not_found(logical) from None
+            return self._secrets_view.read(logical, name)[start:end]
         try:
             location, data = self._overlay.read(logical, start, end)
         except FileNotFoundError:
@@ -510,9 +476,9 @@ class OrchFileSystem(ChainedFileSystem):
         logical = self._gate(path)
         if not logical:
             raise _is_a_directory("")
-        name = self._secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
+        name = secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
         if name is not None:
-            return self._open_secret(logical, name, mode, autocommit)
+            return self._secrets_view.open(logical, name, mode, autocommit)
         if mode == "rb":
             location, size = self._serving(logical, self._lookup(logical))
             buffer = block_size if isinstance(block_size, int) else None
@@ -533,7 +499,8 @@ class OrchFileSystem(ChainedFileSystem):
         if mode == "r+b":
             if found is None:
                 raise _not_found(logical)
-            copy = CopyUpFile(self, logical, found.location.store.read(found.location.rel), autocommit)
+            data = found.location.store.read(found.location.rel)
+            copy = CopyUpFile(self, logical, data, autocommit, lambda value: self._pipe_now(logical, value))
             if not autocommit and self._intrans:  # fsspec enlists only modes without "r"
                 self.transaction.files.append(copy)
             return copy
@@ -546,28 +513,6 @@ class OrchFileSystem(ChainedFileSystem):
         )
         writer.fs, writer.path, writer.mode = self, logical, mode  # as fsspec's files name them
         return writer
-
-    def _open_secret(self, logical: str, name: str, mode: str, autocommit: bool) -> Any:
-        if mode == "rb":
-            return OrchReader(self, logical, io.BytesIO(self.cat_file(logical)))
-        if mode in ("wb", "xb"):
-            if mode == "xb" and name in self.secrets.list():
-                raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
-            return CopyUpFile(self, logical, b"", autocommit, mode)
-        raise ValueError(f"secrets open as rb, wb or xb, not {mode!r}")
-
-    def _secret_info(self, logical: str) -> dict[str, Any]:
-        name = self._secret_name(logical)
-        if name not in self.secrets.list():
-            raise _not_found(logical)
-        found = self.secrets.stored_info(name) or {}
-        return {
-            "name": logical,
-            "type": "file",
-            "size": None,
-            "mtime": found.get("mtime"),
-            "created": found.get("created"),
-        }
 
     def pipe_file(self, path: Any, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
         """Write ``value`` at ``path``; ``if_match=lock.token`` fences the write by that lock
@@ -593,11 +538,9 @@ class OrchFileSystem(ChainedFileSystem):
 
     def _pipe_now(self, logical: str, value: bytes, mode: str = "overwrite") -> None:
         """Write ``value`` at ``logical`` at once (atomically), whatever a transaction says."""
-        name = self._secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
+        name = secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
         if name is not None:
-            if mode == "create" and name in self.secrets.list():
-                raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
-            self.secrets.set(name, bytes(value))
+            self._secrets_view.write(logical, name, value, mode)
             return
         exclusive = mode == "create"
         if exclusive and self.exists(logical):
@@ -628,15 +571,9 @@ class OrchFileSystem(ChainedFileSystem):
     ) -> None:
         if on_error is None:
             on_error = "ignore" if recursive else "raise"
-        if not (isinstance(path1, list) and isinstance(path2, list)):
-            from fsspec.implementations.local import trailing_sep
-
-            into_dir = isinstance(path2, str) and (trailing_sep(path2) or self.isdir(path2))
-            plan = self._bulk_plan(path1, path2, into_dir, recursive, maxdepth, kwargs)
-            if plan is None:
-                return
-            path1, path2 = plan.sources, plan.targets
-        super().copy(path1, path2, on_error=on_error, **kwargs)
+        plan = copy_plan(self, path1, path2, recursive, maxdepth, kwargs)
+        if plan is not None:
+            super().copy(plan.sources, plan.targets, on_error=on_error, **kwargs)
 
     def get(
         self,
@@ -649,50 +586,14 @@ class OrchFileSystem(ChainedFileSystem):
     ) -> None:
         if callback is not None:
             kwargs["callback"] = callback
-        if not (isinstance(rpath, list) and isinstance(lpath, list)):
-            from fsspec.implementations.local import LocalFileSystem, make_path_posix, trailing_sep
-
-            if isinstance(lpath, str):
-                lpath = make_path_posix(lpath)
-            into_dir = isinstance(lpath, str) and (trailing_sep(lpath) or LocalFileSystem().isdir(lpath))
-            plan = self._bulk_plan(rpath, lpath, into_dir, recursive, maxdepth, kwargs)
-            if plan is None:
-                return
-            rpath, lpath = plan.sources, plan.targets
-        super().get(rpath, lpath, **kwargs)
-
-    def _bulk_plan(
-        self, source: Any, dest: Any, into_dir: bool, recursive: bool, maxdepth: Any, kwargs: dict[str, Any]
-    ) -> BulkPlan | None:
-        """fsspec's mapping of a ``get``/``copy`` source onto its destination, made over
-        names rooted at ``/`` as memory's and DirFileSystem's are: over bare relative
-        names fsspec takes a top-level directory for the common parent and drops its name
-        (``get("checkpoints", existing_dir)`` would fill ``existing_dir`` itself)."""
-        from fsspec.implementations.local import trailing_sep
-        from fsspec.utils import other_paths
-
-        options = {k: v for k, v in kwargs.items() if k != "callback"}
-        source_is_str = isinstance(source, str)
-        sources = self.expand_path(source, recursive=recursive, maxdepth=maxdepth, **options)
-        if source_is_str and (not recursive or maxdepth is not None):
-            # Non-recursive: directories are not copied (fsspec's rule).
-            sources = [p for p in sources if not (trailing_sep(p) or self.isdir(p))]
-        if not sources:
-            return None
-        for name in sources:
-            self._gate(name)  # listed names pass the gate before any byte lands anywhere
-        exists = source_is_str and (
-            (_has_magic(source) and len(sources) == 1)
-            or (not _has_magic(source) and into_dir and not trailing_sep(source))
-        )
-        rooted = ["/" + name for name in sources]
-        targets = other_paths(rooted, dest, exists=exists, flatten=not source_is_str)
-        return BulkPlan(sources, targets)
+        plan = get_plan(self, rpath, lpath, recursive, maxdepth, kwargs)
+        if plan is not None:
+            super().get(plan.sources, plan.targets, **kwargs)
 
     def mv(
         self, path1: Any, path2: Any, recursive: bool = False, maxdepth: Any = None, **kwargs: Any
     ) -> None:
-        if isinstance(path1, str) and isinstance(path2, str) and not _has_magic(path1):
+        if isinstance(path1, str) and isinstance(path2, str) and not has_magic(path1):
             logical1 = self._gate(path1)
             logical2 = self._gate(path2)
             found = self._lookup(logical1)
@@ -707,12 +608,9 @@ class OrchFileSystem(ChainedFileSystem):
 
     def rm_file(self, path: Any) -> None:
         logical = self._gate(path)
-        name = self._secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
+        name = secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
         if name is not None:
-            try:
-                self.secrets.delete(name)
-            except KeyError:
-                raise _not_found(logical) from None
+            self._secrets_view.remove(logical, name)
             return
         found = self._lookup(logical)
         if found is None:
@@ -725,7 +623,7 @@ class OrchFileSystem(ChainedFileSystem):
 
     def _rm(self, path: Any) -> None:
         logical = self._gate(path)
-        if logical.startswith(SECRETS_VIEW) and self._secret_name(logical) is not None:
+        if logical.startswith(SECRETS_VIEW) and secret_name(logical) is not None:
             self.rm_file(logical)
             return
         found = self._lookup(logical)
@@ -784,64 +682,8 @@ class OrchFileSystem(ChainedFileSystem):
             self.pipe_file(logical, b"")
 
 
-class CopyUpFile(io.BytesIO):
-    """``r+b``: a private copy of the visible bytes, published atomically at close."""
-
-    def __init__(
-        self, fs: OrchFileSystem, logical: str, data: bytes, autocommit: bool, mode: str = "r+b"
-    ) -> None:
-        super().__init__(data)
-        self.fs = fs
-        self.path = logical
-        self.mode = mode
-        self.autocommit = autocommit
-        self._done = False
-        self._staged = b""
-
-    @property
-    def size(self) -> int:
-        with self.getbuffer() as view:  # released at once: a held view would block writes
-            return view.nbytes
-
-    def __reduce__(self) -> Any:
-        # BytesIO would pickle its bytes: a secret's plaintext among them.
-        raise TypeError(f"a file open for writing cannot be pickled ({PROTOCOL}://{self.path})")
-
-    def close(self) -> None:
-        if not self.closed:
-            if self.autocommit:
-                self.commit()
-            elif not self._done:  # in a transaction, which commits after the close
-                self._staged = self.getvalue()
-        super().close()
-
-    def commit(self) -> None:
-        if not self._done:
-            self._done = True
-            data = self._staged if self.closed else self.getvalue()
-            self._staged = b""
-            self.fs._pipe_now(self.path, data)
-
-    def discard(self) -> None:
-        self._done = True
-        self._staged = b""
-
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if exc_type is not None:
-            self.discard()
-        self.close()
-
-
-def _has_magic(path: str) -> bool:
-    return any(char in path for char in "*?[")
-
-
 def _directory_info(logical: str) -> dict[str, Any]:
     return {"name": logical, "type": "directory", "size": 0, "mtime": None, "created": None}
-
-
-def _is_a_directory(logical: str) -> IsADirectoryError:
-    return IsADirectoryError(errno.EISDIR, "is a directory, not a file", f"{PROTOCOL}://{logical}")
 
 
 def _as_datetime(stamp: float | None) -> datetime:
