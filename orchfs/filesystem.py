@@ -27,14 +27,13 @@ except ImportError:  # fsspec before 2025.10 chains every filesystem the same wa
 from .errors import is_a_directory as _is_a_directory
 from .errors import not_found as _not_found
 from .files import CopyUpFile, OrchReader
-from .overlay import Conflict, Found, Resolution
+from .namespace import Namespace
+from .overlay import Conflict, Resolution
 from .paths import (
-    INTERNAL_NAMES,
     MEMO_LIMIT,
     PROTOCOL,
     SECRETS_VIEW,
     STATE_DIR,
-    join,
     strip_protocol,
     validate,
     validate_id,
@@ -138,6 +137,7 @@ class OrchFileSystem(ChainedFileSystem):
         self._overlay = Overlay(
             self._state, self._repo, self.layout, session, legacy, root=self.root, local_root=self._local_root
         )
+        self._names = Namespace(self._overlay, self._state)
         # Shortcuts keyed by the caller's own spelling of a path that already passed the
         # gate: the top layer that served it quietly, and where exists() can look first.
         self._top_reads: dict[str, Any] = {}
@@ -241,29 +241,6 @@ class OrchFileSystem(ChainedFileSystem):
     def _gate(path: Any) -> str:
         return validate(path if isinstance(path, str) else os.fspath(path))
 
-    def _lookup(self, logical: str) -> Found | None:
-        return self._overlay.lookup(logical) if logical else None
-
-    def _is_dir(self, logical: str) -> bool:
-        return self._shows_directory(logical, self._lookup(logical))
-
-    def _shows_directory(self, logical: str, found: Found | None) -> bool:
-        """Whether ``logical`` is a directory, given what :meth:`_lookup` found for it."""
-        if found is not None:
-            return found.is_dir
-        return not logical or self._overlay.is_virtual_dir(logical)
-
-    def _serving(self, logical: str, found: Found | None) -> tuple[Any, int | None]:
-        """The location a content read uses (warnings and legacy="migrate" applied) and
-        the size the lookup saw there (None once legacy="migrate" has moved the file)."""
-        if found is None or found.is_dir:
-            if self._shows_directory(logical, found):
-                raise _is_a_directory(logical)
-            raise _not_found(logical)
-        location, info = found
-        served = self._overlay.served(logical, location)
-        return served, (info.get("size") if served is location else None)
-
     def initialize(self) -> None:
         """Make the state directory ready for writes: refuse a newer layout
         (``LayoutVersionError``), write ``FORMAT`` and ``meta.json`` if they are missing."""
@@ -355,19 +332,7 @@ class OrchFileSystem(ChainedFileSystem):
         logical = self._gate(path)
         if logical.startswith(SECRETS_VIEW + "/"):
             return self._secrets_view.info(logical)
-        out = _directory_info(logical)
-        if logical and logical != SECRETS_VIEW:
-            found = self._overlay.lookup(logical)
-            if found is not None:
-                out = dict(found.info)
-                out["name"] = logical
-                if not found.is_dir:
-                    return out
-            elif not self._overlay.is_virtual_dir(logical):
-                raise _not_found(logical)
-        times = self._overlay.directory_times(logical, self._secrets_view.times)
-        out["mtime"], out["created"] = times.mtime, times.created
-        return out
+        return self._names.info(logical, self._secrets_view.times)
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
         # The gate's answer for this spelling, when the layout places nothing below it.
@@ -389,43 +354,20 @@ class OrchFileSystem(ChainedFileSystem):
         return self._overlay.exists(logical)
 
     def isdir(self, path: Any) -> bool:
-        return self._is_dir(self._gate(path))
+        return self._names.is_dir(self._gate(path))
 
     def isfile(self, path: Any) -> bool:
         logical = self._gate(path)
         if logical.startswith(SECRETS_VIEW + "/"):
             return self.exists(logical)
-        found = self._lookup(logical)
-        return found is not None and not found.is_dir
+        return self._names.isfile(logical)
 
     def ls(self, path: Any, detail: bool = True, **kwargs: Any) -> list[Any]:
         logical = self._gate(path)
         if logical == SECRETS_VIEW:
             infos = self._secrets_view.listing()
             return infos if detail else [i["name"] for i in infos]
-        children = self._overlay.listdir(logical, detail)
-        if not children:
-            found = self._lookup(logical)
-            if found is not None and not found.is_dir:
-                out = dict(found.info)
-                out["name"] = logical
-                return [out] if detail else [logical]
-            if not self._is_dir(logical):
-                raise _not_found(logical)
-            return []
-        if not logical:
-            for name in INTERNAL_NAMES.intersection(children):
-                del children[name]
-            if SECRETS_VIEW in children:
-                children[SECRETS_VIEW] = (_directory_info(SECRETS_VIEW), None)
-        prefix = f"{logical}/" if logical else ""
-        if not detail:
-            return [prefix + name for name in children]
-        out = []
-        for name, (found, _location) in children.items():
-            found["name"] = prefix + name  # every scan builds fresh dictionaries
-            out.append(found)
-        return out
+        return self._names.listing(logical, detail)
 
     def cat_file(self, path: Any, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         top = self._top_reads.get(path)
@@ -445,7 +387,7 @@ class OrchFileSystem(ChainedFileSystem):
         try:
             location, data = self._overlay.read(logical, start, end)
         except FileNotFoundError:
-            if self._is_dir(logical):
+            if self._names.is_dir(logical):
                 raise _is_a_directory(logical) from None
             raise _not_found(logical) from None
         except IsADirectoryError:
@@ -480,7 +422,7 @@ class OrchFileSystem(ChainedFileSystem):
         if name is not None:
             return self._secrets_view.open(logical, name, mode, autocommit)
         if mode == "rb":
-            location, size = self._serving(logical, self._lookup(logical))
+            location, size = self._names.serving(logical, self._names.lookup(logical))
             buffer = block_size if isinstance(block_size, int) else None
             return OrchReader(self, logical, location.store.open_read(location.rel, buffer, size))
         if mode not in ("wb", "xb", "ab", "r+b"):
@@ -491,8 +433,8 @@ class OrchFileSystem(ChainedFileSystem):
         # A plain write where no layer lies below needs no lookup: the store itself refuses
         # a directory in the way (and on S3 asks nothing: the write is one PUT).
         looked = mode != "wb" or self._overlay.has_lower(logical)
-        found = self._lookup(logical) if looked else None
-        if self._shows_directory(logical, found):
+        found = self._names.lookup(logical) if looked else None
+        if self._names.shows_directory(logical, found):
             raise _is_a_directory(logical)
         if mode == "xb" and found is not None:
             raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
@@ -553,11 +495,11 @@ class OrchFileSystem(ChainedFileSystem):
     def cp_file(self, path1: Any, path2: Any, **kwargs: Any) -> None:
         logical1 = self._gate(path1)
         logical2 = self._gate(path2)
-        found = self._lookup(logical1)
-        if self._shows_directory(logical1, found):
+        found = self._names.lookup(logical1)
+        if self._names.shows_directory(logical1, found):
             self.makedirs(logical2, exist_ok=True)
             return
-        source, _size = self._serving(logical1, found)
+        source, _size = self._names.serving(logical1, found)
         self._overlay.copy_file(source, logical2)
 
     def copy(
@@ -593,17 +535,9 @@ class OrchFileSystem(ChainedFileSystem):
     def mv(
         self, path1: Any, path2: Any, recursive: bool = False, maxdepth: Any = None, **kwargs: Any
     ) -> None:
-        if isinstance(path1, str) and isinstance(path2, str) and not has_magic(path1):
-            logical1 = self._gate(path1)
-            logical2 = self._gate(path2)
-            found = self._lookup(logical1)
-            if found is None and not self._is_dir(logical1):
-                raise _not_found(logical1)
-            if found is not None and not found.is_dir:
-                if self._is_dir(logical2):
-                    logical2 = join(logical2, logical1.rpartition("/")[2])
-                self._overlay.move_file(logical1, logical2, found.location)
-                return
+        single = isinstance(path1, str) and isinstance(path2, str) and not has_magic(path1)
+        if single and self._names.move_file(self._gate(path1), self._gate(path2)):
+            return
         super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
 
     def rm_file(self, path: Any) -> None:
@@ -612,31 +546,14 @@ class OrchFileSystem(ChainedFileSystem):
         if name is not None:
             self._secrets_view.remove(logical, name)
             return
-        found = self._lookup(logical)
-        if found is None:
-            raise _not_found(logical)
-        if found.is_dir:
-            raise IsADirectoryError(
-                errno.EISDIR, "is a directory (use rm(recursive=True))", f"{PROTOCOL}://{logical}"
-            )
-        self._overlay.remove_file(logical, found.location)
+        self._names.remove_file(logical)
 
     def _rm(self, path: Any) -> None:
         logical = self._gate(path)
         if logical.startswith(SECRETS_VIEW) and secret_name(logical) is not None:
             self.rm_file(logical)
             return
-        found = self._lookup(logical)
-        if found is not None and not found.is_dir:
-            self._overlay.remove_file(logical, found.location)
-            return
-        if found is None and not self._shows_directory(logical, found):
-            if self._state.capabilities.empty_directories:
-                raise _not_found(logical)
-            return  # an implicit directory vanished with its last key
-        if not logical:
-            return
-        self._overlay.remove_dir(logical)
+        self._names.remove(logical)
 
     def rm(self, path: Any, recursive: bool = False, maxdepth: Any = None) -> None:
         paths = self.expand_path(path, recursive=recursive, maxdepth=maxdepth)
@@ -649,41 +566,23 @@ class OrchFileSystem(ChainedFileSystem):
             return
         if self.exists(logical):
             raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
-        if not create_parents and not self._is_dir(logical.rpartition("/")[0]):
-            raise _not_found(logical.rpartition("/")[0])
-        self._overlay.make_directory(logical)
+        self._names.make_directory(logical, create_parents)
 
     def makedirs(self, path: Any, exist_ok: bool = False) -> None:
         logical = self._gate(path)
         if not logical:
             return
-        found = self._lookup(logical)
-        if found is not None or self._overlay.is_virtual_dir(logical):
-            if found is not None and not found.is_dir:
-                raise FileExistsError(errno.EEXIST, "a file is in the way", f"{PROTOCOL}://{logical}")
-            if not exist_ok:
-                raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
-            return
-        self._overlay.make_directory(logical)
+        self._names.makedirs(logical, exist_ok)
 
     def rmdir(self, path: Any) -> None:
         logical = self._gate(path)
-        if not logical:
-            raise PermissionError(errno.EPERM, "the root is never removed", f"{PROTOCOL}://")
-        if not self._is_dir(logical):
-            raise _not_found(logical)
-        if self._overlay.listdir(logical):
-            raise OSError(errno.ENOTEMPTY, "directory not empty", f"{PROTOCOL}://{logical}")
+        self._names.check_rmdir(logical)
         self._rm(logical)
 
     def touch(self, path: Any, truncate: bool = True, **kwargs: Any) -> None:
         logical = self._gate(path)
         if truncate or not self.exists(logical):
             self.pipe_file(logical, b"")
-
-
-def _directory_info(logical: str) -> dict[str, Any]:
-    return {"name": logical, "type": "directory", "size": 0, "mtime": None, "created": None}
 
 
 def _as_datetime(stamp: float | None) -> datetime:
