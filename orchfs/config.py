@@ -154,7 +154,10 @@ def _validate(values: dict[str, Any], origins: dict[str, Origin], path: str) -> 
     for key, value in state.items():
         if key not in STATE_KEYS:
             raise fail(f"state.{key}", f"unknown key 'state.{key}' (known: {', '.join(sorted(STATE_KEYS))})")
-        if key == "legacy" and value not in ("read", "migrate", "off"):
+        if key == "legacy" and value is False:
+            # YAML 1.1 reads a bare `off` as false: the documented `legacy: off` means "off".
+            state[key] = value = "off"
+        if key == "legacy" and value not in LEGACY_MODES:
             raise fail("state.legacy", f"state.legacy is {value!r}; use read, migrate or off")
         if key in ("lock_timeout", "lease"):
             parse_duration(value, origins.get(f"state.{key}"))

@@ -116,3 +116,15 @@ def test_environment_layer_reaches_the_filesystem(repo, monkeypatch):
     assert not fs.exists("state.json")
     explicit = orchfs.OrchFileSystem(root=str(repo), legacy="read", skip_instance_cache=True)
     assert explicit.cat_file("state.json") == b"v1"
+
+
+def test_legacy_off_unquoted_means_off(tmp_path):
+    """`legacy: off` as documented (YAML 1.1 reads a bare off as false) selects the off phase."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "workflow.yaml").write_text("state:\n  legacy: off\n")
+    config = orchfs.load_config(repo, environ={})
+    assert config.get("state.legacy") == "off"
+    (repo / ".workflow_state.json").write_bytes(b"v1")
+    fs = orchfs.OrchFileSystem(root=str(repo), legacy=config.get("state.legacy"), skip_instance_cache=True)
+    assert not fs.exists("state.json")
