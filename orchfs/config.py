@@ -277,6 +277,26 @@ def face_settings(
     return FaceSettings(storage, session, bool(web_mode), legacy, float(wait), lease)
 
 
+def root_url(
+    root: Any,
+    fo: str | None = None,
+    target_protocol: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """The repository an ``OrchFileSystem`` opens: ``root``, else fsspec's chained
+    ``fo`` (with its ``target_protocol``), else ``ORCHFS_ROOT``."""
+    if root is None and fo is not None:
+        root = fo if target_protocol in (None, "file", "local") else f"{target_protocol}://{fo}"
+    if root is None:
+        root = (os.environ if environ is None else environ).get("ORCHFS_ROOT")
+    if root is None:
+        raise TypeError(
+            "OrchFileSystem needs root= (a repository directory or an fsspec URL such as "
+            "'memory://repo'), or ORCHFS_ROOT in the environment"
+        )
+    return os.fspath(root)
+
+
 def _state_file(root: str, rel: str) -> str:
     """The link-free path of a local configuration file (in the state directory or at
     its v1 place): a symlink there is judged like any in stored state, and one that leads

@@ -10,7 +10,7 @@ atomicity on that backend. Names that come back are logical again, as in fsspec'
 from __future__ import annotations
 
 import errno
-import json
+import functools
 import os
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -26,7 +26,6 @@ except ImportError:  # fsspec before 2025.10 chains every filesystem the same wa
 
 from .errors import is_a_directory as _is_a_directory
 from .errors import not_found as _not_found
-from .files import CopyUpFile, OrchReader
 from .namespace import Namespace
 from .overlay import Conflict, Resolution
 from .paths import (
@@ -39,24 +38,12 @@ from .paths import (
     validate_id,
     validate_name,
 )
+from .records import append_line, update_json
 from .secretsview import SecretsView, secret_name
 from .transfer import copy_plan, get_plan, has_magic
 
 if TYPE_CHECKING:
     from .storage import Storage
-
-
-def _root_url(root: Any, fo: str | None, target_protocol: str | None) -> str:
-    if root is None and fo is not None:
-        root = fo if target_protocol in (None, "file", "local") else f"{target_protocol}://{fo}"
-    if root is None:
-        root = os.environ.get("ORCHFS_ROOT")
-    if root is None:
-        raise TypeError(
-            "OrchFileSystem needs root= (a repository directory or an fsspec URL such as "
-            "'memory://repo'), or ORCHFS_ROOT in the environment"
-        )
-    return os.fspath(root)
 
 
 class OrchFileSystem(ChainedFileSystem):
@@ -92,7 +79,7 @@ class OrchFileSystem(ChainedFileSystem):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        from .config import face_settings
+        from .config import face_settings, root_url
         from .layout import coerce_layout
         from .overlay import Overlay
         from .storage import open_root, open_storage
@@ -110,7 +97,7 @@ class OrchFileSystem(ChainedFileSystem):
         if session is not None:
             validate_id(validate_name(session, "session id"), "session id")
         options = dict(storage_options or target_options or {})
-        self.root, self._repo = open_root(_root_url(root, fo, target_protocol), options)
+        self.root, self._repo = open_root(root_url(root, fo, target_protocol), options)
         self._local_root = self._repo.kind == "local"
         if storage is None:
             storage = f"{self.root}/{STATE_DIR}"
@@ -305,18 +292,7 @@ class OrchFileSystem(ChainedFileSystem):
         exist) and returns the new one; returning ``None`` keeps the (mutated) value.
         """
         logical = self._gate(path)
-        with self.lock("repo", timeout=timeout):
-            try:  # one read through the layers, no separate lookup: a request less on S3
-                _location, data = self._overlay.read(logical)
-                current = json.loads(data)
-            except FileNotFoundError:
-                current = {} if default is None else default
-            result = update(current)
-            value = current if result is None else result
-            data = json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"
-            # The read asked the write target first, so what is there is known.
-            self._overlay.write(logical, data, target_checked=True)
-        return value
+        return update_json(self._overlay, logical, update, default, self.lock("repo", timeout=timeout))
 
     def append_line(self, path: str, record: Any, timeout: float | None = None) -> None:
         """Append one JSON line, atomically with respect to every other writer.
@@ -324,8 +300,7 @@ class OrchFileSystem(ChainedFileSystem):
         ``timeout`` is how long to wait for the log's lock where one is needed (object
         storage); it defaults to ``lock_timeout``."""
         logical = self._gate(path)
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        self._overlay.append(logical, line, lambda name: self.lock(name, timeout=timeout))
+        append_line(self._overlay, logical, record, lambda name: self.lock(name, timeout=timeout))
 
     # --- reading ---------------------------------------------------------------------
     def info(self, path: Any, **kwargs: Any) -> dict[str, Any]:
@@ -421,40 +396,9 @@ class OrchFileSystem(ChainedFileSystem):
         name = secret_name(logical) if logical.startswith(SECRETS_VIEW) else None
         if name is not None:
             return self._secrets_view.open(logical, name, mode, autocommit)
-        if mode == "rb":
-            location, size = self._names.serving(logical, self._names.lookup(logical))
-            buffer = block_size if isinstance(block_size, int) else None
-            return OrchReader(self, logical, location.store.open_read(location.rel, buffer, size))
-        if mode not in ("wb", "xb", "ab", "r+b"):
-            raise ValueError(
-                f"unsupported mode {mode!r} for {PROTOCOL}://{logical}: use rb, wb, xb, ab or "
-                "r+b (text variants too)"
-            )
-        # A plain write where no layer lies below needs no lookup: the store itself refuses
-        # a directory in the way (and on S3 asks nothing: the write is one PUT).
-        looked = mode != "wb" or self._overlay.has_lower(logical)
-        found = self._names.lookup(logical) if looked else None
-        if self._names.shows_directory(logical, found):
-            raise _is_a_directory(logical)
-        if mode == "xb" and found is not None:
-            raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
-        if mode == "r+b":
-            if found is None:
-                raise _not_found(logical)
-            data = found.location.store.read(found.location.rel)
-            copy = CopyUpFile(self, logical, data, autocommit, lambda value: self._pipe_now(logical, value))
-            if not autocommit and self._intrans:  # fsspec enlists only modes without "r"
-                self.transaction.files.append(copy)
-            return copy
-        writer = self._overlay.open_writer(  # the lookup above asked the write target first
-            logical,
-            exclusive=mode == "xb",
-            autocommit=autocommit,
-            found=found if mode == "ab" else None,
-            target_checked=looked,
-        )
-        writer.fs, writer.path, writer.mode = self, logical, mode  # as fsspec's files name them
-        return writer
+        enlist = self.transaction.files.append if self._intrans else None
+        publish = functools.partial(self._pipe_now, logical)
+        return self._names.open_file(self, logical, mode, block_size, autocommit, publish, enlist)
 
     def pipe_file(self, path: Any, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
         """Write ``value`` at ``path``; ``if_match=lock.token`` fences the write by that lock

@@ -14,6 +14,7 @@ import errno
 from typing import TYPE_CHECKING, Any
 
 from .errors import is_a_directory, not_found
+from .files import CopyUpFile, OrchReader
 from .overlay import Found, Location, Times
 from .paths import INTERNAL_NAMES, PROTOCOL, SECRETS_VIEW, join
 
@@ -111,6 +112,54 @@ class Namespace:
             found["name"] = prefix + name  # every scan builds fresh dictionaries
             out.append(found)
         return out
+
+    def open_file(
+        self,
+        fs: Any,
+        logical: str,
+        mode: str,
+        block_size: Any,
+        autocommit: bool,
+        publish: Callable[[bytes], None],
+        enlist: Callable[[Any], None] | None,
+    ) -> Any:
+        """The file object ``fs.open(logical, mode)`` hands out (``fs`` is the face it
+        names): a reader, a staged writer, or for ``r+b`` a :class:`CopyUpFile` that
+        ``publish``-es its bytes at close (``enlist`` adds it to an open transaction)."""
+        if mode == "rb":
+            location, size = self.serving(logical, self.lookup(logical))
+            buffer = block_size if isinstance(block_size, int) else None
+            return OrchReader(fs, logical, location.store.open_read(location.rel, buffer, size))
+        if mode not in ("wb", "xb", "ab", "r+b"):
+            raise ValueError(
+                f"unsupported mode {mode!r} for {PROTOCOL}://{logical}: use rb, wb, xb, ab or "
+                "r+b (text variants too)"
+            )
+        # A plain write where no layer lies below needs no lookup: the store itself refuses
+        # a directory in the way (and on S3 asks nothing: the write is one PUT).
+        looked = mode != "wb" or self.overlay.has_lower(logical)
+        found = self.lookup(logical) if looked else None
+        if self.shows_directory(logical, found):
+            raise is_a_directory(logical)
+        if mode == "xb" and found is not None:
+            raise _exists_error(logical)
+        if mode == "r+b":
+            if found is None:
+                raise not_found(logical)
+            data = found.location.store.read(found.location.rel)
+            copy = CopyUpFile(fs, logical, data, autocommit, publish)
+            if not autocommit and enlist is not None:  # fsspec enlists only modes without "r"
+                enlist(copy)
+            return copy
+        writer = self.overlay.open_writer(  # the lookup above asked the write target first
+            logical,
+            exclusive=mode == "xb",
+            autocommit=autocommit,
+            found=found if mode == "ab" else None,
+            target_checked=looked,
+        )
+        writer.fs, writer.path, writer.mode = fs, logical, mode  # as fsspec's files name them
+        return writer
 
     def move_file(self, logical1: str, logical2: str) -> bool:
         """Move one file (into ``logical2`` if that is a directory); False when
