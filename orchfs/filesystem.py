@@ -1,10 +1,10 @@
 """``OrchFileSystem``: the fsspec face of orchfs (protocol ``orch``).
 
 Every public method takes logical paths, passes them through the path gate
-(:mod:`orchfs.paths`), finds where they live (the state directory that plays
-``.orchestrator/``), and calls the storage adapter (:mod:`orchfs.storage`) that owns
-atomicity on that backend. Names that come back are logical again, as in fsspec's
-``DirFileSystem``.
+(:mod:`orchfs.paths`) and delegates, as fsspec's ``DirFileSystem`` does: ``secrets/NAME``
+to :mod:`orchfs.secretsview`, everything else to the logical tree
+(:mod:`orchfs.namespace`) and the overlay below it, bulk ``get``/``copy`` through
+:mod:`orchfs.transfer`. Names that come back are logical again.
 """
 
 from __future__ import annotations
