@@ -20,6 +20,7 @@ import orchfs
 from orchfs import doctor, migrate
 from orchfs.cli import main
 from orchfs.testing import build_legacy_repo
+from tests.workers import hold_repo_lock
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,17 +86,6 @@ def test_init_twice_says_so(repo):
     assert second.exit_code == 0 and second.output.startswith("already initialised")
     assert json.loads(run("--root", repo, "init", "--json").output)["created"] is False
     assert (repo / ".gitignore").read_text().count(".orchestrator/") == 1
-
-
-def hold_repo_lock(root):
-    holder = subprocess.Popen(
-        [sys.executable, "-m", "tests.workers", "hold", json.dumps({"root": str(root)}), "repo", "30"],
-        cwd=PROJECT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "holding"
-    return holder
 
 
 @pytest.mark.parametrize("how", ["option", "environment", "workflow.yaml"])

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import orchfs
 from orchfs import doctor, migrate
 from orchfs.testing import build_legacy_repo
+from tests.workers import hold_repo_lock
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,13 +83,7 @@ def test_orphan_temp_and_fix(tmp_path):
 
 def test_stale_lock_and_fix(tmp_path):
     root, _ = fresh_v2(tmp_path)
-    holder = subprocess.Popen(
-        [sys.executable, "-m", "tests.workers", "hold", json.dumps({"root": str(root)}), "repo", "30"],
-        cwd=PROJECT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "holding"
+    holder = hold_repo_lock(root)
     assert "stale-lock" not in ids(root)
     holder.send_signal(signal.SIGKILL)
     holder.wait()

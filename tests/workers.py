@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 
@@ -18,6 +20,22 @@ def open_fs(spec: str) -> orchfs.OrchFileSystem:
         lease=options.get("lease"),
         skip_instance_cache=True,
     )
+
+
+def hold_repo_lock(root: object) -> subprocess.Popen:
+    """Start a process that takes ``root``'s repository lock and holds it until killed;
+    return once it holds it (for tests: the caller kills and waits for it)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "tests.workers", "hold", json.dumps({"root": str(root)}), "repo", "30"],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    if holder.stdout is None or holder.stdout.readline().strip() != "holding":
+        holder.kill()
+        holder.wait()
+        raise RuntimeError("the lock holder never said it holds the lock")
+    return holder
 
 
 def _wait_for_go(said: str) -> None:
