@@ -9,7 +9,7 @@
   again. Same-device moves are renames; other moves copy, check the SHA-256 of what
   landed, then delete. Modes, mtimes and symlinks are preserved (a relative link is
   rewritten to point at the same target). Old files are kept in
-  ``.orchestrator/migration_backup/<id>/`` (a hard link where possible) unless
+  ``.orchestrator/migration_backup/<id>/`` (copies, never hard links) unless
   ``backup=False``.
 * :func:`rollback` undoes the newest (or a named) migration: every migrated file,
   with any later change, goes back to its v1 name with its v1 mode and mtime, v1
@@ -693,11 +693,6 @@ def _readlink(path: str) -> str:
         return os.readlink(name, dir_fd=fd)
 
 
-def _hard_link(src: str, dst: str) -> None:
-    with _entry(src) as (src_fd, src_name), _entry(dst) as (dst_fd, dst_name):
-        os.link(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
-
-
 def _utime(path: str, ns: tuple[int, int]) -> None:
     """The entry's own times (a link's, never its target's)."""
     with _entry(path) as (fd, name):
@@ -815,38 +810,21 @@ def _place(
         _unlink(source)
 
 
-IN_PLACE_SUFFIXES = (".jsonl", ".log", ".db", ".sqlite", ".sqlite3", *SQLITE_COMPANIONS)
-
-
-def _written_in_place(path: str) -> bool:
-    """Whether the file may later be written in place (a SQLite database or one of its
-    companions, an append-only log): its backup must be a copy, since a hard link would
-    change with it. Files only ever replaced by rename may share the inode."""
-    if path.endswith(IN_PLACE_SUFFIXES):
-        return True
-    if path.endswith((".json", ".yaml", ".yml", ".md", ".enc")):
-        return False
-    with contextlib.suppress(OSError), _open_read(path) as f:
-        return f.read(16) == b"SQLite format 3\x00"
-    return False
-
-
 def _backup(root: str, source: str, backup: str) -> None:
-    """Keep ``source`` at ``backup``: a hard link for files only ever replaced by rename,
-    a copy (reflink or ``copy_file_range``, through :mod:`orchfs.beneath`) for files that
-    may be written in place, so that a later write never reaches into the backup."""
+    """Keep ``source`` at ``backup`` as a copy of its own (a reflink where the filesystem
+    offers one, ``copy_file_range`` otherwise, through :mod:`orchfs.beneath`), never a
+    hard link: any migrated file may later be written in place (``append_line`` appends
+    to whatever file it is given, SQLite rewrites its pages), and a write through a
+    shared inode would change the backup that a rollback restores."""
     if _lexists(backup):
         return
     _ensure_parent(backup)
     if stat.S_ISLNK(_lstat(source).st_mode):
         _copy_exact(source, backup)
-    elif _written_in_place(source):
-        Beneath(root).copy(os.path.relpath(source, root), os.path.relpath(backup, root))
-    else:
-        try:
-            _hard_link(source, backup)
-        except OSError:
-            _copy_exact(source, backup)
+        return
+    found = _guard_of(root)
+    guard = found[0] if found is not None else Beneath(root)
+    guard.copy(os.path.relpath(source, root), os.path.relpath(backup, root))
 
 
 def _execute(
@@ -868,11 +846,7 @@ def _execute(
     if fresh is not None and step.action == "rename" and step.link is None:
         if backup:
             _make_parent(backup_path, fresh)
-            if _written_in_place(source):
-                _backup(root, source, backup_path)
-            else:
-                with contextlib.suppress(FileExistsError):
-                    _hard_link(source, backup_path)
+            _backup(root, source, backup_path)
         checkpoint("migrate.move")
         if _make_parent(target, fresh):
             _rename(source, target, replace=False)

@@ -141,6 +141,38 @@ def test_apply_then_second_run_then_rollback_carrying_changes(tmp_path):
     assert migrate.rollback(root).message == "nothing to roll back"
 
 
+def test_writes_in_place_after_migration_never_reach_the_backup(tmp_path):
+    """append_line (in place on local disk), update_json and an `ab` open of migrated
+    files, whatever their extension: the backup keeps the migrated bytes, the writes
+    succeed, and a rollback carries the changes back (DESIGN §8)."""
+    root = make_repo(tmp_path, link=False)
+    result = migrate.apply(root)
+    backup = os.path.join(root, ".orchestrator", "migration_backup", result.plan.migration_id)
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    fs.append_line("state.json", {"appended": 1})
+    fs.append_line("log.jsonl", {"event": "after"})
+    fs.update_json("prd/state.json", lambda s: {**s, "prd": "final"})
+    with fs.open("checkpoints/cp_1.json", "ab") as f:
+        f.write(b"tail\n")
+    fs.append_line("approvals.db", {"not": "sqlite"})  # a `.db` that is no database
+    written = {
+        ".workflow_state.json": EVERY_ROW[".workflow_state.json"] + b'{"appended":1}\n',
+        ".workflow_log.jsonl": EVERY_ROW[".workflow_log.jsonl"] + b'{"event":"after"}\n',
+        ".claude/prd_state.json": b'{\n  "prd": "final"\n}\n',
+        ".workflow_checkpoints/cp_1.json": EVERY_ROW[".workflow_checkpoints/cp_1.json"] + b"tail\n",
+    }
+    for rel in written:
+        with open(os.path.join(backup, rel), "rb") as f:
+            assert f.read() == EVERY_ROW[rel], rel
+        assert os.stat(os.path.join(backup, rel)).st_nlink == 1
+    assert fs.cat_file("state.json") == written[".workflow_state.json"]
+    assert migrate.rollback(root).applied
+    for rel, data in written.items():
+        with open(os.path.join(root, rel), "rb") as f:
+            assert f.read() == data, rel
+    allowed_inside_after_rollback(root)
+
+
 def test_rollback_without_changes_is_byte_for_byte(tmp_path):
     root = make_repo(tmp_path)
     before = tree(root)
