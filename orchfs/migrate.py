@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, temp_name
+from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, LocalAtomicWriter, temp_name
 from .beneath import Beneath
 from .errors import (
     MigrationConflictError,
@@ -499,21 +499,13 @@ def _upload(source: str, store: Any, rel: str) -> None:
 
 
 def _download(store: Any, rel: str, path: str) -> None:
-    """Bring a stored file back to local disk atomically."""
+    """Bring a stored file back to local disk through a staged writer: ``path`` holds
+    the old bytes or the complete new ones, never part of them."""
     _ensure_parent(path)
-    temp = _temp_beside(path)
-    try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        with store.open_read(rel) as reader, os.fdopen(_open_fd(temp, flags, 0o600), "wb") as writer:
-            for chunk in iter(lambda: reader.read(1 << 20), b""):
-                writer.write(chunk)
-            writer.flush()
-            os.fsync(writer.fileno())
-        _rename(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            _unlink(temp)
-        raise
+    with _entry(path) as (fd, name), store.open_read(rel) as reader:
+        writer = LocalAtomicWriter(os.dup(fd), name, path, final_mode=PRIVATE_FILE_MODE)
+        with writer:
+            shutil.copyfileobj(reader, writer, 1 << 20)
 
 
 def _write_all(fd: int, data: bytes) -> None:
