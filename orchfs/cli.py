@@ -133,7 +133,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return result
         except Exception as exc:
             if not isinstance(exc, (OrchFSError, OSError, ValueError, KeyError)) and _is_own(exc):
-                raise  # a defect of orchfs itself: its traceback belongs in the report
+                raise  # a defect of orchfs itself: the group's main reports it (ORCHFS_DEBUG)
             ctx = click.get_current_context().find_object(Context)
             message = _error_text(exc)
             if ctx is not None and ctx.json:
@@ -182,28 +182,58 @@ class OrchGroup(click.Group):
         if not standalone_mode:
             return super().main(args, *pargs, standalone_mode=False, **kwargs)
         argv = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in argv
         try:
             result = super().main(argv, *pargs, standalone_mode=False, **kwargs)
-        except click.exceptions.NoArgsIsHelpError as exc:  # bare `orchfs`: the help
-            exc.show()
-            sys.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            if not as_json:  # bare `orchfs` or `orchfs secrets`: the help, on stderr
+                exc.show()
+                sys.exit(exc.exit_code)
+            _usage_error(exc, f"missing command: {_choices(exc.ctx)}", True)
         except click.UsageError as exc:
-            help_hint = f"{exc.ctx.command_path} --help" if exc.ctx is not None else "orchfs --help"
-            message = f"{exc.format_message()} (see `{help_hint}`)"
-            if "--json" in argv:
-                click.echo(json.dumps({"error": "UsageError", "message": message}))
-            else:
-                click.echo(f"orchfs: error: {message}", err=True)
-            sys.exit(exc.exit_code)
+            text = exc.format_message()
+            if text == "Missing command.":  # `orchfs secrets --json`: the same words as above
+                text = f"missing command: {_choices(exc.ctx)}"
+            _usage_error(exc, text, as_json)
         except click.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("orchfs: aborted", err=True)
             sys.exit(1)
+        except Exception as exc:  # a defect of orchfs: one line, the traceback on request
+            if os.environ.get("ORCHFS_DEBUG"):
+                raise
+            message = (
+                f"internal error {type(exc).__name__}: {_error_text(exc)} (a bug in orchfs: "
+                "rerun with ORCHFS_DEBUG=1 for the traceback and report it)"
+            )
+            _fail("InternalError", message, as_json, 1)
         # Without standalone mode click returns --help's and --version's exit code, or the
         # command's own return value (orchfs commands return nothing, or exit themselves).
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(kind: str, message: str, as_json: bool, code: int) -> None:
+    """One JSON document on stdout, or one line on stderr; then exit with ``code``."""
+    if as_json:
+        click.echo(json.dumps({"error": kind, "message": message}))
+    else:
+        click.echo(f"orchfs: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _usage_error(exc: click.UsageError, text: str, as_json: bool) -> None:
+    help_hint = f"{exc.ctx.command_path} --help" if exc.ctx is not None else "orchfs --help"
+    _fail("UsageError", f"{text} (see `{help_hint}`)", as_json, exc.exit_code)
+
+
+def _choices(ctx: click.Context | None) -> str:
+    """The subcommands a group invoked without one offers."""
+    command = ctx.command if ctx is not None else None
+    if not isinstance(command, click.Group) or ctx is None:
+        return "name one"
+    return "one of " + ", ".join(command.list_commands(ctx))
 
 
 @click.group(cls=OrchGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -717,6 +747,7 @@ def doctor(ctx: Context, apply_fixes: bool) -> None:
 
 
 @main.group()
+@json_option
 def sessions() -> None:
     """Working sessions under sessions/ and their retention policy (state.retention).
 
@@ -832,6 +863,7 @@ def sessions_prune(
 
 
 @main.group()
+@json_option
 def snapshot() -> None:
     """Move a whole .orchestrator/ (minus locks and temp files) between machines.
 
@@ -894,6 +926,7 @@ def snapshot_import(ctx: Context, file: str, force: bool, max_bytes: str) -> Non
 
 
 @main.group()
+@json_option
 def config() -> None:
     """The effective configuration (defaults, org file, includes, workflow.yaml, env).
 
@@ -951,6 +984,7 @@ def config_show(ctx: Context, show_origin: bool, orchestrator_version: str | Non
 
 
 @main.group()
+@json_option
 def secrets() -> None:
     """Encrypted secrets of this repository (AES-256-GCM, a namespace per repository).
 

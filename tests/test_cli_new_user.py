@@ -205,6 +205,55 @@ def test_bare_command_and_help_keep_their_own_output(repo):
     assert run("--help").exit_code == 0 and run("--version").exit_code == 0
 
 
+GROUPS = sorted(name for name, command in main.commands.items() if isinstance(command, click.Group))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_group_without_its_command_with_json_is_one_document(repo, group, where):
+    argv = ["--json", group] if where == "before" else [group, "--json"]
+    result = run("--root", repo, *argv)
+    assert result.exit_code == 2 and result.stderr == ""
+    document = json.loads(result.stdout)
+    assert document["error"] == "UsageError"
+    assert document["message"].startswith("missing command: one of ")
+    assert all(name in document["message"] for name in main.commands[group].commands)
+    assert f"{group} --help`" in document["message"]
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_a_group_takes_json_after_its_name_before_the_command(repo, group):
+    first = sorted(main.commands[group].commands)[0]
+    result = run("--root", repo, group, "--json", first, "--help")
+    assert result.exit_code == 0 and "Usage:" in result.stdout
+
+
+def test_a_group_without_its_command_shows_its_help_on_stderr(repo):
+    result = run("--root", repo, "secrets")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "Commands:" in result.stderr and "rotate" in result.stderr
+
+
+def test_a_defect_is_one_line_not_a_traceback(repo, monkeypatch):
+    from orchfs import doctor
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an orchfs defect")
+
+    monkeypatch.setattr(doctor, "run", broken)
+    monkeypatch.delenv("ORCHFS_DEBUG", raising=False)
+    result = run("--root", repo, "doctor")
+    assert result.exit_code == 1 and result.stdout == ""
+    line = one_error_line(result.stderr)
+    assert "RuntimeError: an orchfs defect" in line and "ORCHFS_DEBUG=1" in line
+    result = run("--root", repo, "doctor", "--json")
+    assert result.exit_code == 1 and result.stderr == ""
+    assert json.loads(result.stdout)["error"] == "InternalError"
+    monkeypatch.setenv("ORCHFS_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="an orchfs defect"):
+        run("--root", repo, "doctor")
+
+
 # --- the documentation runs -----------------------------------------------------------------
 def _python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
@@ -272,6 +321,9 @@ def _resolve(words: list[str]) -> tuple[click.Command, list[str]]:
     """The command a list of words names (after the global options), and its arguments."""
     command: click.Command = main
     while isinstance(command, click.Group) and words:
+        if words[0] == "--json":  # every group takes it before its command
+            words = words[1:]
+            continue
         sub = command.get_command(click.Context(command), words[0])
         assert sub is not None, f"no command {words[0]!r}"
         command, words = sub, words[1:]
