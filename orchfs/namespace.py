@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import is_a_directory, not_found
 from .files import CopyUpFile, OrchReader
 from .overlay import Found, Location, Times
-from .paths import INTERNAL_NAMES, PROTOCOL, SECRETS_VIEW, join
+from .paths import PROTOCOL, SECRETS_VIEW, join, listable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -99,11 +99,10 @@ class Namespace:
             if not self.is_dir(logical):
                 raise not_found(logical)
             return []
-        if not logical:
-            for name in INTERNAL_NAMES.intersection(children):
-                del children[name]
-            if SECRETS_VIEW in children:
-                children[SECRETS_VIEW] = (directory_info(SECRETS_VIEW), None)
+        for name in [name for name in children if not listable(logical, name)]:
+            del children[name]  # internal entries, and names the gate would refuse
+        if not logical and SECRETS_VIEW in children:
+            children[SECRETS_VIEW] = (directory_info(SECRETS_VIEW), None)
         prefix = f"{logical}/" if logical else ""
         if not detail:
             return [prefix + name for name in children]

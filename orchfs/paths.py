@@ -41,9 +41,22 @@ MARKER_SENTINEL = ".wh..wh..markers"
 TEMP_PREFIX = ".orchfs-tmp."
 MARKER_PREFIXES = (WHITEOUT_PREFIX, TEMP_PREFIX)
 
-# Entries at the top of the state directory that belong to orchfs, not to the logical view.
+# Entries at the top of the state directory that belong to orchfs, not to the logical view:
+# orchfs's own, and the bookkeeping of workflow-orchestrator's migrate_to_sessions.py
+# (``current``, its log and its done-marker), which orchfs adopts as its own (DESIGN §8).
 INTERNAL_NAMES = frozenset(
-    {"FORMAT", "meta.json", "locks", "migrations", "migration_backup", "tmp", "superseded", "current"}
+    {
+        "FORMAT",
+        "meta.json",
+        "locks",
+        "migrations",
+        "migration_backup",
+        "tmp",
+        "superseded",
+        "current",
+        "migration.log",
+        ".migration_complete",
+    }
 )
 
 # How many entries any per-path memo keeps (gate results, layers, shortcuts, clean dirs).
@@ -179,6 +192,26 @@ def validate_id(value: str, what: str = "id") -> str:
     return value
 
 
+# Names the gate accepts without a closer look: plain ASCII, no '%' (an encoded form),
+# ':' (a drive letter or URL), '~', '\\' or blank (' ..' reads as '..'); anything else
+# takes the full check.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.,+=@#-]+")
+
+
+def listable(parent: str, name: str) -> bool:
+    """Whether the stored entry ``name`` of the (valid) logical directory ``parent`` may be
+    listed: only a name the gate accepts is, so every listed name can be passed back to
+    ``info``/``open``. A name the gate refuses (a backslash, a control character, a name
+    not in NFC, ``C:x``, ``%2e%2e``) stays on disk, out of the logical view."""
+    if _PLAIN_NAME.fullmatch(name) and not name.startswith(MARKER_PREFIXES) and name not in (".", ".."):
+        return bool(parent) or name not in INTERNAL_NAMES
+    try:
+        validate(join(parent, name))
+    except PathEscapeError:
+        return False
+    return True
+
+
 def join(*parts: str) -> str:
     """Join already validated logical parts with '/', skipping empty ones."""
     return "/".join(p for p in parts if p)
@@ -196,6 +229,7 @@ __all__ = [
     "TEMP_PREFIX",
     "WHITEOUT_PREFIX",
     "join",
+    "listable",
     "strip_protocol",
     "validate",
     "validate_name",

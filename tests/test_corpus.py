@@ -17,7 +17,7 @@ import pytest
 
 import orchfs
 from orchfs import doctor, migrate
-from orchfs.errors import MigrationConflictError
+from orchfs.errors import MigrationConflictError, PathEscapeError
 from orchfs.layout import default_layout
 from tests.corpus import BUILDERS, SESSION_ID, SOPS_A, SOPS_B
 
@@ -284,7 +284,7 @@ def test_an_append_after_migration_leaves_the_backup_alone(tmp_path):
     fs.append_line("log.jsonl", {"event": "after"})
     fs.append_line("feedback/tool.jsonl", {"tool": "after"})
     assert (backup / ".workflow_log.jsonl").read_bytes() == kept
-    assert os.lstat(backup / ".workflow_state.json").st_nlink == 2  # replaced by rename only
+    assert os.lstat(backup / ".workflow_state.json").st_nlink == 1  # a copy, never a hard link
 
 
 def test_workflow_orchestrator_session_layout(tmp_path):
@@ -298,6 +298,20 @@ def test_workflow_orchestrator_session_layout(tmp_path):
         return subprocess.run(
             [sys.executable, "-m", "orchfs.cli", "--root", root, *args], capture_output=True, text=True
         )
+
+    # The script's bookkeeping is internal: never listed, refused by name like meta.json.
+    internal = ["current", "migration.log", ".migration_complete"]
+    assert all((Path(root, ".orchestrator") / name).exists() for name in internal)
+    shown = json.loads(cli("ls", "--json").stdout)["entries"]
+    assert not set(internal) & {Path(entry["name"]).name for entry in shown}
+    assert not set(internal) & (set(fs.ls("", detail=False)) | set(fs.find("", withdirs=True)))
+    assert not any(set(internal) & set(dirs + files) for _top, dirs, files in fs.walk(""))
+    for name in internal:
+        for probe in (fs.info, fs.exists, fs.cat_file):
+            with pytest.raises(PathEscapeError, match="internal to .orchestrator"):
+                probe(name)
+        refused = cli("cat", name)
+        assert refused.returncode == 1 and "internal to .orchestrator" in refused.stderr
 
     listed = json.loads(cli("sessions", "list", "--json").stdout)["sessions"]
     assert [(s["id"], s["current"]) for s in listed] == [(SESSION_ID, True)]

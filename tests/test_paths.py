@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import unicodedata
+import warnings
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -283,3 +284,44 @@ def test_unencodable_names_fail_at_the_gate_for_every_entry_point(name, tmp_path
         with pytest.raises(PathEscapeError):
             call()
     assert not os.path.exists(tmp_path / ".orchestrator" / "a")
+
+
+# A name a directory on disk may hold: any encodable text but '/' and NUL, at most 255 bytes.
+disk_name = segment.filter(
+    lambda n: "/" not in n and "\x00" not in n and n not in (".", "..") and len(n.encode()) <= 255
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(disk_name, min_size=1, max_size=4, unique=True))
+def test_every_listed_name_passes_back_to_info_and_open(names, tmp_path_factory):
+    """Whatever names v1 and v2 directories hold on disk, ls/find/walk list only names
+    that info, exists and cat accept: the listing and the gate agree."""
+    repo = tmp_path_factory.mktemp("names") / "repo"
+    places = [".workflow_checkpoints", ".orchestrator/notes", ".workflow_sessions/s1", ".orchestrator"]
+    for place in places:
+        os.makedirs(repo / place, exist_ok=True)
+        for name in names:
+            stored = f"top-{name}" if place == ".orchestrator" else name
+            (repo / place / stored).write_bytes(name.encode())
+    (repo / ".git").mkdir()
+    fs = orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # v1 reads warn once per path
+        listed = fs.find("", withdirs=True)
+        for top, dirs, files in fs.walk(""):
+            assert {paths.join(top, n) for n in dirs + files} <= set(listed)
+        for directory in ("", "checkpoints", "notes", "sessions/s1"):
+            listed += fs.ls(directory, detail=False)
+            assert [e["name"] for e in fs.ls(directory, detail=True)] == fs.ls(directory, detail=False)
+        for logical in listed:
+            assert fs.exists(logical) and fs.info(logical)["name"] == logical
+            if fs.isfile(logical):
+                assert fs.cat_file(logical).decode() in names
+    accepted = set()
+    for name in names:
+        try:
+            accepted.add(paths.validate(f"checkpoints/{name}"))
+        except PathEscapeError:
+            continue
+    assert {p for p in listed if p.startswith("checkpoints/")} == accepted  # none left out
