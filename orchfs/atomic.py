@@ -23,6 +23,7 @@ import io
 import os
 import secrets as _random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .faults import checkpoint
@@ -47,6 +48,29 @@ def _current_umask() -> int:
 UMASK = _current_umask()
 DEFAULT_FILE_MODE = 0o666 & ~UMASK
 DEFAULT_DIR_MODE = 0o777 & ~UMASK
+
+
+@dataclass(frozen=True, slots=True)
+class WriteKind:
+    """What kind of write an adapter's ``write``/``open_write`` makes: one named value
+    handed down from the face to the adapter, instead of a flag per layer.
+
+    ``create``: exclusive create (``xb``, ``pipe_file(mode="create")``): refused where
+    any entry is, published with ``link`` on local disk and a conditional PUT on object
+    storage. Otherwise the bytes replace a file there (a directory is refused).
+    ``deferred``: closing only stages; the caller's transaction commits or discards.
+    ``looked``: the caller has just looked at the target (a lookup that asked the write
+    target first), so the adapter asks nothing more before it writes.
+    """
+
+    create: bool = False
+    deferred: bool = False
+    looked: bool = False
+
+
+REPLACE = WriteKind()
+CREATE = WriteKind(create=True)
+REPLACE_LOOKED = WriteKind(looked=True)
 
 
 def temp_name(name: str) -> str:
@@ -257,14 +281,18 @@ class BufferedUploadWriter(StagedWriter):
 
 
 __all__ = [
+    "CREATE",
     "DEFAULT_FILE_MODE",
     "DIR_FLAGS",
     "PRIVATE_DIR_MODE",
     "PRIVATE_FILE_MODE",
+    "REPLACE",
+    "REPLACE_LOOKED",
     "UMASK",
     "BufferedUploadWriter",
     "LocalAtomicWriter",
     "StagedWriter",
+    "WriteKind",
     "fsync_directory",
     "temp_name",
 ]

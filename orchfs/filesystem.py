@@ -24,6 +24,7 @@ except ImportError:  # fsspec before 2025.10 chains every filesystem the same wa
     ChainedFileSystem = AbstractFileSystem  # type: ignore[misc,assignment]
 
 
+from .atomic import CREATE, REPLACE
 from .errors import is_a_directory as _is_a_directory
 from .errors import not_found as _not_found
 from .namespace import Namespace
@@ -428,11 +429,10 @@ class OrchFileSystem(ChainedFileSystem):
         if name is not None:
             self._secrets_view.write(logical, name, value, mode)
             return
-        exclusive = mode == "create"
-        if exclusive and self.exists(logical):
+        if mode == "create" and self.exists(logical):
             raise FileExistsError(errno.EEXIST, "already exists", f"{PROTOCOL}://{logical}")
         try:
-            self._overlay.write(logical, bytes(value), exclusive=exclusive)
+            self._overlay.write(logical, bytes(value), CREATE if mode == "create" else REPLACE)
         except IsADirectoryError:
             raise _is_a_directory(logical) from None
 

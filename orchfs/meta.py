@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from .atomic import CREATE
 from .errors import FormatError, LayoutVersionError, MetaError, UnsafeStateError
 from .paths import STATE_DIR
 from .stored import check_repo_id, load_json, read_state
@@ -145,11 +146,11 @@ def ensure_initialized(state: Any, root: str, local_root: bool) -> None:
     check_writable(read_format(state), state.url(""))
     if state.info(FORMAT_FILE) is None:
         with contextlib.suppress(FileExistsError):
-            state.write(FORMAT_FILE, f"{LAYOUT_VERSION}\n".encode(), exclusive=True)
+            state.write(FORMAT_FILE, f"{LAYOUT_VERSION}\n".encode(), CREATE)
     if state.info(META_FILE) is None:
         document = json.dumps(new_meta(root, local_root), indent=2).encode() + b"\n"
         with contextlib.suppress(FileExistsError):
-            state.write(META_FILE, document, exclusive=True)
+            state.write(META_FILE, document, CREATE)
 
 
 IGNORE_LINE = f"{STATE_DIR}/"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any
 
+from .atomic import WriteKind
 from .errors import is_a_directory, not_found
 from .files import CopyUpFile, OrchReader
 from .overlay import Found, Location, Times
@@ -150,13 +151,9 @@ class Namespace:
             if not autocommit and enlist is not None:  # fsspec enlists only modes without "r"
                 enlist(copy)
             return copy
-        writer = self.overlay.open_writer(  # the lookup above asked the write target first
-            logical,
-            exclusive=mode == "xb",
-            autocommit=autocommit,
-            found=found if mode == "ab" else None,
-            target_checked=looked,
-        )
+        kind = WriteKind(create=mode == "xb", deferred=not autocommit, looked=looked)
+        # The lookup above asked the write target first.
+        writer = self.overlay.open_writer(logical, kind, found=found if mode == "ab" else None)
         writer.fs, writer.path, writer.mode = fs, logical, mode  # as fsspec's files name them
         return writer
 

@@ -28,6 +28,7 @@ from hashlib import sha1
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+from .atomic import REPLACE, REPLACE_LOOKED, WriteKind
 from .errors import (
     LegacyConflictWarning,
     LegacyPathWarning,
@@ -638,30 +639,18 @@ class Overlay:
             target = self.prepare_write(logical)
             overlay.write_marker(whiteout_rel(target.prefix, logical))
 
-    def write(
-        self, logical: str, data: bytes, *, exclusive: bool = False, target_checked: bool = False
-    ) -> None:
+    def write(self, logical: str, data: bytes, kind: WriteKind = REPLACE) -> None:
         """Rule 2: ``data`` lands in the write target of ``logical``, atomically."""
         target = self.prepare_write(logical)
-        target.store.write(target.rel, data, exclusive=exclusive, target_checked=target_checked)
+        target.store.write(target.rel, data, kind)
         self.finish_write(logical, target)
 
-    def open_writer(
-        self,
-        logical: str,
-        *,
-        exclusive: bool,
-        autocommit: bool,
-        found: Found | None,
-        target_checked: bool = True,
-    ) -> Any:
+    def open_writer(self, logical: str, kind: WriteKind, *, found: Found | None) -> Any:
         """A staged writer into the write target; ``found`` (the caller's lookup, which
         asked the write target first) is copied up first when given (rule 3). Without a
-        lookup (``target_checked=False``) the store checks what it must itself."""
+        lookup (``kind.looked`` false) the store checks what it must itself."""
         target = self.prepare_write(logical)
-        writer = target.store.open_write(
-            target.rel, exclusive=exclusive, autocommit=autocommit, target_checked=target_checked
-        )
+        writer = target.store.open_write(target.rel, kind)
         writer.after_publish = lambda: self.finish_write(logical, target)
         if found is not None:  # copy-up: the lower file stays untouched
             writer.write(found.location.store.read(found.location.rel))
@@ -700,7 +689,7 @@ class Overlay:
             if native and location == target:
                 target.store.append(target.rel, line)
             else:  # read-modify-write, or the copy-up of a lower log (rule 3)
-                target.store.write(target.rel, old + line, target_checked=True)
+                target.store.write(target.rel, old + line, REPLACE_LOOKED)
             self.finish_write(logical, target)
 
     def move_file(self, logical1: str, logical2: str, source: Location) -> None:

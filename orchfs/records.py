@@ -13,6 +13,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from .atomic import REPLACE_LOOKED
+
 if TYPE_CHECKING:
     from .overlay import Overlay
 
@@ -39,7 +41,7 @@ def update_json(
         value = current if result is None else result
         data = json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"
         # The read asked the write target first, so what is there is known.
-        overlay.write(logical, data, target_checked=True)
+        overlay.write(logical, data, REPLACE_LOOKED)
     return value
 
 

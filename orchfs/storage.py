@@ -31,9 +31,12 @@ from .atomic import (
     DEFAULT_FILE_MODE,
     DIR_FLAGS,
     PRIVATE_DIR_MODE,
+    REPLACE,
+    REPLACE_LOOKED,
     BufferedUploadWriter,
     LocalAtomicWriter,
     StagedWriter,
+    WriteKind,
 )
 from .beneath import PROBE_FLAGS, READ_FLAGS, Beneath, read_all
 from .conditional import for_filesystem
@@ -100,23 +103,9 @@ class Storage(Protocol):
     def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes: ...
     def open_read(self, rel: str, block_size: int | None = None, size: int | None = None) -> IO[bytes]: ...
     def open_write(
-        self,
-        rel: str,
-        *,
-        exclusive: bool = False,
-        autocommit: bool = True,
-        mode: int = DEFAULT_FILE_MODE,
-        target_checked: bool = False,
+        self, rel: str, kind: WriteKind = REPLACE, *, mode: int = DEFAULT_FILE_MODE
     ) -> StagedWriter: ...
-    def write(
-        self,
-        rel: str,
-        data: bytes,
-        *,
-        exclusive: bool = False,
-        mode: int | None = None,
-        target_checked: bool = False,
-    ) -> None: ...
+    def write(self, rel: str, data: bytes, kind: WriteKind = REPLACE, *, mode: int | None = None) -> None: ...
     def append(self, rel: str, data: bytes) -> None: ...
     def append_existing(self, rel: str, data: bytes) -> bool: ...
     def makedirs(self, rel: str) -> None: ...
@@ -341,29 +330,21 @@ class LocalStorage:
 
     # --- writing -------------------------------------------------------------------
     def open_write(
-        self,
-        rel: str,
-        *,
-        exclusive: bool = False,
-        autocommit: bool = True,
-        mode: int = DEFAULT_FILE_MODE,
-        target_checked: bool = False,
+        self, rel: str, kind: WriteKind = REPLACE, *, mode: int = DEFAULT_FILE_MODE
     ) -> StagedWriter:
-        """A writer that refuses a directory (or, exclusive, any entry) at ``rel`` before
+        """A writer that refuses a directory (or, creating, any entry) at ``rel`` before
         the caller stages a single byte (unless the caller has just looked itself)."""
-        return self._writer(rel, exclusive, autocommit, mode, target_checked=target_checked)
+        return self._writer(rel, kind, mode, check=not kind.looked)
 
-    def _writer(
-        self, rel: str, exclusive: bool, autocommit: bool, mode: int, *, target_checked: bool
-    ) -> LocalAtomicWriter:
+    def _writer(self, rel: str, kind: WriteKind, mode: int, *, check: bool) -> LocalAtomicWriter:
         head, _, name = rel.rpartition("/")
         dir_fd = self._open_dir(head, create=True)
-        if not target_checked:
+        if check:
             try:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 st = None
-            if st is not None and (exclusive or stat.S_ISDIR(st.st_mode)):
+            if st is not None and (kind.create or stat.S_ISDIR(st.st_mode)):
                 os.close(dir_fd)
                 if stat.S_ISDIR(st.st_mode):
                     raise IsADirectoryError(errno.EISDIR, "is a directory", self._full(rel))
@@ -372,23 +353,15 @@ class LocalStorage:
             dir_fd,
             name,
             self._full(rel),
-            exclusive=exclusive,
-            autocommit=autocommit,
+            exclusive=kind.create,
+            autocommit=not kind.deferred,
             final_mode=mode,
         )
 
-    def write(
-        self,
-        rel: str,
-        data: bytes,
-        *,
-        exclusive: bool = False,
-        mode: int | None = None,
-        target_checked: bool = False,
-    ) -> None:
+    def write(self, rel: str, data: bytes, kind: WriteKind = REPLACE, *, mode: int | None = None) -> None:
         # All bytes are at hand: the publishing rename or link itself refuses a
         # directory or an existing entry, so the early check's extra stat is not needed.
-        with self._writer(rel, exclusive, True, mode or DEFAULT_FILE_MODE, target_checked=True) as f:
+        with self._writer(rel, kind, mode or DEFAULT_FILE_MODE, check=False) as f:
             f.write(data)
 
     def append(self, rel: str, data: bytes) -> None:
@@ -700,8 +673,10 @@ class FsspecStorage:
                 self._dirs.add(rel[:cut])
                 cut = rel.rfind("/", 0, cut)
 
-    def _check_writable_target(self, rel: str, exclusive: bool) -> None:
-        if not exclusive:
+    def _check_writable_target(self, rel: str, kind: WriteKind) -> None:
+        if kind.looked:  # saves a request when the caller has just looked
+            return
+        if not kind.create:
             if rel in self._files:
                 return  # a file a moment ago: overwriting it needs no request first
             if rel in self._dirs:
@@ -715,7 +690,7 @@ class FsspecStorage:
         if found is not None:
             if found["type"] == "directory":
                 raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel))
-            if exclusive:
+            if kind.create:
                 raise FileExistsError(errno.EEXIST, "file exists", self.url(rel))
 
     def _upload(self, rel: str, exclusive: bool) -> Any:
@@ -741,30 +716,14 @@ class FsspecStorage:
         return upload
 
     def open_write(
-        self,
-        rel: str,
-        *,
-        exclusive: bool = False,
-        autocommit: bool = True,
-        mode: int = DEFAULT_FILE_MODE,
-        target_checked: bool = False,
+        self, rel: str, kind: WriteKind = REPLACE, *, mode: int = DEFAULT_FILE_MODE
     ) -> StagedWriter:
-        if not target_checked:
-            self._check_writable_target(rel, exclusive)
-        return BufferedUploadWriter(self.url(rel), self._upload(rel, exclusive), autocommit)
+        self._check_writable_target(rel, kind)
+        return BufferedUploadWriter(self.url(rel), self._upload(rel, kind.create), not kind.deferred)
 
-    def write(
-        self,
-        rel: str,
-        data: bytes,
-        *,
-        exclusive: bool = False,
-        mode: int | None = None,
-        target_checked: bool = False,
-    ) -> None:
-        if not target_checked:  # saves a request when the caller has just looked
-            self._check_writable_target(rel, exclusive)
-        self._upload(rel, exclusive)(data)
+    def write(self, rel: str, data: bytes, kind: WriteKind = REPLACE, *, mode: int | None = None) -> None:
+        self._check_writable_target(rel, kind)
+        self._upload(rel, kind.create)(data)
 
     def append(self, rel: str, data: bytes) -> None:
         """Read-modify-write; callers hold the repository lock."""
@@ -773,7 +732,7 @@ class FsspecStorage:
         except FileNotFoundError:
             self.write(rel, data)
             return
-        self.write(rel, old + data, target_checked=True)
+        self.write(rel, old + data, REPLACE_LOOKED)
 
     def makedirs(self, rel: str) -> None:
         if self.kind == "memory":
