@@ -112,6 +112,20 @@ class Times:
         return {"mtime": self.mtime, "created": self.created}
 
 
+def _undated() -> Times:
+    """The times of the secrets view where a listing needs none (the face dates it)."""
+    return Times(None, None)
+
+
+def _newest_times(shown: dict[str, Any], other: dict[str, Any]) -> None:
+    """Give the listed ``shown`` directory the newest mtime and the oldest creation time
+    of it and ``other`` (the same directory in a lower layer), where both are dated."""
+    if shown.get("mtime") is None or other.get("mtime") is None:
+        return
+    both = Times.of((shown, other))
+    shown["mtime"], shown["created"] = both.mtime, both.created
+
+
 @dataclass(frozen=True)
 class Resolution:
     """Which location serves a logical path: ``layer`` is session, contained or legacy."""
@@ -441,8 +455,12 @@ class Overlay:
                 continue
             if detail:
                 for name, found in children:
-                    if name not in seen and name not in hidden:
+                    if name in hidden:
+                        continue
+                    if name not in seen:
                         seen[name] = (found, location)
+                    elif found["type"] == "directory" == seen[name][0]["type"]:
+                        _newest_times(seen[name][0], found)  # as info() dates it: every layer
             else:
                 fresh = [name for name in names if name not in seen and name not in hidden]
                 seen.update(dict.fromkeys(fresh, (None, location)))
@@ -455,10 +473,18 @@ class Overlay:
                 if opaque:
                     break
         if not opaque:
+            # Layout directories are dated as info() dates them where that is cheap (local
+            # disk: a few stats); on memory and object storage it takes a subtree listing.
+            dated = detail and layers[0].store.kind == "local"
             for name in self.layout.virtual_children(logical):
-                if name in seen or name in hidden:
+                if name in hidden:
                     continue
                 child = join(logical, name)
+                if name in seen:
+                    shown = seen[name][0]
+                    if dated and shown is not None and shown["type"] == "directory":
+                        _newest_times(shown, self.directory_times(child, _undated).as_info())
+                    continue
                 try:
                     found_child = self.lookup(child, upper_listed=True)
                 except PathEscapeError:
@@ -466,10 +492,8 @@ class Overlay:
                 if found_child is not None:
                     seen[name] = (found_child.info, found_child.location)
                 elif self.is_virtual_dir(child):
-                    seen[name] = (
-                        {"type": "directory", "size": 0, "mtime": None, "created": None},
-                        layers[0],
-                    )
+                    times = self.directory_times(child, _undated) if dated else Times(None, None)
+                    seen[name] = ({"type": "directory", "size": 0, **times.as_info()}, layers[0])
         return seen
 
     def resolve(self, logical: str) -> Resolution:

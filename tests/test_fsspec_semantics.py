@@ -81,6 +81,37 @@ def test_local_directory_times_are_the_newest_of_its_layers(tmp_path):
     assert fs.modified("") == datetime.fromtimestamp(3_000_000, tz=timezone.utc)
 
 
+def test_listed_directories_are_dated_as_the_backend_keeps_them(orch):
+    """ls(detail=True) gives every directory entry `mtime` and `created`: on local disk
+    the numbers info() gives; on memory and object storage None, as fsspec's memory and
+    s3fs listings carry no time for a directory (a prefix), while info() computes one."""
+    orch.pipe_file("checkpoints/cp_1.json", b"1")
+    orch.pipe_file("notes/deep/x.md", b"x")
+    entries = {entry["name"]: entry for entry in orch.ls("", detail=True)}
+    for name in ("checkpoints", "notes"):
+        entry, info = entries[name], orch.info(name)
+        assert entry["type"] == "directory" and isinstance(info["mtime"], float)
+        if orch.state_storage.kind == "local":
+            assert (entry["mtime"], entry["created"]) == (info["mtime"], info["created"])
+        else:
+            assert entry["mtime"] is None and entry["created"] is None
+
+
+def test_local_listing_dates_a_directory_as_info_does(tmp_path):
+    """A directory shown by several layers, or only by the layout (v1 files behind it)."""
+    repo = tmp_path / "repo"
+    (repo / ".workflow_checkpoints").mkdir(parents=True)
+    (repo / ".workflow_checkpoints" / "cp_0.json").write_bytes(b"{}")
+    (repo / ".workflow_tool_feedback.jsonl").write_bytes(b"{}\n")
+    fs = orchfs.OrchFileSystem(root=str(repo), skip_instance_cache=True)
+    fs.pipe_file("checkpoints/cp_1.json", b"{}")
+    os.utime(repo / ".workflow_checkpoints", (1_000_000, 1_000_000))
+    os.utime(repo / ".orchestrator" / "checkpoints", (900_000, 900_000))
+    entries = {entry["name"]: entry for entry in fs.ls("", detail=True)}
+    assert entries["checkpoints"]["mtime"] == fs.info("checkpoints")["mtime"] == 1_000_000
+    assert entries["feedback"]["mtime"] == fs.info("feedback")["mtime"] is not None
+
+
 # --- get / copy / put of directories, against fsspec's memory filesystem ------------
 TREE = {
     "checkpoints/cp_1.json": b"1",
