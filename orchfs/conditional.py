@@ -12,14 +12,19 @@ names, and :class:`ConditionalStore` is that common shape:
   ``version`` (``If-Match`` / ``ifGenerationMatch``);
 * ``delete(path, version)`` - the same condition on a delete.
 
-Implemented here: S3 and S3-compatible stores (s3fs), Azure Blob (adlfs) and fsspec's
-memory filesystem. GCS would map onto ``ifGenerationMatch`` the same way but has no
-emulator on the test machine, so it is not offered: a lease there is refused.
+Implemented here: S3 and S3-compatible stores (s3fs), Azure Blob (adlfs), Google Cloud
+Storage (gcsfs: ``generation`` and ``ifGenerationMatch``, tested against fake-gcs-server)
+and fsspec's memory filesystem.
 
 A failed condition is judged by the HTTP status alone - 412, or 409 for Azure's create
 over an existing blob - never by the words of the error body, which differ between AWS,
-SeaweedFS, MinIO and Azure. ``create`` raises :class:`FileExistsError`; ``replace`` and
-``delete`` raise :class:`PreconditionFailed`; anything else is the store's own error.
+SeaweedFS, MinIO, Azure and GCS. ``create`` raises :class:`FileExistsError`; ``replace``
+and ``delete`` raise :class:`PreconditionFailed`; anything else is the store's own error.
+
+A store that accepts the request but ignores the condition (some GCS emulators do) would
+let two holders take one lease: :meth:`ConditionalStore.honours_preconditions` finds that
+out with one conditional create over an existing object, which must fail; the lease asks
+it once per store and bucket in a process before its first acquisition.
 
 :func:`inject` installs a fault hook in front of every request of this module (the
 lease's transport), so tests can fail, delay or pause a renewal without patching
@@ -39,7 +44,8 @@ from typing import Any
 
 PRECONDITION_FAILED = 412
 NOT_FOUND = 404
-CONFLICT = 409  # Azure: a create (If-None-Match: *) over an existing blob
+CONFLICT = 409  # Azure: a create (If-None-Match: *) over an existing blob; S3: a racing conditional write
+PROBE_NAME = "precondition.probe"  # the object the precondition probe creates twice
 
 
 class PreconditionFailed(OSError):
@@ -100,6 +106,9 @@ def _status(exc: BaseException) -> int | None:
         status = getattr(current, "status_code", None)  # azure-core HttpResponseError
         if isinstance(status, int):
             return status
+        status = getattr(current, "code", None)  # gcsfs HttpError
+        if isinstance(status, int) and 100 <= status < 600:
+            return status
         current = current.__cause__ or current.__context__
         seen += 1
     return None
@@ -110,17 +119,27 @@ def _age(modified: Any, date: str | None) -> float | None:
         return None
     from email.utils import parsedate_to_datetime  # leases only: local disk never loads email
 
+    if isinstance(modified, str):  # an HTTP date (Last-Modified) as the answer's headers have it
+        modified = parsedate_to_datetime(modified)
     return (parsedate_to_datetime(date) - modified).total_seconds()
 
 
 class ConditionalStore:
     """The conditional operations of one fsspec filesystem (see the module docstring)."""
 
+    # The statuses that mean "it exists" on a create: 412, and 409 where the store says so.
+    exists_statuses: tuple[int, ...] = (PRECONDITION_FAILED, CONFLICT)
+
     def __init__(self, fs: Any) -> None:
         self.fs = fs
 
     def url(self, path: str) -> str:
         return self.fs.unstrip_protocol(path)
+
+    @property
+    def endpoint(self) -> str:
+        """Which server this is (a store's answers hold for all its clients in a process)."""
+        return type(self.fs).__name__
 
     def get(self, path: str) -> Versioned | None:
         _before("get", self.url(path))
@@ -133,7 +152,7 @@ class ConditionalStore:
         except Exception as exc:  # azure-core's errors are not OSErrors: the status decides
             status = _status(exc)
             exists = isinstance(exc, FileExistsError)
-            if status in (PRECONDITION_FAILED, CONFLICT) or (status is None and exists):
+            if status in self.exists_statuses or (status is None and exists):
                 raise FileExistsError(errno.EEXIST, "file exists", self.url(path)) from None
             if exists:  # a client that judged by the body: undo that
                 raise OSError(errno.EIO, f"HTTP {status} from the store: {exc}", self.url(path)) from exc
@@ -166,6 +185,19 @@ class ConditionalStore:
         """``create`` when ``version`` is None, else ``replace``."""
         return self.create(path, data) if version is None else self.replace(path, data, version)
 
+    def honours_preconditions(self, path: str) -> bool:
+        """Whether a create over the existing object at ``path`` fails, as it must.
+
+        The object is created first if it is missing (a create that fails right away
+        already answers: one request once the object exists). Its bytes are fixed, so
+        a store that wrongly accepts the second create changes nothing."""
+        for _ in range(2):
+            try:
+                self.create(path, b"orchfs precondition probe\n")
+            except FileExistsError:
+                return True
+        return False
+
     # --- what each store implements --------------------------------------------------
     def _get(self, path: str) -> Versioned | None:
         raise NotImplementedError
@@ -192,6 +224,10 @@ class S3Conditional(ConditionalStore):
     def _split(self, path: str) -> tuple[str, str]:
         bucket, key, _ = self.fs.split_path(path)
         return bucket, key
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.fs.client_kwargs.get("endpoint_url") or "s3")
 
     def _get(self, path: str) -> Versioned | None:
         from fsspec.asyn import sync
@@ -224,6 +260,10 @@ class S3Conditional(ConditionalStore):
 
 class AzureConditional(ConditionalStore):
     """Azure Blob Storage through adlfs's blob service client (azure-storage-blob)."""
+
+    @property
+    def endpoint(self) -> str:
+        return str(getattr(self.fs, "account_url", None) or self.fs.account_name)
 
     def _call(self, path: str, action: Callable[[Any], Any]) -> Any:
         from fsspec.asyn import sync
@@ -282,6 +322,91 @@ class AzureConditional(ConditionalStore):
             await client.delete_blob(etag=version, match_condition=MatchConditions.IfNotModified)
 
         self._call(path, delete)
+
+
+class GCSConditional(ConditionalStore):
+    """Google Cloud Storage through gcsfs: the version is the object's ``generation``.
+
+    ``create`` is ``ifGenerationMatch=0``, ``replace`` and ``delete`` are
+    ``ifGenerationMatch=<generation>``. Every write is one multipart upload (metadata and
+    bytes in one request, whatever the size): the upload on which GCS-API servers honour
+    preconditions, and no window between the parts of a resumable upload. gcsfs reports a
+    412 as :class:`FileExistsError` and a 404 as :class:`FileNotFoundError` from the
+    status alone; other failures carry the status in ``code``. A 409 is no precondition
+    failure on GCS.
+    """
+
+    exists_statuses = (PRECONDITION_FAILED,)
+
+    def _split(self, path: str) -> tuple[str, str]:
+        bucket, key, _ = self.fs.split_path(path)
+        return bucket, key
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.fs._location)  # gcsfs's JSON-API host (Google's unless endpoint_url)
+
+    def _get(self, path: str) -> Versioned | None:
+        bucket, key = self._split(path)
+        try:
+            headers, data = self.fs.call("GET", "b/{}/o/{}", bucket, key, alt="media")
+        except FileNotFoundError:
+            return None
+        generation = headers.get("X-Goog-Generation")
+        if not generation:
+            raise OSError(
+                errno.EPROTO,
+                "the store's answer has no X-Goog-Generation header: it is no GCS-API server "
+                "orchfs can hold a lease on",
+                self.url(path),
+            )
+        return Versioned(data, generation, _age(headers.get("Last-Modified"), headers.get("Date")))
+
+    def _upload(self, path: str, data: bytes, generation: str) -> str:
+        import json
+        import secrets
+        from urllib.parse import quote
+
+        bucket, key = self._split(path)
+        boundary = secrets.token_hex(16)  # never found in the bytes by chance
+        head = (
+            f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
+            f"{json.dumps({'name': key})}\r\n"
+            f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        try:
+            answer = self.fs.call(
+                "POST",
+                # The upload endpoint beside the JSON API's (gcsfs's own uploads use it too).
+                f"{self.fs._location}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
+                uploadType="multipart",
+                ifGenerationMatch=generation,
+                headers={"Content-Type": f'multipart/related; boundary="{boundary}"'},
+                data=body,
+                json_out=True,
+            )
+        finally:
+            self.fs.invalidate_cache(path)
+        return str(answer["generation"])
+
+    def _create(self, path: str, data: bytes) -> str:
+        return self._upload(path, data, "0")
+
+    def _replace(self, path: str, data: bytes, version: str) -> str:
+        try:
+            return self._upload(path, data, version)
+        except FileExistsError:  # gcsfs's name for a 412
+            raise PreconditionFailed(self.url(path)) from None
+
+    def _delete(self, path: str, version: str) -> None:
+        bucket, key = self._split(path)
+        try:
+            self.fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=version)
+        except FileExistsError:  # gcsfs's name for a 412
+            raise PreconditionFailed(self.url(path)) from None
+        finally:
+            self.fs.invalidate_cache(path)
 
 
 _memory_lock = threading.Lock()
@@ -344,6 +469,8 @@ _BY_PROTOCOL: dict[str, type[ConditionalStore]] = {
     "s3a": S3Conditional,
     "abfs": AzureConditional,
     "az": AzureConditional,
+    "gs": GCSConditional,
+    "gcs": GCSConditional,
     "memory": MemoryConditional,
 }
 
@@ -359,8 +486,10 @@ def for_filesystem(fs: Any) -> ConditionalStore | None:
 
 
 __all__ = [
+    "PROBE_NAME",
     "AzureConditional",
     "ConditionalStore",
+    "GCSConditional",
     "MemoryConditional",
     "PreconditionFailed",
     "Request",

@@ -51,7 +51,7 @@ from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .beneath import READ_FLAGS
-from .conditional import PreconditionFailed, Versioned
+from .conditional import PROBE_NAME, PreconditionFailed, Versioned
 from .errors import (
     ConfigError,
     LockLostError,
@@ -601,6 +601,8 @@ def _damaged_lease(url: str, why: str) -> StateError:
     )
 
 
+# Whether each (store class, server, bucket) refused a create over an existing object.
+_honours_preconditions: dict[tuple[str, str, str], bool] = {}
 # The last version of each lease object this process wrote or saw free: the next
 # acquisition tries that version first (one request) instead of create + GET + replace.
 _known_free: dict[str, tuple[str, int]] = {}
@@ -642,7 +644,7 @@ class LeaseLock(LockBackend):
             raise ConfigError(
                 f"{self.url}: orchfs has no conditional requests for this store, so it cannot "
                 "hold a lease there; keep the state on S3 (or an S3-compatible store), Azure Blob, "
-                "local disk or memory"
+                "Google Cloud Storage, local disk or memory"
             )
         self._path = storage.backend_path(f"{LOCKS_DIR}/{name}.lease")
         self._waiting_path = storage.backend_path(f"{LOCKS_DIR}/{name}.waiting")
@@ -703,7 +705,24 @@ class LeaseLock(LockBackend):
         self._lost = False
         return True
 
+    def _require_preconditions(self) -> None:
+        """Refuse a store that accepts a create over an existing object: a lease there would
+        exclude nobody. Asked once per server and bucket in a process (one request once the
+        probe object exists, :meth:`ConditionalStore.honours_preconditions`)."""
+        probe = self.storage.backend_path(f"{LOCKS_DIR}/{PROBE_NAME}")
+        key = (type(self.store).__name__, self.store.endpoint, probe.partition("/")[0])
+        if key not in _honours_preconditions:
+            _honours_preconditions[key] = self.store.honours_preconditions(probe)
+        if not _honours_preconditions[key]:
+            raise ConfigError(
+                f"{self.where} is on a store that ignores preconditions (a create over an existing "
+                f"object succeeded at {self.store.url(probe)}), so a lease there would exclude "
+                "nobody; keep the state on a store that honours conditional writes (S3, Azure Blob, "
+                "Google Cloud Storage, fake-gcs-server), on local disk or in memory"
+            )
+
     def _start(self) -> None:
+        self._require_preconditions()
         known = _known_free.get(self._path)
         # Right after a contended release, this process lets the waiters go first.
         courtesy = _yield_until.pop(self._path, 0.0) - time.monotonic()

@@ -831,7 +831,27 @@ def _timestamp(value: Any) -> float | None:
 
 
 # The pyproject extra that installs each object store's fsspec backend.
-_EXTRAS = {"s3": "s3", "s3a": "s3", "az": "azure", "abfs": "azure", "abfss": "azure"}
+_EXTRAS = {
+    "s3": "s3",
+    "s3a": "s3",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
+    "gs": "gcs",
+    "gcs": "gcs",
+}
+
+
+def _gcs_class_for_endpoint(cls: type) -> type:
+    """gcsfs's plain filesystem for a GCS-API server at an ``endpoint_url`` of its own.
+
+    gcsfs's default class asks Google's storage-control gRPC API for each bucket's layout
+    (zonal, hierarchical) before its first request; a server elsewhere has no such API,
+    and every unanswered lookup costs a minute of retries. The JSON API is all orchfs uses.
+    """
+    from gcsfs.core import GCSFileSystem
+
+    return GCSFileSystem if issubclass(cls, GCSFileSystem) else cls
 
 
 def open_storage(url: str, options: dict[str, Any] | None, boundary: str | None = None) -> Storage:
@@ -851,8 +871,10 @@ def open_storage(url: str, options: dict[str, Any] | None, boundary: str | None 
         hint = f" (pip install 'orchfs[{extra}]')" if extra and isinstance(exc, ImportError) else ""
         raise ValueError(f"cannot open storage {url!r}: {exc}{hint}") from exc
     options = dict(options or {})
-    if protocol in ("s3", "s3a"):
+    if protocol in ("s3", "s3a", "gs", "gcs"):  # other processes write here too
         options.setdefault("use_listings_cache", False)
+    if protocol in ("gs", "gcs") and options.get("endpoint_url"):
+        cls = _gcs_class_for_endpoint(cls)
     fs = cls(**options)
     kind = "memory" if protocol == "memory" else "object"
     # s3fs asks for an object's size before reading it whole (to split large downloads);
@@ -889,7 +911,7 @@ def open_root(root: str, options: dict[str, Any]) -> Root:
     if protocol not in fsspec.available_protocols():
         raise ValueError(
             f"unknown protocol {protocol!r} in root {root!r}; known protocols include "
-            "file, memory and s3 (install orchfs[s3] for S3)"
+            "file, memory, s3 and gs (install orchfs[s3] for S3, orchfs[gcs] for GCS)"
         )
     return Root(root.rstrip("/"), open_storage(root, options))
 

@@ -1,5 +1,6 @@
 """Shared fixtures: one real backend per parameter (memory, local disk, S3 on moto, and the
-object stores SeaweedFS and Azurite, each started through its ``backends/`` launcher).
+object stores SeaweedFS, Azurite and fake-gcs-server (GCS), each started through its
+``backends/`` launcher).
 
 Markers: every test that talks to an object-storage service is marked ``s3`` here (by its
 fixtures or an object-store parameter), so ``-m "not s3"`` is the fast loop. Tests marked
@@ -22,7 +23,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import orchfs
-from backends import azurite, moto_s3, seaweedfs
+from backends import azurite, fake_gcs, gcp_storage_emulator, moto_s3, seaweedfs
 from backends.launcher import BackendUnavailable, Service
 
 BACKENDS = ("memory", "local", "s3")
@@ -31,10 +32,21 @@ OBJECT_STORES = (
     "s3",
     pytest.param("seaweedfs", marks=pytest.mark.s3),
     pytest.param("azure", marks=pytest.mark.s3),
+    pytest.param("gcs", marks=pytest.mark.s3),
 )
 ALL_BACKENDS = (*BACKENDS[:2], *OBJECT_STORES)
 STORE_FIXTURES = frozenset(
-    {"moto_server", "s3_bucket", "seaweedfs_server", "seaweedfs_bucket", "azurite_server", "azure_container"}
+    {
+        "moto_server",
+        "s3_bucket",
+        "seaweedfs_server",
+        "seaweedfs_bucket",
+        "azurite_server",
+        "azure_container",
+        "gcs_server",
+        "gcs_bucket",
+        "ignoring_gcs_server",
+    }
 )
 
 
@@ -52,7 +64,7 @@ def _uses_s3(item: pytest.Item) -> bool:
         return True
     callspec = getattr(item, "callspec", None)
     return callspec is not None and any(
-        value in ("s3", "seaweedfs", "azure") for value in callspec.params.values()
+        value in ("s3", "seaweedfs", "azure", "gcs") for value in callspec.params.values()
     )
 
 
@@ -102,11 +114,27 @@ def azurite_server() -> Iterator[Service]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[Service]:
+    server = _launch(fake_gcs.start)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ignoring_gcs_server() -> Iterator[Service]:
+    """A GCS-API server that ignores preconditions: leases there must be refused."""
+    server = _launch(gcp_storage_emulator.start)
+    yield server
+    server.stop()
+
+
 def _make_bucket(server: Service) -> str:
-    import fsspec
+    from orchfs.storage import open_storage
 
     name = f"orchfs-test-{uuid.uuid4().hex[:8]}"
-    fsspec.filesystem(server.protocol, skip_instance_cache=True, **server.storage_options).mkdir(name)
+    options = {**server.storage_options, "skip_instance_cache": True}
+    open_storage(f"{server.protocol}://{name}", options).fs.mkdir(name)  # type: ignore[attr-defined]
     return name
 
 
@@ -125,11 +153,17 @@ def azure_container(azurite_server: Service) -> str:
     return _make_bucket(azurite_server)
 
 
+@pytest.fixture(scope="session")
+def gcs_bucket(gcs_server: Service) -> str:
+    return _make_bucket(gcs_server)
+
+
 # kind -> (server fixture, bucket fixture)
 _STORES = {
     "s3": ("moto_server", "s3_bucket"),
     "seaweedfs": ("seaweedfs_server", "seaweedfs_bucket"),
     "azure": ("azurite_server", "azure_container"),
+    "gcs": ("gcs_server", "gcs_bucket"),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -51,6 +53,8 @@ def alive(pid: int) -> bool:
         "moto_s3",
         pytest.param("seaweedfs", marks=pytest.mark.s3),
         pytest.param("azurite", marks=pytest.mark.s3),
+        pytest.param("fake_gcs", marks=pytest.mark.s3),
+        pytest.param("gcp_storage_emulator", marks=pytest.mark.s3),
     ],
 )
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
@@ -72,7 +76,8 @@ def test_launcher_prints_endpoint_and_leaves_nothing_behind(name, sig):
         record = json.loads(launcher.stdout.readline())
         assert endpoint.startswith("http://127.0.0.1:")
         assert record["endpoint"] == endpoint
-        assert record["capability"]["conditional_create"] is True
+        module = importlib.import_module(f"backends.{name}")
+        assert record["capability"] == dataclasses.asdict(module.CAPABILITY)
         children = descendants(launcher.pid)
         assert children, "the launcher runs the service in a child process"
         launcher.send_signal(sig)
