@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import operator
 import os
 import shutil
 import stat
@@ -27,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, LocalAtomicWriter, temp_name
 from .beneath import Beneath
@@ -42,6 +43,7 @@ from .errors import (
 )
 from .faults import checkpoint
 from .journal import (
+    DONE_BATCH,
     JOURNAL_DIR,
     Journal,
     Step,
@@ -169,8 +171,9 @@ def _same_bytes(a: str, b: str) -> bool:
     return sa.st_size == sb.st_size and _sha256_file(a) == _sha256_file(b)
 
 
-@dataclass(frozen=True)
-class _Pair:
+class _Pair(NamedTuple):
+    """A v1 file and where it goes (a named tuple: a plan of 20,000 files makes as many)."""
+
     source: str  # relative to the root
     contained: str  # relative to the state directory
     st: os.stat_result
@@ -198,17 +201,21 @@ def _legacy_pairs(root: str, layout: Layout) -> Iterator[_Pair]:
             yield _Pair(source, contained, os.lstat(os.path.join(root, source)))
 
 
+_BY_NAME = operator.attrgetter("name")
+
+
 def _directory_pairs(root: str, source: str, contained: str) -> Iterator[_Pair]:
     """Files (and links) below a v1 directory, in a stable order, one lstat each."""
     with os.scandir(os.path.join(root, source)) as scan:
-        entries = sorted(scan, key=lambda e: e.name)
+        entries = sorted(scan, key=_BY_NAME)
+    is_dir = stat.S_ISDIR
     for entry in entries:
-        rel = f"{source}/{entry.name}"
+        name = entry.name
         st = entry.stat(follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            yield from _directory_pairs(root, rel, f"{contained}/{entry.name}")
+        if is_dir(st.st_mode):
+            yield from _directory_pairs(root, f"{source}/{name}", f"{contained}/{name}")
         else:
-            yield _Pair(rel, f"{contained}/{entry.name}", st)
+            yield _Pair(f"{source}/{name}", f"{contained}/{name}", st)
 
 
 LEFTOVER_SUFFIX = ".bak"
@@ -357,32 +364,32 @@ def _plan_moves(
     moves, conflicts, sqlite_sources, keep = [], [], [], set()
     stats: dict[str, os.stat_result] = {}
     claimed: dict[str, str] = {}  # contained path -> the legacy source moving there
-    for pair in _legacy_pairs(root, layout):
-        stats[pair.source] = pair.st
-        full = f"{root}/{pair.source}"  # sources are relative and '/'-separated
-        if pair.sqlite:
-            sqlite_sources.append(pair.source)
-        where = target(pair.contained)
-        first = claimed.get(pair.contained)
+    for source, contained, st, sqlite in _legacy_pairs(root, layout):
+        stats[source] = st
+        if sqlite:
+            sqlite_sources.append(source)
+        where = target(contained)
+        first = claimed.get(contained)
         if first is not None:  # a later legacy location of an entry whose first one moves
-            if _same_bytes(full, os.path.join(root, first)):
-                moves.append(Move(pair.source, where, pair.st.st_size, "retire"))
+            if _same_bytes(f"{root}/{source}", f"{root}/{first}"):
+                moves.append(Move(source, where, st.st_size, "retire"))
             else:
-                conflicts.append(MoveConflict(pair.source, where, first))
+                conflicts.append(MoveConflict(source, where, first))
             continue
-        if present(pair.contained):
-            if same(full, pair.contained):
-                moves.append(Move(pair.source, where, pair.st.st_size, "retire"))
+        if present(contained):
+            full = f"{root}/{source}"  # sources are relative and '/'-separated
+            if same(full, contained):
+                moves.append(Move(source, where, st.st_size, "retire"))
             elif records is not None and is_stale(
-                read_record(records, pair.source), pair.st.st_size, lambda f=full: _sha256_file(f)
+                read_record(records, source), st.st_size, lambda f=full: _sha256_file(f)
             ):
-                moves.append(Move(pair.source, where, pair.st.st_size, "retire"))
-                keep.add(pair.source)
+                moves.append(Move(source, where, st.st_size, "retire"))
+                keep.add(source)
             else:
-                conflicts.append(MoveConflict(pair.source, where))
+                conflicts.append(MoveConflict(source, where))
             continue
-        claimed[pair.contained] = pair.source
-        moves.append(Move(pair.source, where, pair.st.st_size, action))
+        claimed[contained] = source
+        moves.append(Move(source, where, st.st_size, action))
     leftovers, unknown = unnamed_files(root, layout)
     if retire_leftovers:
         for name in (*leftovers, *unknown):
@@ -561,6 +568,86 @@ def moved_paths(steps: list[Step]) -> dict[str, str]:
 # beneath-root layer: every directory a step creates or moves into is reached through it,
 # so a symlink on the way (planted, or swapped in) is refused, never followed.
 _GUARDS: dict[str, Beneath] = {}
+# The directories held open for the steps running now, by root (sequential runs only).
+_HELD: dict[str, _HeldDirs] = {}
+# Directories held at once; more and all are released (a tree of many directories must
+# not run out of descriptors).
+HELD_LIMIT = 64
+
+
+class _HeldDirs:
+    """The directories a stretch of steps works in, each opened once beneath the root
+    (no symlink followed on the way, as every open of :class:`Beneath`) and held until
+    :meth:`release`: a step's stats, links and renames are then single ``*at`` calls
+    relative to them, not two path resolutions each. They are held for one journal
+    batch at most, by one thread. :meth:`release` checks that each is still the
+    directory at its path beneath the root: one moved away or swapped for a link while
+    it was held is reported (:class:`UnsafeStateError`), never worked in again."""
+
+    def __init__(self, guard: Beneath) -> None:
+        self._guard = guard
+        self._fds: dict[str, int] = {}
+
+    def fd(self, rel: str, *, create: bool = False) -> int:
+        """The held descriptor of directory ``rel`` (``create``: make it first if missing)."""
+        fd = self._fds.get(rel)
+        if fd is None:
+            if len(self._fds) >= HELD_LIMIT:
+                self.release()
+            fd = self._fds[rel] = self._guard.open_dir(rel, create=create)
+        return fd
+
+    def forget(self, rel: str) -> None:
+        """Close ``rel`` and everything held below it (it is about to be removed)."""
+        for held in [h for h in self._fds if h == rel or h.startswith(rel + "/") or not rel]:
+            os.close(self._fds.pop(held))
+
+    def release(self) -> None:
+        """Close every held directory, after checking each is still where it was."""
+        moved = []
+        for rel, fd in self._fds.items():
+            try:
+                if rel and not _same_inode(os.fstat(fd), self._guard.lstat(rel)):
+                    moved.append(rel)
+            except (OSError, PathEscapeError):
+                moved.append(rel)
+            finally:
+                os.close(fd)
+        self._fds.clear()
+        if moved:
+            raise UnsafeStateError(
+                f"{self._guard.show(moved[0])} was moved or replaced while the migration worked "
+                "in it (another process changed the repository); nothing more was moved: check "
+                "it, then run `orchfs migrate` again to finish, or `orchfs migrate --rollback`",
+                moved[0],
+            )
+
+
+def _same_inode(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+@contextlib.contextmanager
+def _holding(root: str) -> Iterator[None]:
+    """Hold the directories of the steps run inside (see :class:`_HeldDirs`); the caller
+    releases them at each journal batch through :func:`_release_held`."""
+    held = _HeldDirs(_GUARDS[root])
+    _HELD[root] = held
+    try:
+        yield
+    except BaseException:
+        del _HELD[root]
+        with contextlib.suppress(UnsafeStateError):  # the error already on its way wins
+            held.release()
+        raise
+    del _HELD[root]
+    held.release()
+
+
+def _release_held(root: str) -> None:
+    held = _HELD.get(root)
+    if held is not None:
+        held.release()
 
 
 def _refuse_planted_links(guard: Beneath, layout: Layout) -> None:
@@ -619,17 +706,19 @@ def _guarded(root: str, layout: Layout) -> Iterator[Beneath]:
 def _guard_of(path: str) -> tuple[Beneath, str] | None:
     """The layer of the running root that holds ``path``, and ``path`` beneath it."""
     for root, guard in tuple(_GUARDS.items()):  # runs of other roots may start meanwhile
-        if path == root:
-            return guard, ""
-        if path.startswith(root + "/"):
-            return guard, path[len(root) + 1 :]
+        if path.startswith(root):
+            if path == root:
+                return guard, ""
+            if path[len(root)] == "/":
+                return guard, path[len(root) + 1 :]
     return None
 
 
 # Every operation of a step on an entry goes through its directory's descriptor, reached
 # beneath the running root without following a symlink (``_entry``), so a link swapped
-# in anywhere on the way is refused, not followed. Outside a run (``plan``) they fall
-# back to plain paths. They call this module's ``os``, which the fault tests replace.
+# in anywhere on the way is refused, not followed; while steps run, the descriptor is the
+# one held for the batch (``_HeldDirs``). Outside a run (``plan``) they fall back to
+# plain paths. They call this module's ``os``, which the fault tests replace.
 @contextlib.contextmanager
 def _entry(path: str) -> Iterator[tuple[int, str]]:
     """``(descriptor of path's directory, path's name)``."""
@@ -638,6 +727,10 @@ def _entry(path: str) -> Iterator[tuple[int, str]]:
     if found is None:
         fd = os.open(head or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     else:
+        held = _HELD.get(found[0].root)
+        if held is not None:
+            yield held.fd(found[1]), name
+            return
         fd = found[0].open_dir(found[1])
     try:
         yield fd, name
@@ -671,6 +764,10 @@ def _unlink(path: str) -> None:
 
 
 def _rmdir(path: str) -> None:
+    found = _guard_of(path)
+    held = _HELD.get(found[0].root) if found is not None else None
+    if held is not None:
+        held.forget(found[1])  # type: ignore[index]
     with _entry(path) as (fd, name):
         os.rmdir(name, dir_fd=fd)
 
@@ -706,26 +803,44 @@ def _ensure_parent(path: str) -> None:
     found = _guard_of(parent)
     if found is None:
         os.makedirs(parent, exist_ok=True)
+        return
+    held = _HELD.get(found[0].root)
+    if held is not None:
+        held.fd(found[1], create=True)
     else:
         found[0].makedirs(found[1])
 
 
-def _make_parent(path: str, fresh: set[str]) -> bool:
-    """Create the parent directory once per run; True when this run created it."""
-    parent = path.rpartition("/")[0]  # an absolute path built with '/' by the caller
-    if parent not in fresh:
-        found = _guard_of(parent)
-        try:
-            if found is None:
-                if os.path.isdir(parent):
-                    return False
-            else:
-                os.close(found[0].open_dir(found[1]))  # a symlink on the way is refused
-                return False
-        except FileNotFoundError:
-            pass
-        _ensure_parent(path)
-        fresh.add(parent)
+def _fresh_dir(held: _HeldDirs, rel: str, fresh: set[str]) -> bool:
+    """Hold directory ``rel``, making it if missing; True when this run made it."""
+    if rel in fresh:
+        return True
+    try:
+        held.fd(rel)  # a symlink on the way is refused
+        return False
+    except FileNotFoundError:
+        pass
+    held.fd(rel, create=True)
+    fresh.add(rel)
+    return True
+
+
+def _rename_fresh(held: _HeldDirs, root: str, step: Step, backup_id: str | None, fresh: set[str]) -> bool:
+    """The first pass's common step, every call relative to held directories: keep the
+    source in the backup (``backup_id``; a copy of its own, see :func:`_backup`),
+    then rename it into its target's directory if this run made that directory (nothing
+    can be in the way there). False when the directory was there before: the careful
+    path of :func:`_execute` takes over."""
+    src_dir, _, src_name = step.source.rpartition("/")
+    if backup_id is not None:
+        backup_rel = f"{STATE_DIR}/{BACKUP_DIR}/{backup_id}/{step.source}"
+        _fresh_dir(held, backup_rel.rpartition("/")[0], fresh)
+        _backup(root, f"{root}/{step.source}", f"{root}/{backup_rel}")
+    checkpoint("migrate.move")
+    dst_dir, _, dst_name = step.target.rpartition("/")
+    if not _fresh_dir(held, dst_dir, fresh):
+        return False
+    os.rename(src_name, dst_name, src_dir_fd=held.fd(src_dir), dst_dir_fd=held.fd(dst_dir))
     return True
 
 
@@ -829,20 +944,17 @@ def _execute(
 ) -> None:
     """Perform one planned step; safe to repeat after a crash at any point.
 
-    ``fresh`` (first pass only) holds the directories this run created: a rename into
-    one of them cannot find anything in its way, so it skips the careful checks.
+    ``fresh`` (first pass only) holds the directories this run created, root-relative:
+    a rename into one of them cannot find anything in its way, so it skips the careful
+    checks (:func:`_rename_fresh`, in sequential runs, which hold their directories).
     """
+    if fresh is not None and step.action == "rename" and step.link is None:
+        held = _HELD.get(root)
+        if held is not None and _rename_fresh(held, root, step, migration_id if backup else None, fresh):
+            return
     source = f"{root}/{step.source}"
     target = f"{root}/{step.target}"
     backup_path = f"{root}/{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{step.source}"
-    if fresh is not None and step.action == "rename" and step.link is None:
-        if backup:
-            _make_parent(backup_path, fresh)
-            _backup(root, source, backup_path)
-        checkpoint("migrate.move")
-        if _make_parent(target, fresh):
-            _rename(source, target, replace=False)
-            return
     if step.action == "retire":
         if _lexists(source):
             if backup or step.replaced:
@@ -921,8 +1033,8 @@ def _undo_remote(root: str, step: Step, backup_root: str, store: Any) -> None:
 def _legacy_dirs(root: str, moves: list[Step]) -> dict[str, list[int]]:
     """v1 directories that hold moved files: their mode and mtime, to restore on rollback."""
     out: dict[str, list[int]] = {}
-    for step in moves:
-        parts = step.source.split("/")[:-1]
+    for parent in dict.fromkeys(step.source.rpartition("/")[0] for step in moves):
+        parts = parent.split("/") if parent else []
         for depth in range(1, len(parts) + 1):
             rel = "/".join(parts[:depth])
             if rel not in out:
@@ -995,35 +1107,7 @@ def apply(
             raise OSError(
                 f"not enough free space: {the_plan.copy_bytes} bytes to copy, {the_plan.free_bytes} free"
             )
-        drafts = [
-            {"source": m.source, "target": m.target, "bytes": m.bytes, "action": m.action}
-            | ({"replaced": True} if m.source in the_plan.keep else {})
-            for m in the_plan.moves
-        ]
-        if remote is not None:
-            base = remote.url("")
-            for draft in drafts:
-                draft["rel"] = draft["target"][len(base) :].lstrip("/")
-        for conflict in the_plan.conflicts:
-            # The later of two legacy locations never replaces the first: it is retired
-            # into the backup (kept even without one), whichever copy is preferred.
-            action = "retire" if prefer == "new" or conflict.other else "replace"
-            drafts.append(
-                {
-                    "source": conflict.source,
-                    "target": conflict.target,
-                    "bytes": os.lstat(os.path.join(root, conflict.source)).st_size,
-                    "action": action,
-                    "replaced": True,
-                }
-            )
-        stats = the_plan.stats
-        steps = []
-        for index, draft in enumerate(drafts):
-            source = draft["source"]
-            st = stats.get(source) or os.lstat(f"{root}/{source}")
-            link = os.readlink(f"{root}/{source}") if stat.S_ISLNK(st.st_mode) else None
-            steps.append(Step(index, mode=st.st_mode & 0o7777, mtime_ns=st.st_mtime_ns, link=link, **draft))
+        steps = _steps(root, the_plan, prefer, None if remote is None else remote.url(""))
         from .meta import ensure_initialized, read_meta
 
         ensure_initialized(state, root, True)  # FORMAT and meta.json, so that the repo is v2
@@ -1048,6 +1132,31 @@ def apply(
         return _run(
             root, path, records, jobs, progress, resumed=False, the_plan=the_plan, remote=remote, steps=steps
         )
+
+
+def _steps(root: str, the_plan: Plan, prefer: str | None, base: str | None) -> list[Step]:
+    """The journal's steps for a plan: its moves, then its conflicts as ``prefer`` settles
+    them, each with its v1 mode, mtime and link text (``base``: the URL of a state
+    directory on another backend, which each step's ``rel`` is relative to)."""
+    stats, keep = the_plan.stats, the_plan.keep
+    rows = [
+        (m.source, m.target, m.bytes, m.action, True if m.source in keep else None) for m in the_plan.moves
+    ]
+    for conflict in the_plan.conflicts:
+        # The later of two legacy locations never replaces the first: it is retired
+        # into the backup (kept even without one), whichever copy is preferred.
+        action = "retire" if prefer == "new" or conflict.other else "replace"
+        size = os.lstat(f"{root}/{conflict.source}").st_size
+        rows.append((conflict.source, conflict.target, size, action, True))
+    steps = []
+    is_link = stat.S_ISLNK
+    for index, (source, target, size, action, replaced) in enumerate(rows):
+        st = stats.get(source) or os.lstat(f"{root}/{source}")
+        link = os.readlink(f"{root}/{source}") if is_link(st.st_mode) else None
+        rel = None if base is None else target[len(base) :].lstrip("/")
+        mode, mtime = st.st_mode & 0o7777, st.st_mtime_ns
+        steps.append(Step(index, source, target, size, action, mode, mtime, link, replaced, rel))
+    return steps
 
 
 def _plan_of_steps(migration_id: str, steps: list[Step]) -> Plan:
@@ -1149,12 +1258,21 @@ def _run(
                     finished += 1
                     if progress:
                         progress(finished, total)
-        else:
+        elif remote is not None:
             for step in todo:
                 journal.done(one(step))
                 finished += 1
                 if progress:
                     progress(finished, total)
+        else:
+            with _holding(root):
+                for step in todo:
+                    journal.done(one(step))
+                    finished += 1
+                    if progress:
+                        progress(finished, total)
+                    if finished % DONE_BATCH == 0:
+                        _release_held(root)
         journal.sync()
         _remove_empty_dirs(root, list(begin.get("dirs", {})))
         if remote is None:

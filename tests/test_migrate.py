@@ -16,6 +16,7 @@ import pytest
 
 import orchfs
 from orchfs import journal, migrate
+from orchfs.errors import UnsafeStateError
 from orchfs.paths import TEMP_PREFIX
 from orchfs.testing import LEGACY_SAMPLE, build_legacy_repo
 
@@ -503,3 +504,64 @@ def test_migration_to_memory_and_s3_storage_with_eight_jobs(kind, tmp_path, requ
     left = {p for p in fs._state.find_files("") if not p.startswith("locks/")}
     assert left <= {"FORMAT", "meta.json"}
     assert fs.resolve("state.json").layer == "legacy"
+
+
+def test_kill_9_inside_journal_batches_then_rerun_or_rollback(tmp_path):
+    """The renames of a batch run in directories held open for it, their done records
+    made durable once per batch: a kill before, at and after a batch boundary and deep
+    inside one is finished by a rerun (even hits) or undone by a rollback (odd hits),
+    byte for byte, modes and mtimes too."""
+    root = make_repo(tmp_path, checkpoints=1200)
+    before = tree(root)
+    originals = _originals(before)
+    for number, hit in enumerate((1, 511, 512, 513, 900, 1100)):
+        assert _killed_at(root, f"migrate.move:{hit}"), hit
+        assert migrate.unfinished(root)
+        if number % 2 == 0:
+            assert migrate.apply(root).resumed
+            _assert_migrated(root, originals)
+        migrate.rollback(root)
+        assert tree(root) == before, hit
+        allowed_inside_after_rollback(root, killed=True)
+
+
+class SwappingOS(types.SimpleNamespace):
+    """os, except that the Nth rename first moves a directory away and puts a link to it
+    in its place (another process changing the repository in the middle of a batch)."""
+
+    def __init__(self, at: int, directory: str, away: str) -> None:
+        super().__init__()
+        self._at, self._directory, self._away = at, directory, away
+        self.calls = 0
+
+    def __getattr__(self, name):
+        real = getattr(os, name)
+        if name != "rename":
+            return real
+
+        def rename(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self._at:
+                os.rename(self._directory, self._away)
+                os.symlink(self._away, self._directory)
+            return real(*args, **kwargs)
+
+        return rename
+
+
+def test_a_held_directory_swapped_during_a_batch_is_reported(tmp_path, monkeypatch):
+    root = make_repo(tmp_path, checkpoints=1200, link=False)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = os.path.join(root, ".orchestrator", "checkpoints", "bulk")
+    swapping = SwappingOS(600, target, str(outside / "bulk"))  # inside the second batch
+    monkeypatch.setattr(migrate, "os", swapping)
+    with pytest.raises(UnsafeStateError, match="moved or replaced while the migration"):
+        migrate.apply(root, backup=False)
+    monkeypatch.setattr(migrate, "os", os)
+    assert swapping.calls < 1100  # the run stopped at the end of that batch
+    assert os.path.exists(os.path.join(root, ".workflow_checkpoints", "bulk", "cp_01199.json"))
+    assert migrate.unfinished(root)
+    with pytest.raises(orchfs.OrchFSError):  # the link there is refused, never followed
+        migrate.apply(root, backup=False)
+    assert os.path.exists(os.path.join(root, ".workflow_checkpoints", "bulk", "cp_01199.json"))
