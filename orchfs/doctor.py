@@ -69,6 +69,7 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
         lambda: _record_findings(state),
         lambda: _legacy_changed(root, state, layout),
         lambda: _migration_findings(root, layout),
+        lambda: _import_findings(fs),
         lambda: _lock_findings(fs),
         lambda: _temp_findings(state, now),
         lambda: _permission_findings(state),
@@ -94,6 +95,24 @@ def _guarded(check: Callable[[], list[Finding]]) -> list[Finding]:
         return [_unsafe(str(exc), exc.path)]
     except PathEscapeError as exc:  # a symlink met on the way beneath the root
         return [_unsafe(str(exc), None)]
+
+
+def _import_findings(fs: Any) -> list[Finding]:
+    """Snapshot imports killed during their swap (their journals are read and checked)."""
+    from .snapshot import interrupted
+
+    journals = interrupted(fs)  # each one read and checked: a bad one is unsafe-state
+    if not journals:
+        return []
+    return [
+        Finding(
+            "unfinished-import",
+            "error",
+            f"{len(journals)} snapshot import(s) stopped half way through putting files in place",
+            "`orchfs doctor --fix` finishes it (as does running the same `orchfs snapshot import` again)",
+            tuple(journals),
+        )
+    ]
 
 
 def _unsafe(message: str, path: str | None) -> Finding:
@@ -601,6 +620,13 @@ def fix(root: Any, findings: list[Finding] | None = None, *, layout: Any = None)
 
         cleared = clear_stale(_fs(root, layout))
         done.append(f"cleared {len(cleared)} stale lock record(s)")
+    if "unfinished-import" in ids and "unsafe-state" not in ids:
+        from .snapshot import finish_interrupted
+
+        fs = _fs(root, layout)
+        with fs.lock("repo"):
+            finished = finish_interrupted(fs)
+        done.append(f"finished {len(finished)} interrupted snapshot import(s)")
     if "unfinished-migration" in ids and "unsafe-state" not in ids:
         from .migrate import apply
 

@@ -12,7 +12,14 @@ path, sizes within ``max_bytes`` in total, default 1 GiB); the stored state amon
 is checked as orchfs checks it on use; only then are the files moved into place.
 ``meta.json`` keeps its ``repo_id`` (the secret namespace) while its root becomes the
 new one. An import into a state directory that already holds state is refused unless
-``force`` is given.
+``force`` is given. A snapshot that is refused leaves nothing behind: it is staged and
+checked before the repository lock is taken, and a state directory that the import
+created is removed again.
+
+The swap is journaled: ``tmp/import-<id>.swap`` names the staged members before the
+first move, so an import killed during it (``kill -9``, a power cut) is finished by
+running the import again or by ``orchfs doctor --fix`` (:func:`finish_interrupted`),
+never left half in place.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import tarfile
 import uuid
@@ -31,7 +39,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .atomic import PRIVATE_FILE_MODE
-from .errors import ManifestError, MetaError, PathEscapeError, SnapshotError
+from .errors import ManifestError, MetaError, PathEscapeError, SnapshotError, StateError
+from .faults import checkpoint
 from .journal import JOURNAL_DIR
 from .meta import FORMAT_FILE, META_FILE
 from .paths import validate_stored
@@ -51,6 +60,8 @@ DEFAULT_MAX_BYTES = 1 << 30  # --max-bytes: what a snapshot may hold in total
 STAGING_DIR = "tmp"
 STAGING_PREFIX = "import-"
 ASIDE_SUFFIX = ".replaced"
+SWAP_SUFFIX = ".swap"  # the swap's journal, beside its staging directory
+_STAGING_NAME = re.compile(r"import-[0-9a-f]{12}")
 # Room for tar headers and padding beyond the members' own bytes (512 bytes a member),
 # and for compression that does not shrink (random or encrypted members).
 STREAM_SLACK = 64 << 20
@@ -92,6 +103,8 @@ def _mode_of(state: Storage, rel: str) -> int:
 def export(fs: Any, path: str | os.PathLike[str], *, encrypt: bool = False, key: Any = None) -> SnapshotInfo:
     """Write the state of ``fs`` to ``path`` (mode 0600, atomically), under the repo lock."""
     state = fs.state_storage
+    target = os.path.abspath(os.fspath(path))
+    _refuse_inside(state, target)
     archive = io.BytesIO()
     total = 0
     with fs.lock("repo"):
@@ -107,9 +120,22 @@ def export(fs: Any, path: str | os.PathLike[str], *, encrypt: bool = False, key:
     blob = archive.getvalue()
     if encrypt:
         blob = _seal(fs, blob, key)
-    target = os.path.abspath(os.fspath(path))
     _write_private_file(target, blob)
     return SnapshotInfo(target, len(names), total, encrypt, hashlib.sha256(blob).hexdigest())
+
+
+def _refuse_inside(state: Storage, target: str) -> None:
+    """A snapshot written into the state directory it is taken of would be exported into
+    the next snapshot and imported back with it (and swept with the state)."""
+    if state.kind != "local":
+        return
+    base = os.path.realpath(state.base)
+    where = os.path.realpath(os.path.dirname(target))
+    if where == base or where.startswith(base + os.sep):
+        raise SnapshotError(
+            f"{target} is inside the state directory {state.base} that the snapshot is taken of; "
+            f"write it outside, e.g. `orchfs snapshot export ../{os.path.basename(target)}`"
+        )
 
 
 def import_snapshot(
@@ -132,36 +158,59 @@ def import_snapshot(
     """
     source = os.path.abspath(os.fspath(path))
     blob = _read_archive(source, max_bytes)
+    digest = hashlib.sha256(blob).hexdigest()
     encrypted = _is_sealed(blob)
     archive = _open_sealed(fs, blob, source, key) if encrypted else blob
     state = fs.state_storage
+    if _swap_journals(state):
+        with fs.lock("repo"):
+            finished = finish_interrupted(fs)
+        for done in finished:
+            if done.sha256 == digest:  # this very import, killed during its swap: now done
+                return SnapshotInfo(source, done.files, done.bytes, encrypted, digest)
+    _refuse_existing(state, force)  # early, before anything is staged; again under the lock
+    had_state_dir = state.kind != "local" or state.info("") is not None
     staging = f"{STAGING_DIR}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
-    with fs.lock("repo"):
-        existing = [
-            rel
-            for rel in state.find_files("", include_markers=True)
-            if _included(rel) and rel not in (FORMAT_FILE, META_FILE)  # `orchfs init` made them
-        ]
-        if existing and not force:
-            raise SnapshotError(
-                f"{state.url('')} already holds state ({len(existing)} files); import into an "
-                "empty repository, or pass --force to overwrite the files the snapshot has"
-            )
+    try:
         state.makedirs_private(staging)
-        try:
-            members = _stage(archive, source, state, staging, max_bytes)
-            _check_state(members, fs, source)
-            meta = members.get(META_FILE)
-            if meta is not None:
-                state.write(f"{staging}/{META_FILE}", _rehomed_meta(meta.data, fs), mode=meta.mode)
+        members = _stage(archive, source, state, staging, max_bytes)
+        _check_state(members, fs, source)
+        meta = members.get(META_FILE)
+        if meta is not None:
+            state.write(f"{staging}/{META_FILE}", _rehomed_meta(meta.data, fs), mode=meta.mode)
+        total = sum(m.size for m in members.values())
+        with fs.lock("repo"):
+            _refuse_existing(state, force)
             _check_clashes(state, members, source)
-            _swap(state, staging, members)
-        finally:
-            _remove_quietly(state, staging)
+            record = {"source": source, "sha256": digest, "files": len(members), "bytes": total}
+            _swap(state, staging, members, record)
+    except BaseException:
+        _remove_staging(state, staging)
+        if not had_state_dir:  # refused: the repository is left as it was found
             with contextlib.suppress(OSError):
-                state.rmdir(STAGING_DIR)  # when nothing else is in it
-    total = sum(m.size for m in members.values())
-    return SnapshotInfo(source, len(members), total, encrypted, hashlib.sha256(blob).hexdigest())
+                state.rmdir("")
+        raise
+    _remove_staging(state, staging)
+    return SnapshotInfo(source, len(members), total, encrypted, digest)
+
+
+def _refuse_existing(state: Storage, force: bool) -> None:
+    existing = [
+        rel
+        for rel in state.find_files("", include_markers=True)
+        if _included(rel) and rel not in (FORMAT_FILE, META_FILE)  # `orchfs init` made them
+    ]
+    if existing and not force:
+        raise SnapshotError(
+            f"{state.url('')} already holds state ({len(existing)} files); import into an "
+            "empty repository, or pass --force to overwrite the files the snapshot has"
+        )
+
+
+def _remove_staging(state: Storage, staging: str) -> None:
+    _remove_quietly(state, staging)
+    with contextlib.suppress(OSError):
+        state.rmdir(STAGING_DIR)  # when nothing else is in it
 
 
 @dataclass(frozen=True)
@@ -339,10 +388,15 @@ def _check_clashes(state: Any, members: dict[str, _Member], source: str) -> None
             head = head.rpartition("/")[0]
 
 
-def _swap(state: Any, staging: str, members: dict[str, _Member]) -> None:
-    """Move the staged files into place, each file they replace put aside first; on any
-    failure put everything back (what cannot be put back stays aside, never deleted)."""
+def _swap(state: Any, staging: str, members: dict[str, _Member], record: dict[str, Any]) -> None:
+    """Move the staged files into place, each file they replace put aside first. The
+    journal is written whole before the first move, so a kill anywhere in between is
+    finished by :func:`finish_interrupted`; on an error put everything back (what cannot
+    be put back stays aside, never deleted)."""
     aside = f"{staging}{ASIDE_SUFFIX}"
+    journal = f"{staging}{SWAP_SUFFIX}"
+    state.write(journal, json.dumps({**record, "members": list(members)}).encode())
+    checkpoint("snapshot.swap")
     placed: list[tuple[str, bool]] = []
     try:
         for name in members:
@@ -351,13 +405,107 @@ def _swap(state: Any, staging: str, members: dict[str, _Member]) -> None:
             replaced = state.info(name) is not None
             if replaced:
                 state.rename(name, f"{aside}/{name}")
+                checkpoint("snapshot.swap")
             placed.append((name, replaced))
             state.rename(f"{staging}/{name}", name)
+            checkpoint("snapshot.swap")
     except BaseException:
+        _remove_quietly(state, journal)  # undone here: nothing is left to finish
         if _put_back(state, staging, aside, placed):
             _remove_quietly(state, aside)
         raise
     _remove_quietly(state, aside)
+    checkpoint("snapshot.swap")
+    state.remove(journal)
+
+
+@dataclass(frozen=True)
+class FinishedImport:
+    """An import whose interrupted swap :func:`finish_interrupted` completed."""
+
+    journal: str
+    source: str
+    sha256: str
+    files: int
+    bytes: int
+
+
+def _swap_journals(state: Storage) -> list[str]:
+    """The journals of swaps that did not finish (``tmp/import-<id>.swap``)."""
+    try:
+        names = [name for name, _info in state.listdir(STAGING_DIR)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(
+        f"{STAGING_DIR}/{n}" for n in names if n.startswith(STAGING_PREFIX) and n.endswith(SWAP_SUFFIX)
+    )
+
+
+def interrupted(fs: Any) -> list[str]:
+    """URLs of the journals of imports killed during their swap (for ``doctor``), each
+    read and checked (``StateError`` for one orchfs did not write)."""
+    state = fs.state_storage
+    journals = _swap_journals(state)
+    for journal in journals:
+        _read_swap_journal(state, journal, journal[: -len(SWAP_SUFFIX)])
+    return [state.url(rel) for rel in journals]
+
+
+def finish_interrupted(fs: Any) -> list[FinishedImport]:
+    """Finish every import killed during its swap: the staged members, checked before the
+    journal was written, are moved into place, and what they replaced is dropped as the
+    import meant to. Call under the repository lock. A journal that is not what orchfs
+    writes (stored state is untrusted) is refused (``StateError``) with nothing changed."""
+    state = fs.state_storage
+    done = []
+    for journal in _swap_journals(state):
+        staging = journal[: -len(SWAP_SUFFIX)]
+        finished, members = _read_swap_journal(state, journal, staging)
+        aside = f"{staging}{ASIDE_SUFFIX}"
+        for name in members:
+            if state.info(f"{staging}/{name}") is None:
+                continue  # already in place
+            if state.info(name) is not None and state.info(f"{aside}/{name}") is None:
+                state.rename(name, f"{aside}/{name}")
+            state.rename(f"{staging}/{name}", name)
+        _remove_quietly(state, aside)
+        _remove_quietly(state, staging)
+        state.remove(journal)
+        done.append(finished)
+    with contextlib.suppress(OSError):
+        state.rmdir(STAGING_DIR)
+    return done
+
+
+def _read_swap_journal(state: Storage, journal: str, staging: str) -> tuple[FinishedImport, list[str]]:
+    """What a swap journal says was being imported, and its member names, each checked
+    as a snapshot member is."""
+    from .stored import load_json, read_state
+
+    where = state.url(journal)
+    fix = "remove it and its staging directory by hand, then import the snapshot again"
+    value = load_json(read_state(state, journal) or b"", where, fix=fix)
+    if not isinstance(value, dict):
+        value = {}
+    members = value.get("members")
+    valid = (
+        _STAGING_NAME.fullmatch(staging.rpartition("/")[2]) is not None
+        and isinstance(members, list)
+        and all(isinstance(name, str) for name in members)
+        and all(isinstance(value.get(key), str) for key in ("source", "sha256"))
+        and all(type(value.get(key)) is int for key in ("files", "bytes"))
+    )
+    if not valid:
+        raise StateError(f"{where} is not a snapshot swap journal orchfs wrote; {fix}", where)
+    for name in members:
+        try:
+            validate_stored(name)
+        except PathEscapeError:
+            raise StateError(f"{where} names {name!r}, not a plain relative path; {fix}", where) from None
+        if not _included(name):
+            raise StateError(f"{where} names {name!r}, a lock or temp file; {fix}", where)
+    finished = FinishedImport(where, value["source"], value["sha256"], value["files"], value["bytes"])
+    return finished, members
 
 
 def _put_back(state: Any, staging: str, aside: str, placed: list[tuple[str, bool]]) -> bool:
@@ -446,8 +594,11 @@ def _open_sealed(fs: Any, blob: bytes, source: str, key: Any) -> bytes:
 
 
 __all__ = [
+    "FinishedImport",
     "SnapshotError",
     "SnapshotInfo",
     "export",
+    "finish_interrupted",
     "import_snapshot",
+    "interrupted",
 ]

@@ -6,11 +6,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import itertools
 import json
 import os
+import shutil
+import signal
 import stat
+import subprocess
+import sys
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -214,3 +220,136 @@ def test_command_line(source, tmp_path, monkeypatch):
     assert json.loads(back.stdout)["files"] == json.loads(out.stdout)["files"]
     again = runner.invoke(main, ["--root", str(target), "snapshot", "import", str(archive)])
     assert again.exit_code == 1 and "--force" in again.output
+
+
+def entries(root) -> dict[str, object]:
+    """Every entry under ``root``, directories too: relative path -> "dir" or (sha256, mode)."""
+    out: dict[str, object] = {}
+    for top, dirs, _files in os.walk(root):
+        out.update({os.path.relpath(os.path.join(top, d), root): "dir" for d in dirs})
+    return out | tree(root)
+
+
+@pytest.mark.parametrize("where", [".orchestrator/state.tgz", ".orchestrator/sessions/s7/state.tgz"])
+def test_export_into_the_state_it_exports_is_refused(source, tmp_path, where):
+    repo, fs = source
+    before = entries(repo)
+    with pytest.raises(
+        SnapshotError, match=r"inside the state directory .*orchfs snapshot export \.\./state\.tgz"
+    ):
+        export(fs, repo / where)
+    result = CliRunner().invoke(main, ["--root", str(repo), "snapshot", "export", str(repo / where)])
+    assert result.exit_code == 1 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("orchfs: error: ") and "inside the state directory" in line
+    assert entries(repo) == before  # nothing written, not even a temp file
+
+
+@pytest.mark.parametrize("bad", ["hostile", "damaged", "newer"])
+def test_a_refused_import_into_an_empty_repository_leaves_nothing(tmp_path, bad):
+    archive = tmp_path / "bad.tgz"
+    if bad == "hostile":
+        _archive(archive, [("state.json", tarfile.REGTYPE, b"ok"), ("link.json", tarfile.SYMTYPE, b"")])
+    elif bad == "damaged":
+        archive.write_bytes(b"not a snapshot")
+    else:
+        _archive(archive, [("FORMAT", tarfile.REGTYPE, b"9\norchfs>=9\n")])
+    target = new_repo(tmp_path / "target")
+    before = entries(tmp_path)
+    fs = orchfs.OrchFileSystem(root=str(target), skip_instance_cache=True)
+    with pytest.raises((SnapshotError, LayoutVersionError)):
+        import_snapshot(fs, archive)
+    assert entries(tmp_path) == before  # no .orchestrator/, no locks/, no tmp/
+
+
+def test_a_refused_import_over_state_adds_nothing(source, tmp_path):
+    _repo, fs = source
+    archive = tmp_path / "state.tgz"
+    export(fs, archive)
+    target = new_repo(tmp_path / "target")
+    orchfs.OrchFileSystem(root=str(target), skip_instance_cache=True).pipe_file("state.json", b"mine")
+    before = entries(target)
+    with pytest.raises(SnapshotError, match="already holds state"):
+        import_snapshot(orchfs.OrchFileSystem(root=str(target), skip_instance_cache=True), archive)
+    assert entries(target) == before
+
+
+CHILD_IMPORT = """
+import sys, orchfs
+from orchfs.snapshot import import_snapshot
+fs = orchfs.OrchFileSystem(root=sys.argv[1], skip_instance_cache=True)
+import_snapshot(fs, sys.argv[2], force=sys.argv[3] == "force")
+"""
+
+
+def _import_in_child(target, archive, force: bool, fault: str | None) -> int:
+    env = {k: v for k, v in os.environ.items() if k != "ORCHFS_FAULT"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    if fault:
+        env["ORCHFS_FAULT"] = fault
+    argv = [sys.executable, "-c", CHILD_IMPORT, str(target), str(archive), "force" if force else "-"]
+    return subprocess.run(argv, env=env, capture_output=True, check=False).returncode
+
+
+def _state_entries(target) -> dict[str, object]:
+    return {r: v for r, v in entries(target / ".orchestrator").items() if not r.startswith("locks")}
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["empty", "force"])
+def test_import_killed_at_every_point_of_the_swap_is_finished(source, tmp_path, force):
+    """kill -9 at each step of the swap (ORCHFS_FAULT=snapshot.swap:n): doctor reports
+    the unfinished import, and a rerun of the import (odd n) or `doctor --fix` (even n)
+    finishes it to exactly what an uninterrupted import gives."""
+    _repo, fs = source
+    archive = tmp_path / "state.tgz"
+    export(fs, archive)
+    target = tmp_path / "target"
+
+    def fresh() -> None:
+        if target.exists():
+            shutil.rmtree(target)
+        new_repo(target)
+        if force:  # state of its own: replaced files are put aside during the swap
+            mine = orchfs.OrchFileSystem(root=str(target), skip_instance_cache=True)
+            mine.pipe_file("state.json", b"mine")
+            mine.pipe_file("notes/mine.md", b"kept: the snapshot has no such file")
+
+    fresh()
+    assert _import_in_child(target, archive, force, None) == 0
+    expected = _state_entries(target)
+    assert "tmp" not in expected
+    hits = 0
+    for n in itertools.count(1):
+        fresh()
+        code = _import_in_child(target, archive, force, f"snapshot.swap:{n}")
+        if code == 0:
+            break
+        assert code == -signal.SIGKILL
+        hits += 1
+        found = {f.id: f for f in orchfs.doctor.run(str(target))}
+        assert found["unfinished-import"].severity == "error"
+        if n % 2:
+            assert _import_in_child(target, archive, force, None) == 0
+        else:
+            assert "finished 1 interrupted snapshot import(s)" in orchfs.doctor.fix(str(target))
+        assert _state_entries(target) == expected, n
+        assert "unfinished-import" not in {f.id for f in orchfs.doctor.run(str(target))}
+    assert hits >= 4
+
+
+def test_a_planted_swap_journal_is_refused_with_nothing_changed(tmp_path):
+    target = new_repo(tmp_path / "target")
+    fs = orchfs.OrchFileSystem(root=str(target), skip_instance_cache=True)
+    fs.pipe_file("state.json", b"mine")
+    journal = target / ".orchestrator" / "tmp" / "import-0123456789ab.swap"
+    journal.parent.mkdir()
+    journal.write_text(
+        json.dumps({"source": "x", "sha256": "y", "files": 1, "bytes": 1, "members": ["../../outside"]})
+    )
+    before = entries(tmp_path)
+    (finding,) = [f for f in orchfs.doctor.run(str(target)) if f.id == "unsafe-state"]
+    assert "import-0123456789ab.swap" in finding.message
+    orchfs.doctor.fix(str(target))
+    assert {r: v for r, v in entries(tmp_path).items() if "/locks" not in r} == {
+        r: v for r, v in before.items() if "/locks" not in r
+    }
