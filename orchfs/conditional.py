@@ -106,9 +106,6 @@ def _status(exc: BaseException) -> int | None:
         status = getattr(current, "status_code", None)  # azure-core HttpResponseError
         if isinstance(status, int):
             return status
-        status = getattr(current, "code", None)  # gcsfs HttpError
-        if isinstance(status, int) and 100 <= status < 600:
-            return status
         current = current.__cause__ or current.__context__
         seen += 1
     return None
@@ -332,8 +329,13 @@ class GCSConditional(ConditionalStore):
     bytes in one request, whatever the size): the upload on which GCS-API servers honour
     preconditions, and no window between the parts of a resumable upload. gcsfs reports a
     412 as :class:`FileExistsError` and a 404 as :class:`FileNotFoundError` from the
-    status alone; other failures carry the status in ``code``. A 409 is no precondition
-    failure on GCS.
+    status alone; its other HTTP errors become :class:`OSError` here. Their ``code`` is
+    not read: gcsfs takes it from the error body when the body has one. A 409 is no
+    precondition failure on GCS.
+
+    gcsfs retries 5xx answers itself; a retried create or replace whose first attempt
+    was applied then answers 412, which the lease reads as "held" or "lost": it waits
+    for the lease to expire, or stops writing - never two holders.
     """
 
     exists_statuses = (PRECONDITION_FAILED,)
@@ -346,10 +348,19 @@ class GCSConditional(ConditionalStore):
     def endpoint(self) -> str:
         return str(self.fs._location)  # gcsfs's JSON-API host (Google's unless endpoint_url)
 
+    def _call(self, path: str, method: str, target: str, *args: str, **params: Any) -> Any:
+        from gcsfs.retry import HttpError
+
+        try:
+            return self.fs.call(method, target, *args, **params)
+        except HttpError as exc:  # not 412 or 404: gcsfs raises those as OSErrors, by status
+            message = f"the store refused the request: {exc.message}"
+            raise OSError(errno.EIO, message, self.url(path)) from exc
+
     def _get(self, path: str) -> Versioned | None:
         bucket, key = self._split(path)
         try:
-            headers, data = self.fs.call("GET", "b/{}/o/{}", bucket, key, alt="media")
+            headers, data = self._call(path, "GET", "b/{}/o/{}", bucket, key, alt="media")
         except FileNotFoundError:
             return None
         generation = headers.get("X-Goog-Generation")
@@ -376,7 +387,8 @@ class GCSConditional(ConditionalStore):
         )
         body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
         try:
-            answer = self.fs.call(
+            answer = self._call(
+                path,
                 "POST",
                 # The upload endpoint beside the JSON API's (gcsfs's own uploads use it too).
                 f"{self.fs._location}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
@@ -402,7 +414,7 @@ class GCSConditional(ConditionalStore):
     def _delete(self, path: str, version: str) -> None:
         bucket, key = self._split(path)
         try:
-            self.fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=version)
+            self._call(path, "DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=version)
         except FileExistsError:  # gcsfs's name for a 412
             raise PreconditionFailed(self.url(path)) from None
         finally:

@@ -46,6 +46,7 @@ STORE_FIXTURES = frozenset(
         "gcs_server",
         "gcs_bucket",
         "ignoring_gcs_server",
+        "ignoring_gcs_bucket",
     }
 )
 
@@ -129,7 +130,7 @@ def ignoring_gcs_server() -> Iterator[Service]:
     server.stop()
 
 
-def _make_bucket(server: Service) -> str:
+def make_bucket(server: Service) -> str:
     from orchfs.storage import open_storage
 
     name = f"orchfs-test-{uuid.uuid4().hex[:8]}"
@@ -140,22 +141,27 @@ def _make_bucket(server: Service) -> str:
 
 @pytest.fixture(scope="session")
 def s3_bucket(moto_server: moto_s3.MotoServer) -> str:
-    return _make_bucket(moto_server)
+    return make_bucket(moto_server)
 
 
 @pytest.fixture(scope="session")
 def seaweedfs_bucket(seaweedfs_server: Service) -> str:
-    return _make_bucket(seaweedfs_server)
+    return make_bucket(seaweedfs_server)
 
 
 @pytest.fixture(scope="session")
 def azure_container(azurite_server: Service) -> str:
-    return _make_bucket(azurite_server)
+    return make_bucket(azurite_server)
 
 
 @pytest.fixture(scope="session")
 def gcs_bucket(gcs_server: Service) -> str:
-    return _make_bucket(gcs_server)
+    return make_bucket(gcs_server)
+
+
+@pytest.fixture(scope="session")
+def ignoring_gcs_bucket(ignoring_gcs_server: Service) -> str:
+    return make_bucket(ignoring_gcs_server)
 
 
 # kind -> (server fixture, bucket fixture)

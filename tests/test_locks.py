@@ -18,7 +18,7 @@ import orchfs
 from orchfs import locks
 from orchfs.errors import LockTimeout, PathEscapeError
 
-from .conftest import OBJECT_STORES, make_fs
+from .conftest import OBJECT_STORES, make_bucket, make_fs, store_of
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -43,6 +43,7 @@ def worker(*args: str, **kwargs) -> subprocess.Popen:
         pytest.param("s3", marks=pytest.mark.slow),
         pytest.param("seaweedfs", marks=[pytest.mark.s3, pytest.mark.slow]),
         pytest.param("azure", marks=[pytest.mark.s3, pytest.mark.slow]),
+        pytest.param("gcs", marks=[pytest.mark.s3, pytest.mark.slow]),
     ]
 )
 def shared_fs(request, tmp_path):
@@ -416,7 +417,7 @@ def test_generations_only_grow_across_processes(shared_fs, request):
 
 # --- precondition failures are judged by the HTTP status, never by the body ---------------
 class _RewritingProxy:
-    """A loopback HTTP proxy in front of the S3 server that rewrites error bodies."""
+    """A loopback HTTP proxy in front of an object store that rewrites error bodies."""
 
     def __init__(self, upstream: str, rewrite) -> None:
         import http.client
@@ -437,7 +438,7 @@ class _RewritingProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 connection.request(self.command, self.path, body=body, headers=headers)
                 answer = connection.getresponse()
-                status, payload = rewrite(self.command, self.headers, answer.status, answer.read())
+                status, payload = rewrite(self.command, self.path, self.headers, answer.status, answer.read())
                 self.send_response(status)
                 for name, value in answer.getheaders():
                     if name.lower() not in ("content-length", "transfer-encoding", "connection"):
@@ -464,23 +465,45 @@ _MISLEADING = (
     b"<?xml version='1.0'?><Error><Code>PreconditionFailed</Code><Message>At least one of the "
     b"pre-conditions you specified did not hold</Message><Condition>If-None-Match</Condition></Error>"
 )
+_MISLEADING_GCS = json.dumps(
+    {
+        "error": {
+            "code": 412,
+            "message": "At least one of the pre-conditions you specified did not hold.",
+            "errors": [{"reason": "conditionNotMet", "locationType": "header", "location": "If-Match"}],
+        }
+    }
+).encode()
 
 
-def _proxied_fs(moto_server, s3_bucket, proxy) -> orchfs.OrchFileSystem:
-    options = dict(moto_server.storage_options)
-    options["client_kwargs"] = dict(options["client_kwargs"], endpoint_url=proxy.endpoint)
-    options["config_kwargs"] = {"retries": {"max_attempts": 1}}
-    root = f"s3://{s3_bucket}/proxied-{time.time_ns()}"
+def _proxied_fs(server, bucket, proxy) -> orchfs.OrchFileSystem:
+    options = dict(server.storage_options)
+    if server.protocol == "s3":
+        options["client_kwargs"] = dict(options["client_kwargs"], endpoint_url=proxy.endpoint)
+        options["config_kwargs"] = {"retries": {"max_attempts": 1}}
+    else:  # gcsfs
+        options["endpoint_url"] = proxy.endpoint
+    root = f"{server.protocol}://{bucket}/proxied-{time.time_ns()}"
     return orchfs.OrchFileSystem(root=root, storage_options=options, skip_instance_cache=True)
 
 
-def test_412_means_held_whatever_the_body_says(moto_server, s3_bucket):
-    def hide_the_words(method, headers, status, payload):
+def _is_create(method, path, headers) -> bool:
+    """S3's conditional create (If-None-Match: *) or GCS's (ifGenerationMatch=0)."""
+    return (method == "PUT" and headers.get("If-None-Match") == "*") or (
+        method == "POST" and "ifGenerationMatch=0" in path
+    )
+
+
+@pytest.mark.parametrize("kind", ["s3", pytest.param("gcs", marks=pytest.mark.s3)])
+def test_412_means_held_whatever_the_body_says(kind, request):
+    server, bucket = store_of(kind, request)
+
+    def hide_the_words(method, path, headers, status, payload):
         return status, (_UNHELPFUL if status == 412 else payload)
 
-    proxy = _RewritingProxy(moto_server.endpoint, hide_the_words)
+    proxy = _RewritingProxy(server.endpoint, hide_the_words)
     try:
-        fs = _proxied_fs(moto_server, s3_bucket, proxy)
+        fs = _proxied_fs(server, bucket, proxy)
         fs.pipe_file("once.json", b"1", mode="create")
         with pytest.raises(FileExistsError):
             fs.pipe_file("once.json", b"2", mode="create")
@@ -509,20 +532,73 @@ def test_412_means_held_whatever_the_body_says(moto_server, s3_bucket):
         proxy.close()
 
 
-def test_other_errors_are_not_preconditions_whatever_the_body_says(moto_server, s3_bucket):
-    def pretend(method, headers, status, payload):
-        if method == "PUT" and headers.get("If-None-Match") == "*":
-            return 500, _MISLEADING  # a server fault, worded like a precondition failure
-        return status, payload
+# S3: a server fault worded like a precondition failure. GCS: a 409 (a precondition failure
+# on Azure's create, not on GCS's) with Google's wording of one; not a 5xx, which gcsfs
+# retries for half a minute before giving up.
+_NOT_A_PRECONDITION = {"s3": (500, _MISLEADING), "gcs": (409, _MISLEADING_GCS)}
 
-    proxy = _RewritingProxy(moto_server.endpoint, pretend)
+
+@pytest.mark.parametrize("kind", ["s3", pytest.param("gcs", marks=pytest.mark.s3)])
+def test_other_errors_are_not_preconditions_whatever_the_body_says(kind, request):
+    server, bucket = store_of(kind, request)
+
+    def pretend(method, path, headers, status, payload):
+        return _NOT_A_PRECONDITION[kind] if _is_create(method, path, headers) else (status, payload)
+
+    proxy = _RewritingProxy(server.endpoint, pretend)
     try:
-        fs = _proxied_fs(moto_server, s3_bucket, proxy)
+        fs = _proxied_fs(server, bucket, proxy)
         with pytest.raises(OSError) as info:
             fs.pipe_file("new.json", b"1", mode="create")
         assert not isinstance(info.value, FileExistsError)
     finally:
         proxy.close()
+
+
+# --- a store that ignores preconditions is refused: a lease there would exclude nobody -----
+def test_store_that_ignores_preconditions_refuses_a_lease(ignoring_gcs_server, ignoring_gcs_bucket):
+    """gcp-storage-emulator overwrites on ifGenerationMatch=0: two processes would both
+    "create" the lease. The probe at the first lease notices, and nothing is written."""
+    from orchfs.errors import ConfigError
+
+    root = f"gs://{ignoring_gcs_bucket}/repo-{time.time_ns()}"
+    fs = orchfs.OrchFileSystem(root=root, storage_options=ignoring_gcs_server.storage_options)
+    for _ in range(2):  # the answer is remembered, and refused again
+        with pytest.raises(ConfigError) as info, fs.lock("repo", timeout=1):
+            pass
+        message = str(info.value)
+        assert "\n" not in message, message
+        assert root in message and "ignores preconditions" in message, message
+        assert "honours conditional writes" in message  # the fix
+    with pytest.raises(ConfigError, match="ignores preconditions"):
+        fs.update_json("counter.json", lambda v: {"n": 1})
+    assert not fs.exists("counter.json")
+    assert fs.state_storage.info("locks/repo.lease") is None  # no lease was ever written
+
+
+def test_precondition_probe_is_asked_once_per_bucket(gcs_server):
+    """On a store that honours preconditions the probe costs one or two creates at the first
+    lease on a bucket in a process, and nothing after (another repository, the same bucket)."""
+    from orchfs.conditional import PROBE_NAME, inject
+
+    bucket = make_bucket(gcs_server)
+    probes = []
+
+    def count(call) -> None:
+        if call.url.endswith(PROBE_NAME):
+            probes.append(call.op)
+
+    with inject(count):
+        for repo in ("one", "two"):
+            fs = orchfs.OrchFileSystem(
+                root=f"gs://{bucket}/{repo}", storage_options=gcs_server.storage_options
+            )
+            fs.update_json("counter.json", lambda v: {"n": v.get("n", 0) + 1})
+            fs.update_json("counter.json", lambda v: {"n": v.get("n", 0) + 1})
+            assert json.loads(fs.cat_file("counter.json")) == {"n": 2}
+            if repo == "one":
+                assert probes == ["create", "create"], probes  # made, then refused: honoured
+    assert probes == ["create", "create"], "asked again for the same bucket"
 
 
 def test_store_without_conditional_requests_refuses_a_lease(tmp_path):
