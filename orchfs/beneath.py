@@ -175,6 +175,7 @@ class Beneath:
         # The call and its prebuilt arguments, one attribute away on every open.
         self._syscall = self._openat2.syscall if self._openat2 is not None else None
         self._hows = self._openat2.hows if self._openat2 is not None else {}
+        self._read_how = self._openat2.how(READ_FLAGS, 0) if self._openat2 is not None else None
         self._fd = -1
         self._close: Callable[[int], None] = os.close
         self._opening = threading.Lock()
@@ -314,6 +315,30 @@ class Beneath:
             return fd
         try:
             return read_all(fd, rel)
+        finally:
+            os.close(fd)
+
+    def encoded(self, rel: str) -> bytes:
+        """``rel``, checked (:class:`PathEscapeError`) and encoded as :meth:`read_encoded` takes it."""
+        return self._encoded.get(rel) or self._encode(rel)
+
+    def read_encoded(self, path: bytes) -> bytes | int:
+        """:meth:`read_file` of a path from :meth:`encoded`, in one call frame: the whole
+        file, or ``-errno`` for anything but a plain read (no openat2 here, no root
+        descriptor yet, a link, a rename racing the lookup, a directory), which the
+        caller then hands to :meth:`read_file` to settle. The same ``openat2`` beneath
+        the root as every open: the path string is all that was kept."""
+        syscall = self._syscall
+        if syscall is None:
+            return -errno.ENOSYS
+        fd = syscall(_SYS_OPENAT2, self._fd, path, self._read_how, 24)
+        if fd < 0:
+            return -self._openat2.get_errno()  # type: ignore[union-attr]
+        try:
+            data = os.read(fd, _FIRST_READ)
+            return data if len(data) < _FIRST_READ else _read_rest(fd, data, os.fsdecode(path))
+        except IsADirectoryError:
+            return -errno.EISDIR
         finally:
             os.close(fd)
 
@@ -695,6 +720,11 @@ def read_all(fd: int, where: str | None = None) -> bytes:
     data = os.read(fd, _FIRST_READ)
     if len(data) < _FIRST_READ:
         return data
+    return _read_rest(fd, data, where)
+
+
+def _read_rest(fd: int, data: bytes, where: str | None) -> bytes:
+    """``data`` (a first read that filled its buffer) and every byte after it."""
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         # A device (/dev/zero) or a pipe fed by someone never ends: refused, not read.
         raise UnsafeStateError(

@@ -127,8 +127,9 @@ class OrchFileSystem(ChainedFileSystem):
         )
         self._names = Namespace(self._overlay, self._state)
         # Shortcuts keyed by the caller's own spelling of a path that already passed the
-        # gate: the top layer that served it quietly, and where exists() can look first.
-        self._top_reads: dict[str, Any] = {}
+        # gate: how to read it again once it was read quietly (Overlay.fast_reader: a read
+        # beneath the root each time), and where exists() can look first.
+        self._fast_reads: dict[str, Callable[[], Any]] = {}
         self._exists_logical: dict[str, str] = {}
         self._secret_store: Any = None
 
@@ -346,14 +347,16 @@ class OrchFileSystem(ChainedFileSystem):
         return self._names.listing(logical, detail)
 
     def cat_file(self, path: Any, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
-        top = self._top_reads.get(path)
-        if top is not None:
-            try:
-                data = top.store.read_optional(top.rel, start, end)
-            except IsADirectoryError:
-                data = None
-            if data is not None:
-                return data
+        whole = start is None and end is None
+        if whole:
+            fast = self._fast_reads.get(path)
+            if fast is not None:
+                try:
+                    data = fast()
+                except IsADirectoryError:
+                    data = None
+                if data.__class__ is bytes:
+                    return data
         logical = self._gate(path)
         if not logical:
             raise _is_a_directory("")
@@ -371,8 +374,10 @@ class OrchFileSystem(ChainedFileSystem):
         served = self._overlay.served(logical, location)
         if served is not location:  # legacy="migrate" moved it up
             return served.store.read(served.rel, start, end)
-        if self._overlay.layers(logical)[0] is location and len(self._top_reads) < MEMO_LIMIT:
-            self._top_reads[path] = location  # quiet from now on: later reads go straight there
+        if whole and len(self._fast_reads) < MEMO_LIMIT:
+            fast = self._overlay.fast_reader(logical, location)
+            if fast is not None:  # quiet from now on: later reads of it take the shortcut
+                self._fast_reads[path] = fast
         return data
 
     def created(self, path: Any) -> datetime:

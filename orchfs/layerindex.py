@@ -36,7 +36,7 @@ import stat
 import sys
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -125,9 +125,13 @@ class _Tree:
 
     def __init__(self) -> None:
         self.dirs: dict[str, _Dir] = {}
+        # Grows whenever a directory is forgotten: a holder of some nodes' names (see
+        # _FirstRead) knows they are still the live ones while it has not moved.
+        self.generation = 0
 
     def drop(self, node: _Dir) -> None:
         """Forget ``node`` and every indexed directory below it."""
+        self.generation += 1
         for child in list(node.children.values()):
             self.drop(child)
         if self.dirs.get(node.rel) is node:
@@ -290,6 +294,7 @@ class _Watcher:
         self._close()
         for tree in trees.values():
             tree.dirs.clear()  # their watches went with the descriptor
+            tree.generation += 1
 
     def after_fork(self) -> None:
         # The child shares the parent's inotify queue: reading it would take the parent's
@@ -302,6 +307,51 @@ class _Watcher:
 _WATCHER = _Watcher()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_WATCHER.after_fork)
+
+
+def _catch_up() -> None:
+    """Apply whatever the kernel queued since the last look (one non-blocking poll)."""
+    watcher = _WATCHER
+    try:
+        ready = watcher.poll(0)  # type: ignore[misc]
+    except (TypeError, ValueError):  # closed meanwhile (nothing watched any more)
+        ready = [(-1, 0)]
+    if ready or watcher.busy or watcher.remounted:
+        watcher.sync(ready)
+
+
+class _FirstRead:
+    """A read made only while the index shows its file as the first of some keys
+    (see :meth:`LayerIndex.read_if_first`): the names of each directory are held, so
+    that a call is one poll and a look-up per key."""
+
+    __slots__ = ("_absent", "_generation", "_name", "_names", "_reader", "_tree")
+
+    def __init__(
+        self,
+        tree: _Tree,
+        absent: tuple[tuple[dict[str, int], str], ...],
+        names: dict[str, int],
+        name: str,
+        reader: Callable[[], Any],
+    ) -> None:
+        self._tree = tree
+        self._generation = tree.generation
+        self._absent = absent
+        self._names = names
+        self._name = name
+        self._reader = reader
+
+    def __call__(self) -> Any:
+        _catch_up()
+        if self._tree.generation != self._generation:
+            return None  # a directory was forgotten since: its names may be another's now
+        for names, name in self._absent:
+            if name in names:
+                return None
+        if self._names.get(self._name, _LINK) > _FILE:
+            return None  # gone, a link, or of a kind not looked at yet
+        return self._reader()
 
 
 def _linux() -> bool:
@@ -364,13 +414,7 @@ class LayerIndex:
         be told here."""
         dirs = self._dirs
         if dirs:  # something indexed: what changed is applied first
-            watcher = _WATCHER
-            try:
-                ready = watcher.poll(0)  # type: ignore[misc]
-            except (TypeError, ValueError):  # closed meanwhile (nothing watched any more)
-                ready = [(-1, 0)]
-            if ready or watcher.busy or watcher.remounted:
-                watcher.sync(ready)
+            _catch_up()
         elif not self._usable:
             return UNKNOWN
         for at, (head, name) in enumerate(keys):
@@ -387,6 +431,21 @@ class LayerIndex:
             if state != ABSENT:
                 return UNKNOWN
         return ABSENT
+
+    def read_if_first(
+        self, keys: tuple[tuple[str, str], ...], reader: Callable[[], Any]
+    ) -> Callable[[], Any] | None:
+        """``reader`` made conditional: the call returns what ``reader`` returns while the
+        last of ``keys`` is, by the index, the first of them that is there (a file or
+        directory reached without a link, every key before it absent), as of a poll in
+        that same call; else None. None instead of a call when a directory of ``keys``
+        is not indexed now. Only what :meth:`first` would say is trusted: the reader
+        still opens beneath the root."""
+        nodes = [self._dirs.get(head) for head, _name in keys]
+        if any(node is None for node in nodes):
+            return None
+        held = tuple((node.names, name) for node, (_head, name) in zip(nodes, keys, strict=True))  # type: ignore[union-attr]
+        return _FirstRead(self._tree, held[:-1], held[-1][0], held[-1][1], reader)
 
     def known_absent(self, key: tuple[str, str]) -> bool:
         """Whether ``key`` is certainly absent, as of the last :meth:`first` (no poll:

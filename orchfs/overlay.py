@@ -378,6 +378,30 @@ class Overlay:
             return location, data
         raise FileNotFoundError(logical)
 
+    def fast_reader(self, logical: str, location: Location) -> Callable[[], bytes | int | None] | None:
+        """A call that reads ``logical`` again as :meth:`read` just did from ``location``
+        (its bytes, or anything else when :meth:`read` must answer), or None.
+
+        Only strings are kept, nothing about the disk: every call opens the file beneath
+        the root with no link followed, as any read. The write target always wins, so
+        its reader reads. A lower layer is read only when the layer index, polled in the
+        same call, shows every location above it and the markers sentinel absent (and
+        that file there, no link): what :meth:`read` would have found. Without an index,
+        or in the ``migrate`` phase (a legacy read moves the file), lower reads take
+        :meth:`read`.
+        """
+        layers = self.layers(logical)
+        if location is layers[0]:
+            return location.store.whole_reader(location.rel)
+        if self.index is None or self.legacy_mode != "read":
+            return None
+        reader = location.store.whole_reader(location.rel)
+        keys = self._beneath.get(logical)  # made by _indexed, which the read asked
+        for at, layer in enumerate(layers):
+            if layer is location and keys is not None:
+                return self.index.read_if_first((*keys[:at], self._sentinel, keys[at]), reader)
+        return None
+
     def hidden_above(self, layers: tuple[Location, ...], index: int, logical: str) -> bool:
         """Whether markers in the upper layers above ``layers[index]`` hide ``logical``.
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, NamedTuple, Protocol
 
@@ -101,6 +103,7 @@ class Storage(Protocol):
     def find_files(self, rel: str, include_markers: bool = False) -> list[str]: ...
     def read_optional(self, rel: str, start: int | None = None, end: int | None = None) -> bytes | None: ...
     def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes: ...
+    def whole_reader(self, rel: str) -> Callable[[], bytes | int | None]: ...
     def open_read(self, rel: str, block_size: int | None = None, size: int | None = None) -> IO[bytes]: ...
     def open_write(
         self, rel: str, kind: WriteKind = REPLACE, *, mode: int = DEFAULT_FILE_MODE
@@ -314,6 +317,16 @@ class LocalStorage:
         if data is None:
             raise FileNotFoundError(errno.ENOENT, "no such file", self._full(rel))
         return data
+
+    def whole_reader(self, rel: str) -> Callable[[], bytes | int | None]:
+        """A call that reads the whole file ``rel`` for a caller that reads it often: its
+        bytes, or anything else when :meth:`read_optional` must say what is there (absent,
+        a link to judge, a directory). Each call is the same ``openat2`` beneath the
+        boundary as every read; only the encoded path is kept."""
+        disk = self._disk
+        if disk.uses_openat2:
+            return functools.partial(disk.read_encoded, disk.encoded(self._p(rel)))
+        return functools.partial(self.read_optional, rel)
 
     def open_read(self, rel: str, block_size: int | None = None, size: int | None = None) -> IO[bytes]:
         fd = self._open_judged(rel)
@@ -638,6 +651,10 @@ class FsspecStorage:
         if data is None:
             raise FileNotFoundError(errno.ENOENT, "no such file", self.url(rel))
         return data
+
+    def whole_reader(self, rel: str) -> Callable[[], bytes | int | None]:
+        """A call that reads the whole file ``rel`` (see :meth:`LocalStorage.whole_reader`)."""
+        return functools.partial(self.read_optional, rel)
 
     def maybe_exists(self, rel: str) -> bool:
         return True  # no cheaper question than the read itself

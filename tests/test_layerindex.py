@@ -267,6 +267,61 @@ def test_the_index_answers_without_the_disk(tmp_path, helper):
     index.close()
 
 
+def _warm_legacy_read(fs: orchfs.OrchFileSystem, logical: str) -> None:
+    """Read ``logical`` (served by its legacy location) until the read takes the index's
+    shortcut, and check that it does (else the test below would prove nothing)."""
+    for _ in range(2 * layerindex.INDEX_AFTER):  # the contained directory, then the legacy one
+        assert fs.cat_file(logical) == b"legacy b"
+    shortcut = fs._fast_reads[logical]
+    assert isinstance(shortcut, layerindex._FirstRead)
+    assert shortcut() == b"legacy b"
+
+
+@pytest.mark.parametrize(
+    "changes, seen",
+    [
+        ([("write", f"{CONTAINED}/b.json", b"contained b")], b"contained b"),  # the upper copy wins
+        ([("remove", f"{LEGACY}/b.json")], "FileNotFoundError"),
+        ([("link", LEGACY, "outside")], "PathEscapeError"),  # the directory swapped for a link
+        (
+            [("remove", f"{LEGACY}/b.json"), ("rename", f"{LEGACY}/sub", f"{LEGACY}/b.json")],
+            "IsADirectoryError",
+        ),
+    ],
+    ids=["upper-written", "legacy-removed", "legacy-dir-swapped", "directory-in-its-place"],
+)
+def test_a_remembered_legacy_read_follows_every_change(tmp_path, helper, changes, seen):
+    """A legacy file read before is read again through the index's shortcut; a change by
+    another process shows at the next read, and no read returns outside bytes."""
+    root, outside = make_repo(str(tmp_path))
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _warm_legacy_read(fs, "checkpoints/b.json")
+        for change in changes:
+            helper.change(root, outside, change)
+        try:
+            got = fs.cat_file("checkpoints/b.json")
+        except Exception as exc:  # the kind of refusal is the answer
+            got = type(exc).__name__
+    assert got == seen
+
+
+def test_a_remembered_legacy_read_yields_to_a_whiteout(tmp_path):
+    """Another instance deletes the path (a whiteout, and the markers sentinel): the
+    shortcut of the first instance no longer reads the legacy file."""
+    root, _outside = make_repo(str(tmp_path))
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _warm_legacy_read(fs, "checkpoints/b.json")
+    orchfs.OrchFileSystem(root=root, skip_instance_cache=True).rm("checkpoints/b.json")
+    assert Path(root, LEGACY, "b.json").read_bytes() == b"legacy b"  # the legacy file stays
+    with pytest.raises(FileNotFoundError):
+        fs.cat_file("checkpoints/b.json")
+    assert not fs.exists("checkpoints/b.json")
+
+
 def test_concurrent_changes_never_lead_outside_and_settle(tmp_path):
     """A thread swaps directories for links to outside and writes files meanwhile: no
     read returns outside bytes; once it stops, indexed and probed answers agree."""
