@@ -560,7 +560,8 @@ def _human_plan(document: dict[str, Any], dry_run: bool) -> str:
     room = "yes" if document["room"] else "NO"
     lines.append(
         f"{len(document['moves'])} file(s), {document['total_bytes']} bytes; "
-        f"{document['copy_bytes']} to copy; room on disk: {room}"
+        f"{document['copy_bytes']} to copy, {document['backup_bytes']} to back up; "
+        f"room on disk: {room}"
     )
     if document.get("blocked"):
         lines.append(f"blocked: {document['blocked']}")
@@ -680,7 +681,9 @@ def migrate(
         ctx.emit(result.to_json(), result.message)
         return
     if dry_run:
-        the_plan = migration.plan(ctx.root, storage=ctx.storage(storage), retire_leftovers=retire_leftovers)
+        the_plan = migration.plan(
+            ctx.root, storage=ctx.storage(storage), retire_leftovers=retire_leftovers, backup=not no_backup
+        )
         document = the_plan.to_json(False) | {"retire_leftovers": retire_leftovers}
         ctx.emit(document, lambda: _human_plan(document, True))
         return

@@ -97,6 +97,8 @@ class Plan:
     # Retired sources whose bytes exist nowhere else (stale copies, leftovers, the later of
     # two differing legacy locations): kept in the backup even with ``backup=False``.
     keep: frozenset[str] = field(default_factory=frozenset, compare=False, repr=False)
+    # Bytes the backup copies into .orchestrator/migration_backup/ (on local disk).
+    backup_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -110,7 +112,7 @@ class Plan:
 
     @property
     def room(self) -> bool:
-        return self.free_bytes is None or self.copy_bytes <= self.free_bytes
+        return self.free_bytes is None or self.copy_bytes + self.backup_bytes <= self.free_bytes
 
     def to_json(self, applied: bool) -> dict[str, Any]:
         return {
@@ -121,6 +123,7 @@ class Plan:
             "leftovers": list(self.leftovers),
             "total_bytes": self.total_bytes,
             "copy_bytes": self.copy_bytes,
+            "backup_bytes": self.backup_bytes,
             "free_bytes": self.free_bytes,
             "room": self.room,
             "blocked": self.blocked,
@@ -293,6 +296,7 @@ def plan(
     storage: str | None = None,
     storage_options: dict[str, Any] | None = None,
     retire_leftovers: bool = False,
+    backup: bool = True,
 ) -> Plan:
     """What a migration of ``root`` would do. Reads only.
 
@@ -300,7 +304,8 @@ def plan(
     names a state directory elsewhere (``s3://bucket/prefix``, ``memory://...``): files
     are then uploaded to it, hash-checked, and removed from the repository.
     ``retire_leftovers=True`` also moves the ``.bak`` leftovers and the unknown v1 files
-    into the backup (they are reported either way).
+    into the backup (they are reported either way). ``backup`` counts the copies the
+    backup takes (``backup_bytes``) towards the room needed.
     """
     from .storage import LocalStorage
 
@@ -336,7 +341,10 @@ def plan(
         records=LocalStorage(state_dir) if os.path.isdir(state_dir) else None,
         retire_leftovers=retire_leftovers,
     )
-    if the_plan.copy_bytes:
+    # Backups are copies of their own (see _backup), on the state directory's disk.
+    kept = sum(m.bytes for m in the_plan.moves if backup or m.source in the_plan.keep)
+    the_plan = replace(the_plan, backup_bytes=kept)
+    if the_plan.copy_bytes or the_plan.backup_bytes:
         free = shutil.disk_usage(state_dir if os.path.exists(state_dir) else root).free
         the_plan = replace(the_plan, free_bytes=free)
     return the_plan
@@ -1091,6 +1099,7 @@ def apply(
             storage=storage,
             storage_options=storage_options,
             retire_leftovers=retire_leftovers,
+            backup=backup,
         )
         if the_plan.conflicts and prefer is None:
             raise MigrationConflictError(
@@ -1105,7 +1114,9 @@ def apply(
             raise SQLiteInUseError(the_plan.blocked)
         if not the_plan.room:
             raise OSError(
-                f"not enough free space: {the_plan.copy_bytes} bytes to copy, {the_plan.free_bytes} free"
+                f"not enough free space: {the_plan.copy_bytes} bytes to copy and "
+                f"{the_plan.backup_bytes} to back up, {the_plan.free_bytes} free; make room, or "
+                "pass --no-backup"
             )
         steps = _steps(root, the_plan, prefer, None if remote is None else remote.url(""))
         from .meta import ensure_initialized, read_meta

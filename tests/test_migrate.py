@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -172,6 +173,23 @@ def test_writes_in_place_after_migration_never_reach_the_backup(tmp_path):
         with open(os.path.join(root, rel), "rb") as f:
             assert f.read() == data, rel
     allowed_inside_after_rollback(root)
+
+
+def test_the_plan_counts_the_backup_copies_towards_the_room(tmp_path):
+    """Backups are copies: a same-disk migration that renames needs room for them."""
+    root = make_repo(tmp_path)
+    with_backup = migrate.plan(root)
+    assert with_backup.copy_bytes == 0 and with_backup.backup_bytes == with_backup.total_bytes > 0
+    assert with_backup.free_bytes is not None and with_backup.room
+    assert not dataclasses.replace(with_backup, free_bytes=with_backup.backup_bytes - 1).room
+    assert migrate.plan(root, backup=False).backup_bytes == 0
+
+    def dry_run(*flags: str) -> dict:
+        argv = [sys.executable, "-m", "orchfs.cli", "--root", root, "migrate", "--dry-run", "--json", *flags]
+        return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
+    assert dry_run()["backup_bytes"] == with_backup.total_bytes
+    assert dry_run("--no-backup")["backup_bytes"] == 0
 
 
 def test_rollback_without_changes_is_byte_for_byte(tmp_path):
