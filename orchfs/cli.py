@@ -93,7 +93,9 @@ class Context:
         if self.json:
             click.echo(json.dumps(document, indent=2, default=str))
         elif not self.quiet:
-            click.echo(human() if callable(human) else human)
+            text = human() if callable(human) else human
+            if text:  # nothing to say (an empty directory): no blank line, as ls(1)
+                click.echo(text)
         if self.legacy_used and not self.json and not self.quiet:
             click.echo(LEGACY_MARKER, err=True)
 
@@ -717,7 +719,7 @@ def migrate(
     "--fix",
     "apply_fixes",
     is_flag=True,
-    help="Apply the safe fixes (temp files, stale locks, unfinished migration, modes).",
+    help="Apply the safe fixes (temp files, stale locks, unfinished migration or import, modes).",
 )
 @json_option
 @pass_ctx
@@ -903,6 +905,7 @@ def snapshot_export(ctx: Context, file: str, encrypt: bool) -> None:
 @click.option(
     "--max-bytes",
     default="1GiB",
+    metavar="SIZE",
     show_default=True,
     help="Refuse a snapshot holding more than this in total.",
 )
@@ -910,7 +913,11 @@ def snapshot_export(ctx: Context, file: str, encrypt: bool) -> None:
 @pass_ctx
 @handle_errors
 def snapshot_import(ctx: Context, file: str, force: bool, max_bytes: str) -> None:
-    """Restore FILE into the repository's state (checked whole before anything is written).
+    """Restore FILE into the repository's state, all or nothing.
+
+    The whole snapshot is checked before anything is written; a refused one leaves the
+    repository as it was. An import killed part way is finished by running it again
+    (or by `orchfs doctor --fix`).
 
     \b
     Example:

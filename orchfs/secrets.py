@@ -402,7 +402,12 @@ class SecretStore:
     def where(self) -> str:
         """Which key source is in use (for ``orchfs secrets where``)."""
         keys = self.keys()
-        return f"{keys[0].source} (key id {keys[0].id.hex()})" if keys else "no key available"
+        if not keys:
+            return (
+                "no key available: run `orchfs secrets init`, or set ORCHFS_KEY or ORCHFS_KEY_FILE "
+                "(ORCHFS_PASSPHRASE for a passphrase)"
+            )
+        return f"{keys[0].source} (key id {keys[0].id.hex()})"
 
     def _writing_key(self) -> MasterKey:
         keys = self.keys()

@@ -254,6 +254,23 @@ def test_a_defect_is_one_line_not_a_traceback(repo, monkeypatch):
         run("--root", repo, "doctor")
 
 
+def test_ls_of_an_empty_repository_prints_nothing_and_creates_nothing(tmp_path):
+    root = tmp_path / "repo"
+    (root / ".git").mkdir(parents=True)
+    result = run("--root", root, "ls")
+    assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
+    assert sorted(os.listdir(root)) == [".git"]
+
+
+def test_secrets_where_without_a_key_says_how_to_give_one(repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    for name in ("ORCHFS_KEY", "ORCHFS_KEY_FILE", "ORCHFS_PASSPHRASE"):
+        monkeypatch.delenv(name, raising=False)
+    result = run("--root", repo, "secrets", "where")
+    assert result.exit_code == 0
+    assert "orchfs secrets init" in result.stdout and "ORCHFS_KEY" in result.stdout
+
+
 # --- the documentation runs -----------------------------------------------------------------
 def _python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
