@@ -23,6 +23,7 @@ class OrchFixtures(AbstractFixtures):
         params=[
             *(pytest.param(b, marks=pytest.mark.slow) if b == "s3" else b for b in BACKENDS),
             pytest.param("seaweedfs", marks=[pytest.mark.s3, pytest.mark.slow]),
+            pytest.param("gcs", marks=[pytest.mark.s3, pytest.mark.slow]),
         ]
     )
     def fs(self, request, tmp_path_factory):
