@@ -522,15 +522,36 @@ def _temp_files(state: str) -> list[str]:
     return out
 
 
+def _abandoned_staging(state: str) -> list[str]:
+    """Staging directories of snapshot imports killed before their swap began (no swap
+    journal beside them): nothing of them was put in place. One with a journal is an
+    ``unfinished-import``; a ``.replaced`` directory holds old files and is never swept."""
+    from .snapshot import ASIDE_SUFFIX, STAGING_DIR, STAGING_PREFIX, SWAP_SUFFIX
+
+    tmp = os.path.join(state, STAGING_DIR)
+    if os.path.islink(tmp) or not os.path.isdir(tmp):
+        return []
+    names = set(os.listdir(tmp))
+    return [
+        os.path.join(tmp, name)
+        for name in sorted(names)
+        if name.startswith(STAGING_PREFIX)
+        and not name.endswith((ASIDE_SUFFIX, SWAP_SUFFIX))
+        and name + SWAP_SUFFIX not in names
+        and stat.S_ISDIR(os.lstat(os.path.join(tmp, name)).st_mode)
+    ]
+
+
 def _temp_findings(state: str, now: float) -> list[Finding]:
-    old = [p for p in _temp_files(state) if now - os.lstat(p).st_mtime > ORPHAN_TEMP_AGE]
+    found = _temp_files(state) + _abandoned_staging(state)
+    old = [p for p in found if now - os.lstat(p).st_mtime > ORPHAN_TEMP_AGE]
     if not old:
         return []
     return [
         Finding(
             "orphan-temp",
             "warning",
-            f"{len(old)} temp file(s) left by interrupted writes",
+            f"{len(old)} temp file(s) left by interrupted writes or snapshot imports",
             "`orchfs doctor --fix` removes them",
             tuple(old),
         )
@@ -613,7 +634,10 @@ def fix(root: Any, findings: list[Finding] | None = None, *, layout: Any = None)
         for finding in findings:
             if finding.id == "orphan-temp":
                 for path in finding.paths:
-                    guard.unlink(guard.relpath(path))
+                    if stat.S_ISDIR(os.lstat(path).st_mode):  # a staging directory
+                        guard.remove_tree(guard.relpath(path))
+                    else:
+                        guard.unlink(guard.relpath(path))
                 done.append(f"removed {len(finding.paths)} orphaned temp file(s)")
     if "stale-lock" in ids:
         from .locks import clear_stale

@@ -353,3 +353,27 @@ def test_a_planted_swap_journal_is_refused_with_nothing_changed(tmp_path):
     assert {r: v for r, v in entries(tmp_path).items() if "/locks" not in r} == {
         r: v for r, v in before.items() if "/locks" not in r
     }
+
+
+def test_doctor_sweeps_the_staging_of_an_import_killed_before_its_swap(tmp_path):
+    """A staging directory with no swap journal beside it put nothing in place: it is an
+    orphan-temp once old; one with a journal, and a `.replaced` one, are never swept."""
+    target = new_repo(tmp_path / "target")
+    fs = orchfs.OrchFileSystem(root=str(target), skip_instance_cache=True)
+    fs.pipe_file("state.json", b"mine")
+    tmp = target / ".orchestrator" / "tmp"
+    for name in ("import-0123456789ab", "import-0123456789ab.replaced", "import-ba9876543210"):
+        (tmp / name).mkdir(parents=True)
+        (tmp / name / "state.json").write_bytes(b"staged")
+    journal = {"source": "s.tgz", "sha256": "0" * 64, "files": 1, "bytes": 6, "members": ["state.json"]}
+    (tmp / "import-ba9876543210.swap").write_text(json.dumps(journal))
+    later = time.time() + 3600
+    found = {f.id: f for f in orchfs.doctor.run(str(target), now=later)}
+    assert found["orphan-temp"].paths == (str(tmp / "import-0123456789ab"),)
+    orchfs.doctor.fix(str(target), [found["orphan-temp"]])
+    assert sorted(os.listdir(tmp)) == [
+        "import-0123456789ab.replaced",
+        "import-ba9876543210",
+        "import-ba9876543210.swap",
+    ]
+    assert fs.cat_file("state.json") == b"mine"
