@@ -555,6 +555,70 @@ def test_other_errors_are_not_preconditions_whatever_the_body_says(kind, request
         proxy.close()
 
 
+# --- the conditional requests themselves, on each real store ------------------------------
+def test_conditional_requests_on_each_store(store_kind, request, tmp_path):
+    """What leases and fencing stand on: create fails over an object, get returns the
+    version with the age by the server's clock, replace and delete name a version."""
+    from orchfs.conditional import PreconditionFailed
+
+    server, _ = store_of(store_kind, request)
+    storage = make_fs(store_kind, request, tmp_path).state_storage
+    store = storage.conditional
+    path = storage.backend_path(f"conditional-{time.time_ns()}")
+    first = store.create(path, b"one")
+    with pytest.raises(FileExistsError):
+        store.create(path, b"two")
+    found = store.get(path)
+    assert (found.data, found.version) == (b"one", first)
+    # Date and Last-Modified have a resolution of one second; the write was just now.
+    assert found.age is not None and -2.0 <= found.age <= 30.0, found.age
+    second = store.replace(path, b"three", first)
+    assert second != first
+    with pytest.raises(PreconditionFailed):
+        store.replace(path, b"four", first)
+    if server.capability.conditional_delete:  # fake-gcs-server deletes whatever generation is there
+        with pytest.raises(PreconditionFailed):
+            store.delete(path, first)
+    assert store.get(path).data == b"three"
+    store.delete(path, second)
+    assert store.get(path) is None
+    with pytest.raises(PreconditionFailed):  # gone is not at that version either
+        store.delete(path, second)
+
+
+def test_gcs_requests_per_operation(gcs_server, gcs_bucket):
+    """Pinned round trips on GCS: a write is one upload; update_json is four requests
+    uncontended (lease taken, the read under it, the fenced upload, the lease released)."""
+    sent: list[str] = []
+
+    def record(method, path, headers, status, payload):
+        # A releasing holder looks for announced waiters every few seconds: not a cost of one call.
+        if not path.split("?")[0].endswith(".waiting"):
+            sent.append(method)
+        return status, payload
+
+    proxy = _RewritingProxy(gcs_server.endpoint, record)
+    try:
+        fs = _proxied_fs(gcs_server, gcs_bucket, proxy)
+
+        def requests(operation) -> list[str]:
+            sent.clear()
+            operation()
+            return sorted(sent)
+
+        def bump() -> None:
+            fs.update_json("run/counter.json", lambda v: {"n": v.get("n", 0) + 1})
+
+        bump()  # the lease object, the counter and the precondition probe exist from here on
+        assert requests(bump) == ["GET", "POST", "POST", "POST"]
+        assert requests(lambda: fs.pipe_file("run/fresh.json", b"{}")) == ["POST"]
+        assert requests(lambda: fs.pipe_file("run/fresh.json", b"{2}")) == ["POST"]
+        assert requests(lambda: fs.cat_file("run/fresh.json")) == ["GET"]
+        assert json.loads(fs.cat_file("run/counter.json")) == {"n": 2}
+    finally:
+        proxy.close()
+
+
 # --- a store that ignores preconditions is refused: a lease there would exclude nobody -----
 def test_store_that_ignores_preconditions_refuses_a_lease(ignoring_gcs_server, ignoring_gcs_bucket):
     """gcp-storage-emulator overwrites on ifGenerationMatch=0: two processes would both
