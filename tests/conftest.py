@@ -87,47 +87,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 _bucket_counter = itertools.count()
 
 
-def _launch(start) -> Service:
+def _serve(start) -> Iterator[Service]:
+    """Start a service through its launcher for the session; skip if it cannot be installed."""
     try:
-        return start()
+        server = start()
     except BackendUnavailable as exc:
         pytest.skip(f"backend not installable here: {exc}")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[moto_s3.MotoServer]:
-    server = moto_s3.start()
-    yield server
-    server.stop()
+    yield from _serve(moto_s3.start)
 
 
 @pytest.fixture(scope="session")
 def seaweedfs_server() -> Iterator[Service]:
-    server = _launch(seaweedfs.start)
-    yield server
-    server.stop()
+    yield from _serve(seaweedfs.start)
 
 
 @pytest.fixture(scope="session")
 def azurite_server() -> Iterator[Service]:
-    server = _launch(azurite.start)
-    yield server
-    server.stop()
+    yield from _serve(azurite.start)
 
 
 @pytest.fixture(scope="session")
 def gcs_server() -> Iterator[Service]:
-    server = _launch(fake_gcs.start)
-    yield server
-    server.stop()
+    yield from _serve(fake_gcs.start)
 
 
 @pytest.fixture(scope="session")
 def ignoring_gcs_server() -> Iterator[Service]:
     """A GCS-API server that ignores preconditions: leases there must be refused."""
-    server = _launch(gcp_storage_emulator.start)
-    yield server
-    server.stop()
+    yield from _serve(gcp_storage_emulator.start)
 
 
 def make_bucket(server: Service) -> str:
