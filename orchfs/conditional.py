@@ -42,17 +42,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import PreconditionFailed
+
 PRECONDITION_FAILED = 412
 NOT_FOUND = 404
 CONFLICT = 409  # Azure: a create (If-None-Match: *) over an existing blob; S3: a racing conditional write
 PROBE_NAME = "precondition.probe"  # the object the precondition probe creates twice
-
-
-class PreconditionFailed(OSError):
-    """The object is not at the version the request named (HTTP 412)."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(errno.ESTALE, "precondition failed: the object changed", url)
 
 
 @dataclass(frozen=True)
@@ -503,7 +498,6 @@ __all__ = [
     "ConditionalStore",
     "GCSConditional",
     "MemoryConditional",
-    "PreconditionFailed",
     "Request",
     "S3Conditional",
     "Versioned",

@@ -76,6 +76,14 @@ class SnapshotError(OrchFSError, ValueError):
     """A snapshot file that cannot be imported (the message says why; nothing was written)."""
 
 
+class PreconditionFailed(OrchFSError, OSError):
+    """A conditional request on object storage found the object at another version than
+    it named (HTTP 412): a lease or a fenced write lost its race."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(errno.ESTALE, "precondition failed: the object changed", url)
+
+
 class StateError(OrchFSError, ValueError):
     """A file orchfs keeps (meta.json, FORMAT, a journal, the secrets manifest) is damaged
     or holds a value orchfs refuses. The message names the file, what is wrong and the fix;
@@ -177,6 +185,7 @@ __all__ = [
     "MigrationConflictError",
     "OrchFSError",
     "PathEscapeError",
+    "PreconditionFailed",
     "RollbackIncompleteError",
     "SQLiteInUseError",
     "SecretIntegrityError",

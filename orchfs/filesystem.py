@@ -99,7 +99,7 @@ class OrchFileSystem(ChainedFileSystem):
             validate_id(validate_name(session, "session id"), "session id")
         options = dict(storage_options or target_options or {})
         self.root, self._repo = open_root(root_url(root, fo, target_protocol), options)
-        self._local_root = self._repo.kind == "local"
+        self._local_root = self._repo.capabilities.local_path
         if storage is None:
             storage = f"{self.root}/{STATE_DIR}"
         boundary = self.root if self._local_root else None

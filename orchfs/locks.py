@@ -51,12 +51,13 @@ from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .beneath import READ_FLAGS
-from .conditional import PROBE_NAME, PreconditionFailed, Versioned
+from .conditional import PROBE_NAME, Versioned
 from .errors import (
     ConfigError,
     LockLostError,
     LockTimeout,
     PathEscapeError,
+    PreconditionFailed,
     StateError,
     UnsafeStateError,
     library_logger,
@@ -214,6 +215,10 @@ class LockBackend:
         """How long to sleep before the next attempt."""
         return delay
 
+    def clear_stale(self) -> None:
+        """Clear what a dead holder left behind (:func:`inspect` found the lock stale)."""
+        raise NotImplementedError
+
     def acquire(self, timeout: float) -> None:
         started = time.monotonic()
         deadline = started + timeout
@@ -354,6 +359,15 @@ class LocalFileLock(LockBackend):
             self._write_record(json.dumps({"generation": self.generation}).encode())
         self._close()
 
+    def clear_stale(self) -> None:
+        """Remove the holder record a dead holder left (its ``flock`` died with it)."""
+        with contextlib.suppress(FileNotFoundError):
+            dir_fd = self.storage.open_dir(LOCKS_DIR)
+            try:
+                os.unlink(f"{self.name}.holder", dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
+
     def _close(self) -> None:
         if self._holder_fd >= 0:
             os.close(self._holder_fd)
@@ -417,6 +431,9 @@ class MemoryLock(LockBackend):
         self.generation = 0
         _memory_holders.pop(self.url, None)
         self._lock.release()
+
+    def clear_stale(self) -> None:
+        """Nothing to clear: a lock of this process ends with its holder."""
 
 
 @dataclass(frozen=True)
@@ -813,6 +830,14 @@ class LeaseLock(LockBackend):
             if self._lost:
                 return
 
+    def clear_stale(self) -> None:
+        """Mark an expired lease released: replaced by a released record, not deleted,
+        so that the generation lives on."""
+        current = self.current()
+        if current is not None and current.expired():
+            with contextlib.suppress(OSError):
+                self.store.replace(self._path, self._body(current.generation, True), current.version)
+
     def release(self) -> None:
         self._stop.set()
         if self._heartbeat is not None:
@@ -933,6 +958,18 @@ class RepositoryLock:
         return f"<RepositoryLock {self.backend.url!r}>"
 
 
+def _backend_class(storage: Any) -> type[LocalFileLock | MemoryLock | LeaseLock]:
+    """The kind of lock the storage's capabilities call for: an OS lock where processes
+    share the disk, a lease where machines share the store, else a lock of this process
+    (fsspec's memory filesystem lives in it)."""
+    capabilities = storage.capabilities
+    if capabilities.os_locks and fcntl is not None:
+        return LocalFileLock
+    if capabilities.leases:
+        return LeaseLock
+    return MemoryLock
+
+
 def make_lock(
     storage: Any,
     name: str,
@@ -942,17 +979,16 @@ def make_lock(
     lease: float | None = None,
     renew: float | None = None,
 ) -> RepositoryLock:
-    """The right lock for the storage kind, named ``name`` (one path segment); ``lease`` and
+    """The right lock for the storage's capabilities, named ``name`` (one path segment); ``lease`` and
     ``renew`` (seconds) set an object-storage lease's length and renewal interval."""
     validate_name(name, "lock name")
     if timeout < 0:
         raise ValueError(f"lock timeout must be >= 0 seconds, not {timeout}")
-    if storage.kind == "local" and fcntl is not None:
-        backend: Any = LocalFileLock(storage, name, session)
-    elif storage.kind in ("memory", "local"):
-        backend = MemoryLock(storage, name, session)
+    kind = _backend_class(storage)
+    if kind is LeaseLock:
+        backend: LockBackend = LeaseLock(storage, name, session, lease or DEFAULT_LEASE, renew)
     else:
-        backend = LeaseLock(storage, name, session, lease or DEFAULT_LEASE, renew)
+        backend = kind(storage, name, session)
     return RepositoryLock(backend, timeout)
 
 
@@ -961,7 +997,8 @@ def inspect(fs: Any) -> list[LockStatus]:
     storage = fs.state_storage
     now = time.time()
     out = []
-    if storage.kind == "memory":
+    kind = _backend_class(storage)
+    if kind is MemoryLock:
         prefix = storage.url(f"{LOCKS_DIR}/")
         for url, lock in list(_memory_locks.items()):
             if url.startswith(prefix):
@@ -983,7 +1020,7 @@ def inspect(fs: Any) -> list[LockStatus]:
     except (FileNotFoundError, NotADirectoryError):
         return out
     for entry in sorted(names):
-        if storage.kind == "local" and entry.endswith(".lock"):
+        if kind is LocalFileLock and entry.endswith(".lock"):
             out.append(_inspect_local(storage, entry[: -len(".lock")], now))
         elif entry.endswith(".lease"):
             lease = LeaseLock(storage, entry[: -len(".lease")], None)
@@ -1024,21 +1061,12 @@ def _inspect_local(storage: Any, name: str, now: float) -> LockStatus:
 def clear_stale(fs: Any) -> list[LockStatus]:
     """Remove holder records and leases left by dead holders; return what was cleared."""
     cleared = []
+    storage = fs.state_storage
+    kind = _backend_class(storage)
     for status in inspect(fs):
-        if not status.stale:
-            continue
-        storage = fs.state_storage
-        if storage.kind == "local":
-            with contextlib.suppress(FileNotFoundError):
-                storage.remove(f"{LOCKS_DIR}/{status.name}.holder")
-        else:
-            lease = LeaseLock(storage, status.name, None)
-            current = lease.current()
-            if current is not None and current.expired():
-                # Replaced by a released record, not deleted: the generation lives on.
-                with contextlib.suppress(OSError):
-                    lease.store.replace(lease._path, lease._body(current.generation, True), current.version)
-        cleared.append(status)
+        if status.stale:
+            kind(storage, status.name, None).clear_stale()
+            cleared.append(status)
     return cleared
 
 

@@ -546,7 +546,7 @@ def _rehomed_meta(data: bytes, fs: Any) -> bytes:
         return data
     if isinstance(meta, dict):
         meta["root"] = fs.root
-        meta["git_remote"] = git_remote(fs.root) if fs.repo_storage.kind == "local" else None
+        meta["git_remote"] = git_remote(fs.root) if fs.repo_storage.capabilities.local_path else None
         data = json.dumps(meta, indent=2).encode() + b"\n"
     return data
 

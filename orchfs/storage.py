@@ -64,12 +64,25 @@ except ImportError:  # pragma: no cover - Windows
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend can do natively; the layers above adapt to it."""
+    """What a backend can do natively; the layers above adapt to it, and every choice
+    between backends is made on these, never on :attr:`Storage.kind`.
+
+    ``local_path``: the base is a directory on this machine's disk (git sees it, reads
+    can be bounded, a planted sparse file costs its maker nothing). ``os_locks``: an OS
+    lock (``flock``) on a file there holds between processes. ``leases``: other machines
+    share the store, so a lock is a lease object and writes under it are fenced.
+    ``parents_required``: directories are entries of the filesystem itself, made before a
+    file goes in and removed with ``rmdir`` (fsspec's memory filesystem); on object
+    storage they are key prefixes (``empty_directories`` where a filer keeps them)."""
 
     atomic_rename: bool
     conditional_put: bool
     native_append: bool
     empty_directories: bool
+    local_path: bool = False
+    os_locks: bool = False
+    leases: bool = False
+    parents_required: bool = False
 
 
 class Listing(NamedTuple):
@@ -137,7 +150,12 @@ class LocalStorage:
 
     kind = "local"
     capabilities = Capabilities(
-        atomic_rename=True, conditional_put=True, native_append=True, empty_directories=True
+        atomic_rename=True,
+        conditional_put=True,
+        native_append=True,
+        empty_directories=True,
+        local_path=True,
+        os_locks=True,
     )
 
     def __init__(self, base: str, boundary: str | None = None, *, use_openat2: bool | None = None) -> None:
@@ -526,11 +544,16 @@ class FsspecStorage:
     @property
     def capabilities(self) -> Capabilities:
         if self._capabilities is None:
+            # The one place the kind is read: fsspec's memory filesystem lives in this
+            # process (thread locks serve it), every other one is shared object storage.
+            memory = self.kind == "memory"
             self._capabilities = Capabilities(
                 atomic_rename=False,
                 conditional_put=True,
                 native_append=False,
-                empty_directories=self.kind == "memory" or self._filer_backed(),
+                empty_directories=memory or self._filer_backed(),
+                leases=not memory,
+                parents_required=memory,
             )
         return self._capabilities
 
@@ -698,7 +721,7 @@ class FsspecStorage:
                 return  # a file a moment ago: overwriting it needs no request first
             if rel in self._dirs:
                 raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel))
-            if self.kind != "memory" and not self.capabilities.empty_directories:
+            if not self.capabilities.empty_directories:
                 # Directories here are only prefixes of keys; a key may sit beside one (as
                 # with s3fs). orchfs refuses the prefixes it knows of, and asks nothing:
                 # a write is one PUT.
@@ -716,7 +739,7 @@ class FsspecStorage:
         mode = "create" if exclusive else "overwrite"
 
         def upload(data: bytes) -> None:
-            if self.kind == "memory":  # parents must exist there; a filer makes them itself
+            if self.capabilities.parents_required:  # a filer makes them itself
                 self.fs.makedirs(full.rpartition("/")[0], exist_ok=True)
             fence = active_fence() if self.conditional is not None else None
             try:
@@ -752,7 +775,7 @@ class FsspecStorage:
         self.write(rel, old + data, REPLACE_LOOKED)
 
     def makedirs(self, rel: str) -> None:
-        if self.kind == "memory":
+        if self.capabilities.parents_required:
             self.fs.makedirs(self._full(rel), exist_ok=True)
             return
         if not self._bucket_ready:  # object storage has no directories, only a bucket
@@ -775,7 +798,7 @@ class FsspecStorage:
             self.fs.rm_file(self._full(rel))
 
     def rmdir(self, rel: str) -> None:
-        if self.kind == "memory":
+        if self.capabilities.parents_required:
             self.fs.rmdir(self._full(rel))
         elif self.capabilities.empty_directories:
             if self.fs.ls(self._full(rel)):
@@ -793,7 +816,7 @@ class FsspecStorage:
         full = self._full(rel)
         if not self.fs.exists(full):
             return
-        kept = self.kind != "memory" and self.capabilities.empty_directories
+        kept = self.capabilities.empty_directories and not self.capabilities.parents_required
         directories = [
             p
             for p, i in self.fs.find(full, withdirs=True, detail=True).items()
@@ -825,7 +848,7 @@ class FsspecStorage:
         self.remove(src)
 
     def copy(self, src: str, dst: str) -> None:
-        if self.kind == "memory":  # parents must exist there; a filer makes them itself
+        if self.capabilities.parents_required:  # a filer makes them itself
             self.fs.makedirs(self._full(dst).rpartition("/")[0], exist_ok=True)
         self.fs.cp_file(self._full(src), self._full(dst))
 

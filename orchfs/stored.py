@@ -36,7 +36,7 @@ def read_state(storage: Any, rel: str, limit: int = MAX_STATE_JSON_BYTES) -> byt
     never read whole, only far enough for the size check to refuse it. Object stores are
     read whole: under a lease the fenced write that follows names the version a whole
     read notes."""
-    if storage.kind == "local":
+    if storage.capabilities.local_path:
         return storage.read_optional(rel, 0, limit + 1)
     return storage.read_optional(rel)
 
