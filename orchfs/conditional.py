@@ -341,7 +341,8 @@ class GCSConditional(ConditionalStore):
 
     @property
     def endpoint(self) -> str:
-        return str(self.fs._location)  # gcsfs's JSON-API host (Google's unless endpoint_url)
+        # gcsfs's JSON-API host (Google's unless endpoint_url), from its public API base.
+        return str(self.fs.base).removesuffix("/storage/v1/")
 
     def _call(self, path: str, method: str, target: str, *args: str, **params: Any) -> Any:
         from gcsfs.retry import HttpError
@@ -386,7 +387,7 @@ class GCSConditional(ConditionalStore):
                 path,
                 "POST",
                 # The upload endpoint beside the JSON API's (gcsfs's own uploads use it too).
-                f"{self.fs._location}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
+                f"{self.endpoint}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
                 uploadType="multipart",
                 ifGenerationMatch=generation,
                 headers={"Content-Type": f'multipart/related; boundary="{boundary}"'},

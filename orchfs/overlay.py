@@ -499,7 +499,7 @@ class Overlay:
         if not opaque:
             # Layout directories are dated as info() dates them where that is cheap (local
             # disk: a few stats); on memory and object storage it takes a subtree listing.
-            dated = detail and layers[0].store.kind == "local"
+            dated = detail and layers[0].store.capabilities.local_path
             for name in self.layout.virtual_children(logical):
                 if name in hidden:
                     continue

@@ -127,7 +127,7 @@ def export(fs: Any, path: str | os.PathLike[str], *, encrypt: bool = False, key:
 def _refuse_inside(state: Storage, target: str) -> None:
     """A snapshot written into the state directory it is taken of would be exported into
     the next snapshot and imported back with it (and swept with the state)."""
-    if state.kind != "local":
+    if not state.capabilities.local_path:
         return
     base = os.path.realpath(state.base)
     where = os.path.realpath(os.path.dirname(target))
@@ -169,7 +169,7 @@ def import_snapshot(
             if done.sha256 == digest:  # this very import, killed during its swap: now done
                 return SnapshotInfo(source, done.files, done.bytes, encrypted, digest)
     _refuse_existing(state, force)  # early, before anything is staged; again under the lock
-    had_state_dir = state.kind != "local" or state.info("") is not None
+    had_state_dir = not state.capabilities.local_path or state.info("") is not None
     staging = f"{STAGING_DIR}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     try:
         state.makedirs_private(staging)

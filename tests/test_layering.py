@@ -83,3 +83,24 @@ def test_the_checks_above_can_fail():
     own = _own_private_names(tree)
     read = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load)]
     assert [name for name in read if name not in own] == ["_y"]
+
+
+BACKEND_KINDS = frozenset({"local", "memory", "object"})
+
+
+def test_choices_between_backends_are_made_on_capabilities():
+    # A storage's kind names the backend in messages; ``storage.py`` alone maps it to
+    # Capabilities, and every other module chooses on those.
+    compared = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.name == "storage.py":
+            continue
+        for node in ast.walk(_tree(path.name)):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            reads_kind = any(isinstance(s, ast.Attribute) and s.attr == "kind" for s in sides)
+            constants = [c for s in sides for c in ast.walk(s) if isinstance(c, ast.Constant)]
+            if reads_kind and any(c.value in BACKEND_KINDS for c in constants):
+                compared.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    assert compared == []
