@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets as _random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +74,7 @@ REPLACE_LOOKED = WriteKind(looked=True)
 
 def temp_name(name: str) -> str:
     """A fresh temp-file name beside ``name`` (never shown in listings)."""
-    return f"{TEMP_PREFIX}{name[:64]}.{_random.token_hex(8)}"
+    return f"{TEMP_PREFIX}{name[:64]}.{os.urandom(8).hex()}"
 
 
 def fsync_directory(dir_fd: int) -> None:

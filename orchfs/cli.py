@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable
 from functools import wraps
@@ -1226,6 +1224,9 @@ def demo(ctx: Context, keep: bool) -> None:
     Example:
       orchfs demo --keep
     """
+    import shutil
+    import tempfile
+
     from . import doctor as checks
     from . import migrate as migration
     from .filesystem import OrchFileSystem

@@ -13,7 +13,7 @@ import errno
 import os
 import sys
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import logging
@@ -159,16 +159,50 @@ def is_a_directory(logical: str) -> IsADirectoryError:
     return IsADirectoryError(errno.EISDIR, "is a directory, not a file", f"{PROTOCOL}://{logical}")
 
 
-def library_logger(name: str) -> logging.Logger:
-    """The logger of an orchfs module (``orchfs.locks``, ...). The ``orchfs`` logger
-    carries a ``NullHandler``, so that nothing reaches stderr unless the application
-    configures logging: the library itself never prints."""
+class LibraryLogger:
+    """The logger of an orchfs module, made on its first record after someone imported
+    :mod:`logging`: before that nothing can be configured to receive a record (and the
+    ``orchfs`` logger's ``NullHandler`` would drop it), so a record costs one look-up and
+    a command that logs nowhere never imports :mod:`logging`."""
+
+    __slots__ = ("_logger", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._logger: logging.Logger | None = None
+
+    def _log(self, level: str, message: str, args: tuple[Any, ...]) -> None:
+        logger = self._logger
+        if logger is None:
+            if "logging" not in sys.modules:
+                return
+            logger = self._logger = _package_logger(self.name)
+        getattr(logger, level)(message, *args, stacklevel=3)  # the caller's line, not this one
+
+    def debug(self, message: str, *args: Any) -> None:
+        self._log("debug", message, args)
+
+    def info(self, message: str, *args: Any) -> None:
+        self._log("info", message, args)
+
+    def warning(self, message: str, *args: Any) -> None:
+        self._log("warning", message, args)
+
+
+def _package_logger(name: str) -> logging.Logger:
     import logging
 
     package = logging.getLogger(__name__.partition(".")[0])
     if not any(isinstance(handler, logging.NullHandler) for handler in package.handlers):
         package.addHandler(logging.NullHandler())
     return logging.getLogger(name)
+
+
+def library_logger(name: str) -> LibraryLogger:
+    """The logger of an orchfs module (``orchfs.locks``, ...). The ``orchfs`` logger
+    carries a ``NullHandler``, so that nothing reaches stderr unless the application
+    configures logging: the library itself never prints."""
+    return LibraryLogger(name)
 
 
 __all__ = [

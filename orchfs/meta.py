@@ -161,11 +161,14 @@ def gitignored(root: str) -> bool:
     """Whether git ignores the state directory of ``root``: git's own answer where git is
     installed (every ignore file and rule counts), else a ``.orchestrator/`` line in
     the root ``.gitignore``."""
-    import shutil
-    import subprocess
+    git = None
+    if os.path.exists(os.path.join(root, ".git")):  # a worktree's is a file
+        import shutil
 
-    git = shutil.which("git")
-    if git is not None and os.path.exists(os.path.join(root, ".git")):  # a worktree's is a file
+        git = shutil.which("git")
+    if git is not None:
+        import subprocess
+
         try:
             answer = subprocess.run(
                 # No hooks or fsmonitor of the repository run: only the ignore rules count.

@@ -324,11 +324,12 @@ def plan(
     existing_dirs: dict[str, bool] = {}
 
     def present(contained: str) -> bool:
-        full = f"{state_dir}/{contained}"  # contained paths are relative and '/'-separated
-        parent = full.rpartition("/")[0]
-        if parent not in existing_dirs:  # a directory this run has not seen: one check
-            existing_dirs[parent] = os.path.isdir(parent)
-        return existing_dirs[parent] and _lexists(full)
+        # contained paths are relative and '/'-separated
+        parent = contained.rpartition("/")[0]
+        there = existing_dirs.get(parent)
+        if there is None:  # a directory this run has not seen: one check
+            there = existing_dirs[parent] = os.path.isdir(f"{state_dir}/{parent}")
+        return there and _lexists(f"{state_dir}/{contained}")
 
     the_plan = _plan_moves(
         root,
@@ -364,8 +365,6 @@ def _plan_moves(
 ) -> Plan:
     """Every v1 file as a move, a retirement (already there, or a stale copy orchfs
     superseded) or a conflict (there, different)."""
-    from .supersede import is_stale, read_record
-
     if migration_id is not None:
         check_id(migration_id, "migration id", "migration_id argument")
     migration_id = migration_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -388,7 +387,10 @@ def _plan_moves(
             full = f"{root}/{source}"  # sources are relative and '/'-separated
             if same(full, contained):
                 moves.append(Move(source, where, st.st_size, "retire"))
-            elif records is not None and is_stale(
+                continue
+            from .supersede import is_stale, read_record  # only where both copies exist
+
+            if records is not None and is_stale(
                 read_record(records, source), st.st_size, lambda f=full: _sha256_file(f)
             ):
                 moves.append(Move(source, where, st.st_size, "retire"))

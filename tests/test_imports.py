@@ -50,5 +50,8 @@ def test_migrate_of_a_local_repository_loads_no_fsspec(tmp_path):
         f"from orchfs.cli import main; main(['--root', {str(repo)!r}, '--quiet', 'migrate'], standalone_mode=False)"
     )
     assert "orchfs.migrate" in modules and not (repo / ".workflow_state.json").exists()
-    for heavy in UNUSED_LOCALLY:
+    # Nor what this run does not use: logging configured by no one (orchfs's loggers are
+    # made on the first record after someone imports it), git in a directory without .git.
+    assert not (repo / ".git").exists()
+    for heavy in (*UNUSED_LOCALLY, "logging", "subprocess", "orchfs.filesystem"):
         assert heavy not in modules, heavy
