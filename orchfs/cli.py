@@ -1214,6 +1214,7 @@ def secrets_where(ctx: Context) -> None:
 @click.option("--keep", is_flag=True, help="Keep the demo repository instead of deleting it.")
 @json_option
 @pass_ctx
+@handle_errors
 def demo(ctx: Context, keep: bool) -> None:
     """Walk through orchfs on a throwaway v1 repository in a temp directory.
 
@@ -1286,9 +1287,9 @@ def demo(ctx: Context, keep: bool) -> None:
             if ".git" not in t and ".orchestrator" not in t
         )
         step("   the v1 files are back", {"identical to step 1": restored == legacy})
-    finally:
-        if ctx.json:
+        if ctx.json:  # on an error the one document is the error's
             click.echo(json.dumps({"root": repo, "steps": steps}, indent=2, default=str))
+    finally:
         if keep:
             if not ctx.json:
                 click.echo(f"demo repository kept at {repo}")

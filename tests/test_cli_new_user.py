@@ -271,6 +271,24 @@ def test_secrets_where_without_a_key_says_how_to_give_one(repo, tmp_path, monkey
     assert "orchfs secrets init" in result.stdout and "ORCHFS_KEY" in result.stdout
 
 
+def test_a_failing_demo_is_one_error_document(monkeypatch):
+    import errno
+
+    from orchfs import migrate
+
+    def full_disk(root, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(root))
+
+    monkeypatch.setattr(migrate, "apply", full_disk)
+    result = run("demo", "--json")
+    assert result.exit_code == 1 and result.stderr == ""
+    document = json.loads(result.stdout)  # one document: the error's, not the steps too
+    assert document["error"] == "OSError" and "No space left on device" in document["message"]
+    result = run("demo")
+    assert result.exit_code == 1
+    assert "No space left on device" in one_error_line(result.stderr)
+
+
 # --- the documentation runs -----------------------------------------------------------------
 def _python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
