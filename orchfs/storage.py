@@ -883,7 +883,8 @@ _EXTRAS = {
 
 
 def _gcs_class_for_endpoint(cls: type) -> type:
-    """gcsfs's plain filesystem for a GCS-API server at an ``endpoint_url`` of its own.
+    """gcsfs's plain filesystem for a GCS-API server of its own (``endpoint_url``, or
+    ``STORAGE_EMULATOR_HOST`` as gcsfs reads it).
 
     gcsfs's default class asks Google's storage-control gRPC API for each bucket's layout
     (zonal, hierarchical) before its first request; a server elsewhere has no such API,
@@ -913,7 +914,7 @@ def open_storage(url: str, options: dict[str, Any] | None, boundary: str | None 
     options = dict(options or {})
     if protocol in ("s3", "s3a", "gs", "gcs"):  # other processes write here too
         options.setdefault("use_listings_cache", False)
-    if protocol in ("gs", "gcs") and options.get("endpoint_url"):
+    if protocol in ("gs", "gcs") and (options.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST")):
         cls = _gcs_class_for_endpoint(cls)
     fs = cls(**options)
     kind = "memory" if protocol == "memory" else "object"

@@ -1,5 +1,5 @@
 """One behaviour suite for every operation, run on memory, local disk and the object stores
-(S3 on moto, SeaweedFS, Azure Blob on Azurite)."""
+(S3 on moto, SeaweedFS, Azure Blob on Azurite, GCS on fake-gcs-server)."""
 
 from __future__ import annotations
 
@@ -254,6 +254,23 @@ def test_s3_storage_for_local_root(local_repo, moto_server, s3_bucket):
 
     s3 = s3fs.S3FileSystem(**moto_server.storage_options)
     assert s3.cat_file(f"{s3_bucket}/elsewhere/prefix/state.json") == b"remote"
+
+
+def test_gcs_server_of_its_own_is_reached_through_the_json_api(gcs_server, gcs_bucket, monkeypatch):
+    """With an endpoint (or STORAGE_EMULATOR_HOST) orchfs opens gcsfs's plain JSON-API
+    filesystem: the default one asks Google's control API about each bucket first."""
+    from gcsfs.core import GCSFileSystem
+
+    from orchfs.storage import open_storage
+
+    options = dict(gcs_server.storage_options)
+    storage = open_storage(f"gs://{gcs_bucket}/plain", options)
+    assert type(storage.fs) is GCSFileSystem
+    storage.write("state.json", b"{}")
+    assert storage.read("state.json") == b"{}"
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.endpoint)
+    del options["endpoint_url"]
+    assert type(open_storage(f"gs://{gcs_bucket}/plain", options).fs) is GCSFileSystem
 
 
 def test_s3_requests_per_operation(request, tmp_path):
