@@ -22,6 +22,7 @@ from typing import Any
 
 from .atomic import CREATE
 from .errors import FormatError, LayoutVersionError, MetaError, UnsafeStateError
+from .overlay import StateFiles
 from .paths import STATE_DIR
 from .stored import check_repo_id, load_json, read_state
 from .version import __version__
@@ -124,7 +125,7 @@ def read_meta(state: Any) -> dict[str, Any] | None:
 
 def write_meta(state: Any, meta: dict[str, Any]) -> None:
     """Replace meta.json with ``meta``, atomically."""
-    state.write(META_FILE, json.dumps(meta, indent=2).encode() + b"\n")
+    StateFiles(state).write(META_FILE, json.dumps(meta, indent=2).encode() + b"\n")
 
 
 def check_meta(meta: Any, where: str) -> dict[str, Any]:
@@ -146,11 +147,11 @@ def ensure_initialized(state: Any, root: str, local_root: bool) -> None:
     check_writable(read_format(state), state.url(""))
     if state.info(FORMAT_FILE) is None:
         with contextlib.suppress(FileExistsError):
-            state.write(FORMAT_FILE, f"{LAYOUT_VERSION}\n".encode(), CREATE)
+            StateFiles(state).write(FORMAT_FILE, f"{LAYOUT_VERSION}\n".encode(), CREATE)
     if state.info(META_FILE) is None:
         document = json.dumps(new_meta(root, local_root), indent=2).encode() + b"\n"
         with contextlib.suppress(FileExistsError):
-            state.write(META_FILE, document, CREATE)
+            StateFiles(state).write(META_FILE, document, CREATE)
 
 
 IGNORE_LINE = f"{STATE_DIR}/"

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .errors import ManifestError, MetaError, OrchFSError, SecretIntegrityError, SecretsLockedError
 from .faults import checkpoint
+from .overlay import StateFiles
 from .paths import validate_name
 from .stored import load_json, read_state
 
@@ -514,10 +515,10 @@ class SecretStore:
         self._write_private(f"{self._dir()}/{MANIFEST}", document)
 
     def _write_private(self, rel: str, data: bytes) -> None:
-        store = self._store
-        store.makedirs_private(self._dir())
+        files = StateFiles(self._store)
+        files.makedirs_private(self._dir())
         checkpoint("secrets.write")
-        store.write(rel, data, mode=PRIVATE_FILE_MODE)
+        files.write(rel, data, mode=PRIVATE_FILE_MODE)
 
     # --- the API ----------------------------------------------------------------------
     def set(self, name: str, value: str | bytes) -> None:
@@ -610,7 +611,7 @@ class SecretStore:
             del entries[name]
             self._write_manifest(entries, self._sealing_keys(manifest, self._writing_key()))
             with contextlib.suppress(FileNotFoundError):
-                self._store.remove(self._path(name))
+                StateFiles(self._store).remove(self._path(name))
 
     def rotate(self, new_key: Any) -> dict[str, Any]:
         """Re-encrypt every secret under ``new_key``; resumable after a crash.

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .atomic import PRIVATE_FILE_MODE
+from .beneath import Beneath
 from .errors import ManifestError, MetaError, PathEscapeError, SnapshotError, StateError
 from .faults import checkpoint
 from .journal import JOURNAL_DIR
@@ -170,28 +171,74 @@ def import_snapshot(
                 return SnapshotInfo(source, done.files, done.bytes, encrypted, digest)
     _refuse_existing(state, force)  # early, before anything is staged; again under the lock
     had_state_dir = not state.capabilities.local_path or state.info("") is not None
-    staging = f"{STAGING_DIR}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+    mover = ImportMover(state, f"{STAGING_DIR}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
     try:
-        state.makedirs_private(staging)
-        members = _stage(archive, source, state, staging, max_bytes)
+        members = mover.stage(archive, source, max_bytes)
         _check_state(members, fs, source)
         meta = members.get(META_FILE)
         if meta is not None:
-            state.write(f"{staging}/{META_FILE}", _rehomed_meta(meta.data, fs), mode=meta.mode)
+            mover.restage(META_FILE, _rehomed_meta(meta.data, fs), meta.mode)
         total = sum(m.size for m in members.values())
         with fs.lock("repo"):
             _refuse_existing(state, force)
             _check_clashes(state, members, source)
             record = {"source": source, "sha256": digest, "files": len(members), "bytes": total}
-            _swap(state, staging, members, record)
+            mover.swap(members, record)
     except BaseException:
-        _remove_staging(state, staging)
-        if not had_state_dir:  # refused: the repository is left as it was found
-            with contextlib.suppress(OSError):
-                state.rmdir("")
+        mover.clean(remove_state_dir=not had_state_dir)  # refused: the repository as found
         raise
-    _remove_staging(state, staging)
+    mover.clean()
     return SnapshotInfo(source, len(members), total, encrypted, digest)
+
+
+@dataclass(frozen=True)
+class ImportMover:
+    """Every write of an import to the state directory, through its staging directory
+    ``staging`` (``tmp/import-<id>``): members stream in, are moved into place with what
+    they replace put aside, and the staging directory goes again. The operation decides
+    and checks; only this mover (and the functions it alone calls) writes."""
+
+    state: Storage
+    staging: str
+
+    def stage(self, archive: bytes, source: str, max_bytes: int) -> dict[str, _Member]:
+        self.state.makedirs_private(self.staging)
+        return _stage(archive, source, self.state, self.staging, max_bytes)
+
+    def restage(self, name: str, data: bytes, mode: int) -> None:
+        """Replace the staged member ``name`` (meta.json, rehomed) with ``data``."""
+        self.state.write(f"{self.staging}/{name}", data, mode=mode)
+
+    def swap(self, members: dict[str, _Member], record: dict[str, Any]) -> None:
+        _swap(self.state, self.staging, members, record)
+
+    def finish(self, journal: str, members: list[str]) -> None:
+        """Complete a swap killed after its journal was written (see :func:`_swap`)."""
+        state, staging = self.state, self.staging
+        aside = f"{staging}{ASIDE_SUFFIX}"
+        for name in members:
+            if state.info(f"{staging}/{name}") is None:
+                continue  # already in place
+            if state.info(name) is not None and state.info(f"{aside}/{name}") is None:
+                state.rename(name, f"{aside}/{name}")
+            state.rename(f"{staging}/{name}", name)
+        _remove_quietly(state, aside)
+        _remove_quietly(state, staging)
+        state.remove(journal)
+        self._remove_tmp()
+
+    def _remove_tmp(self) -> None:
+        with contextlib.suppress(OSError):
+            self.state.rmdir(STAGING_DIR)  # when nothing else is in it
+
+    def clean(self, *, remove_state_dir: bool = False) -> None:
+        """Remove the staging directory (and ``tmp/`` when nothing else is in it);
+        ``remove_state_dir``: the state directory too, when the import made it."""
+        _remove_quietly(self.state, self.staging)
+        self._remove_tmp()
+        if remove_state_dir:
+            with contextlib.suppress(OSError):
+                self.state.rmdir("")
 
 
 def _refuse_existing(state: Storage, force: bool) -> None:
@@ -205,12 +252,6 @@ def _refuse_existing(state: Storage, force: bool) -> None:
             f"{state.url('')} already holds state ({len(existing)} files); import into an "
             "empty repository, or pass --force to overwrite the files the snapshot has"
         )
-
-
-def _remove_staging(state: Storage, staging: str) -> None:
-    _remove_quietly(state, staging)
-    with contextlib.suppress(OSError):
-        state.rmdir(STAGING_DIR)  # when nothing else is in it
 
 
 @dataclass(frozen=True)
@@ -461,19 +502,8 @@ def finish_interrupted(fs: Any) -> list[FinishedImport]:
     for journal in _swap_journals(state):
         staging = journal[: -len(SWAP_SUFFIX)]
         finished, members = _read_swap_journal(state, journal, staging)
-        aside = f"{staging}{ASIDE_SUFFIX}"
-        for name in members:
-            if state.info(f"{staging}/{name}") is None:
-                continue  # already in place
-            if state.info(name) is not None and state.info(f"{aside}/{name}") is None:
-                state.rename(name, f"{aside}/{name}")
-            state.rename(f"{staging}/{name}", name)
-        _remove_quietly(state, aside)
-        _remove_quietly(state, staging)
-        state.remove(journal)
+        ImportMover(state, staging).finish(journal, members)
         done.append(finished)
-    with contextlib.suppress(OSError):
-        state.rmdir(STAGING_DIR)
     return done
 
 
@@ -552,14 +582,16 @@ def _rehomed_meta(data: bytes, fs: Any) -> bytes:
 
 
 def _write_private_file(target: str, blob: bytes) -> None:
-    from .storage import LocalStorage
-
     directory, name = os.path.split(target)
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise NotADirectoryError(f"{directory} is a file, not a directory; choose a place inside a directory")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory} does not exist; create it or choose another place")
-    LocalStorage(directory).write(name, blob, mode=PRIVATE_FILE_MODE)
+    disk = Beneath(directory)  # the snapshot file is published atomically, no link followed
+    try:
+        disk.write_bytes(name, blob, mode=PRIVATE_FILE_MODE)
+    finally:
+        disk.close()
 
 
 # --- sealing -----------------------------------------------------------------------------

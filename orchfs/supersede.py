@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .overlay import StateFiles
+
 __all__ = ["RECORD_DIR", "Record", "damaged_records", "is_stale", "read_record", "record_key", "write_record"]
 
 RECORD_DIR = "superseded"
@@ -45,7 +47,8 @@ def write_record(state: Any, legacy: str, data: bytes) -> Record:
     """Record that ``data`` is what the legacy location ``legacy`` held (atomic write)."""
     found = Record(legacy, hashlib.sha256(data).hexdigest(), len(data))
     body = {"legacy": legacy, "sha256": found.sha256, "size": found.size, "at": round(time.time(), 3)}
-    state.write(f"{RECORD_DIR}/{record_key(legacy)}", json.dumps(body, sort_keys=True).encode() + b"\n")
+    document = json.dumps(body, sort_keys=True).encode() + b"\n"
+    StateFiles(state).write(f"{RECORD_DIR}/{record_key(legacy)}", document)
     return found
 
 

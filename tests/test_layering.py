@@ -1,5 +1,7 @@
-"""The layering holds: no module reaches into another's private names, and the face
-leaves every write of the logical namespace to the overlay."""
+"""The layering holds: no module reaches into another's private names, the face leaves
+every write of the logical namespace to the overlay, and only the overlay (with its
+StateFiles seam), the adapters themselves, the lock backends and the operations' movers
+call an adapter's write methods."""
 
 from __future__ import annotations
 
@@ -73,6 +75,118 @@ def test_the_face_calls_no_adapter_write_method():
             ):
                 calls.append(f"filesystem.py:{node.lineno}: {ast.unparse(node.func)}")
     assert calls == []
+
+
+# The names an adapter goes by (parameters, attributes, locals): `state`, `repo`, `store`,
+# `storage` and the face's `state_storage`/`repo_storage`, private or not. The test below
+# holds every parameter annotated with a storage type to them.
+ADAPTER_NAMES = frozenset(
+    {"state", "repo", "store", "storage", "root_store", "state_storage", "repo_storage"}
+    | {"_state", "_repo", "_store", "_storage", "_root_store"}
+)
+ADAPTER_FACTORIES = frozenset({"open_storage", "LocalStorage", "FsspecStorage"})
+# Modules where every call may write: the adapters themselves, and the overlay.
+WRITING_MODULES = frozenset({"storage.py", "overlay.py"})
+LOCK_BASE = "LockBackend"
+
+
+def _adapter_write(node: ast.AST) -> bool:
+    """A call of a write method on something that is an adapter by its name."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        return False
+    if node.func.attr not in WRITE_METHODS:
+        return False
+    owner = node.func.value
+    if isinstance(owner, ast.Name):
+        return owner.id in ADAPTER_NAMES
+    if isinstance(owner, ast.Attribute):
+        return owner.attr in ADAPTER_NAMES
+    if isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name):
+        return owner.func.id in ADAPTER_FACTORIES
+    return False
+
+
+def _writer_scopes(tree: ast.Module, imported_elsewhere: set[str]) -> set[str]:
+    """Top-level scopes allowed to write: lock backends (subclasses of LockBackend), the
+    operations' movers (classes named ``*Mover``), and the module's private functions
+    that only such scopes use (and no other module imports)."""
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+    def is_lock_backend(name: str) -> bool:
+        bases = [b.id for b in classes[name].bases if isinstance(b, ast.Name)] if name in classes else []
+        return LOCK_BASE in bases or any(is_lock_backend(b) for b in bases)
+
+    allowed = {name for name in classes if name.endswith("Mover") or is_lock_backend(name)}
+    users: dict[str, set[str]] = {name: set() for name in functions}
+    for scope in tree.body:
+        for node in ast.walk(scope):
+            if isinstance(node, ast.Name) and node.id in users:
+                users[node.id].add(getattr(scope, "name", "<module>"))
+    changed = True
+    while changed:
+        changed = False
+        for name, used_by in users.items():
+            if name in allowed or name in imported_elsewhere or not name.startswith("_"):
+                continue
+            if used_by and used_by <= allowed:
+                allowed.add(name)
+                changed = True
+    return allowed
+
+
+def _adapter_writes_outside_their_places(package: dict[str, ast.Module]) -> list[str]:
+    imported = {
+        ((node.module or "").rpartition(".")[2] + ".py", alias.name)
+        for tree in package.values()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    calls = []
+    for name, tree in sorted(package.items()):
+        if name in WRITING_MODULES:
+            continue
+        elsewhere = {imported_name for module, imported_name in imported if module == name}
+        allowed = _writer_scopes(tree, elsewhere)
+        for scope in tree.body:
+            if getattr(scope, "name", None) in allowed:
+                continue
+            calls += [
+                f"{name}:{node.lineno}: {ast.unparse(node.func)}"
+                for node in ast.walk(scope)
+                if _adapter_write(node)
+            ]
+    return calls
+
+
+def test_only_the_overlay_the_lock_backends_and_the_movers_write_through_an_adapter():
+    package = {path.name: _tree(path.name) for path in sorted(PACKAGE.glob("*.py"))}
+    assert _adapter_writes_outside_their_places(package) == []
+
+
+def test_adapters_go_by_the_names_the_check_above_knows():
+    misnamed = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in ast.walk(_tree(path.name)):
+            if isinstance(node, ast.arg) and node.annotation is not None:
+                annotation = ast.unparse(node.annotation)
+                if "Storage" in annotation and node.arg not in ADAPTER_NAMES | {"self"}:
+                    misnamed.append(f"{path.name}:{node.lineno}: {node.arg}: {annotation}")
+    assert misnamed == []
+
+
+def test_the_write_check_can_fail():
+    tree = ast.parse(
+        "class LocalMover:\n    def execute(self):\n        _upload(self.store)\n"
+        "def _upload(store):\n    store.write('a', b'')\n"
+        "def helper(state):\n    state.remove('a')\n"
+        "def _shared(store):\n    store.rename('a', 'b')\n"
+        "def operation(store):\n    _shared(store)\n    LocalMover().execute()\n"
+        "def _listing(out):\n    out.append(1)\n"
+    )
+    found = _adapter_writes_outside_their_places({"op.py": tree})
+    assert found == ["op.py:7: state.remove", "op.py:9: store.rename"]
 
 
 def test_the_checks_above_can_fail():
