@@ -221,6 +221,7 @@ class ImportMover:
                 continue  # already in place
             if state.info(name) is not None and state.info(f"{aside}/{name}") is None:
                 state.rename(name, f"{aside}/{name}")
+            _make_parent(state, name)
             state.rename(f"{staging}/{name}", name)
         _remove_quietly(state, aside)
         _remove_quietly(state, staging)
@@ -441,8 +442,7 @@ def _swap(state: Any, staging: str, members: dict[str, _Member], record: dict[st
     placed: list[tuple[str, bool]] = []
     try:
         for name in members:
-            if name.startswith(PRIVATE_DIRS) and "/" in name:
-                state.makedirs_private(name.rpartition("/")[0])
+            _make_parent(state, name)
             replaced = state.info(name) is not None
             if replaced:
                 state.rename(name, f"{aside}/{name}")
@@ -458,6 +458,13 @@ def _swap(state: Any, staging: str, members: dict[str, _Member], record: dict[st
     _remove_quietly(state, aside)
     checkpoint("snapshot.swap")
     state.remove(journal)
+
+
+def _make_parent(state: Any, name: str) -> None:
+    """Secrets' directories are 0700 before a member lands in them (a rename would make
+    them with the usual mode)."""
+    if name.startswith(PRIVATE_DIRS) and "/" in name:
+        state.makedirs_private(name.rpartition("/")[0])
 
 
 @dataclass(frozen=True)

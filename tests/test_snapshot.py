@@ -333,6 +333,8 @@ def test_import_killed_at_every_point_of_the_swap_is_finished(source, tmp_path, 
         else:
             assert "finished 1 interrupted snapshot import(s)" in orchfs.doctor.fix(str(target))
         assert _state_entries(target) == expected, n
+        for top, _dirs, _files in os.walk(target / ".orchestrator" / "secrets"):
+            assert stat.S_IMODE(os.lstat(top).st_mode) == 0o700, (n, top)
         assert "unfinished-import" not in {f.id for f in orchfs.doctor.run(str(target))}
     assert hits >= 4
 
