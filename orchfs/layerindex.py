@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import sys
 import threading
 import weakref
@@ -87,8 +88,12 @@ _MASK = (
 _NAME_GONE = _IN_DELETE | _IN_MOVED_FROM
 _NAME_NEW = _IN_CREATE | _IN_MOVED_TO
 _SELF_CHANGED = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT | _IN_IGNORED | _IN_ATTRIB
-_EVENT_HEADER = 16  # struct inotify_event: int wd; uint32 mask, cookie, len; then the name
+_HEADER = struct.Struct("=iIII")  # struct inotify_event: int wd; uint32 mask, cookie, len; then the name
+_EVENT_HEADER = _HEADER.size
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 _READ_SIZE = 65536
+_EVENT_MAX = _EVENT_HEADER + 256  # the largest event: a name of NAME_MAX bytes and its NUL
 
 # statfs f_type of filesystems whose every change inotify reports (local ones).
 _LOCAL_FILESYSTEMS = frozenset(
@@ -266,6 +271,8 @@ class _Watcher:
                     if not self._apply(data):
                         self.reset()
                         return
+                    if len(data) <= _READ_SIZE - _EVENT_MAX:
+                        return  # room for another event was left: the queue was empty
             except OSError:
                 self.reset()
             finally:
@@ -274,17 +281,19 @@ class _Watcher:
     def _apply(self, data: bytes) -> bool:
         """Apply the events in ``data``; False when they overflowed."""
         at = 0
+        header = _HEADER.unpack_from
+        watched = self.watched
         while at + _EVENT_HEADER <= len(data):
-            wd = int.from_bytes(data[at : at + 4], sys.byteorder, signed=True)
-            mask = int.from_bytes(data[at + 4 : at + 8], sys.byteorder)
-            size = int.from_bytes(data[at + 12 : at + 16], sys.byteorder)
+            wd, mask, _cookie, size = header(data, at)
             raw = data[at + _EVENT_HEADER : at + _EVENT_HEADER + size].rstrip(b"\0")
             at += _EVENT_HEADER + size
             if mask & _IN_Q_OVERFLOW:
                 return False
-            name = os.fsdecode(raw)
-            for node in list(self.watched.get(wd, ())):
-                node.tree.event(node, mask, name)
+            nodes = watched.get(wd)
+            if nodes:
+                name = raw.decode(_FS_ENCODING, _FS_ERRORS)  # os.fsdecode, one call frame less
+                for node in list(nodes):
+                    node.tree.event(node, mask, name)
         return True
 
     def reset(self) -> None:

@@ -236,11 +236,14 @@ class Overlay:
         ancestors, has a layer below the write target (or is a layout directory)."""
         cached = self._has_lower.get(logical)
         if cached is None:
-            cached = any(
-                len(self.layers(a)) > 1 or self.layout.virtual_children(a)
-                for a in (logical, *ancestors(logical))
+            parent = logical.rpartition("/")[0]  # its answer covers the ancestors: asked once per directory
+            cached = bool(
+                len(self.layers(logical)) > 1
+                or self.layout.virtual_children(logical)
+                or (parent and self.has_lower(parent))
             )
-            self._has_lower[logical] = cached
+            if len(self._has_lower) < MEMO_LIMIT:
+                self._has_lower[logical] = cached
         return cached
 
     def has_legacy(self, logical: str) -> bool:
@@ -258,9 +261,18 @@ class Overlay:
         return out
 
     # --- markers -------------------------------------------------------------------
-    def markers_present(self) -> bool:
+    def markers_present(self, polled: bool = False) -> bool:
+        """Whether a marker was ever written (the sentinel is there). The index answers
+        when it can (``polled``: as of the poll this operation already made), else the disk."""
         if not self._markers_seen:
-            self._markers_seen = self.state.has_entry(MARKER_SENTINEL)
+            index = self.index
+            if index is None:
+                said = UNKNOWN
+            elif polled:
+                said = ABSENT if index.known_absent(self._sentinel) else UNKNOWN
+            else:
+                said = index.first((self._sentinel,))
+            self._markers_seen = said == 0 if said != UNKNOWN else self.state.has_entry(MARKER_SENTINEL)
         return self._markers_seen
 
     def hidden_by(self, layer: Location, logical: str) -> bool:
@@ -681,7 +693,8 @@ class Overlay:
                 write_record(self.state, location.rel, other)
 
     def finish_write(self, logical: str, target: Location) -> None:
-        if self.has_lower(logical) and self.markers_present():
+        # The markers as prepare_write saw them: a whiteout made since is another's race.
+        if self.has_lower(logical) and self.markers_present(polled=True):
             marker = whiteout_rel(target.prefix, logical)
             if target.store.has_entry(marker):
                 target.store.remove(marker)

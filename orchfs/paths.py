@@ -131,6 +131,15 @@ def validate(path: str) -> str:
     """Return the normalised logical path, or raise :class:`PathEscapeError`."""
     if not isinstance(path, str):
         raise PathEscapeError(f"a logical path must be a str, not {type(path).__name__}")
+    # Already normal and nothing _checked looks for: one regular expression.
+    plain = len(path) <= MAX_PATH_BYTES and _PLAIN_PATH.fullmatch(path)
+    if plain and path.partition("/")[0] not in INTERNAL_NAMES:
+        return path
+    return _checked(path)
+
+
+def _checked(path: str) -> str:
+    """:func:`validate` of any string, every rule looked at one by one."""
     original = path
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise _refuse(original, f"longer than {MAX_PATH_BYTES} bytes")
@@ -196,6 +205,14 @@ def validate_id(value: str, what: str = "id") -> str:
 # ':' (a drive letter or URL), '~', '\\' or blank (' ..' reads as '..'); anything else
 # takes the full check.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.,+=@#-]+")
+# A whole path of such names, as validate() would return it: no empty, '.' or '..'
+# segment, no reserved prefix, none longer than a name may be.
+_PLAIN_SEGMENT = (
+    r"(?!\.\.?(?:/|$))"
+    + "".join(f"(?!{re.escape(prefix)})" for prefix in MARKER_PREFIXES)
+    + rf"[A-Za-z0-9_.,+=@#-]{{1,{MAX_SEGMENT_BYTES}}}"
+)
+_PLAIN_PATH = re.compile(rf"{_PLAIN_SEGMENT}(?:/{_PLAIN_SEGMENT})*")
 
 
 def listable(parent: str, name: str) -> bool:

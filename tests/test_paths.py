@@ -325,3 +325,29 @@ def test_every_listed_name_passes_back_to_info_and_open(names, tmp_path_factory)
         except PathEscapeError:
             continue
     assert {p for p in listed if p.startswith("checkpoints/")} == accepted  # none left out
+
+
+@settings(max_examples=400, suppress_health_check=list(HealthCheck))
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(
+                [".", "..", "...", ".wh.x", ".wh..wh..opq", ".orchfs-tmp.x", "locks", "meta.json", "~"]
+            ),
+            st.text(alphabet="ab.-_,+=@#%:~ /", min_size=0, max_size=12),
+            st.text(alphabet="x", min_size=250, max_size=260),
+        ),
+        max_size=5,
+    ).map("/".join)
+)
+def test_the_gates_quick_look_agrees_with_the_full_check(path):
+    """validate() takes plain ASCII paths with one regular expression: whatever it
+    answers so must be what the rule-by-rule check answers (the same path, or a refusal)."""
+
+    def answer(check):
+        try:
+            return check(path)
+        except PathEscapeError:
+            return PathEscapeError
+
+    assert answer(paths.validate.__wrapped__) == answer(paths._checked)
