@@ -670,10 +670,10 @@ class SecretStore:
 
     def import_legacy(self, password: str | None = None, path: str | None = None) -> list[str]:
         """Store every entry of the v1 ``.secrets.enc`` (openssl aes-256-cbc -pbkdf2)."""
+        blob = self._legacy_blob(path)  # first: no password helps when there is no file
         password = password if password is not None else os.environ.get("SECRETS_PASSWORD")
         if not password:
             raise SecretsLockedError("set SECRETS_PASSWORD to the password of the v1 .secrets.enc")
-        blob = self._legacy_blob(path)
         mapping = decrypt_openssl(blob, password)
         for name, value in mapping.items():
             self.set(str(name), str(value))

@@ -289,6 +289,13 @@ def test_a_failing_demo_is_one_error_document(monkeypatch):
     assert "No space left on device" in one_error_line(result.stderr)
 
 
+def test_import_legacy_without_a_v1_file_says_so_before_asking_a_password(repo, key_env, monkeypatch):
+    monkeypatch.delenv("SECRETS_PASSWORD", raising=False)
+    result = run("--root", repo, "secrets", "import-legacy")
+    assert result.exit_code == 1
+    assert "no v1 .secrets.enc" in one_error_line(result.stderr)
+
+
 # --- the documentation runs -----------------------------------------------------------------
 def _python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
