@@ -351,3 +351,21 @@ def test_the_gates_quick_look_agrees_with_the_full_check(path):
             return PathEscapeError
 
     assert answer(paths.validate.__wrapped__) == answer(paths._checked)
+
+
+@pytest.mark.parametrize("name", ["a\\b", "C:x", "%2e%2e", "tab\there", NFD_CAFE])
+def test_memory_listings_leave_out_names_the_gate_refuses(name):
+    """The same on memory: a key written behind orchfs's back under a refused name."""
+    import uuid
+
+    import fsspec
+
+    fs = orchfs.OrchFileSystem(root=f"memory://names-{uuid.uuid4().hex}", skip_instance_cache=True)
+    fs.pipe_file("notes/ok.md", b"1")
+    fsspec.filesystem("memory").pipe(fs.state_storage.url(f"notes/{name}"), b"x")
+    fsspec.filesystem("memory").pipe(fs.state_storage.url(name), b"x")  # at the top too
+    fsspec.filesystem("memory").pipe(fs.state_storage.url("~"), b"x")  # refused at the top only
+    assert fs.ls("notes", detail=False) == ["notes/ok.md"]
+    assert fs.find("", withdirs=True) == ["notes", "notes/ok.md"]
+    for logical in fs.find("", withdirs=True):
+        assert fs.info(logical)["name"] == logical
