@@ -216,7 +216,7 @@ def test_pickle_reopens_same_repository(orch):
 
 def test_internal_entries_are_hidden(orch):
     orch.pipe_file("state.json", b"{}")
-    orch._state.write("FORMAT", b"2\n")
+    orch.state_storage.write("FORMAT", b"2\n")
     assert orch.ls("", detail=False) == ["state.json"]
 
 
@@ -284,7 +284,7 @@ def test_s3_requests_per_operation(request, tmp_path):
         is_list = request.method == "GET" and "list-type=2" in request.url
         sent.append("LIST" if is_list else request.method)
 
-    for client in {id(s.fs.s3): s.fs.s3 for s in (fs._state, fs._repo)}.values():
+    for client in {id(s.fs.s3): s.fs.s3 for s in (fs.state_storage, fs.repo_storage)}.values():
         client.meta.events.register("before-send.s3", record)
 
     def requests(operation) -> list[str]:

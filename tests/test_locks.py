@@ -67,7 +67,7 @@ def test_eight_processes_increment_exactly(shared_fs, request):
 
 def test_four_processes_append_every_line(shared_fs, request):
     spec = spec_of(shared_fs, request)
-    per_writer = 500 if shared_fs._state.kind == "local" else 50  # S3: moto answers in ~10 ms
+    per_writer = 500 if shared_fs.state_storage.kind == "local" else 50  # S3: moto answers in ~10 ms
     procs = [worker("append", spec, str(per_writer), f"w{i}") for i in range(4)]
     for proc in procs:
         assert proc.wait(timeout=600) == 0
@@ -79,7 +79,7 @@ def test_four_processes_append_every_line(shared_fs, request):
 
 
 def test_threads_in_one_process_increment_exactly(orch):
-    threads_count, each = (8, 25) if orch._state.kind != "object" else (4, 10)
+    threads_count, each = (8, 25) if orch.state_storage.kind != "object" else (4, 10)
 
     def run():
         for _ in range(each):
@@ -131,7 +131,7 @@ def test_kill_9_holder_does_not_block_the_next_acquirer(shared_fs, request):
     started = time.monotonic()
     with shared_fs.lock("repo", timeout=20, lease=lease):
         waited = time.monotonic() - started
-    bound = 0.5 if shared_fs._state.kind == "local" else lease + 3.5  # 1 s Date resolution, probe
+    bound = 0.5 if shared_fs.state_storage.kind == "local" else lease + 3.5  # 1 s Date resolution, probe
     assert waited < bound
 
 

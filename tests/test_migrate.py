@@ -519,7 +519,7 @@ def test_migration_to_memory_and_s3_storage_with_eight_jobs(kind, tmp_path, requ
     assert migrate.rollback(root, storage_options=options).applied
     after = tree(root)
     assert {k for k in set(before) | set(after) if before.get(k) != after.get(k)} == {".workflow_log.jsonl"}
-    left = {p for p in fs._state.find_files("") if not p.startswith("locks/")}
+    left = {p for p in fs.state_storage.find_files("") if not p.startswith("locks/")}
     assert left <= {"FORMAT", "meta.json"}
     assert fs.resolve("state.json").layer == "legacy"
 

@@ -80,7 +80,7 @@ def _store_rows(table: Table, label: str, service) -> None:
     other = orchfs.OrchFileSystem(
         root=f"s3://{bucket}/repo", storage_options=service.storage_options, skip_instance_cache=True
     )
-    counter = RequestCounter(fs._state.fs, fs._repo.fs, plain)
+    counter = RequestCounter(fs.state_storage.fs, fs.repo_storage.fs, plain)
     raw = f"{bucket}/plain/state.json"
     fs.pipe_file("run/state.json", b"{}")
     plain.pipe_file(raw, b"{}")
