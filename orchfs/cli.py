@@ -178,11 +178,14 @@ class OrchGroup(click.Group):
     one JSON document with ``--json``; the exit code stays 2. Mounted under another CLI,
     that CLI's own handling applies."""
 
+    json_requested = False  # --json anywhere on the command line (for --version)
+
     def main(self, args: Any = None, *pargs: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
+            self.json_requested = False
             return super().main(args, *pargs, standalone_mode=False, **kwargs)
         argv = list(sys.argv[1:] if args is None else args)
-        as_json = "--json" in argv
+        as_json = self.json_requested = "--json" in argv
         try:
             result = super().main(argv, *pargs, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:
@@ -228,6 +231,19 @@ def _usage_error(exc: click.UsageError, text: str, as_json: bool) -> None:
     _fail("UsageError", f"{text} (see `{help_hint}`)", as_json, exc.exit_code)
 
 
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``--version``: one line, or one JSON document with ``--json``."""
+    if not value or ctx.resilient_parsing:
+        return
+    from .version import __version__
+
+    if getattr(ctx.find_root().command, "json_requested", False):
+        click.echo(json.dumps({"version": __version__}))
+    else:
+        click.echo(f"orchfs {__version__}")
+    ctx.exit()
+
+
 def _choices(ctx: click.Context | None) -> str:
     """The subcommands a group invoked without one offers."""
     command = ctx.command if ctx is not None else None
@@ -244,7 +260,14 @@ def _choices(ctx: click.Context | None) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-@click.version_option(package_name="orchfs")
+@click.option(
+    "--version",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_show_version,
+    help='Show the version and exit (with --json: {"version": ...}).',
+)
 @click.pass_context
 def main(ctx: click.Context, root: str | None, as_json: bool, quiet: bool) -> None:
     """orchfs: orchestrator state in one .orchestrator/ directory.

@@ -296,6 +296,13 @@ def test_import_legacy_without_a_v1_file_says_so_before_asking_a_password(repo, 
     assert "no v1 .secrets.enc" in one_error_line(result.stderr)
 
 
+@pytest.mark.parametrize("argv", [["--json", "--version"], ["--version", "--json"]])
+def test_version_with_json_is_one_document(argv):
+    result = run(*argv)
+    assert result.exit_code == 0 and json.loads(result.stdout) == {"version": orchfs.__version__}
+    assert run("--version").stdout == f"orchfs {orchfs.__version__}\n"
+
+
 # --- the documentation runs -----------------------------------------------------------------
 def _python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
