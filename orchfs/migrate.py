@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import operator
 import os
 import shutil
 import stat
@@ -204,17 +203,17 @@ def _legacy_pairs(root: str, layout: Layout) -> Iterator[_Pair]:
             yield _Pair(source, contained, os.lstat(os.path.join(root, source)))
 
 
-_BY_NAME = operator.attrgetter("name")
-
-
 def _directory_pairs(root: str, source: str, contained: str) -> Iterator[_Pair]:
-    """Files (and links) below a v1 directory, in a stable order, one lstat each."""
-    with os.scandir(os.path.join(root, source)) as scan:
-        entries = sorted(scan, key=_BY_NAME)
+    """Files (and links) below a v1 directory, in a stable order, one lstat each (relative
+    to the directory's descriptor: no path is looked up again per file)."""
+    fd = os.open(f"{root}/{source}", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        names = sorted(os.listdir(fd))
+        stats = [os.stat(name, dir_fd=fd, follow_symlinks=False) for name in names]
+    finally:
+        os.close(fd)
     is_dir = stat.S_ISDIR
-    for entry in entries:
-        name = entry.name
-        st = entry.stat(follow_symlinks=False)
+    for name, st in zip(names, stats, strict=True):
         if is_dir(st.st_mode):
             yield from _directory_pairs(root, f"{source}/{name}", f"{contained}/{name}")
         else:
