@@ -131,7 +131,7 @@ class _Tree:
     def __init__(self) -> None:
         self.dirs: dict[str, _Dir] = {}
         # Grows whenever a directory is forgotten: a holder of some nodes' names (see
-        # _FirstRead) knows they are still the live ones while it has not moved.
+        # _ReadIfAbsent) knows they are still the live ones while it has not moved.
         self.generation = 0
 
     def drop(self, node: _Dir) -> None:
@@ -329,26 +329,19 @@ def _catch_up() -> None:
         watcher.sync(ready)
 
 
-class _FirstRead:
-    """A read made only while the index shows its file as the first of some keys
-    (see :meth:`LayerIndex.read_if_first`): the names of each directory are held, so
-    that a call is one poll and a look-up per key."""
+class _ReadIfAbsent:
+    """A read made only while the index shows some paths absent (see
+    :meth:`LayerIndex.read_if_absent`): the names of their directories are held, so
+    that a call is one poll and a look-up per path."""
 
-    __slots__ = ("_absent", "_generation", "_name", "_names", "_reader", "_tree")
+    __slots__ = ("_absent", "_generation", "_reader", "_tree")
 
     def __init__(
-        self,
-        tree: _Tree,
-        absent: tuple[tuple[dict[str, int], str], ...],
-        names: dict[str, int],
-        name: str,
-        reader: Callable[[], Any],
+        self, tree: _Tree, absent: tuple[tuple[dict[str, int], str], ...], reader: Callable[[], Any]
     ) -> None:
         self._tree = tree
         self._generation = tree.generation
         self._absent = absent
-        self._names = names
-        self._name = name
         self._reader = reader
 
     def __call__(self) -> Any:
@@ -358,8 +351,6 @@ class _FirstRead:
         for names, name in self._absent:
             if name in names:
                 return None
-        if self._names.get(self._name, _LINK) > _FILE:
-            return None  # gone, a link, or of a kind not looked at yet
         return self._reader()
 
 
@@ -441,20 +432,20 @@ class LayerIndex:
                 return UNKNOWN
         return ABSENT
 
-    def read_if_first(
+    def read_if_absent(
         self, keys: tuple[tuple[str, str], ...], reader: Callable[[], Any]
     ) -> Callable[[], Any] | None:
-        """``reader`` made conditional: the call returns what ``reader`` returns while the
-        last of ``keys`` is, by the index, the first of them that is there (a file or
-        directory reached without a link, every key before it absent), as of a poll in
-        that same call; else None. None instead of a call when a directory of ``keys``
-        is not indexed now. Only what :meth:`first` would say is trusted: the reader
-        still opens beneath the root."""
-        nodes = [self._dirs.get(head) for head, _name in keys]
-        if any(node is None for node in nodes):
-            return None
-        held = tuple((node.names, name) for node, (_head, name) in zip(nodes, keys, strict=True))  # type: ignore[union-attr]
-        return _FirstRead(self._tree, held[:-1], held[-1][0], held[-1][1], reader)
+        """``reader`` made conditional: the call returns what ``reader`` returns while
+        none of ``keys`` is there by the index (certainly absent, as :meth:`first` would
+        say, as of a poll in that same call); else None. None instead of a call when a
+        directory of ``keys`` is not indexed now."""
+        held = []
+        for head, name in keys:
+            node = self._dirs.get(head)
+            if node is None:
+                return None
+            held.append((node.names, name))
+        return _ReadIfAbsent(self._tree, tuple(held), reader)
 
     def known_absent(self, key: tuple[str, str]) -> bool:
         """Whether ``key`` is certainly absent, as of the last :meth:`first` (no poll:

@@ -405,8 +405,9 @@ class Overlay:
         Only strings are kept, nothing about the disk: every call opens the file beneath
         the root with no link followed, as any read. The write target always wins, so
         its reader reads. A lower layer is read only when the layer index, polled in the
-        same call, shows every location above it and the markers sentinel absent (and
-        that file there, no link): what :meth:`read` would have found. Without an index,
+        same call, shows every location above it and the markers sentinel absent: what
+        :meth:`read` would then find there (or its reader fails, and :meth:`read`
+        answers: a link to judge, nothing there). Without an index,
         or in the ``migrate`` phase (a legacy read moves the file), lower reads take
         :meth:`read`.
         """
@@ -419,7 +420,7 @@ class Overlay:
         keys = self._beneath.get(logical)  # made by _indexed, which the read asked
         for at, layer in enumerate(layers):
             if layer is location and keys is not None:
-                return self.index.read_if_first((*keys[:at], self._sentinel, keys[at]), reader)
+                return self.index.read_if_absent((*keys[:at], self._sentinel), reader)
         return None
 
     def hidden_above(self, layers: tuple[Location, ...], index: int, logical: str) -> bool:

@@ -273,7 +273,7 @@ def _warm_legacy_read(fs: orchfs.OrchFileSystem, logical: str) -> None:
     for _ in range(2 * layerindex.INDEX_AFTER):  # the contained directory, then the legacy one
         assert fs.cat_file(logical) == b"legacy b"
     shortcut = fs._fast_reads[logical]
-    assert isinstance(shortcut, layerindex._FirstRead)
+    assert isinstance(shortcut, layerindex._ReadIfAbsent)
     assert shortcut() == b"legacy b"
 
 
