@@ -8,6 +8,7 @@ finish an unfinished migration.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
@@ -61,20 +62,25 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
     findings += _unsafe_links(root, state, layout)
     if os.path.islink(state):  # every other check would look (and --fix act) through it
         return findings
-    fs = _fs(root, layout)
+    from .config import face_settings
+    from .repository import open_repository
+
+    parts = open_repository(root, face_settings(), layout=layout)  # the overlay and the state store
+    # The fsspec face, made only for the checks that need it (secrets, retention).
+    face: Callable[[], Any] = functools.cache(lambda: _fs(root, layout))
     checks: list[Callable[[], list[Finding]]] = [
         lambda: _layout_findings(root, state, layout),
         lambda: _unnamed_findings(root, layout),
-        lambda: _conflict_findings(fs),
+        lambda: _conflict_findings(parts.overlay),
         lambda: _record_findings(state),
         lambda: _legacy_changed(root, state, layout),
         lambda: _migration_findings(root, layout),
-        lambda: _import_findings(fs),
-        lambda: _lock_findings(fs),
+        lambda: _import_findings(parts),
+        lambda: _lock_findings(parts),
         lambda: _temp_findings(state, now),
         lambda: _permission_findings(state),
         lambda: _identity_findings(root, state),
-        lambda: _secret_findings(fs, state),
+        lambda: _secret_findings(face, state),
         lambda: _session_name_findings(state),
     ]
     for check in checks:
@@ -82,7 +88,7 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
     from .config import load_config
 
     config = load_config(root)
-    findings += _guarded(lambda: _retention_findings(config, fs, now))
+    findings += _guarded(lambda: _retention_findings(config, face, now))
     findings += _web_findings(config, state)
     return _unique(findings)
 
@@ -97,11 +103,11 @@ def _guarded(check: Callable[[], list[Finding]]) -> list[Finding]:
         return [_unsafe(str(exc), None)]
 
 
-def _import_findings(fs: Any) -> list[Finding]:
+def _import_findings(parts: Any) -> list[Finding]:
     """Snapshot imports killed during their swap (their journals are read and checked)."""
     from .snapshot import interrupted
 
-    journals = interrupted(fs)  # each one read and checked: a bad one is unsafe-state
+    journals = interrupted(parts)  # each one read and checked: a bad one is unsafe-state
     if not journals:
         return []
     return [
@@ -221,14 +227,14 @@ def _web_mode_finds_a_key() -> bool:
         return False
 
 
-def _retention_findings(config: Any, fs: Any, now: float) -> list[Finding]:
+def _retention_findings(config: Any, face: Callable[[], Any], now: float) -> list[Finding]:
     """Sessions that the configured retention policy would remove."""
     from .sessions import SESSIONS, choose, list_sessions, policy_of
 
     policy = policy_of(config)
     if not policy.limited:
         return []
-    over = choose(list_sessions(fs), policy, now)
+    over = choose(list_sessions(face()), policy, now)
     if not over:
         return []
     total = sum(p.session.bytes for p in over)
@@ -243,13 +249,13 @@ def _retention_findings(config: Any, fs: Any, now: float) -> list[Finding]:
     ]
 
 
-def _secret_findings(fs: Any, state: str) -> list[Finding]:
+def _secret_findings(face: Callable[[], Any], state: str) -> list[Finding]:
     """Secrets that the keys available here cannot open."""
     if not os.path.isdir(os.path.join(state, "secrets")):
         return []
     from .errors import SecretIntegrityError, SecretsLockedError
 
-    store = fs.secrets
+    store = face().secrets
     unreadable = []
     try:
         names = store.list()
@@ -381,9 +387,9 @@ def _record_findings(state: str) -> list[Finding]:
     ]
 
 
-def _conflict_findings(fs: Any) -> list[Finding]:
+def _conflict_findings(overlay: Any) -> list[Finding]:
     out = []
-    for c in fs.legacy_pairs():
+    for c in overlay.legacy_pairs():
         hashes = f"sha256 {c.upper_sha256[:12]} and {c.legacy_sha256[:12]}"
         if c.kind == "stale":
             out.append(
@@ -494,11 +500,11 @@ def _migration_findings(root: str, layout: Any) -> list[Finding]:
     return out
 
 
-def _lock_findings(fs: Any) -> list[Finding]:
+def _lock_findings(parts: Any) -> list[Finding]:
     from .locks import inspect
 
     out = []
-    for status in inspect(fs):
+    for status in inspect(parts):
         if status.stale and status.holder is not None:
             out.append(
                 Finding(

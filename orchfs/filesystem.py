@@ -33,11 +33,8 @@ from .paths import (
     MEMO_LIMIT,
     PROTOCOL,
     SECRETS_VIEW,
-    STATE_DIR,
     strip_protocol,
     validate,
-    validate_id,
-    validate_name,
 )
 from .records import append_line, update_json
 from .secretsview import SecretsView, secret_name
@@ -80,10 +77,8 @@ class OrchFileSystem(ChainedFileSystem):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        from .config import face_settings, root_url
-        from .layout import coerce_layout
-        from .overlay import Overlay
-        from .storage import open_root, open_storage
+        from .config import face_settings
+        from .repository import open_repository
 
         # Unset arguments come from the environment layer of the configuration (DESIGN §6).
         given = face_settings(
@@ -94,26 +89,23 @@ class OrchFileSystem(ChainedFileSystem):
             lock_timeout=lock_timeout,
             lease=lease,
         )
-        storage, session, legacy = given.storage, given.session, given.legacy
-        if session is not None:
-            validate_id(validate_name(session, "session id"), "session id")
-        options = dict(storage_options or target_options or {})
-        self.root, self._repo = open_root(root_url(root, fo, target_protocol), options)
-        self._local_root = self._repo.capabilities.local_path
-        if storage is None:
-            storage = f"{self.root}/{STATE_DIR}"
-        boundary = self.root if self._local_root else None
-        self._state = open_storage(storage, options, boundary=boundary)
-        if session is None:  # workflow-orchestrator's own layout names its active session
-            from .sessions import current_session
-
-            session = current_session(self._state)
-        self.storage = storage
-        self.storage_options_ = options
-        self.session_id = session
+        parts = open_repository(
+            root,
+            given,
+            layout=layout,
+            storage_options=storage_options,
+            fo=fo,
+            target_protocol=target_protocol,
+            target_options=target_options,
+        )
+        self.root, self._repo, self._state = parts.root, parts.repo, parts.state_storage
+        self._local_root = parts.local_root
+        self.storage = parts.storage
+        self.storage_options_ = parts.options
+        self.session_id = parts.session_id
         self.web_mode = given.web_mode
-        self.legacy = legacy
-        self.layout = coerce_layout(layout)
+        self.legacy = given.legacy
+        self.layout = parts.layout
         if key is not None:
             from .secrets import KeyReference
 
@@ -122,9 +114,7 @@ class OrchFileSystem(ChainedFileSystem):
         self._key = key
         self.lock_timeout = given.lock_timeout
         self.lease = given.lease
-        self._overlay = Overlay(
-            self._state, self._repo, self.layout, session, legacy, root=self.root, local_root=self._local_root
-        )
+        self._overlay = parts.overlay
         self._names = Namespace(self._overlay, self._state)
         # Shortcuts keyed by the caller's own spelling of a path that already passed the
         # gate: how to read it again once it was read quietly (Overlay.fast_reader: a read

@@ -933,9 +933,12 @@ class Root(NamedTuple):
 
 def open_root(root: str, options: dict[str, Any]) -> Root:
     """The repository root, normalised and checked (it must exist), and its adapter."""
-    from fsspec.core import split_protocol
+    if "://" not in root and "::" not in root:  # a plain path: no need to load fsspec
+        protocol, path = None, root
+    else:
+        from fsspec.core import split_protocol
 
-    protocol, path = split_protocol(root)
+        protocol, path = split_protocol(root)
     if protocol in (None, "file", "local"):
         local = os.path.abspath(os.path.expanduser(path))
         if not os.path.exists(local):

@@ -55,3 +55,14 @@ def test_migrate_of_a_local_repository_loads_no_fsspec(tmp_path):
     assert not (repo / ".git").exists()
     for heavy in (*UNUSED_LOCALLY, "logging", "subprocess", "orchfs.filesystem"):
         assert heavy not in modules, heavy
+
+
+def test_doctor_of_a_local_repository_loads_no_fsspec(tmp_path):
+    from orchfs.sample import build_legacy_repo
+
+    repo = build_legacy_repo(tmp_path / "repo")
+    code = f"from orchfs.cli import main\ntry:\n main(['--root', {str(repo)!r}, '--json', 'doctor'])\nexcept SystemExit:\n pass"
+    modules = loaded_after(code)
+    assert "orchfs.doctor" in modules and "orchfs.repository" in modules
+    for heavy in (*UNUSED_LOCALLY, "orchfs.filesystem"):
+        assert heavy not in modules, heavy
