@@ -322,7 +322,7 @@ def _catch_up() -> None:
     """Apply whatever the kernel queued since the last look (one non-blocking poll)."""
     watcher = _WATCHER
     try:
-        ready = watcher.poll(0)  # type: ignore[misc]
+        ready = watcher.poll(0, 2)  # type: ignore[misc]  # 2: the inotify and mounts descriptors
     except (TypeError, ValueError):  # closed meanwhile (nothing watched any more)
         ready = [(-1, 0)]
     if ready or watcher.busy or watcher.remounted:

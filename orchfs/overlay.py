@@ -649,10 +649,12 @@ class Overlay:
         """Check the layout version, initialise the state dir, record what a write
         supersedes (rule 7), reopen whited-out parents."""
         self.initialize()
+        polled = False  # whether this write has asked the layer index already
         if logical not in self._supersede_checked and self.has_legacy(logical):
             self._record_superseded(logical)
+            polled = self.index is not None  # its lookup did
         target = self.target(logical)
-        if self.has_lower(logical) and self.markers_present():
+        if self.has_lower(logical) and self.markers_present(polled):
             for ancestor in ancestors(logical):
                 marker = whiteout_rel(target.prefix, ancestor)
                 if target.store.has_entry(marker):
@@ -674,8 +676,6 @@ class Overlay:
         """Rule 7: a write, copy-up or whiteout is about to replace what a legacy file
         serves; record that file's hash and size (and those of later legacy locations
         with the same bytes) so that it reads as stale rather than as a conflict."""
-        from .supersede import write_record
-
         if len(self._supersede_checked) < MEMO_LIMIT:
             self._supersede_checked.add(logical)
         try:
@@ -684,6 +684,8 @@ class Overlay:
             return  # a link planted above: the write replaces it, and no legacy file serves
         if found is None or found.location.upper or found.is_dir:
             return  # an upper copy already serves it, or nothing does
+        from .supersede import write_record  # here: most writes supersede nothing
+
         served = found.location.store.read(found.location.rel)
         write_record(self.state, found.location.rel, served)
         for location in self.layers(logical):
