@@ -583,3 +583,20 @@ def test_a_held_directory_swapped_during_a_batch_is_reported(tmp_path, monkeypat
     with pytest.raises(orchfs.OrchFSError):  # the link there is refused, never followed
         migrate.apply(root, backup=False)
     assert os.path.exists(os.path.join(root, ".workflow_checkpoints", "bulk", "cp_01199.json"))
+
+
+def test_more_directories_than_are_held_at_once(tmp_path):
+    """A tree of more directories than a run holds open at once migrates and rolls back
+    exactly, and the run leaves no descriptor behind."""
+    files = {
+        f".workflow_checkpoints/d{i:03d}/cp.json": b'{"d": %d}' % i for i in range(migrate.HELD_LIMIT + 40)
+    }
+    root = make_repo(tmp_path, files={**EVERY_ROW, **files})
+    before = tree(root)
+    open_before = len(os.listdir("/proc/self/fd"))
+    assert migrate.apply(root).applied
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    assert fs.cat_file("checkpoints/d103/cp.json") == b'{"d": 103}'
+    migrate.rollback(root)
+    assert tree(root) == before

@@ -104,7 +104,7 @@ def run() -> Table:
                 ("os.rename + journal", 0.5),
             )
         )
-        table.add(Row("migrate 20,000 files, journal, backup links", "files/s", with_backup, peers))
+        table.add(Row("migrate 20,000 files, journal, backup copies", "files/s", with_backup, peers))
     with tempfile.TemporaryDirectory(prefix="orchfs-bench-") as base:
         root = os.path.join(base, "repo")
         os.makedirs(root)
