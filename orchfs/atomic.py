@@ -57,7 +57,8 @@ class WriteKind:
     ``create``: exclusive create (``xb``, ``pipe_file(mode="create")``): refused where
     any entry is, published with ``link`` on local disk and a conditional PUT on object
     storage. Otherwise the bytes replace a file there (a directory is refused).
-    ``deferred``: closing only stages; the caller's transaction commits or discards.
+    ``deferred``: closing only stages; the caller's transaction commits or discards
+    (``open_write`` only: ``write`` has every byte at hand and publishes at once).
     ``looked``: the caller has just looked at the target (a lookup that asked the write
     target first), so the adapter asks nothing more before it writes.
     """

@@ -559,7 +559,7 @@ def test_other_errors_are_not_preconditions_whatever_the_body_says(kind, request
 def test_conditional_requests_on_each_store(store_kind, request, tmp_path):
     """What leases and fencing stand on: create fails over an object, get returns the
     version with the age by the server's clock, replace and delete name a version."""
-    from orchfs.conditional import PreconditionFailed
+    from orchfs.errors import PreconditionFailed
 
     server, _ = store_of(store_kind, request)
     storage = make_fs(store_kind, request, tmp_path).state_storage
