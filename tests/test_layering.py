@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import orchfs
 
 PACKAGE = Path(orchfs.__file__).parent
@@ -218,3 +220,27 @@ def test_choices_between_backends_are_made_on_capabilities():
             if reads_kind and any(c.value in BACKEND_KINDS for c in constants):
                 compared.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
     assert compared == []
+
+
+def test_state_files_write_orchfs_own_files_only(tmp_path):
+    from orchfs.errors import PathEscapeError
+    from orchfs.overlay import StateFiles
+    from orchfs.storage import open_storage
+
+    files = StateFiles(open_storage(str(tmp_path), None))
+    files.write("meta.json", b"{}")
+    files.makedirs_private("secrets/0123")
+    files.write("secrets/0123/A.enc", b"sealed")
+    files.remove("secrets/0123/A.enc")
+    for logical in ("state.json", "checkpoints/meta.json", "sessions/s1/FORMAT"):
+        with pytest.raises(PathEscapeError, match="overlay"):
+            files.write(logical, b"x")
+        with pytest.raises(PathEscapeError):
+            files.remove(logical)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "meta.json",
+        "secrets",
+        "secrets/0123",
+    ]
+    assert (tmp_path / "meta.json").read_bytes() == b"{}"
+    assert oct((tmp_path / "secrets/0123").stat().st_mode & 0o777) == oct(0o700)
