@@ -87,6 +87,7 @@ _MASK = (
 )
 _NAME_GONE = _IN_DELETE | _IN_MOVED_FROM
 _NAME_NEW = _IN_CREATE | _IN_MOVED_TO
+_NAME_CHANGED = _NAME_GONE | _NAME_NEW
 _SELF_CHANGED = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT | _IN_IGNORED | _IN_ATTRIB
 _HEADER = struct.Struct("=iIII")  # struct inotify_event: int wd; uint32 mask, cookie, len; then the name
 _EVENT_HEADER = _HEADER.size
@@ -151,20 +152,6 @@ class _Tree:
             self.drop(root)
         for node in list(self.dirs.values()):  # none, unless a drop was interrupted
             self.drop(node)
-
-    def event(self, node: _Dir, mask: int, name: str) -> None:
-        """Apply one inotify event of ``node``'s directory."""
-        if not name:
-            if mask & _SELF_CHANGED:  # the directory itself moved, went or changed modes
-                self.drop(node)
-            return
-        child = node.children.get(name)
-        if child is not None:  # replaced, removed or changed: looked at again when asked
-            self.drop(child)
-        if mask & _NAME_GONE:
-            node.names.pop(name, None)
-        elif mask & _NAME_NEW:
-            node.names[name] = _DIR if mask & _IN_ISDIR else _UNSURE
 
 
 class _Watcher:
@@ -285,15 +272,30 @@ class _Watcher:
         watched = self.watched
         while at + _EVENT_HEADER <= len(data):
             wd, mask, _cookie, size = header(data, at)
-            raw = data[at + _EVENT_HEADER : at + _EVENT_HEADER + size].rstrip(b"\0")
-            at += _EVENT_HEADER + size
+            start = at + _EVENT_HEADER
+            at = start + size
             if mask & _IN_Q_OVERFLOW:
                 return False
+            if size and not mask & _NAME_CHANGED:
+                # A name's attributes (IN_ATTRIB): its kind is the same, and an indexed
+                # directory of that name hears it on its own watch (IN_ATTRIB, no name).
+                continue
             nodes = watched.get(wd)
-            if nodes:
-                name = raw.decode(_FS_ENCODING, _FS_ERRORS)  # os.fsdecode, one call frame less
-                for node in list(nodes):
-                    node.tree.event(node, mask, name)
+            if not nodes:
+                continue
+            name = data[start:at].rstrip(b"\0").decode(_FS_ENCODING, _FS_ERRORS)  # os.fsdecode
+            for node in list(nodes):  # each event applied here, inline: every write makes four
+                if not name:
+                    if mask & _SELF_CHANGED:  # the directory itself moved, went or changed modes
+                        node.tree.drop(node)
+                    continue
+                child = node.children.get(name)
+                if child is not None:  # replaced, removed or changed: looked at again when asked
+                    node.tree.drop(child)
+                if mask & _NAME_GONE:
+                    node.names.pop(name, None)
+                elif mask & _NAME_NEW:
+                    node.names[name] = _DIR if mask & _IN_ISDIR else _UNSURE
         return True
 
     def reset(self) -> None:

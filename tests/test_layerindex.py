@@ -322,6 +322,23 @@ def test_a_remembered_legacy_read_yields_to_a_whiteout(tmp_path):
     assert not fs.exists("checkpoints/b.json")
 
 
+def test_a_directory_whose_mode_changes_is_forgotten(tmp_path, helper):
+    """A chmod of an indexed directory (heard on its own watch; its parent's event for
+    the name is not needed) makes the index forget it and what is below it."""
+    root, outside = make_repo(str(tmp_path))
+    index = LayerIndex(Beneath(root))
+    inner = f"{CONTAINED}/sub/a.json"
+    for _ in range(2 * layerindex.INDEX_AFTER):
+        state(index, inner)
+    assert f"{CONTAINED}/sub" in index._dirs and state(index, inner) == ABSENT
+    os.chmod(os.path.join(root, CONTAINED, "sub"), 0o700)  # from this process: heard all the same
+    assert state(index, f"{CONTAINED}/a.json") == PRESENT  # a poll, which applies the change
+    assert f"{CONTAINED}/sub" not in index._dirs and CONTAINED in index._dirs
+    helper.change(root, outside, ("write", inner, b"now"))
+    assert state(index, inner) != ABSENT  # not the forgotten listing: asked of the disk again
+    index.close()
+
+
 def test_concurrent_changes_never_lead_outside_and_settle(tmp_path):
     """A thread swaps directories for links to outside and writes files meanwhile: no
     read returns outside bytes; once it stops, indexed and probed answers agree."""
