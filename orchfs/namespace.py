@@ -17,7 +17,7 @@ from .atomic import WriteKind
 from .errors import is_a_directory, not_found
 from .files import CopyUpFile, OrchReader
 from .overlay import Found, Location, Times
-from .paths import PROTOCOL, SECRETS_VIEW, join, listable
+from .paths import PROTOCOL, SECRETS_VIEW, join, unlisted
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -100,7 +100,7 @@ class Namespace:
             if not self.is_dir(logical):
                 raise not_found(logical)
             return []
-        for name in [name for name in children if not listable(logical, name)]:
+        for name in unlisted(logical, children):
             del children[name]  # internal entries, and names the gate would refuse
         if not logical and SECRETS_VIEW in children:
             children[SECRETS_VIEW] = (directory_info(SECRETS_VIEW), None)

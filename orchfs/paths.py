@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Collection
 from functools import lru_cache
 from urllib.parse import unquote
 
@@ -204,15 +205,15 @@ def validate_id(value: str, what: str = "id") -> str:
 # Names the gate accepts without a closer look: plain ASCII, no '%' (an encoded form),
 # ':' (a drive letter or URL), '~', '\\' or blank (' ..' reads as '..'); anything else
 # takes the full check.
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.,+=@#-]+")
-# A whole path of such names, as validate() would return it: no empty, '.' or '..'
-# segment, no reserved prefix, none longer than a name may be.
+# One such name (_PLAIN_ONE) and a whole path of them (_PLAIN_PATH), as validate() would
+# return it: no empty, '.' or '..' segment, no reserved prefix, none longer than a name may be.
 _PLAIN_SEGMENT = (
     r"(?!\.\.?(?:/|$))"
     + "".join(f"(?!{re.escape(prefix)})" for prefix in MARKER_PREFIXES)
     + rf"[A-Za-z0-9_.,+=@#-]{{1,{MAX_SEGMENT_BYTES}}}"
 )
 _PLAIN_PATH = re.compile(rf"{_PLAIN_SEGMENT}(?:/{_PLAIN_SEGMENT})*")
+_PLAIN_ONE = re.compile(_PLAIN_SEGMENT)
 
 
 def listable(parent: str, name: str) -> bool:
@@ -220,13 +221,23 @@ def listable(parent: str, name: str) -> bool:
     listed: only a name the gate accepts is, so every listed name can be passed back to
     ``info``/``open``. A name the gate refuses (a backslash, a control character, a name
     not in NFC, ``C:x``, ``%2e%2e``) stays on disk, out of the logical view."""
-    if _PLAIN_NAME.fullmatch(name) and not name.startswith(MARKER_PREFIXES) and name not in (".", ".."):
+    if _PLAIN_ONE.fullmatch(name):
         return bool(parent) or name not in INTERNAL_NAMES
     try:
         validate(join(parent, name))
     except PathEscapeError:
         return False
     return True
+
+
+def unlisted(parent: str, names: Collection[str]) -> list[str]:
+    """Those of ``names`` that :func:`listable` refuses, for a whole directory: one
+    regular expression per name, the full look only at the few that are not plain."""
+    plain = _PLAIN_ONE.fullmatch
+    odd = [name for name in names if not plain(name)]
+    if not parent:
+        odd += [name for name in INTERNAL_NAMES if name in names]
+    return [name for name in odd if not listable(parent, name)]
 
 
 def join(*parts: str) -> str:
@@ -248,6 +259,7 @@ __all__ = [
     "join",
     "listable",
     "strip_protocol",
+    "unlisted",
     "validate",
     "validate_name",
     "validate_stored",
