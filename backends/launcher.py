@@ -286,19 +286,22 @@ def main(name: str, start: Callable[..., Service], argv: Sequence[str] | None = 
             "--host", default=LOOPBACK, help="address to bind (only inside a network namespace of your own)"
         )
     args = parser.parse_args(argv)
-    service = start(port=args.port, **({"host": args.host} if "host" in vars(args) else {}))
 
     def stop(signum: int, _frame: Any) -> None:
         # Only unwind here: the ``finally`` below stops the service outside the handler
         # (a handler that waited on the child itself would deadlock with the wait below).
         raise SystemExit(128 + signum)
 
+    # Installed before the start, and the endpoint printed inside the ``try``: a signal
+    # that comes as soon as the endpoint has been read still stops the service and
+    # removes its data (one that comes during the start is handled by the start itself).
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, stop)
-    print(service.endpoint, flush=True)
-    print(json.dumps(service.record()), flush=True)
+    service = start(port=args.port, **({"host": args.host} if "host" in vars(args) else {}))
     try:
+        print(service.endpoint, flush=True)
+        print(json.dumps(service.record()), flush=True)
         service.process.wait()
     finally:
         service.stop()
