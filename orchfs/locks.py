@@ -1022,7 +1022,7 @@ def inspect(fs: Any) -> list[LockStatus]:
     for entry in sorted(names):
         if kind is LocalFileLock and entry.endswith(".lock"):
             out.append(_inspect_local(storage, entry[: -len(".lock")], now))
-        elif entry.endswith(".lease"):
+        elif kind is LeaseLock and entry.endswith(".lease"):  # one on local disk is no lock
             lease = LeaseLock(storage, entry[: -len(".lease")], None)
             current = lease.current()
             if current is not None and current.holder is not None and not current.released:

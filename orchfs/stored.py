@@ -35,10 +35,16 @@ def read_state(storage: Any, rel: str, limit: int = MAX_STATE_JSON_BYTES) -> byt
     on local disk: a planted file of any size (a sparse one costs nothing to make) is
     never read whole, only far enough for the size check to refuse it. Object stores are
     read whole: under a lease the fenced write that follows names the version a whole
-    read notes."""
-    if storage.capabilities.local_path:
-        return storage.read_optional(rel, 0, limit + 1)
-    return storage.read_optional(rel)
+    read notes. A directory planted there is a :class:`StateError` naming it."""
+    try:
+        if storage.capabilities.local_path:
+            return storage.read_optional(rel, 0, limit + 1)
+        return storage.read_optional(rel)
+    except IsADirectoryError:
+        where = storage.url(rel)
+        raise StateError(
+            f"{where} is a directory where orchfs keeps a file; move it aside by hand", where
+        ) from None
 
 
 def load_json(

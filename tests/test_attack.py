@@ -499,3 +499,54 @@ def test_a_duration_that_is_no_duration_is_a_config_error(world, key, value):
         orchfs.load_config(world.root)
     out = cli(world, "cat", "state.json")
     assert "workflow.yaml" in out
+
+
+# --- a directory or a stray object where orchfs keeps a file: reported, never a crash ------
+SWAP_JOURNAL = "tmp/import-0123456789ab.swap"
+
+
+@pytest.mark.parametrize("place", ["meta.json", "FORMAT", SWAP_JOURNAL])
+def test_a_directory_where_a_state_file_is_kept_is_unsafe_state(world, tmp_path, place):
+    """A directory planted where orchfs keeps one of its files (meta.json, FORMAT, a
+    snapshot import's swap journal) is an unsafe-state finding naming it: doctor's other
+    checks still run, --fix and an import leave it (and everything else) as it was."""
+    fs = v2(world)
+    planted = world.state / place
+    planted.unlink(missing_ok=True)
+    (planted / "inside").mkdir(parents=True)
+    loose = world.state / "locks" / "loose"
+    loose.parent.mkdir(exist_ok=True)
+    loose.write_bytes(b"")
+    loose.chmod(0o644)
+    found = doctor.run(world.root)
+    assert any(f.id == "unsafe-state" and place in f.message for f in found), found
+    assert "loose-permissions" in {f.id for f in found}  # the other checks ran too
+    doctor.fix(world.root, found)
+    out = json.loads(cli(world, "doctor", "--json", rc=(1,)))
+    assert "unsafe-state" in {f["id"] for f in out["findings"]}
+    archive = _archive(tmp_path / "s.tgz", {"notes.md": (b"imported", 0o644)}, {})
+    if place == SWAP_JOURNAL:  # an import finishes interrupted swaps first: refused
+        with pytest.raises(StateError, match="is a directory"):
+            snapshot.import_snapshot(fs, archive, force=True)
+        assert "is a directory" in cli(world, "snapshot", "import", "--force", str(archive))
+        assert not (world.state / "notes.md").exists()
+    assert (planted / "inside").is_dir()
+    assert fs.cat_file("state.json") == b"{}"
+
+
+@pytest.mark.parametrize("kind", ["file", "directory", "fifo"])
+def test_a_lease_object_on_local_disk_is_no_lock(world, kind):
+    """``locks/<name>.lease`` means nothing on local disk (its locks are OS locks): a
+    planted one is neither read as a lease nor a reason for doctor to stop."""
+    v2(world)
+    lease = world.state / "locks" / "repo.lease"
+    lease.parent.mkdir(exist_ok=True)
+    {"file": lambda: lease.write_bytes(b'{"holder": {"pid": 1}}'), "directory": lease.mkdir}.get(
+        kind, lambda: os.mkfifo(lease)
+    )()
+    found = doctor.run(world.root)
+    assert "stale-lock" not in {f.id for f in found}
+    doctor.fix(world.root, found)
+    out = cli_process(world, "doctor", rc=(0, 1))
+    assert "internal error" not in out.stderr, out.stderr
+    assert os.path.lexists(lease)
