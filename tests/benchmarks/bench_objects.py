@@ -1,9 +1,10 @@
-"""Object storage on moto and SeaweedFS: requests per operation, ops/s against plain s3fs,
-and the lock hand-off latency (p50/p95) between two waiting holders.
+"""Object storage on moto, SeaweedFS and GCS (fake-gcs-server): requests per operation,
+ops/s against the plain fsspec backend (s3fs, gcsfs), and the lock hand-off latency
+(p50/p95) between two waiting holders.
 
 Targets: a write is 1 request, ``update_json`` at most 4, a hand-off at most 50 ms (p50)
-on SeaweedFS. Plain s3fs is the yardstick: it takes no lock and checks nothing, so its
-``update_json`` row is a bare GET + PUT (what orchfs adds is the lease).
+on SeaweedFS. The plain backend is the yardstick: it takes no lock and checks nothing, so
+its ``update_json`` row is a bare GET + PUT (what orchfs adds is the lease).
 """
 
 from __future__ import annotations
@@ -24,12 +25,26 @@ HANDOFFS = 25
 
 
 class RequestCounter:
-    """Counts the HTTP requests botocore sends through the given s3fs filesystems."""
+    """Counts the HTTP requests sent through the filesystems that were told of it:
+    botocore's events for s3fs (:meth:`watch`), an aiohttp trace for gcsfs
+    (:meth:`gcsfs_options`, passed when the filesystem is made)."""
 
-    def __init__(self, *filesystems) -> None:
+    def __init__(self) -> None:
         self.sent = 0
+
+    def watch(self, *filesystems) -> None:
         for client in {id(fs.s3): fs.s3 for fs in filesystems}.values():
             client.meta.events.register("before-send.s3", self._count)
+
+    def gcsfs_options(self) -> dict:
+        import aiohttp
+
+        async def started(session, context, params) -> None:
+            self._count()
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(started)
+        return {"session_kwargs": {"trace_configs": [trace]}}
 
     def _count(self, **kwargs) -> None:
         self.sent += 1
@@ -69,18 +84,23 @@ def _handoffs(fs: orchfs.OrchFileSystem, other: orchfs.OrchFileSystem) -> list[f
 
 
 def _store_rows(table: Table, label: str, service) -> None:
-    import s3fs
+    from orchfs.storage import open_storage
 
     bucket = f"bench-{uuid.uuid4().hex[:8]}"
-    plain = s3fs.S3FileSystem(**service.storage_options, skip_instance_cache=True, use_listings_cache=False)
+    counter = RequestCounter()
+    options = dict(service.storage_options)
+    if service.protocol == "gs":
+        options.update(counter.gcsfs_options())
+    # The plain backend as orchfs opens it (for GCS at an endpoint, gcsfs's JSON-API filesystem).
+    plain_storage = open_storage(f"{service.protocol}://{bucket}", dict(options, skip_instance_cache=True))
+    plain = plain_storage.fs  # type: ignore[attr-defined]
     plain.mkdir(bucket)
-    fs = orchfs.OrchFileSystem(
-        root=f"s3://{bucket}/repo", storage_options=service.storage_options, skip_instance_cache=True
-    )
-    other = orchfs.OrchFileSystem(
-        root=f"s3://{bucket}/repo", storage_options=service.storage_options, skip_instance_cache=True
-    )
-    counter = RequestCounter(fs.state_storage.fs, fs.repo_storage.fs, plain)
+    root = f"{service.protocol}://{bucket}/repo"
+    fs = orchfs.OrchFileSystem(root=root, storage_options=options, skip_instance_cache=True)
+    other = orchfs.OrchFileSystem(root=root, storage_options=options, skip_instance_cache=True)
+    if service.protocol == "s3":
+        counter.watch(fs.state_storage.fs, fs.repo_storage.fs, plain)
+    yardstick = type(plain).__module__.partition(".")[0]  # s3fs, gcsfs
     raw = f"{bucket}/plain/state.json"
     fs.pipe_file("run/state.json", b"{}")
     plain.pipe_file(raw, b"{}")
@@ -104,8 +124,8 @@ def _store_rows(table: Table, label: str, service) -> None:
     for name, (ours, theirs, number) in operations.items():
         ours_requests = counter.per_call(ours)
         their_requests = counter.per_call(theirs)
-        table.add(Row(f"{name}, {label}: requests/op", "req", ours_requests, {"s3fs": their_requests}))
-        compare(table, f"{name}, {label}", "ops/s", ours, {"s3fs": theirs}, number, repeat=3)
+        table.add(Row(f"{name}, {label}: requests/op", "req", ours_requests, {yardstick: their_requests}))
+        compare(table, f"{name}, {label}", "ops/s", ours, {yardstick: theirs}, number, repeat=3)
     handoffs = sorted(_handoffs(fs, other))
     p50 = statistics.median(handoffs) * 1000
     p95 = handoffs[int(0.95 * (len(handoffs) - 1))] * 1000
@@ -114,10 +134,11 @@ def _store_rows(table: Table, label: str, service) -> None:
 
 
 def run() -> Table:
-    from backends import moto_s3, seaweedfs
+    from backends import fake_gcs, moto_s3, seaweedfs
 
-    table = Table("Object storage: requests/op, ops/s against plain s3fs, lock hand-off (ms)")
-    for label, start in (("moto", moto_s3.start), ("SeaweedFS", seaweedfs.start)):
+    table = Table("Object storage: requests/op, ops/s against plain s3fs/gcsfs, lock hand-off (ms)")
+    stores = (("moto", moto_s3.start), ("SeaweedFS", seaweedfs.start), ("GCS", fake_gcs.start))
+    for label, start in stores:
         service = start()
         try:
             _store_rows(table, label, service)
