@@ -166,9 +166,10 @@ def import_snapshot(
     if _swap_journals(state):
         with fs.lock("repo"):
             finished = finish_interrupted(fs)
-        for done in finished:
-            if done.sha256 == digest:  # this very import, killed during its swap: now done
-                return SnapshotInfo(source, done.files, done.bytes, encrypted, digest)
+        # This very import, killed during its swap, is finished now; it runs again over
+        # what it placed (the same bytes), since a journal planted with its digest could
+        # have placed files no import checked.
+        force = force or any(done.sha256 == digest for done in finished)
     _refuse_existing(state, force)  # early, before anything is staged; again under the lock
     had_state_dir = not state.capabilities.local_path or state.info("") is not None
     mover = ImportMover(state, f"{STAGING_DIR}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")

@@ -550,3 +550,26 @@ def test_a_lease_object_on_local_disk_is_no_lock(world, kind):
     out = cli_process(world, "doctor", rc=(0, 1))
     assert "internal error" not in out.stderr, out.stderr
     assert os.path.lexists(lease)
+
+
+def test_a_planted_swap_journal_never_stands_in_for_the_import_it_names(world, tmp_path):
+    """A swap journal (and staging directory) planted with the digest of the snapshot
+    about to be imported: finishing it must not pass for that import. The snapshot's
+    own bytes are in place afterwards, not the planted ones, which were never checked."""
+    import hashlib
+
+    fs = v2(world)
+    archive = _archive(
+        tmp_path / "good.tgz", {"state.json": (b'{"good": 1}', 0o644), "notes.md": (b"good", 0o644)}, {}
+    )
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    staging = world.state / "tmp" / "import-0123456789ab"
+    staging.mkdir(parents=True)
+    (staging / "state.json").write_bytes(b'{"planted": 1}')
+    journal = {"source": str(archive), "sha256": digest, "files": 2, "bytes": 15, "members": ["state.json"]}
+    (world.state / "tmp" / "import-0123456789ab.swap").write_text(json.dumps(journal))
+    info = snapshot.import_snapshot(fs, archive, force=True)
+    assert (info.files, info.sha256) == (2, digest)
+    assert (world.state / "state.json").read_bytes() == b'{"good": 1}'
+    assert (world.state / "notes.md").read_bytes() == b"good"
+    assert not (world.state / "tmp").exists()
