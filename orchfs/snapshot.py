@@ -542,8 +542,29 @@ def _read_swap_journal(state: Storage, journal: str, staging: str) -> tuple[Fini
             raise StateError(f"{where} names {name!r}, not a plain relative path; {fix}", where) from None
         if not _included(name):
             raise StateError(f"{where} names {name!r}, a lock or temp file; {fix}", where)
+        if not _moves_file_over_file(state, staging, name):
+            raise StateError(
+                f"{where} would move {staging}/{name} (not a staged file) into place, or over "
+                f"a directory; an import only ever moves files over files; {fix}",
+                where,
+            )
     finished = FinishedImport(where, value["source"], value["sha256"], value["files"], value["bytes"])
     return finished, members
+
+
+def _moves_file_over_file(state: Storage, staging: str, name: str) -> bool:
+    """Whether finishing the swap of ``name`` moves a regular file over a file or nothing
+    (what the import checked before its swap; a planted journal may say otherwise)."""
+    try:
+        staged = state.info(f"{staging}/{name}")
+        if staged is None:
+            return True  # already in place
+        placed = state.info(name)
+    except PathEscapeError:  # a link on the way
+        return False
+    mode = staged.get("mode")
+    regular = staged.get("type") == "file" and (mode is None or stat.S_ISREG(mode))
+    return regular and (placed is None or placed.get("type") != "directory")
 
 
 def _put_back(state: Any, staging: str, aside: str, placed: list[tuple[str, bool]]) -> bool:

@@ -573,3 +573,39 @@ def test_a_planted_swap_journal_never_stands_in_for_the_import_it_names(world, t
     assert (world.state / "state.json").read_bytes() == b'{"good": 1}'
     assert (world.state / "notes.md").read_bytes() == b"good"
     assert not (world.state / "tmp").exists()
+
+
+@pytest.mark.parametrize(
+    "planted", ["directory over a directory", "file over a directory", "fifo", "symlink"]
+)
+def test_a_planted_swap_only_ever_moves_files_over_files(world, planted):
+    """An import's swap moves staged regular files over files (its checks made sure), so a
+    planted journal whose member is staged as, or lands on, a directory (which the swap
+    would put aside and drop, a whole tree of state), a FIFO or a link is unsafe-state:
+    doctor --fix and an import leave everything as it was."""
+    fs = v2(world)
+    fs.pipe_file("sessions/s1/state.json", b"session state")
+    staging = world.state / "tmp" / "import-0123456789ab"
+    staging.mkdir(parents=True)
+    member = "sessions"
+    if planted == "directory over a directory":
+        (staging / "sessions").mkdir()
+    elif planted == "file over a directory":
+        (staging / "sessions").write_bytes(b"")
+    elif planted == "fifo":
+        member = "state.json"
+        os.mkfifo(staging / member)
+    else:
+        member = "state.json"
+        os.symlink(canary_file(world), staging / member)
+    journal = {"source": "s.tgz", "sha256": "0" * 64, "files": 1, "bytes": 0, "members": [member]}
+    (world.state / "tmp" / "import-0123456789ab.swap").write_text(json.dumps(journal))
+    found = doctor.run(world.root)
+    assert any(f.id == "unsafe-state" and "import-0123456789ab.swap" in f.message for f in found), found
+    doctor.fix(world.root, found)
+    cli(world, "doctor", "--fix", rc=(1,))
+    with pytest.raises(StateError, match="import-0123456789ab.swap"):
+        snapshot.import_snapshot(fs, _archive(world.root.parent / "s.tgz", {"n.md": (b"n", 0o644)}, {}))
+    assert fs.cat_file("sessions/s1/state.json") == b"session state"
+    assert fs.cat_file("state.json") == b"{}"
+    assert os.path.lexists(staging / member)
