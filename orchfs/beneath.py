@@ -318,29 +318,10 @@ class Beneath:
         finally:
             os.close(fd)
 
-    def encoded(self, rel: str) -> bytes:
-        """``rel``, checked (:class:`PathEscapeError`) and encoded as :meth:`read_encoded` takes it."""
-        return self._encoded.get(rel) or self._encode(rel)
-
-    def read_encoded(self, path: bytes) -> bytes | int:
-        """:meth:`read_file` of a path from :meth:`encoded`, in one call frame: the whole
-        file, or ``-errno`` for anything but a plain read (no openat2 here, no root
-        descriptor yet, a link, a rename racing the lookup, a directory), which the
-        caller then hands to :meth:`read_file` to settle. The same ``openat2`` beneath
-        the root as every open: the path string is all that was kept."""
-        syscall = self._syscall
-        if syscall is None:
-            return -errno.ENOSYS
-        fd = syscall(_SYS_OPENAT2, self._fd, path, self._read_how, 24)
-        if fd < 0:
-            return -self._openat2.get_errno()  # type: ignore[union-attr]
-        try:
-            data = os.read(fd, _FIRST_READ)
-            return data if len(data) < _FIRST_READ else _read_rest(fd, data, os.fsdecode(path))
-        except IsADirectoryError:
-            return -errno.EISDIR
-        finally:
-            os.close(fd)
+    def reader(self, rel: str) -> Callable[[], bytes | int]:
+        """A call that reads the whole file ``rel`` (:class:`PathEscapeError` now for a
+        bad path), for a caller that reads it often: see :class:`_Reader`."""
+        return _Reader(self, self._encoded.get(rel) or self._encode(rel))
 
     def _try_walk(self, rel: str, flags: int, mode: int, root: int) -> int:
         try:
@@ -708,6 +689,36 @@ class Beneath:
                     os.utime(out.staged_fd(), ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:
             os.close(source)
+
+
+class _Reader:
+    """:meth:`Beneath.read_file` of one path, in one call frame: the whole file, or
+    ``-errno`` for anything but a plain read (no openat2 here, no root descriptor yet,
+    a link, a rename racing the lookup, a directory), which the caller then hands to
+    :meth:`Beneath.read_file` to settle. The same ``openat2`` beneath the root as
+    every open: only the encoded path is kept."""
+
+    __slots__ = ("_disk", "_path")
+
+    def __init__(self, disk: Beneath, path: bytes) -> None:
+        self._disk = disk
+        self._path = path
+
+    def __call__(self) -> bytes | int:
+        disk = self._disk
+        syscall = disk._syscall
+        if syscall is None:
+            return -errno.ENOSYS
+        fd = syscall(_SYS_OPENAT2, disk._fd, self._path, disk._read_how, 24)
+        if fd < 0:
+            return -disk._openat2.get_errno()  # type: ignore[union-attr]
+        try:
+            data = os.read(fd, _FIRST_READ)
+            return data if len(data) < _FIRST_READ else _read_rest(fd, data, os.fsdecode(self._path))
+        except IsADirectoryError:
+            return -errno.EISDIR
+        finally:
+            os.close(fd)
 
 
 def read_all(fd: int, where: str | None = None) -> bytes:

@@ -343,7 +343,7 @@ class LocalStorage:
         boundary as every read; only the encoded path is kept."""
         disk = self._disk
         if disk.uses_openat2:
-            return functools.partial(disk.read_encoded, disk.encoded(self._p(rel)))
+            return disk.reader(self._p(rel))
         return functools.partial(self.read_optional, rel)
 
     def open_read(self, rel: str, block_size: int | None = None, size: int | None = None) -> IO[bytes]:
