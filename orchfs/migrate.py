@@ -1450,9 +1450,12 @@ def rollback(
             if remote is not None
             else LocalMover(root, mid, begin.get("backup", True))
         )
-        for step in reversed(steps):
-            checkpoint("rollback.step")
-            mover.undo(step, backup_root)
+        with _holding(root) if remote is None else contextlib.nullcontext():
+            for number, step in enumerate(reversed(steps), start=1):
+                checkpoint("rollback.step")
+                mover.undo(step, backup_root)
+                if number % DONE_BATCH == 0:
+                    _release_held(root)
         if remote is None:
             _carry_back_new_files(root, layout, begin)
         _restore_gitignore(root, begin.get("gitignore"))

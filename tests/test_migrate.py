@@ -544,17 +544,17 @@ def test_kill_9_inside_journal_batches_then_rerun_or_rollback(tmp_path):
 
 
 class SwappingOS(types.SimpleNamespace):
-    """os, except that the Nth rename first moves a directory away and puts a link to it
-    in its place (another process changing the repository in the middle of a batch)."""
+    """os, except that the Nth call of ``operation`` first moves a directory away and puts
+    a link to it in its place (another process changing the repository mid-batch)."""
 
-    def __init__(self, at: int, directory: str, away: str) -> None:
+    def __init__(self, operation: str, at: int, directory: str, away: str) -> None:
         super().__init__()
-        self._at, self._directory, self._away = at, directory, away
+        self._operation, self._at, self._directory, self._away = operation, at, directory, away
         self.calls = 0
 
     def __getattr__(self, name):
         real = getattr(os, name)
-        if name != "rename":
+        if name != self._operation:
             return real
 
         def rename(*args, **kwargs):
@@ -572,7 +572,7 @@ def test_a_held_directory_swapped_during_a_batch_is_reported(tmp_path, monkeypat
     outside = tmp_path / "outside"
     outside.mkdir()
     target = os.path.join(root, ".orchestrator", "checkpoints", "bulk")
-    swapping = SwappingOS(600, target, str(outside / "bulk"))  # inside the second batch
+    swapping = SwappingOS("rename", 600, target, str(outside / "bulk"))  # inside the second batch
     monkeypatch.setattr(migrate, "os", swapping)
     with pytest.raises(UnsafeStateError, match="moved or replaced while the migration"):
         migrate.apply(root, backup=False)
@@ -600,3 +600,18 @@ def test_more_directories_than_are_held_at_once(tmp_path):
     assert fs.cat_file("checkpoints/d103/cp.json") == b'{"d": 103}'
     migrate.rollback(root)
     assert tree(root) == before
+
+
+def test_a_held_directory_swapped_during_a_rollback_batch_is_reported(tmp_path, monkeypatch):
+    root = make_repo(tmp_path, checkpoints=1200, link=False)
+    migrate.apply(root, backup=False)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    legacy = os.path.join(root, ".workflow_checkpoints", "bulk")
+    swapping = SwappingOS("replace", 100, legacy, str(outside / "bulk"))  # files go back in reverse
+    monkeypatch.setattr(migrate, "os", swapping)
+    with pytest.raises(orchfs.OrchFSError, match="symlink|moved or replaced"):
+        migrate.rollback(root)  # the link is refused by the next step's own check, or at release
+    monkeypatch.setattr(migrate, "os", os)
+    assert swapping.calls < 1100  # the rollback stopped within that batch
+    assert os.path.exists(os.path.join(root, ".orchestrator", "checkpoints", "bulk", "cp_00000.json"))
