@@ -182,7 +182,7 @@ def test_the_write_check_can_fail():
     tree = ast.parse(
         "class LocalMover:\n    def execute(self):\n        _upload(self.store)\n"
         "def _upload(store):\n    store.write('a', b'')\n"
-        "def helper(state):\n    state.remove('a')\n"
+        "def step(state):\n    state.remove('a')\n"
         "def _shared(store):\n    store.rename('a', 'b')\n"
         "def operation(store):\n    _shared(store)\n    LocalMover().execute()\n"
         "def _listing(out):\n    out.append(1)\n"
