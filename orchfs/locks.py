@@ -295,6 +295,8 @@ class LocalFileLock(LockBackend):
             return b""
         try:
             return os.read(fd, HOLDER_RECORD_BYTES).rstrip(b" \n\0")
+        except IsADirectoryError:  # planted: no record (and _record_holder refuses it)
+            return b""
         finally:
             os.close(fd)
 
@@ -315,7 +317,7 @@ class LocalFileLock(LockBackend):
         try:
             fd = os.open(f"{self.name}.holder", flags, PRIVATE_FILE_MODE, dir_fd=self._dir_fd)
         except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENXIO):  # a link; a FIFO with no reader
+            if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # a link; a FIFO; a directory
                 raise
             fd = -1
         if fd < 0 or not _own_file(fd):

@@ -150,8 +150,12 @@ def ensure_initialized(state: Any, root: str, local_root: bool) -> None:
             StateFiles(state).write(FORMAT_FILE, f"{LAYOUT_VERSION}\n".encode(), CREATE)
     if state.info(META_FILE) is None:
         document = json.dumps(new_meta(root, local_root), indent=2).encode() + b"\n"
-        with contextlib.suppress(FileExistsError):
+        try:
             StateFiles(state).write(META_FILE, document, CREATE)
+        except FileExistsError:  # made meanwhile; or an entry no read reaches
+            if read_meta(state) is None:
+                where = state.url(META_FILE)
+                raise MetaError(f"{where} is a symlink that leads nowhere; {_META_FIX}", where) from None
 
 
 IGNORE_LINE = f"{STATE_DIR}/"

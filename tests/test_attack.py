@@ -28,7 +28,7 @@ import pytest
 
 import orchfs
 from orchfs import doctor, migrate, snapshot
-from orchfs.errors import ConfigError, SnapshotError, StateError, UnsafeStateError
+from orchfs.errors import ConfigError, MetaError, PathEscapeError, SnapshotError, StateError, UnsafeStateError
 
 from .conftest import make_fs
 
@@ -609,3 +609,31 @@ def test_a_planted_swap_only_ever_moves_files_over_files(world, planted):
     assert fs.cat_file("sessions/s1/state.json") == b"session state"
     assert fs.cat_file("state.json") == b"{}"
     assert os.path.lexists(staging / member)
+
+
+def test_a_directory_holder_record_is_refused_by_name(world):
+    """A directory planted at ``locks/repo.holder``: every command that takes the lock says
+    which file is wrong (not a bare 'Is a directory'), and doctor still runs."""
+    fs = v2(world)
+    holder = world.state / "locks" / "repo.holder"
+    holder.parent.mkdir(exist_ok=True)
+    holder.unlink(missing_ok=True)
+    (holder / "inside").mkdir(parents=True)
+    with pytest.raises(UnsafeStateError, match=r"repo\.holder is not a plain file"), fs.lock("repo"):
+        pass
+    assert "repo.holder is not a plain file" in cli(world, "migrate")
+    assert "stale-lock" not in {f.id for f in doctor.run(world.root)}
+    assert (holder / "inside").is_dir()
+
+
+@pytest.mark.parametrize("target", ["nowhere", "../../canary/a.txt"])
+def test_a_meta_json_link_to_nothing_is_a_meta_error(world, target):
+    """meta.json planted as a link that no read reaches (dangling, or leading outside):
+    init says so in one line instead of failing inside, and leaves the link alone."""
+    world.state.mkdir()
+    (world.state / "meta.json").symlink_to(target)
+    fs = orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True)
+    with pytest.raises((MetaError, PathEscapeError), match="meta.json"):
+        fs.initialize()
+    assert "meta.json" in cli(world, "init")
+    assert os.readlink(world.state / "meta.json") == target
