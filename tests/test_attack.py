@@ -266,9 +266,10 @@ PLANTED_LEASES = {
 
 
 @pytest.mark.s3
+@pytest.mark.parametrize("store", ["s3", "gcs"])
 @pytest.mark.parametrize("kind", sorted(PLANTED_LEASES))
-def test_a_planted_lease_object_is_refused_and_left_alone(kind, moto_server, s3_bucket, request, tmp_path):
-    fs = make_fs("s3", request, tmp_path)
+def test_a_planted_lease_object_is_refused_and_left_alone(kind, store, request, tmp_path):
+    fs = make_fs(store, request, tmp_path)
     state = fs.state_storage
     lease = "locks/repo.lease"
     state.write(lease, PLANTED_LEASES[kind])
