@@ -698,20 +698,21 @@ class _Reader:
     :meth:`Beneath.read_file` to settle. The same ``openat2`` beneath the root as
     every open: only the encoded path is kept."""
 
-    __slots__ = ("_disk", "_path")
+    __slots__ = ("_disk", "_how", "_path", "_syscall")
 
     def __init__(self, disk: Beneath, path: bytes) -> None:
         self._disk = disk
         self._path = path
+        self._syscall = disk._syscall  # fixed for the disk's life (its root descriptor is not)
+        self._how = disk._read_how
 
     def __call__(self) -> bytes | int:
-        disk = self._disk
-        syscall = disk._syscall
+        syscall = self._syscall
         if syscall is None:
             return -errno.ENOSYS
-        fd = syscall(_SYS_OPENAT2, disk._fd, self._path, disk._read_how, 24)
+        fd = syscall(_SYS_OPENAT2, self._disk._fd, self._path, self._how, 24)
         if fd < 0:
-            return -disk._openat2.get_errno()  # type: ignore[union-attr]
+            return -self._disk._openat2.get_errno()  # type: ignore[union-attr]
         try:
             data = os.read(fd, _FIRST_READ)
             return data if len(data) < _FIRST_READ else _read_rest(fd, data, os.fsdecode(self._path))
