@@ -54,6 +54,9 @@ SNAPSHOT_NAMESPACE = "orchfs-snapshot"
 SNAPSHOT_NAME = "snapshot"
 PRIVATE_DIRS = ("secrets",)
 CONFIG_FILE = "config.yaml"
+# The local configuration's v1 names: a migration backup of one (or of config.yaml) is put
+# back where it is read by `orchfs migrate --rollback`, so it is checked as config.yaml is.
+V1_CONFIG_FILES = (".orchestra.yaml", ".orchestrator.yaml")
 # Settings of config.yaml that decide where orchfs reads or writes (never from a snapshot).
 PLACING_KEYS = ("include",)
 PLACING_STATE_KEYS = ("storage", "persist")
@@ -353,10 +356,21 @@ def _copy_member(tar: Any, member: Any, state: Any, rel: str, name: str) -> _Mem
     return _Member(mode, member.size, b"".join(kept))
 
 
+def _is_config(name: str) -> bool:
+    """config.yaml, or a migration backup of a local configuration file."""
+    from .migrate import BACKUP_DIR
+
+    base = name.rpartition("/")[2]
+    return name == CONFIG_FILE or (
+        name.startswith(f"{BACKUP_DIR}/") and base in (CONFIG_FILE, *V1_CONFIG_FILES)
+    )
+
+
 def _is_state_file(name: str) -> bool:
     """Members that orchfs itself reads back (and so checks before they land)."""
     return (
-        name in (META_FILE, FORMAT_FILE, CONFIG_FILE)
+        name in (META_FILE, FORMAT_FILE)
+        or _is_config(name)
         or (name.startswith(f"{JOURNAL_DIR}/") and name.endswith(".jsonl"))
         or (name.startswith("secrets/") and name.endswith("/MANIFEST"))
     )
@@ -384,8 +398,8 @@ def _check_config(data: bytes, where: str) -> None:
 
 def _check_state(members: dict[str, _Member], fs: Any, source: str) -> None:
     """The snapshot's stored state, checked as orchfs checks it when it reads it."""
-    if CONFIG_FILE in members:
-        _check_config(members[CONFIG_FILE].data, f"{source}: {CONFIG_FILE}")
+    for name in filter(_is_config, members):
+        _check_config(members[name].data, f"{source}: {name}")
     from .journal import parse as parse_journal
     from .meta import check_meta, check_writable, parse_format, read_format
     from .secrets import check_manifest

@@ -638,3 +638,30 @@ def test_a_meta_json_link_to_nothing_is_a_meta_error(world, target):
         fs.initialize()
     assert "meta.json" in cli(world, "init")
     assert os.readlink(world.state / "meta.json") == target
+
+
+@pytest.mark.parametrize("name", [".orchestra.yaml", ".orchestrator.yaml"])
+def test_a_snapshot_never_brings_a_placing_config_back_through_a_rollback(world, tmp_path, name):
+    """A snapshot whose migration backup holds a v1 config (which ``migrate --rollback``
+    puts back at the root, where it is read) that says where the state lives is refused
+    as its config.yaml would be: otherwise import, rollback, write lands outside."""
+    outside = tmp_path / "outside-store"
+    source = tmp_path / "source"
+    (source / ".git").mkdir(parents=True)
+    (source / name).write_text(f"state:\n  storage: {outside}\n")
+    (source / ".workflow_state.json").write_text("{}")
+    migrate.apply(source)
+    (source / ".orchestrator" / "config.yaml").unlink()  # the snapshot's own config is checked
+    archive = tmp_path / "evil.tgz"
+    snapshot.export(orchfs.OrchFileSystem(root=str(source), skip_instance_cache=True), archive)
+    with tarfile.open(archive) as tar:
+        assert any(member.endswith(f"/{name}") for member in tar.getnames())
+    fs = orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True)
+    with pytest.raises(SnapshotError, match="never a new place"):
+        snapshot.import_snapshot(fs, archive)
+    cli(world, "snapshot", "import", str(archive))
+    cli(world, "migrate", "--rollback", rc=(0, 1))
+    cli(world, "put", "notes.md", "-", rc=(0, 1), input="written")
+    assert not (world.root / name).exists()
+    assert not outside.exists()
+    assert not (world.state / "migrations").exists()
