@@ -1068,9 +1068,10 @@ def test_any_json_in_meta_or_a_manifest_is_checked_or_refused(document, entry, n
 
 @pytest.mark.parametrize("operation", ["migrate", "rollback"])
 def test_a_directory_swapped_for_a_link_during_a_run_never_leads_outside(world, operation):
-    """Another process swaps .orchestrator/checkpoints (or the v1 directory) for a link to
+    """Another process swaps the v1 directory and .orchestrator/checkpoints for links to
     the canary and back, over and over, while a migration or rollback runs: whatever the
-    interleaving, nothing outside changes (the run may fail with a clear error)."""
+    interleaving, nothing outside changes (the run may fail with a clear error). The run
+    starts only once a swap has happened, so the race is on however loaded the machine."""
     import shutil
     import sys
     import threading
@@ -1079,21 +1080,27 @@ def test_a_directory_swapped_for_a_link_during_a_run_never_leads_outside(world, 
     build_legacy_repo(world.root, files)
     if operation == "rollback":
         migrate.apply(world.root)
-    swapped = world.state / "checkpoints" if operation == "migrate" else world.root / ".workflow_checkpoints"
-    aside = swapped.with_name(swapped.name + "-aside")
+    targets = [world.root / ".workflow_checkpoints", world.state / "checkpoints"]
     done = threading.Event()
+    swapping = threading.Event()
     swaps = []
+
+    def swap(target: Path) -> None:
+        aside = target.with_name(target.name + "-aside")
+        with contextlib.suppress(OSError):
+            os.rename(target, aside)
+            os.symlink(world.canary, target)
+            swaps.append(target)
+            swapping.set()
+            for _ in range(20):  # the link stays a while: as long as the directory does
+                os.sched_yield()
+            os.unlink(target)
+            os.rename(aside, target)
 
     def swapper():
         while not done.is_set():
-            with contextlib.suppress(OSError):
-                os.rename(swapped, aside)
-                os.symlink(world.canary, swapped)
-                swaps.append(1)
-                for _ in range(20):  # the link stays a while: as long as the directory does
-                    os.sched_yield()
-                os.unlink(swapped)
-                os.rename(aside, swapped)
+            for target in targets:  # whichever exists: the source before the run, both during it
+                swap(target)
             for _ in range(20):
                 os.sched_yield()
 
@@ -1102,6 +1109,7 @@ def test_a_directory_swapped_for_a_link_during_a_run_never_leads_outside(world, 
     sys.setswitchinterval(1e-5)  # switch threads often: more interleavings per run
     thread.start()
     try:
+        assert swapping.wait(60), "the swapper found no directory to swap"
         with contextlib.suppress(OrchFSError, FileNotFoundError, FileExistsError, NotADirectoryError):
             (migrate.apply if operation == "migrate" else migrate.rollback)(world.root)
     finally:
@@ -1109,8 +1117,10 @@ def test_a_directory_swapped_for_a_link_during_a_run_never_leads_outside(world, 
         thread.join(10)
         sys.setswitchinterval(interval)
     assert not thread.is_alive() and swaps  # the race ran
-    if swapped.is_symlink():  # leave the repository as the swapper found it
-        swapped.unlink()
-    if aside.exists() and not swapped.exists():
-        os.rename(aside, swapped)
-    shutil.rmtree(aside, ignore_errors=True)
+    for target in targets:  # leave the repository as the swapper found it
+        aside = target.with_name(target.name + "-aside")
+        if target.is_symlink():
+            target.unlink()
+        if aside.exists() and not target.exists():
+            os.rename(aside, target)
+        shutil.rmtree(aside, ignore_errors=True)
