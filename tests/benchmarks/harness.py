@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,10 @@ def ops_per_second(
     """Throughput of each operation from ``repeat`` rounds of ``number`` calls.
 
     The operations take turns within every round (GC off while timing), so a slow
-    spell of the machine or the disk falls on all of them rather than on one. The
+    spell of the machine or the disk falls on all of them rather than on one; the
+    order of the turns is shuffled every round (with a fixed seed), so that no
+    operation always follows the same one: a write that leaves dirty metadata behind
+    (DirFileSystem's, which does not fsync) makes the next fsync commit it. The
     round times are summed up by ``statistic``: the best round for CPU-bound calls,
     the median of many single calls for fsync-bound ones, whose best is luck.
     ``clock=time.process_time`` times CPU-bound calls by the CPU they use (user and
@@ -27,11 +31,14 @@ def ops_per_second(
     core, which no ratio survives.
     """
     rounds: list[list[float]] = [[] for _ in operations]
+    turns = list(enumerate(operations))
+    shuffle = random.Random(len(operations) * repeat).shuffle
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for _ in range(repeat):
-            for index, operation in enumerate(operations):
+            shuffle(turns)
+            for index, operation in turns:
                 start = clock()
                 for _ in range(number):
                     operation()
