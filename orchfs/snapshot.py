@@ -166,14 +166,15 @@ def import_snapshot(
     encrypted = _is_sealed(blob)
     archive = _open_sealed(fs, blob, source, key) if encrypted else blob
     state = fs.state_storage
+    placed: frozenset[str] = frozenset()
     if _swap_journals(state):
         with fs.lock("repo"):
             finished = finish_interrupted(fs)
         # This very import, killed during its swap, is finished now; it runs again over
-        # what it placed (the same bytes), since a journal planted with its digest could
-        # have placed files no import checked.
-        force = force or any(done.sha256 == digest for done in finished)
-    _refuse_existing(state, force)  # early, before anything is staged; again under the lock
+        # the files it placed (the same bytes), since a journal planted with its digest
+        # could have placed files no import checked.
+        placed = frozenset(name for done in finished if done.sha256 == digest for name in done.members)
+    _refuse_existing(state, force, placed)  # early, before anything is staged; again under the lock
     had_state_dir = not state.capabilities.local_path or state.info("") is not None
     mover = ImportMover(state, f"{STAGING_DIR}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
     try:
@@ -184,7 +185,7 @@ def import_snapshot(
             mover.restage(META_FILE, _rehomed_meta(meta.data, fs), meta.mode)
         total = sum(m.size for m in members.values())
         with fs.lock("repo"):
-            _refuse_existing(state, force)
+            _refuse_existing(state, force, placed)
             _check_clashes(state, members, source)
             record = {"source": source, "sha256": digest, "files": len(members), "bytes": total}
             mover.swap(members, record)
@@ -246,11 +247,14 @@ class ImportMover:
                 self.state.rmdir("")
 
 
-def _refuse_existing(state: Storage, force: bool) -> None:
+def _refuse_existing(state: Storage, force: bool, placed: frozenset[str] = frozenset()) -> None:
+    """Refuse a state directory that holds state, unless ``force``; ``placed``: files an
+    interrupted run of this import put in place, which it may put there again."""
     existing = [
         rel
         for rel in state.find_files("", include_markers=True)
-        if _included(rel) and rel not in (FORMAT_FILE, META_FILE)  # `orchfs init` made them
+        # FORMAT and meta.json: `orchfs init` made them
+        if _included(rel) and rel not in (FORMAT_FILE, META_FILE) and rel not in placed
     ]
     if existing and not force:
         raise SnapshotError(
@@ -491,6 +495,7 @@ class FinishedImport:
     sha256: str
     files: int
     bytes: int
+    members: tuple[str, ...]
 
 
 def _swap_journals(state: Storage) -> list[str]:
@@ -562,7 +567,9 @@ def _read_swap_journal(state: Storage, journal: str, staging: str) -> tuple[Fini
                 f"a directory; an import only ever moves files over files; {fix}",
                 where,
             )
-    finished = FinishedImport(where, value["source"], value["sha256"], value["files"], value["bytes"])
+    finished = FinishedImport(
+        where, value["source"], value["sha256"], value["files"], value["bytes"], tuple(members)
+    )
     return finished, members
 
 

@@ -553,13 +553,17 @@ def test_a_lease_object_on_local_disk_is_no_lock(world, kind):
     assert os.path.lexists(lease)
 
 
-def test_a_planted_swap_journal_never_stands_in_for_the_import_it_names(world, tmp_path):
+@pytest.mark.parametrize("force", [True, False])
+def test_a_planted_swap_journal_never_stands_in_for_the_import_it_names(world, tmp_path, force):
     """A swap journal (and staging directory) planted with the digest of the snapshot
     about to be imported: finishing it must not pass for that import. The snapshot's
-    own bytes are in place afterwards, not the planted ones, which were never checked."""
+    own bytes are in place afterwards, not the planted ones, which were never checked;
+    without --force, state of the repository's own still refuses the import."""
     import hashlib
 
     fs = v2(world)
+    if not force:
+        fs.pipe_file("mine.md", b"mine")
     archive = _archive(
         tmp_path / "good.tgz", {"state.json": (b'{"good": 1}', 0o644), "notes.md": (b"good", 0o644)}, {}
     )
@@ -569,6 +573,12 @@ def test_a_planted_swap_journal_never_stands_in_for_the_import_it_names(world, t
     (staging / "state.json").write_bytes(b'{"planted": 1}')
     journal = {"source": str(archive), "sha256": digest, "files": 2, "bytes": 15, "members": ["state.json"]}
     (world.state / "tmp" / "import-0123456789ab.swap").write_text(json.dumps(journal))
+    if not force:
+        with pytest.raises(SnapshotError, match="already holds state"):
+            snapshot.import_snapshot(fs, archive)
+        assert fs.cat_file("mine.md") == b"mine"
+        assert not (world.state / "notes.md").exists()
+        return
     info = snapshot.import_snapshot(fs, archive, force=True)
     assert (info.files, info.sha256) == (2, digest)
     assert (world.state / "state.json").read_bytes() == b'{"good": 1}'
