@@ -853,6 +853,83 @@ def _rename_fresh(held: _HeldDirs, root: str, step: Step, backup_id: str | None,
     return True
 
 
+class _WholeDirectory(NamedTuple):
+    """Steps that one rename of a v1 directory can do (see :func:`_move_directory`)."""
+
+    directory: str  # the v1 directory, root-relative
+    target: str  # where it goes, inside the state directory
+    files: frozenset[str]  # the steps' files, relative to both
+    steps: int
+
+
+def _whole_directory(steps: list[Step], start: int) -> _WholeDirectory | None:
+    """The run of steps from ``start`` that are plain renames (no link, nothing replaced)
+    of files below one top-level v1 directory, each to the same place below one directory
+    inside the state directory; None when the step at ``start`` is none of those."""
+    first = steps[start]
+    directory, _, rel = first.source.partition("/")
+    if not rel or not _plain_rename(first) or not first.target.endswith("/" + rel):
+        return None
+    target = first.target[: -len(rel) - 1]
+    if not target.startswith(STATE_DIR + "/"):
+        return None
+    prefix, files = directory + "/", [rel]
+    end = start + 1
+    while end < len(steps):
+        step = steps[end]
+        rel = step.source[len(prefix) :]
+        if not (_plain_rename(step) and step.source.startswith(prefix) and step.target == f"{target}/{rel}"):
+            break
+        files.append(rel)
+        end += 1
+    return _WholeDirectory(directory, target, frozenset(files), end - start)
+
+
+def _plain_rename(step: Step) -> bool:
+    return step.action == "rename" and step.link is None and not step.replaced
+
+
+def _move_directory(root: str, directory: str, target: str, files: frozenset[str], steps: int) -> bool:
+    """Do a run of steps (:func:`_whole_directory`) as one rename of their v1 directory,
+    when that moves exactly their files: the target is absent, and below the directory
+    (read beneath the root, no link followed) there is no other entry and no empty
+    directory. False, with nothing changed, when it would move anything else. The
+    journal keeps one step per file, so a resume or a rollback works file by file
+    whether or not this rename happened."""
+    held = _HELD[root]
+    guard = _GUARDS[root]
+    try:
+        guard.lstat(target)
+        return False  # something is there: the careful path looks file by file
+    except FileNotFoundError:
+        pass
+    except (OSError, PathEscapeError):
+        return False
+    found: set[str] = set()
+    for here, dirs, others in guard.walk(directory):
+        if not dirs and not others:
+            return False  # an empty directory would move along, and not come back
+        found.update(f"{here}/{name}" if here else name for name in others)
+    if found != files:
+        return False
+    st = os.fstat(held.fd(directory))  # a real directory beneath the root, no link
+    held.forget(directory)
+    parent, _, name = directory.rpartition("/")
+    target_parent, _, target_name = target.rpartition("/")
+    source_fd, target_fd = held.fd(parent), held.fd(target_parent, create=True)
+    checkpoint("migrate.move")
+    os.rename(name, target_name, src_dir_fd=source_fd, dst_dir_fd=target_fd)
+    if not _same_inode(st, guard.lstat(target)):
+        raise UnsafeStateError(
+            f"{guard.show(directory)} was replaced while the migration moved it (another process "
+            "changed the repository): check it, then run `orchfs migrate` again to finish, or "
+            "`orchfs migrate --rollback`",
+            directory,
+        )
+    logger.debug("migration moved %s to %s whole: %d file(s)", directory, target, steps)
+    return True
+
+
 def _temp_beside(target: str) -> str:
     return os.path.join(os.path.dirname(target), temp_name(os.path.basename(target)))
 
@@ -1277,14 +1354,25 @@ def _run(
                 if progress:
                     progress(finished, total)
         else:
+            whole = mover.fresh is not None and not backup  # a first pass keeping no backup
             with _holding(root):
-                for step in todo:
-                    journal.done(one(step))
-                    finished += 1
+                position = 0
+                while position < len(todo):
+                    group = _whole_directory(todo, position) if whole else None
+                    if group is not None and _move_directory(root, *group):
+                        for step in todo[position : position + group.steps]:
+                            journal.done(step.i)
+                        position += group.steps
+                        finished += group.steps
+                        _release_held(root)
+                    else:
+                        journal.done(one(todo[position]))
+                        position += 1
+                        finished += 1
+                        if finished % DONE_BATCH == 0:
+                            _release_held(root)
                     if progress:
                         progress(finished, total)
-                    if finished % DONE_BATCH == 0:
-                        _release_held(root)
         journal.sync()
         _remove_empty_dirs(root, list(begin.get("dirs", {})))
         if remote is None:

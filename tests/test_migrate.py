@@ -357,7 +357,7 @@ root, what, copy = sys.argv[1:]
 if what == "rollback":
     migrate.rollback(root)
 else:
-    migrate.apply(root, copy=copy == "copy", jobs=4 if copy == "copy" else 1)
+    migrate.apply(root, copy=copy == "copy", jobs=4 if copy == "copy" else 1, backup=copy != "no-backup")
 """
 
 
@@ -569,6 +569,10 @@ class SwappingOS(types.SimpleNamespace):
 
 def test_a_held_directory_swapped_during_a_batch_is_reported(tmp_path, monkeypatch):
     root = make_repo(tmp_path, checkpoints=1200, link=False)
+    # A v2 file already in the target directory: the files move one by one (not whole).
+    os.makedirs(os.path.join(root, ".orchestrator", "checkpoints"))
+    with open(os.path.join(root, ".orchestrator", "checkpoints", "newer.json"), "wb") as f:
+        f.write(b"{}")
     outside = tmp_path / "outside"
     outside.mkdir()
     target = os.path.join(root, ".orchestrator", "checkpoints", "bulk")
@@ -615,3 +619,64 @@ def test_a_held_directory_swapped_during_a_rollback_batch_is_reported(tmp_path, 
     monkeypatch.setattr(migrate, "os", os)
     assert swapping.calls < 1100  # the rollback stopped within that batch
     assert os.path.exists(os.path.join(root, ".orchestrator", "checkpoints", "bulk", "cp_00000.json"))
+
+
+def test_a_v1_directory_moves_whole_without_a_backup(tmp_path):
+    """With no backup to make, a v1 directory whose files all move to one new directory
+    is renamed in one call (the same inode lands in .orchestrator/); the journal still
+    holds a step per file, and the rollback is byte for byte."""
+    root = make_repo(tmp_path, checkpoints=300, link=False)
+    before = tree(root)
+    inode = os.lstat(os.path.join(root, ".workflow_checkpoints")).st_ino
+    result = migrate.apply(root, backup=False)
+    assert result.applied and not migrate.unfinished(root)
+    moved = os.path.join(root, ".orchestrator", "checkpoints")
+    assert os.lstat(moved).st_ino == inode
+    assert not os.path.lexists(os.path.join(root, ".workflow_checkpoints"))
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    assert fs.cat_file("checkpoints/bulk/cp_00299.json") == b'{"n": 299}'
+    assert fs.cat_file("checkpoints/cp_1.json") == EVERY_ROW[".workflow_checkpoints/cp_1.json"]
+    (journal_path,) = migrate.journals(root)
+    steps = journal.steps_of(journal.read_journal(journal_path, orchfs.default_layout()))
+    assert sum(s.source.startswith(".workflow_checkpoints/") for s in steps) == 300 + 2
+    migrate.rollback(root)
+    assert tree(root) == before
+
+
+def test_a_v1_directory_with_more_in_it_moves_file_by_file(tmp_path):
+    """An empty directory, a link or a file the plan did not name below a v1 directory
+    would move along with it: then its files move one by one, and the rest stays."""
+    root = make_repo(tmp_path, checkpoints=20, link=False)
+    os.makedirs(os.path.join(root, ".workflow_checkpoints", "empty"))
+    before = tree(root)
+    inode = os.lstat(os.path.join(root, ".workflow_checkpoints")).st_ino
+    assert migrate.apply(root, backup=False).applied
+    assert os.lstat(os.path.join(root, ".orchestrator", "checkpoints")).st_ino != inode
+    assert os.path.isdir(os.path.join(root, ".workflow_checkpoints", "empty"))
+    migrate.rollback(root)
+    assert tree(root) == before
+
+
+def test_kill_9_around_a_whole_directory_move_then_rerun_or_rollback(tmp_path):
+    """Killed before any step, at the whole-directory rename, before and after the files
+    beside it: the rerun finishes (odd hits), the rollback restores (even hits)."""
+    root = make_repo(tmp_path, checkpoints=100, link=False)
+    before = tree(root)
+    kills = 0
+    for fault in ("migrate.move", "migrate.step", "migrate.finish"):
+        for hit in itertools.count(1):
+            if not _killed_at(root, f"{fault}:{hit}", copy="no-backup"):
+                migrate.rollback(root)
+                assert tree(root) == before, f"{fault}:{hit}"
+                break
+            kills += 1
+            assert migrate.unfinished(root)
+            if hit % 2:
+                assert migrate.apply(root).applied
+                fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+                assert fs.cat_file("checkpoints/bulk/cp_00099.json") == b'{"n": 99}'
+                assert not os.path.lexists(os.path.join(root, ".workflow_checkpoints"))
+            migrate.rollback(root)
+            assert tree(root) == before, f"{fault}:{hit}"
+            allowed_inside_after_rollback(root, killed=True)
+    assert kills >= 3
