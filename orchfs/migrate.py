@@ -6,8 +6,10 @@
   journal in ``.orchestrator/migrations/<id>.jsonl``: the whole plan as intent
   records (one fsync), then a ``done`` record per step, fsynced in batches. Every step
   is idempotent, so an interrupted run (even ``kill -9``) is finished by running
-  again. Same-device moves are renames; other moves copy, check the SHA-256 of what
-  landed, then delete. Modes, mtimes and symlinks are preserved (a relative link is
+  again. Same-device moves are renames, each relative to directories held open for
+  its batch of steps (without a backup, a v1 directory that moves whole is one
+  rename); other moves copy, check the SHA-256 of what landed, then delete. Modes,
+  mtimes and symlinks are preserved (a relative link is
   rewritten to point at the same target). Old files are kept in
   ``.orchestrator/migration_backup/<id>/`` (copies, never hard links) unless
   ``backup=False``.
