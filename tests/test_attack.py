@@ -14,6 +14,8 @@ with a timeout, so that a regression fails instead of hanging the suite.
 # ruff: noqa: F811  (the fixtures imported below are parameters of the tests)
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import json
 import os
@@ -675,3 +677,85 @@ def test_a_snapshot_never_brings_a_placing_config_back_through_a_rollback(world,
     assert not (world.root / name).exists()
     assert not outside.exists()
     assert not (world.state / "migrations").exists()
+
+
+# --- swap journals of snapshot imports, planted ----------------------------------------------
+def _journal_text(members: list) -> str:
+    return json.dumps({"source": "s.tgz", "sha256": "0" * 64, "files": 1, "bytes": 1, "members": members})
+
+
+def _plant_swap(world: World, outside: Path, how: str) -> None:
+    """Plant a swap journal ``how`` says; what links lead to is in ``outside``."""
+    tmp = world.state / "tmp"
+    journal = tmp / "import-0123456789ab.swap"
+    staging = tmp / "import-0123456789ab"
+    tmp.mkdir(exist_ok=True)
+    outside.mkdir()
+    (outside / "import-0123456789ab.swap").write_text(_journal_text(["state.json"]))
+    (outside / "state.json").write_bytes(b"outside")
+    if how == "fifo":
+        os.mkfifo(journal)
+    elif how == "huge":
+        with open(journal, "wb") as f:
+            f.truncate(HUGE_FILE_BYTES)
+    elif how == "journal linked outside":
+        journal.symlink_to(outside / "import-0123456789ab.swap")
+    elif how == "tmp linked outside":
+        tmp.rmdir()
+        (outside / "import-0123456789ab").mkdir()
+        (outside / "import-0123456789ab" / "state.json").write_bytes(b"outside")
+        tmp.symlink_to(outside)
+    elif how in ("staging linked outside", "aside linked outside"):
+        journal.write_text(_journal_text(["state.json"]))
+        if how == "staging linked outside":
+            staging.symlink_to(outside)
+        else:
+            staging.mkdir()
+            (staging / "state.json").write_bytes(b"staged")
+            (tmp / "import-0123456789ab.replaced").symlink_to(outside)
+    elif how == "not an id":
+        (tmp / "import-0123456789AB.swap").write_text(_journal_text(["state.json"]))
+    else:  # a member that is no plain name inside the state directory
+        member = {"absolute member": "/etc/passwd", "lock member": "locks/repo.lock"}[how]
+        journal.write_text(_journal_text([member]))
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "fifo",
+        "huge",
+        "journal linked outside",
+        "tmp linked outside",
+        "staging linked outside",
+        "aside linked outside",
+        "not an id",
+        "absolute member",
+        "lock member",
+    ],
+)
+def test_a_planted_swap_journal_is_unsafe_state_and_never_finished(world, tmp_path, how):
+    """Swap journals that orchfs did not write, or whose staging and aside directories are
+    links leading outside: doctor names them (unsafe-state) without hanging on a FIFO or
+    reading a huge file whole; --fix and an import finish nothing and change nothing."""
+    from .test_hostile import _picture
+
+    fs = v2(world)
+    outside = tmp_path / "outside"
+    _plant_swap(world, outside, how)
+    before = _picture(outside)
+    found = doctor.run(world.root)
+    assert "unsafe-state" in {f.id for f in found}, found
+    doctor.fix(world.root, found)
+    # In a process of its own where a regression would hang (a FIFO) or fill memory.
+    isolated = how in ("fifo", "huge")
+    run = functools.partial(cli_process, bounded_memory=how == "huge") if isolated else cli
+    run(world, "doctor", "--fix", rc=(1,))
+    assert fs.cat_file("state.json") == b"{}"
+    # An import refuses to go on, or (a link it does not list) never reads the journal.
+    archive = _archive(tmp_path / "s.tgz", {"notes.md": (b"imported", 0o644)}, {})
+    with contextlib.suppress(StateError, PathEscapeError):
+        snapshot.import_snapshot(fs, archive, force=True)
+    run(world, "snapshot", "import", "--force", str(archive), rc=(0, 1))
+    assert fs.cat_file("state.json") == b"{}"
+    assert _picture(outside) == before
