@@ -563,8 +563,8 @@ def _read_swap_journal(state: Storage, journal: str, staging: str) -> tuple[Fini
             raise StateError(f"{where} names {name!r}, a lock or temp file; {fix}", where)
         if not _moves_file_over_file(state, staging, name):
             raise StateError(
-                f"{where} would move {staging}/{name} (not a staged file) into place, or over "
-                f"a directory; an import only ever moves files over files; {fix}",
+                f"{where} would move {staging}/{name} (not a staged file) into place, over a "
+                f"directory or through a link; an import only ever moves files over files; {fix}",
                 where,
             )
     finished = FinishedImport(
@@ -574,18 +574,39 @@ def _read_swap_journal(state: Storage, journal: str, staging: str) -> tuple[Fini
 
 
 def _moves_file_over_file(state: Storage, staging: str, name: str) -> bool:
-    """Whether finishing the swap of ``name`` moves a regular file over a file or nothing
-    (what the import checked before its swap; a planted journal may say otherwise)."""
+    """Whether finishing the swap of ``name`` moves a regular file over a file or nothing,
+    and every directory it moves through (the staging and aside directories, the
+    member's own) is one reached without a link: what the import made sure of before
+    its swap. A planted journal may say otherwise, and a rename refused half way would
+    leave the members before it moved."""
+    staged = _entry_kind(state, f"{staging}/{name}")
+    if staged is None:
+        return True  # already in place
+    head = name.rpartition("/")[0]
+    aside = f"{staging}{ASIDE_SUFFIX}"
+    directories = [staging, aside]
+    if head:
+        directories += [f"{staging}/{head}", f"{aside}/{head}", head]
+    return (
+        staged == "file"
+        and _entry_kind(state, name) in (None, "file", "special")
+        and all(_entry_kind(state, rel) in (None, "directory") for rel in directories)
+    )
+
+
+def _entry_kind(state: Storage, rel: str) -> str | None:
+    """What is at ``rel``: None (nothing), ``directory``, ``file`` (regular), ``special``
+    (a link, FIFO or device itself) or ``linked`` (a link on the way to it)."""
+    if not state.capabilities.local_path:  # no links off local disk
+        info = state.info(rel)
+        return None if info is None else "directory" if info.get("type") == "directory" else "file"
     try:
-        staged = state.info(f"{staging}/{name}")
-        if staged is None:
-            return True  # already in place
-        placed = state.info(name)
-    except PathEscapeError:  # a link on the way
-        return False
-    mode = staged.get("mode")
-    regular = staged.get("type") == "file" and (mode is None or stat.S_ISREG(mode))
-    return regular and (placed is None or placed.get("type") != "directory")
+        mode = state.disk.lstat(state.path_beneath(rel)).st_mode  # type: ignore[attr-defined]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except PathEscapeError:
+        return "linked"
+    return "directory" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "special"
 
 
 def _put_back(state: Any, staging: str, aside: str, placed: list[tuple[str, bool]]) -> bool:

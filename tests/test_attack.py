@@ -19,6 +19,7 @@ import functools
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -759,3 +760,36 @@ def test_a_planted_swap_journal_is_unsafe_state_and_never_finished(world, tmp_pa
     run(world, "snapshot", "import", "--force", str(archive), rc=(0, 1))
     assert fs.cat_file("state.json") == b"{}"
     assert _picture(outside) == before
+
+
+@pytest.mark.parametrize("linked", ["staging", "aside", "parent"])
+def test_a_swap_journal_through_a_link_inside_moves_nothing(world, linked):
+    """A planted swap whose staging or aside directory, or the directory a member goes
+    to, is a link to a directory inside the root: finishing it is refused before the
+    first move (a rename refused half way left state.json put aside, gone from view)."""
+    fs = v2(world)
+    fs.pipe_file("sessions/s1/state.json", b"session")
+    elsewhere = world.state / "elsewhere"
+    (elsewhere / "s1").mkdir(parents=True)
+    (elsewhere / "state.json").write_bytes(b"planted")
+    (elsewhere / "s1" / "state.json").write_bytes(b"planted")
+    tmp = world.state / "tmp"
+    staging = tmp / "import-0123456789ab"
+    (staging / "sessions" / "s1").mkdir(parents=True)
+    (staging / "state.json").write_bytes(b"staged")
+    (staging / "sessions" / "s1" / "state.json").write_bytes(b"staged")
+    members = ["state.json", "sessions/s1/state.json"]
+    if linked == "staging":
+        shutil.rmtree(staging)
+        staging.symlink_to("../elsewhere")
+    elif linked == "aside":
+        (tmp / "import-0123456789ab.replaced").symlink_to("../elsewhere")
+    else:
+        shutil.rmtree(world.state / "sessions")
+        (world.state / "sessions").symlink_to("elsewhere")
+    (tmp / "import-0123456789ab.swap").write_text(_journal_text(members))
+    with pytest.raises((StateError, PathEscapeError)), fs.lock("repo"):
+        snapshot.finish_interrupted(fs)
+    assert fs.cat_file("state.json") == b"{}"
+    assert (world.state / "state.json").read_bytes() == b"{}"
+    assert not (tmp / "import-0123456789ab.replaced").is_dir() or linked == "aside"
