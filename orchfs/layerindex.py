@@ -134,6 +134,10 @@ class _Tree:
         # Grows whenever a directory is forgotten: a holder of some nodes' names (see
         # _ReadIfAbsent) knows they are still the live ones while it has not moved.
         self.generation = 0
+        # Grows after a name is added to an indexed directory (its dictionary first): a
+        # holder that saw its names absent at some value knows they still are while it
+        # has not moved, with no look-up (see _ReadIfAbsent).
+        self.added = 0
 
     def drop(self, node: _Dir) -> None:
         """Forget ``node`` and every indexed directory below it."""
@@ -296,6 +300,7 @@ class _Watcher:
                     node.names.pop(name, None)
                 elif mask & _NAME_NEW:
                     node.names[name] = _DIR if mask & _IN_ISDIR else _UNSURE
+                    node.tree.added += 1
         return True
 
     def reset(self) -> None:
@@ -323,15 +328,17 @@ if hasattr(os, "register_at_fork"):
 class _ReadIfAbsent:
     """A read made only while the index shows some paths absent (see
     :meth:`LayerIndex.read_if_absent`): the names of their directories are held, so
-    that a call is one poll and a look-up per path."""
+    that a call is one poll and a comparison, and a look-up per path only after a name
+    was added somewhere in the tree (then the paths were absent at that count again)."""
 
-    __slots__ = ("_absent", "_generation", "_reader", "_tree")
+    __slots__ = ("_absent", "_generation", "_reader", "_seen", "_tree")
 
     def __init__(
         self, tree: _Tree, absent: tuple[tuple[dict[str, int], str], ...], reader: Callable[[], Any]
     ) -> None:
         self._tree = tree
         self._generation = tree.generation
+        self._seen = -1  # no count yet: the first call looks the names up
         self._absent = absent
         self._reader = reader
 
@@ -343,11 +350,15 @@ class _ReadIfAbsent:
             ready = [(-1, 0)]
         if ready or watcher.busy or watcher.remounted:
             watcher.sync(ready)
-        if self._tree.generation != self._generation:
+        tree = self._tree
+        if tree.generation != self._generation:
             return None  # a directory was forgotten since: its names may be another's now
-        for names, name in self._absent:
-            if name in names:
-                return None
+        added = tree.added  # read before the names: a name added after it moves it on
+        if added != self._seen:
+            for names, name in self._absent:
+                if name in names:
+                    return None
+            self._seen = added
         return self._reader()
 
 
@@ -568,6 +579,7 @@ class LayerIndex:
             if parent is not None:
                 parent.children[node.name] = node
                 parent.names[node.name] = _DIR  # opened as one, beneath the root, just now
+                self._tree.added += 1
             self._asked.pop(rel, None)
             return node
 

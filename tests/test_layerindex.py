@@ -307,6 +307,25 @@ def test_a_remembered_legacy_read_follows_every_change(tmp_path, helper, changes
     assert got == seen
 
 
+def test_a_remembered_legacy_read_looks_again_after_any_name_is_added(tmp_path, helper):
+    """The shortcut skips its look-ups while no name was added to the tree since it last
+    saw its paths absent; a name added elsewhere makes it look (and still read), and the
+    upper copy written after that is still what the next read returns."""
+    root, outside = make_repo(str(tmp_path))
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _warm_legacy_read(fs, "checkpoints/b.json")
+        shortcut = fs._fast_reads["checkpoints/b.json"]
+        for name in ("other.json", "b.json.tmp"):  # names added next to the upper copy's
+            helper.change(root, outside, ("write", f"{CONTAINED}/{name}", b"other"))
+            assert shortcut() == b"legacy b"
+            assert fs.cat_file("checkpoints/b.json") == b"legacy b"
+        helper.change(root, outside, ("write", f"{CONTAINED}/b.json", b"contained b"))
+        assert shortcut() is None
+        assert fs.cat_file("checkpoints/b.json") == b"contained b"
+
+
 def test_a_remembered_legacy_read_yields_to_a_whiteout(tmp_path):
     """Another instance deletes the path (a whiteout, and the markers sentinel): the
     shortcut of the first instance no longer reads the legacy file."""
