@@ -40,7 +40,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
-from .errors import ManifestError, MetaError, OrchFSError, SecretIntegrityError, SecretsLockedError
+from .errors import (
+    ManifestError,
+    MetaError,
+    OrchFSError,
+    SecretIntegrityError,
+    SecretsLockedError,
+    StateError,
+)
 from .faults import checkpoint
 from .overlay import StateFiles
 from .paths import validate_name
@@ -64,6 +71,7 @@ SUFFIX = ".enc"
 SCRYPT_MIN_N = 2**15  # the cost used for writing
 SCRYPT_MAX_N = 2**20  # the most a reader accepts
 MAX_PARAMS_BYTES = 4096  # PASSPHRASE.json is four short fields
+MAX_LEGACY_BYTES = 16 << 20  # a v1 .secrets.enc: an encrypted env file of a few KiB
 RESEAL = "`orchfs secrets reseal` (with the key) seals a new manifest from the files the key opens"
 _HEX64 = frozenset("0123456789abcdef")
 
@@ -684,10 +692,17 @@ class SecretStore:
             with open(path, "rb") as f:
                 return f.read()
         for store, rel in ((self._root_store, ".secrets.enc"), (self._store, "secrets/legacy.enc")):
-            try:
-                return store.read(rel)
-            except FileNotFoundError:
+            data = read_state(store, rel, MAX_LEGACY_BYTES)  # a directory there: StateError
+            if data is None:
                 continue
+            if len(data) > MAX_LEGACY_BYTES:
+                where = store.url(rel)
+                raise StateError(
+                    f"{where} is over the {MAX_LEGACY_BYTES}-byte limit for a v1 secrets file; "
+                    "refused unread (is it the file the v1 tool wrote?)",
+                    where,
+                )
+            return data
         raise FileNotFoundError("no v1 .secrets.enc in the repository root or .orchestrator/secrets/")
 
 

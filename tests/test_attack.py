@@ -793,3 +793,27 @@ def test_a_swap_journal_through_a_link_inside_moves_nothing(world, linked):
     assert fs.cat_file("state.json") == b"{}"
     assert (world.state / "state.json").read_bytes() == b"{}"
     assert not (tmp / "import-0123456789ab.replaced").is_dir() or linked == "aside"
+
+
+@pytest.mark.parametrize("planted", ["huge", "directory"])
+def test_a_planted_v1_secrets_file_is_refused_unread(world, planted):
+    """``secrets import-legacy`` of a v1 ``.secrets.enc`` planted as a huge sparse file
+    (read whole, it would fill memory) or a directory: one line naming it, nothing read."""
+    v2(world)
+    legacy = world.root / ".secrets.enc"
+    if planted == "huge":
+        _plant_huge(legacy)
+    else:
+        legacy.mkdir()
+    env = {**os.environ, "PYTHONPATH": PROJECT, "SECRETS_PASSWORD": "pw"}
+    result = subprocess.run(
+        [sys.executable, "-m", "orchfs.cli", "--root", str(world.root), "secrets", "import-legacy"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=HANG_BOUND_SECONDS,
+        preexec_fn=_bounded_memory,
+    )
+    assert result.returncode == 1, result.stderr
+    assert ".secrets.enc" in result.stderr and "internal error" not in result.stderr, result.stderr
+    assert not (world.state / "secrets").exists()
