@@ -749,7 +749,20 @@ def _entry(path: str) -> Iterator[tuple[int, str]]:
         os.close(fd)
 
 
+def _held_entry(path: str) -> tuple[int, str] | None:
+    """:func:`_entry` for the steps of a batch, which hold their directories: the
+    directory's held descriptor and the name, or None outside one (the hot path of the
+    careful checks, without a context manager)."""
+    head, _, name = path.rpartition("/")
+    found = _guard_of(head)
+    held = _HELD.get(found[0].root) if found is not None else None
+    return (held.fd(found[1]), name) if held is not None else None  # type: ignore[index]
+
+
 def _lstat(path: str) -> os.stat_result:
+    at = _held_entry(path)
+    if at is not None:
+        return os.stat(at[1], dir_fd=at[0], follow_symlinks=False)
     if _guard_of(path) is None:
         return os.lstat(path)
     with _entry(path) as (fd, name):
@@ -765,8 +778,13 @@ def _lexists(path: str) -> bool:
 
 
 def _rename(src: str, dst: str, *, replace: bool = True) -> None:
+    move = os.replace if replace else os.rename
+    source, target = _held_entry(src), _held_entry(dst)
+    if source is not None and target is not None:
+        move(source[1], target[1], src_dir_fd=source[0], dst_dir_fd=target[0])
+        return
     with _entry(src) as (src_fd, src_name), _entry(dst) as (dst_fd, dst_name):
-        (os.replace if replace else os.rename)(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        move(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
 
 
 def _unlink(path: str) -> None:
@@ -1172,15 +1190,16 @@ def apply(
             raise OrchFSError(
                 "a rollback was interrupted: run `orchfs migrate --rollback` again to finish it"
             )
-        the_plan = plan(
-            root,
-            layout=layout,
-            copy=copy,
-            storage=storage,
-            storage_options=storage_options,
-            retire_leftovers=retire_leftovers,
-            backup=backup,
-        )
+        with _holding(root):  # the plan's look at each target is one fstatat, too
+            the_plan = plan(
+                root,
+                layout=layout,
+                copy=copy,
+                storage=storage,
+                storage_options=storage_options,
+                retire_leftovers=retire_leftovers,
+                backup=backup,
+            )
         if the_plan.conflicts and prefer is None:
             raise MigrationConflictError(
                 f"{len(the_plan.conflicts)} conflict(s): both copies exist and differ "
@@ -1367,14 +1386,18 @@ def _run(
                         position += group.steps
                         finished += group.steps
                         _release_held(root)
-                    else:
-                        journal.done(one(todo[position]))
+                        if progress:
+                            progress(finished, total)
+                        continue
+                    # File by file: the whole group, so that it is not looked at again.
+                    for step in todo[position : position + (group.steps if group else 1)]:
+                        journal.done(one(step))
                         position += 1
                         finished += 1
+                        if progress:
+                            progress(finished, total)
                         if finished % DONE_BATCH == 0:
                             _release_held(root)
-                    if progress:
-                        progress(finished, total)
         journal.sync()
         _remove_empty_dirs(root, list(begin.get("dirs", {})))
         if remote is None:

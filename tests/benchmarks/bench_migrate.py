@@ -25,6 +25,23 @@ def _v1_repo(base: str) -> str:
     return root
 
 
+def _with_link(root: str) -> str:
+    """A symlink among the files: the directory does not move whole, its files move one
+    by one into a directory the run makes (as with a backup, less the copies)."""
+    os.symlink("cp_00000.json", os.path.join(root, ".workflow_checkpoints", "latest.json"))
+    return root
+
+
+def _with_v2_file(root: str) -> str:
+    """A v2 file already in the target directory: each file is checked against what is
+    there before it moves."""
+    target = os.path.join(root, ".orchestrator", "checkpoints")
+    os.makedirs(target)
+    with open(os.path.join(target, "newer.json"), "wb") as f:
+        f.write(b"{}")
+    return root
+
+
 def _bare_rename_loop(root: str) -> float:
     source = os.path.join(root, ".workflow_checkpoints")
     target = os.path.join(root, ".orchestrator", "checkpoints")
@@ -93,6 +110,8 @@ def run() -> Table:
         bare = _bare_rename_loop(_v1_repo(os.path.join(base, "bare")))
         journaled = _journaled_rename_loop(_v1_repo(os.path.join(base, "journaled")))
         no_backup = _migration(_v1_repo(os.path.join(base, "a")), backup=False)
+        file_by_file = _migration(_with_link(_v1_repo(os.path.join(base, "f"))), backup=False)
+        careful = _migration(_with_v2_file(_v1_repo(os.path.join(base, "c"))), backup=False)
         with_backup = _migration(_v1_repo(os.path.join(base, "b")))
         peers = {"bare os.rename": bare, "os.rename + journal": journaled}
         table.add(
@@ -104,6 +123,8 @@ def run() -> Table:
                 ("os.rename + journal", 0.5),
             )
         )
+        table.add(Row("  file by file (a link in the directory)", "files/s", file_by_file, peers))
+        table.add(Row("  file by file, checked (a v2 file already in the target)", "files/s", careful, peers))
         table.add(Row("migrate 20,000 files, journal, backup copies", "files/s", with_backup, peers))
     with tempfile.TemporaryDirectory(prefix="orchfs-bench-") as base:
         root = os.path.join(base, "repo")
