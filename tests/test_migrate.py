@@ -680,3 +680,22 @@ def test_kill_9_around_a_whole_directory_move_then_rerun_or_rollback(tmp_path):
             assert tree(root) == before, f"{fault}:{hit}"
             allowed_inside_after_rollback(root, killed=True)
     assert kills >= 3
+
+
+def test_a_directory_that_cannot_move_whole_is_looked_at_once(tmp_path, monkeypatch):
+    """Its files then move one by one, without asking again at each of them (which would
+    make a large directory quadratic)."""
+    root = make_repo(tmp_path, checkpoints=300, link=False)
+    os.symlink("cp_1.json", os.path.join(root, ".workflow_checkpoints", "latest.json"))
+    before = tree(root)
+    asked = []
+    whole_directory = migrate._whole_directory
+    monkeypatch.setattr(
+        migrate, "_whole_directory", lambda *args: asked.append(args[1]) or whole_directory(*args)
+    )
+    assert migrate.apply(root, backup=False).applied
+    assert 0 < len(asked) < 20
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    assert fs.cat_file("checkpoints/latest.json") == EVERY_ROW[".workflow_checkpoints/cp_1.json"]
+    migrate.rollback(root)
+    assert tree(root) == before
