@@ -1548,6 +1548,7 @@ def rollback(
         steps = steps_of(records)
         recorded = _recorded_storage(begin, storage, os.path.relpath(path, root))
         remote = _remote_store(root, recorded, storage_options)
+        _refuse_linked_restores(root, steps, os.path.join(root, STATE_DIR, BACKUP_DIR, mid), remote is None)
         journal = Journal(path)
         logger.info("rolling back migration %s: %d step(s)", mid, len(steps))
         journal.write({"t": "rollback-begin"}, sync=True)
@@ -1636,6 +1637,34 @@ def _undo(root: str, step: Step, backup_root: str) -> None:
     _restore_meta(source, step)
 
 
+def _refuse_linked_restores(root: str, steps: list[Step], backup_root: str, local: bool) -> None:
+    """Before anything is put back: a symlink where a rollback would take a file that was
+    none back to its v1 location (its backup; on local disk the migrated copy and a
+    replaced file kept aside) was planted, and at the root the v1 tool would read and
+    write through it."""
+    for step in steps:
+        if step.link is not None:
+            continue  # a v1 link: put back from the journal's text
+        places = [os.path.join(backup_root, step.source)]
+        if local:
+            places.append(os.path.join(root, step.target))
+        if local and step.action == "replace":
+            places.append(
+                os.path.join(backup_root, STATE_DIR + "-replaced", step.target[len(STATE_DIR) + 1 :])
+            )
+        for place in places:
+            try:
+                linked = stat.S_ISLNK(_lstat(place).st_mode)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if linked:
+                raise UnsafeStateError(
+                    f"{place} is a symlink where the migration kept the file {step.source}; a "
+                    "rollback never puts a link back in its place: remove it, then roll back again",
+                    place,
+                )
+
+
 def _vanished_companion(step: Step) -> bool:
     """A SQLite ``-wal``/``-shm``/``-journal`` is gone because SQLite folded it into its
     database (or rolled it back): its old bytes must never come back over the database's
@@ -1686,6 +1715,8 @@ def _carry_back_new_files(root: str, layout: Layout, begin: dict[str, Any]) -> N
                 if name.startswith(MARKER_PREFIXES):
                     continue
                 full = os.path.join(top, name)
+                if os.path.islink(full):
+                    continue  # planted (orchfs makes none here): never put where the v1 tool follows it
                 rel = os.path.relpath(full, contained)
                 _copy_or_rename(full, os.path.join(root, legacy_dir, rel))
 

@@ -817,3 +817,36 @@ def test_a_planted_v1_secrets_file_is_refused_unread(world, planted):
     assert result.returncode == 1, result.stderr
     assert ".secrets.enc" in result.stderr and "internal error" not in result.stderr, result.stderr
     assert not (world.state / "secrets").exists()
+
+
+# --- rollback: links planted where it takes files back to the v1 locations ------------------
+@pytest.mark.parametrize("where", ["backup", "migrated copy", "carried back"])
+def test_rollback_never_puts_a_planted_link_at_a_v1_location(world, where):
+    """A link planted in the state directory where a rollback takes a file back to the
+    root (the backup of a file, the migrated copy, a file made in a migrated directory):
+    put at a v1 location, the v1 tool would read and write through it to the outside.
+    The rollback refuses before it puts anything back, or leaves the link where it is."""
+    v1(world)
+    migrate.apply(world.root)
+    outside = canary_file(world)
+    if where == "backup":
+        (backup,) = world.state.glob("migration_backup/*/.workflow_state.json")
+        backup.unlink()
+        backup.symlink_to(outside)
+        (world.state / "state.json").unlink()
+    elif where == "migrated copy":
+        (world.state / "state.json").unlink()
+        (world.state / "state.json").symlink_to(outside)
+    else:
+        (world.state / "checkpoints" / "planted.json").symlink_to(outside)
+    if where == "carried back":
+        migrate.rollback(world.root)
+        assert not os.path.lexists(world.root / ".workflow_checkpoints" / "planted.json")
+        assert (world.state / "checkpoints" / "planted.json").is_symlink()
+    else:
+        with pytest.raises(UnsafeStateError, match="symlink"):
+            migrate.rollback(world.root)
+        assert "symlink" in cli(world, "migrate", "--rollback")
+        assert not os.path.lexists(world.root / ".workflow_state.json")
+        assert (world.root / ".workflow_checkpoints").is_dir() is False  # nothing put back
+    assert not any(p.is_symlink() for p in world.root.glob(".workflow*"))
