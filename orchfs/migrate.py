@@ -59,6 +59,9 @@ from .paths import INTERNAL_NAMES, MARKER_PREFIXES, MARKER_SENTINEL, STATE_DIR, 
 from .stored import check_id
 
 BACKUP_DIR = "migration_backup"
+# What a rollback restores of a mode the journal recorded: permission bits, never the set-ID
+# or sticky bits (a journal and the bytes it restores may come from a snapshot).
+RESTORED_BITS = 0o777
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
 logger = library_logger(__name__)
@@ -1507,7 +1510,7 @@ def _restore_gitignore(root: str, before: Any) -> None:
             os.unlink(full)
             return
         os.ftruncate(fd, len(old))
-        os.fchmod(fd, mode)
+        os.fchmod(fd, mode & RESTORED_BITS)
         os.utime(fd, ns=(mtime, mtime))
     finally:
         os.close(fd)
@@ -1557,7 +1560,7 @@ def rollback(
                 guard.lstat(name)
             except FileNotFoundError:
                 guard.makedirs(name)
-                guard.chmod(name, mode)
+                guard.chmod(name, mode & RESTORED_BITS)
         backup_root = os.path.join(root, STATE_DIR, BACKUP_DIR, mid)
         mover: LocalMover | RemoteMover = (
             RemoteMover(root, mid, begin.get("backup", True), remote)
@@ -1579,7 +1582,7 @@ def rollback(
             if not _lexists(os.path.join(root, s.source)) and not _vanished_companion(s)
         ]
         for name, (mode, mtime) in sorted(begin.get("dirs", {}).items(), key=lambda kv: -kv[0].count("/")):
-            guard.chmod(name, mode)
+            guard.chmod(name, mode & RESTORED_BITS)
             guard.utime(name, ns=(mtime, mtime))
         if not missing:  # the backup goes only once everything is back
             with contextlib.suppress(FileNotFoundError):
@@ -1689,9 +1692,9 @@ def _restore_meta(path: str, step: Step, unchanged: bool = False) -> None:
     if not link:
         found = _guard_of(path)
         if found is None:
-            os.chmod(path, step.mode)
+            os.chmod(path, step.mode & RESTORED_BITS)
         else:
-            found[0].chmod(found[1], step.mode)  # a link where a file was is refused
+            found[0].chmod(found[1], step.mode & RESTORED_BITS)  # a link where a file was is refused
         changed = _lstat(path).st_mtime_ns != step.mtime_ns and step.action != "retire"
         if changed and not unchanged:
             return  # a later change, carried back: its own mtime tells the truth

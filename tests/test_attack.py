@@ -850,3 +850,27 @@ def test_rollback_never_puts_a_planted_link_at_a_v1_location(world, where):
         assert not os.path.lexists(world.root / ".workflow_state.json")
         assert (world.root / ".workflow_checkpoints").is_dir() is False  # nothing put back
     assert not any(p.is_symlink() for p in world.root.glob(".workflow*"))
+
+
+def test_rollback_of_a_snapshot_journal_never_sets_setuid(world, tmp_path):
+    """A snapshot's migration journal may record any mode up to 0o7777 for a v1 file, and
+    its backup bytes are the snapshot's: a rollback that restored the set-user-ID and
+    set-group-ID bits would make a program of the snapshot's run as whoever rolled back
+    (the import itself keeps only permission bits). Only permission bits come back."""
+    source = tmp_path / "source"
+    (source / ".git").mkdir(parents=True)
+    (source / ".workflow_checkpoints").mkdir()
+    (source / ".workflow_state.json").write_bytes(b"#!/bin/sh\nid\n")
+    os.chmod(source / ".workflow_state.json", 0o6755)
+    os.chmod(source / ".workflow_checkpoints", 0o1777)
+    (source / ".workflow_checkpoints" / "cp_1.json").write_bytes(b"{}")
+    migrate.apply(source)
+    archive = tmp_path / "evil.tgz"
+    snapshot.export(orchfs.OrchFileSystem(root=str(source), skip_instance_cache=True), archive)
+    fs = orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True)
+    snapshot.import_snapshot(fs, archive)
+    migrate.rollback(world.root)
+    restored = os.lstat(world.root / ".workflow_state.json").st_mode
+    assert restored & (stat.S_ISUID | stat.S_ISGID) == 0, oct(restored)
+    assert stat.S_IMODE(restored) == 0o755
+    assert os.lstat(world.root / ".workflow_checkpoints").st_mode & stat.S_ISVTX == 0
