@@ -883,6 +883,7 @@ class _WholeDirectory(NamedTuple):
     target: str  # where it goes, inside the state directory
     files: frozenset[str]  # the steps' files, relative to both
     steps: int
+    alone: bool  # no other step moves a file of the directory (else it cannot move whole)
 
 
 def _whole_directory(steps: list[Step], start: int) -> _WholeDirectory | None:
@@ -905,14 +906,17 @@ def _whole_directory(steps: list[Step], start: int) -> _WholeDirectory | None:
             break
         files.append(rel)
         end += 1
-    return _WholeDirectory(directory, target, frozenset(files), end - start)
+    alone = not any(
+        0 <= at < len(steps) and steps[at].source.startswith(prefix) for at in (start - 1, end)
+    )  # the steps of one v1 directory are next to each other: its neighbours tell
+    return _WholeDirectory(directory, target, frozenset(files) if alone else frozenset(), end - start, alone)
 
 
 def _plain_rename(step: Step) -> bool:
     return step.action == "rename" and step.link is None and not step.replaced
 
 
-def _move_directory(root: str, directory: str, target: str, files: frozenset[str], steps: int) -> bool:
+def _move_directory(root: str, group: _WholeDirectory) -> bool:
     """Do a run of steps (:func:`_whole_directory`) as one rename of their v1 directory,
     when that moves exactly their files: the target is absent, and below the directory
     (read beneath the root, no link followed) there is no other entry and no empty
@@ -921,6 +925,7 @@ def _move_directory(root: str, directory: str, target: str, files: frozenset[str
     whether or not this rename happened."""
     held = _HELD[root]
     guard = _GUARDS[root]
+    directory, target = group.directory, group.target
     try:
         guard.lstat(target)
         return False  # something is there: the careful path looks file by file
@@ -933,7 +938,7 @@ def _move_directory(root: str, directory: str, target: str, files: frozenset[str
         if not dirs and not others:
             return False  # an empty directory would move along, and not come back
         found.update(f"{here}/{name}" if here else name for name in others)
-    if found != files:
+    if found != group.files:
         return False
     st = os.fstat(held.fd(directory))  # a real directory beneath the root, no link
     held.forget(directory)
@@ -949,7 +954,7 @@ def _move_directory(root: str, directory: str, target: str, files: frozenset[str
             "`orchfs migrate --rollback`",
             directory,
         )
-    logger.debug("migration moved %s to %s whole: %d file(s)", directory, target, steps)
+    logger.debug("migration moved %s to %s whole: %d file(s)", directory, target, group.steps)
     return True
 
 
@@ -1383,7 +1388,7 @@ def _run(
                 position = 0
                 while position < len(todo):
                     group = _whole_directory(todo, position) if whole else None
-                    if group is not None and _move_directory(root, *group):
+                    if group is not None and group.alone and _move_directory(root, group):
                         for step in todo[position : position + group.steps]:
                             journal.done(step.i)
                         position += group.steps
