@@ -13,7 +13,8 @@ exclusive create, so an existing file is never clobbered), widen its mode to the
 final one, then ``fsync`` the directory. A crash at any point leaves the old bytes
 or the new ones, and any temp file left behind is 0600. Every step goes through an
 open directory descriptor reached without following symlinks, so no write lands
-outside the tree.
+outside the tree. :func:`write_whole` takes the same steps for a caller that has every
+byte at hand, without making a file object.
 """
 
 from __future__ import annotations
@@ -212,41 +213,81 @@ class LocalAtomicWriter(StagedWriter):
         return self._fd
 
     def _stage(self, data: memoryview) -> None:
-        while data:
-            written = os.write(self._fd, data)
-            data = data[written:]
-            checkpoint("atomic.stage")
+        _write_all(self._fd, data)
 
     def _publish(self) -> None:
-        os.fsync(self._fd)
-        checkpoint("atomic.publish")
-        if self._exclusive:
-            # link() fails if the target exists: exclusive create without a window.
-            os.link(self._temp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
-            os.unlink(self._temp, dir_fd=self._dir_fd)
-        else:
-            os.replace(self._temp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
-        checkpoint("atomic.publish")
         fd, self._fd = self._fd, -1
-        try:
-            # Widened only once published, so that a temp file left by a crash is 0600.
-            if self._final_mode != PRIVATE_FILE_MODE:
-                os.fchmod(fd, self._final_mode)
-        finally:
-            os.close(fd)
-        fsync_directory(self._dir_fd)
-        os.close(self._dir_fd)
+        _publish(self._dir_fd, self._temp, self._name, fd, self._exclusive, self._final_mode)
         self._dir_fd = -1
 
     def _drop(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
         if self._dir_fd >= 0:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._temp, dir_fd=self._dir_fd)
-            os.close(self._dir_fd)
-            self._dir_fd = -1
+            _drop(self._dir_fd, self._temp, self._fd)
+        elif self._fd >= 0:
+            os.close(self._fd)
+        self._fd = self._dir_fd = -1
+
+
+def write_whole(
+    dir_fd: int, name: str, data: bytes, *, exclusive: bool = False, final_mode: int = DEFAULT_FILE_MODE
+) -> None:
+    """What a :class:`LocalAtomicWriter` of ``name`` in ``dir_fd`` given ``data`` in one
+    write does (the same steps, fault points and guarantees), for a caller that has every
+    byte at hand: no file object is made. ``dir_fd`` is closed, whatever happens."""
+    temp = temp_name(name)
+    try:
+        fd = os.open(temp, TEMP_FLAGS, PRIVATE_FILE_MODE, dir_fd=dir_fd)
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    try:
+        _write_all(fd, memoryview(data).cast("B"))
+    except BaseException:
+        _drop(dir_fd, temp, fd)
+        raise
+    try:
+        _publish(dir_fd, temp, name, fd, exclusive, final_mode)
+    except BaseException:
+        _drop(dir_fd, temp, -1)  # _publish closed the file, whatever happened
+        raise
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+        checkpoint("atomic.stage")
+
+
+def _publish(dir_fd: int, temp: str, name: str, fd: int, exclusive: bool, final_mode: int) -> None:
+    """fsync the temp file ``fd``, put it in place, widen its mode; closes ``fd`` always,
+    and ``dir_fd`` once published (on failure the caller drops the temp file)."""
+    try:
+        os.fsync(fd)
+        checkpoint("atomic.publish")
+        if exclusive:
+            # link() fails if the target exists: exclusive create without a window.
+            os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.unlink(temp, dir_fd=dir_fd)
+        else:
+            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        checkpoint("atomic.publish")
+        # Widened only once published, so that a temp file left by a crash is 0600.
+        if final_mode != PRIVATE_FILE_MODE:
+            os.fchmod(fd, final_mode)
+    finally:
+        os.close(fd)
+    fsync_directory(dir_fd)
+    os.close(dir_fd)
+
+
+def _drop(dir_fd: int, temp: str, fd: int) -> None:
+    """Close the temp file ``fd`` (unless -1), remove it, close ``dir_fd``."""
+    if fd >= 0:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp, dir_fd=dir_fd)
+    os.close(dir_fd)
 
 
 class BufferedUploadWriter(StagedWriter):
@@ -295,4 +336,5 @@ __all__ = [
     "WriteKind",
     "fsync_directory",
     "temp_name",
+    "write_whole",
 ]

@@ -51,7 +51,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from .atomic import DEFAULT_FILE_MODE, DIR_FLAGS, LocalAtomicWriter, fsync_directory
+from .atomic import DEFAULT_FILE_MODE, DIR_FLAGS, LocalAtomicWriter, fsync_directory, write_whole
 from .errors import PathEscapeError, UnsafeStateError
 from .paths import MEMO_LIMIT
 
@@ -161,6 +161,14 @@ def check_rel(rel: str) -> str:
 
 def _split(rel: str) -> tuple[str, str]:
     head, _, name = rel.rpartition("/")
+    return head, name
+
+
+def _file_name(rel: str) -> tuple[str, str]:
+    """``(directory, file name)`` of ``rel``, a file to write beneath the root."""
+    head, name = _split(check_rel(rel))
+    if not name:
+        raise PathEscapeError("a write needs a file name beneath the root")
     return head, name
 
 
@@ -575,10 +583,7 @@ class Beneath:
         make_parents: bool = True,
     ) -> LocalAtomicWriter:
         """An atomic writer of ``rel`` (see :mod:`orchfs.atomic`); its final mode is ``mode``."""
-        check_rel(rel)
-        head, name = _split(rel)
-        if not name:
-            raise PathEscapeError("a write needs a file name beneath the root")
+        head, name = _file_name(rel)
         dir_fd = self.open_dir(head, create=make_parents)
         return LocalAtomicWriter(
             dir_fd, name, self.show(rel), exclusive=exclusive, autocommit=autocommit, final_mode=mode
@@ -588,8 +593,8 @@ class Beneath:
         self, rel: str, data: bytes, *, mode: int = DEFAULT_FILE_MODE, exclusive: bool = False
     ) -> None:
         """Replace (``exclusive``: create) ``rel`` with ``data``, atomically and durably."""
-        with self.writer(rel, mode=mode, exclusive=exclusive) as f:
-            f.write(data)
+        head, name = _file_name(rel)
+        write_whole(self.open_dir(head, create=True), name, data, exclusive=exclusive, final_mode=mode)
 
     def rename(self, src: str, dst: str, *, make_parents: bool = False) -> None:
         """Move ``src`` over ``dst`` (``os.replace``); a link is moved, never followed."""

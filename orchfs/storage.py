@@ -39,6 +39,7 @@ from .atomic import (
     LocalAtomicWriter,
     StagedWriter,
     WriteKind,
+    write_whole,
 )
 from .beneath import PROBE_FLAGS, READ_FLAGS, Beneath, read_all
 from .conditional import for_filesystem
@@ -391,9 +392,11 @@ class LocalStorage:
 
     def write(self, rel: str, data: bytes, kind: WriteKind = REPLACE, *, mode: int | None = None) -> None:
         # All bytes are at hand: the publishing rename or link itself refuses a
-        # directory or an existing entry, so the early check's extra stat is not needed.
-        with self._writer(rel, kind, mode or DEFAULT_FILE_MODE, check=False) as f:
-            f.write(data)
+        # directory or an existing entry, so the early check's extra stat is not needed,
+        # and no file object is made.
+        head, _, name = rel.rpartition("/")
+        dir_fd = self._open_dir(head, create=True)
+        write_whole(dir_fd, name, data, exclusive=kind.create, final_mode=mode or DEFAULT_FILE_MODE)
 
     def append(self, rel: str, data: bytes) -> None:
         """One ``O_APPEND`` write of the whole of ``data`` under an ``flock`` of the file.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import pathlib
 import signal
@@ -40,6 +41,15 @@ def temp_files(state_dir: pathlib.Path) -> list[pathlib.Path]:
     return [p for p in state_dir.rglob("*") if p.name.startswith(TEMP_PREFIX)]
 
 
+def open_directories(directory: pathlib.Path) -> int:
+    """How many descriptors of this process are open on ``directory``."""
+    opened = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone
+            opened.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return opened.count(str(directory))
+
+
 @pytest.mark.parametrize(
     ("how", "fault", "survivor"),
     [
@@ -69,8 +79,9 @@ def test_kill_9_mid_write_leaves_old_or_new_bytes(how, fault, survivor, tmp_path
     assert fs.cat_file("big.bin") == NEW
 
 
+@pytest.mark.parametrize("how", ["open", "pipe"])  # a file object, or every byte at once
 @pytest.mark.parametrize("syscall", ["write", "fsync", "replace", "fchmod"])
-def test_failing_the_nth_syscall_keeps_old_bytes(syscall, tmp_path, monkeypatch):
+def test_failing_the_nth_syscall_keeps_old_bytes(syscall, how, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     repo.mkdir()
     fs = orchfs.OrchFileSystem(root=str(repo))
@@ -87,9 +98,12 @@ def test_failing_the_nth_syscall_keeps_old_bytes(syscall, tmp_path, monkeypatch)
 
         monkeypatch.setattr(os, syscall, flaky)
         try:
-            with fs.open("state.json", "wb") as f:
-                f.write(b"new ")
-                f.write(b"bytes")
+            if how == "pipe":
+                fs.pipe_file("state.json", b"new bytes")
+            else:
+                with fs.open("state.json", "wb") as f:
+                    f.write(b"new ")
+                    f.write(b"bytes")
             failed = False
         except OSError as exc:
             assert "injected" in str(exc)
@@ -106,6 +120,7 @@ def test_failing_the_nth_syscall_keeps_old_bytes(syscall, tmp_path, monkeypatch)
         else:
             assert data == (b"old" if failed else b"new bytes")
         assert temp_files(repo / ".orchestrator") == []
+        assert open_directories(repo / ".orchestrator") == 0  # the directory's closed too
         fs.pipe_file("state.json", b"old")
 
 
