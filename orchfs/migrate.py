@@ -464,9 +464,10 @@ def _remote_store(root: str, storage: str | None, options: dict[str, Any] | None
 
 def _recorded_storage(begin: dict[str, Any], given: str | None, where: str) -> str | None:
     """The state directory a journal's migration went to, checked against the one this run
-    was given: a journal may not send a rollback or a resume somewhere else. With none
-    given, a recorded object store is used (its credentials come again from the caller);
-    a recorded local directory never is (it may be any directory on this machine)."""
+    was given (``--storage``, else the configured ``state.storage``): a journal may not
+    send a rollback or a resume anywhere else. Never one the journal alone names: a local
+    directory may be any on this machine, and an object store would be read, written and
+    emptied with the caller's credentials (a journal may come from a snapshot)."""
     recorded = begin.get("storage")
     if recorded is None or recorded == given:  # a local migration is undone locally
         return recorded
@@ -476,15 +477,12 @@ def _recorded_storage(begin: dict[str, Any], given: str | None, where: str) -> s
             "(pass the storage it went to)",
             where,
         )
-    protocol = recorded.partition("://")[0] if "://" in recorded else ""
-    if protocol in ("", "file", "local"):
-        raise UnsafeStateError(
-            f"{where}: the journal's migration went to the local directory {recorded!r}; pass "
-            "--storage with it to roll back from there (a journal alone never names a directory "
-            "to read from)",
-            where,
-        )
-    return recorded
+    raise UnsafeStateError(
+        f"{where}: the journal's migration went to {recorded!r}; pass --storage with it to "
+        "roll back or finish from there (a journal alone never names a place to read, write "
+        "or delete in)",
+        where,
+    )
 
 
 def _remote_plan(

@@ -874,3 +874,29 @@ def test_rollback_of_a_snapshot_journal_never_sets_setuid(world, tmp_path):
     assert restored & (stat.S_ISUID | stat.S_ISGID) == 0, oct(restored)
     assert stat.S_IMODE(restored) == 0o755
     assert os.lstat(world.root / ".workflow_checkpoints").st_mode & stat.S_ISVTX == 0
+
+
+def test_a_journal_alone_never_sends_a_rollback_to_an_object_store(world, tmp_path):
+    """A snapshot (or a state directory) bringing the journal of a migration to an object
+    store: a rollback with no storage given went there with the caller's credentials,
+    downloaded what it found into this repository and deleted it from that store (a
+    replaced file would have been uploaded over it). The store must be named."""
+    import fsspec
+
+    store = f"memory://victim-{uuid.uuid4().hex}/state"
+    source = tmp_path / "source"
+    (source / ".git").mkdir(parents=True)
+    (source / ".workflow_state.json").write_bytes(b'{"from": "the snapshot"}')
+    migrate.apply(source, storage=store)
+    archive = tmp_path / "evil.tgz"
+    snapshot.export(orchfs.OrchFileSystem(root=str(source), skip_instance_cache=True), archive)
+    memory = fsspec.filesystem("memory")
+    victims = store.removeprefix("memory://") + "/state.json"
+    memory.pipe(victims, b'{"victim": "precious"}')
+    fs = orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True)
+    snapshot.import_snapshot(fs, archive)
+    with pytest.raises(UnsafeStateError, match="went to"):
+        migrate.rollback(world.root)
+    assert "went to" in cli(world, "migrate", "--rollback")
+    assert memory.cat(victims) == b'{"victim": "precious"}'
+    assert not (world.root / ".workflow_state.json").exists()

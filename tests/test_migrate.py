@@ -516,7 +516,7 @@ def test_migration_to_memory_and_s3_storage_with_eight_jobs(kind, tmp_path, requ
     assert not os.path.exists(os.path.join(root, ".workflow_state.json"))
     assert not migrate.apply(root, storage=storage, storage_options=options).applied
     fs.pipe_file("log.jsonl", b"changed remotely")
-    assert migrate.rollback(root, storage_options=options).applied
+    assert migrate.rollback(root, storage=storage, storage_options=options).applied
     after = tree(root)
     assert {k for k in set(before) | set(after) if before.get(k) != after.get(k)} == {".workflow_log.jsonl"}
     left = {p for p in fs.state_storage.find_files("") if not p.startswith("locks/")}
