@@ -326,10 +326,10 @@ class Beneath:
         finally:
             os.close(fd)
 
-    def reader(self, rel: str) -> Callable[[], bytes | int]:
+    def reader(self, rel: str) -> FileReader:
         """A call that reads the whole file ``rel`` (:class:`PathEscapeError` now for a
-        bad path), for a caller that reads it often: see :class:`_Reader`."""
-        return _Reader(self, self._encoded.get(rel) or self._encode(rel))
+        bad path), for a caller that reads it often: see :class:`FileReader`."""
+        return FileReader(self, self._encoded.get(rel) or self._encode(rel))
 
     def _try_walk(self, rel: str, flags: int, mode: int, root: int) -> int:
         try:
@@ -696,12 +696,13 @@ class Beneath:
             os.close(source)
 
 
-class _Reader:
+class FileReader:
     """:meth:`Beneath.read_file` of one path, in one call frame: the whole file, or
-    ``-errno`` for anything but a plain read (no openat2 here, no root descriptor yet,
-    a link, a rename racing the lookup, a directory), which the caller then hands to
+    ``-errno`` for anything but a plain read (no root descriptor yet, a link, a rename
+    racing the lookup, a directory), which the caller then hands to
     :meth:`Beneath.read_file` to settle. The same ``openat2`` beneath the root as
-    every open: only the encoded path is kept."""
+    every open: only the encoded path is kept. Made by :meth:`Beneath.reader`; a
+    subclass may check something first and call :meth:`FileReader.__call__` itself."""
 
     __slots__ = ("_disk", "_how", "_path", "_syscall")
 
@@ -711,13 +712,25 @@ class _Reader:
         self._syscall = disk._syscall  # fixed for the disk's life (its root descriptor is not)
         self._how = disk._read_how
 
+    @property
+    def disk(self) -> Beneath:
+        return self._disk
+
+    @property
+    def path(self) -> bytes:
+        """The path beneath the disk's root, encoded."""
+        return self._path
+
     def __call__(self) -> bytes | int:
         syscall = self._syscall
-        if syscall is None:
-            return -errno.ENOSYS
-        fd = syscall(_SYS_OPENAT2, self._disk._fd, self._path, self._how, 24)
-        if fd < 0:
-            return -self._disk._openat2.get_errno()  # type: ignore[union-attr]
+        if syscall is None:  # no openat2 here: the walk beneath the root
+            fd = self._disk.try_open(os.fsdecode(self._path))
+            if fd < 0:
+                return fd
+        else:
+            fd = syscall(_SYS_OPENAT2, self._disk._fd, self._path, self._how, 24)
+            if fd < 0:
+                return -self._disk._openat2.get_errno()  # type: ignore[union-attr]
         try:
             data = os.read(fd, _FIRST_READ)
             return data if len(data) < _FIRST_READ else _read_rest(fd, data, os.fsdecode(self._path))
@@ -824,6 +837,7 @@ __all__ = [
     "PROBE_FLAGS",
     "READ_FLAGS",
     "Beneath",
+    "FileReader",
     "check_rel",
     "read_all",
 ]

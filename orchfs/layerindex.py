@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from .beneath import FileReader
 from .errors import PathEscapeError
 
 if TYPE_CHECKING:
@@ -325,24 +326,25 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_WATCHER.after_fork)
 
 
-class _ReadIfAbsent:
+class _ReadIfAbsent(FileReader):
     """A read made only while the index shows some paths absent (see
     :meth:`LayerIndex.read_if_absent`): the names of their directories are held, so
     that a call is one poll and a comparison, and a look-up per path only after a name
-    was added somewhere in the tree (then the paths were absent at that count again)."""
+    was added somewhere in the tree (then the paths were absent at that count again).
+    The reader's own fields are copied in: one object, and the read in the same call."""
 
-    __slots__ = ("_absent", "_generation", "_reader", "_seen", "_tree")
+    __slots__ = ("_absent", "_generation", "_seen", "_tree")
 
     def __init__(
-        self, tree: _Tree, absent: tuple[tuple[dict[str, int], str], ...], reader: Callable[[], Any]
+        self, tree: _Tree, absent: tuple[tuple[dict[str, int], str], ...], reader: FileReader
     ) -> None:
+        super().__init__(reader.disk, reader.path)
         self._tree = tree
         self._generation = tree.generation
         self._seen = -1  # no count yet: the first call looks the names up
         self._absent = absent
-        self._reader = reader
 
-    def __call__(self) -> Any:
+    def __call__(self, _read: Callable[[FileReader], Any] = FileReader.__call__) -> Any:
         watcher = _WATCHER  # what first() does first, inline: a call frame is a tenth of the check
         try:
             ready = watcher.poll(0, 2)  # type: ignore[misc]
@@ -359,7 +361,7 @@ class _ReadIfAbsent:
                 if name in names:
                     return None
             self._seen = added
-        return self._reader()
+        return _read(self)
 
 
 def _linux() -> bool:
@@ -447,7 +449,7 @@ class LayerIndex:
         return ABSENT
 
     def read_if_absent(
-        self, keys: tuple[tuple[str, str], ...], reader: Callable[[], Any]
+        self, keys: tuple[tuple[str, str], ...], reader: FileReader
     ) -> Callable[[], Any] | None:
         """``reader`` made conditional: the call returns what ``reader`` returns while
         none of ``keys`` is there by the index (certainly absent, as :meth:`first` would

@@ -29,6 +29,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from .atomic import REPLACE, REPLACE_LOOKED, WriteKind
+from .beneath import FileReader
 from .errors import (
     LegacyConflictWarning,
     LegacyPathWarning,
@@ -419,7 +420,7 @@ class Overlay:
         reader = location.store.whole_reader(location.rel)
         keys = self._beneath.get(logical)  # made by _indexed, which the read asked
         for at, layer in enumerate(layers):
-            if layer is location and keys is not None:
+            if layer is location and keys is not None and isinstance(reader, FileReader):
                 return self.index.read_if_absent((*keys[:at], self._sentinel), reader)
         return None
 

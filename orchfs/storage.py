@@ -342,10 +342,7 @@ class LocalStorage:
         bytes, or anything else when :meth:`read_optional` must say what is there (absent,
         a link to judge, a directory). Each call is the same ``openat2`` beneath the
         boundary as every read; only the encoded path is kept."""
-        disk = self._disk
-        if disk.uses_openat2:
-            return disk.reader(self._p(rel))
-        return functools.partial(self.read_optional, rel)
+        return self._disk.reader(self._p(rel))
 
     def open_read(self, rel: str, block_size: int | None = None, size: int | None = None) -> IO[bytes]:
         fd = self._open_judged(rel)

@@ -541,3 +541,34 @@ def test_a_linked_state_directory_is_read_inside_and_never_written_through(tmp_p
     os.symlink(canary, repo / ".orchestrator")
     with pytest.raises(PathEscapeError):
         LocalStorage(str(repo / ".orchestrator"), str(repo))
+
+
+def test_a_file_reader_reads_only_a_plain_file_beneath_the_root(tmp_path, canary, way):
+    """Beneath.reader, kept and called again as the tree changes (with openat2 and
+    without): the file's bytes while it is a plain file, else a negative errno, never
+    a byte from outside, whatever was planted on the way or at the name."""
+    root = tmp_path / "root"
+    make_tree(root)
+    os.mkdir(os.path.join(canary, "b"))
+    with open(os.path.join(canary, "b", "f"), "wb") as f:
+        f.write(b"outside")  # what a link planted at "a" would show at a/b/f
+    before = snapshot(canary)
+    b = Beneath(str(root), use_openat2=way)
+    b.fileno()  # the root opened, as by any read before (else a reader answers -EBADF)
+    read = b.reader("a/b/f")
+    assert read() == b"inside"
+    (root / "a" / "b" / "f").write_bytes(b"changed")
+    assert read() == b"changed"
+    os.unlink(root / "a" / "b" / "f")
+    assert read() == -errno.ENOENT
+    os.symlink(os.path.join(canary, "f"), root / "a" / "b" / "f")
+    assert read() == -errno.ELOOP
+    os.unlink(root / "a" / "b" / "f")
+    (root / "a" / "b" / "f").mkdir()
+    assert read() == -errno.EISDIR
+    os.rename(root / "a", tmp_path / "moved-away")
+    os.symlink(canary, root / "a")
+    got = read()
+    assert isinstance(got, int)
+    assert got < 0
+    assert snapshot(canary) == before
