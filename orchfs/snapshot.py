@@ -638,8 +638,9 @@ def _checked_name(name: str, source: str) -> str:
 
 
 def _rehomed_meta(data: bytes, fs: Any) -> bytes:
-    """The snapshot's identity (repo_id: the secrets' namespace) at its new root."""
-    from .meta import git_remote
+    """The snapshot's identity (repo_id: the secrets' namespace) at its new root, which
+    stays portable (its state committed to git) only if it was so before the import."""
+    from .meta import git_remote, read_meta
 
     try:
         meta = json.loads(data)
@@ -648,6 +649,13 @@ def _rehomed_meta(data: bytes, fs: Any) -> bytes:
     if isinstance(meta, dict):
         meta["root"] = fs.root
         meta["git_remote"] = git_remote(fs.root) if fs.repo_storage.capabilities.local_path else None
+        try:
+            portable = (read_meta(fs.state_storage) or {}).get("portable") is True
+        except StateError:
+            portable = False
+        meta.pop("portable", None)
+        if portable:
+            meta["portable"] = True
         data = json.dumps(meta, indent=2).encode() + b"\n"
     return data
 

@@ -900,3 +900,21 @@ def test_a_journal_alone_never_sends_a_rollback_to_an_object_store(world, tmp_pa
     assert "went to" in cli(world, "migrate", "--rollback")
     assert memory.cat(victims) == b'{"victim": "precious"}'
     assert not (world.root / ".workflow_state.json").exists()
+
+
+def test_a_snapshot_never_makes_this_repository_portable(world, tmp_path):
+    """``portable`` in meta.json is this repository's choice to commit its state (and
+    its encrypted secrets) to git: migrate then leaves .gitignore alone and doctor stops
+    warning. A snapshot's meta.json does not make that choice here."""
+    source = tmp_path / "source"
+    (source / ".git").mkdir(parents=True)
+    cli_process(World(source, world.canary), "init", "--portable", rc=(0,))
+    archive = tmp_path / "portable.tgz"
+    snapshot.export(orchfs.OrchFileSystem(root=str(source), skip_instance_cache=True), archive)
+    fs = orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True)
+    snapshot.import_snapshot(fs, archive)
+    assert "portable" not in json.loads((world.state / "meta.json").read_text())
+    assert "not-gitignored" in {f.id for f in doctor.run(world.root)}
+    cli(world, "init", "--portable", rc=(0,))  # this repository's own choice stays
+    snapshot.import_snapshot(fs, archive, force=True)
+    assert json.loads((world.state / "meta.json").read_text())["portable"] is True
