@@ -658,9 +658,12 @@ def fix(root: Any, findings: list[Finding] | None = None, *, layout: Any = None)
             finished = finish_interrupted(fs)
         done.append(f"finished {len(finished)} interrupted snapshot import(s)")
     if "unfinished-migration" in ids and "unsafe-state" not in ids:
+        from .config import load_config
         from .migrate import apply
 
-        done.append(apply(root, layout=layout).message)
+        # The configured store, as `orchfs migrate` passes it: a journal alone names none.
+        storage = load_config(root).get("state.storage")
+        done.append(apply(root, layout=layout, storage=storage).message)
     if "loose-permissions" in ids:
         for finding in findings:
             if finding.id == "loose-permissions":

@@ -918,3 +918,34 @@ def test_a_snapshot_never_makes_this_repository_portable(world, tmp_path):
     cli(world, "init", "--portable", rc=(0,))  # this repository's own choice stays
     snapshot.import_snapshot(fs, archive, force=True)
     assert json.loads((world.state / "meta.json").read_text())["portable"] is True
+
+
+def test_doctor_fix_finishes_a_migration_to_the_configured_store_only(world, monkeypatch):
+    """doctor --fix resumes an interrupted migration to an object store when that store
+    is the configured ``state.storage`` (as ``orchfs migrate`` does), and never one the
+    journal alone names."""
+    import fsspec
+
+    store = f"memory://fix-{uuid.uuid4().hex}/state"
+    v1(world)
+    real = migrate.checkpoint
+
+    def stop_at_second_step(name: str, hits: list = []) -> None:  # noqa: B006 (a counter)
+        if name == "migrate.step":
+            hits.append(name)
+            if len(hits) == 2:
+                raise KeyboardInterrupt  # as a kill would: the journal stays unfinished
+        real(name)
+
+    monkeypatch.setattr(migrate, "checkpoint", stop_at_second_step)
+    with pytest.raises(KeyboardInterrupt):
+        migrate.apply(world.root, storage=store)
+    monkeypatch.setattr(migrate, "checkpoint", real)
+    found = doctor.run(world.root)
+    assert "unfinished-migration" in {f.id for f in found}
+    with pytest.raises(UnsafeStateError, match="went to"):
+        doctor.fix(world.root, found)
+    (world.state / "config.yaml").write_text(f"state:\n  storage: {store}\n")
+    doctor.fix(world.root, doctor.run(world.root))
+    assert "unfinished-migration" not in {f.id for f in doctor.run(world.root)}
+    assert fsspec.filesystem("memory").exists(store.removeprefix("memory://") + "/state.json")
