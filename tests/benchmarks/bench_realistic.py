@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -143,7 +144,13 @@ def run() -> Table:
             clock=time.process_time,
         )
         written = [f"checkpoints/w_{i:05d}.json" for i in range(500)]
-        contained = os.path.join(repo, CONTAINED_DIR)
+        # The peers write into a twin of the repository on the same disk, not into the one
+        # orchfs watches: in real use nothing else writes there, and orchfs's layer index
+        # would otherwise be charged for reading the peers' change events.
+        twin = tempfile.mkdtemp(prefix="orchfs-bench-twin-", dir=os.path.dirname(repo))
+        _build(twin)
+        contained = os.path.join(twin, CONTAINED_DIR)
+        twin_dirfs = DirFileSystem(path=twin, fs=LocalFileSystem())
         compare(
             table,
             "durable atomic write, distinct paths",
@@ -156,7 +163,7 @@ def run() -> Table:
                 ),
                 "DirFileSystem": cycling(
                     [f"{CONTAINED_DIR}/d_{p.rpartition('/')[2]}" for p in written],
-                    lambda p: dirfs.pipe_file(p, PAYLOAD),
+                    lambda p: twin_dirfs.pipe_file(p, PAYLOAD),
                 ),
             },
             1,
@@ -164,4 +171,5 @@ def run() -> Table:
             repeat=500,
             statistic=statistics.median,
         )
+        shutil.rmtree(twin)
     return table
