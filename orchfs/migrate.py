@@ -1644,10 +1644,10 @@ def _undo(root: str, step: Step, backup_root: str) -> None:
 
 
 def _refuse_linked_restores(root: str, steps: list[Step], backup_root: str, local: bool) -> None:
-    """Before anything is put back: a symlink where a rollback would take a file that was
-    none back to its v1 location (its backup; on local disk the migrated copy and a
-    replaced file kept aside) was planted, and at the root the v1 tool would read and
-    write through it."""
+    """Before anything is put back: a symlink (or a FIFO, a device, a directory) where a
+    rollback would take a file back to its v1 location (its backup; on local disk the
+    migrated copy and a replaced file kept aside) was planted, and at the root the v1
+    tool would read and write through it (or block on it)."""
     for step in steps:
         if step.link is not None:
             continue  # a v1 link: put back from the journal's text
@@ -1660,13 +1660,14 @@ def _refuse_linked_restores(root: str, steps: list[Step], backup_root: str, loca
             )
         for place in places:
             try:
-                linked = stat.S_ISLNK(_lstat(place).st_mode)
+                mode = _lstat(place).st_mode
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            if linked:
+            if not stat.S_ISREG(mode):
+                what = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
                 raise UnsafeStateError(
-                    f"{place} is a symlink where the migration kept the file {step.source}; a "
-                    "rollback never puts a link back in its place: remove it, then roll back again",
+                    f"{place} is {what} where the migration kept the file {step.source}; a "
+                    "rollback puts back only files where files were: remove it, then roll back again",
                     place,
                 )
 

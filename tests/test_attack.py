@@ -820,7 +820,7 @@ def test_a_planted_v1_secrets_file_is_refused_unread(world, planted):
 
 
 # --- rollback: links planted where it takes files back to the v1 locations ------------------
-@pytest.mark.parametrize("where", ["backup", "migrated copy", "carried back"])
+@pytest.mark.parametrize("where", ["backup", "migrated copy", "carried back", "fifo backup"])
 def test_rollback_never_puts_a_planted_link_at_a_v1_location(world, where):
     """A link planted in the state directory where a rollback takes a file back to the
     root (the backup of a file, the migrated copy, a file made in a migrated directory):
@@ -837,6 +837,11 @@ def test_rollback_never_puts_a_planted_link_at_a_v1_location(world, where):
     elif where == "migrated copy":
         (world.state / "state.json").unlink()
         (world.state / "state.json").symlink_to(outside)
+    elif where == "fifo backup":
+        (backup,) = world.state.glob("migration_backup/*/.workflow_state.json")
+        backup.unlink()
+        os.mkfifo(backup)
+        (world.state / "state.json").unlink()
     else:
         (world.state / "checkpoints" / "planted.json").symlink_to(outside)
     if where == "carried back":
@@ -844,9 +849,10 @@ def test_rollback_never_puts_a_planted_link_at_a_v1_location(world, where):
         assert not os.path.lexists(world.root / ".workflow_checkpoints" / "planted.json")
         assert (world.state / "checkpoints" / "planted.json").is_symlink()
     else:
-        with pytest.raises(UnsafeStateError, match="symlink"):
+        said = "not a regular file" if where == "fifo backup" else "symlink"
+        with pytest.raises(UnsafeStateError, match=said):
             migrate.rollback(world.root)
-        assert "symlink" in cli(world, "migrate", "--rollback")
+        assert said in cli(world, "migrate", "--rollback")
         assert not os.path.lexists(world.root / ".workflow_state.json")
         assert (world.root / ".workflow_checkpoints").is_dir() is False  # nothing put back
     assert not any(p.is_symlink() for p in world.root.glob(".workflow*"))
