@@ -70,6 +70,7 @@ _LINK_ERRNOS = (errno.ELOOP, errno.EMLINK)
 _MAX_LINKS = 40  # as the kernel's own limit on links followed in one resolution
 _COPY_CHUNK = 1 << 20
 _FIRST_READ = 1 << 16
+_WRITE_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int): share the source's extents (btrfs, XFS)
 
 # openat2(2): struct open_how and the RESOLVE_* flags (linux/openat2.h).
@@ -802,6 +803,30 @@ def _remove_below(parent: int, name: str, shown: str) -> None:
         os.close(fd)
 
 
+def copy_fresh(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -> None:
+    """Copy the regular file ``src_name`` to a new file ``dst_name`` (each relative to a
+    directory descriptor; neither name followed if it is a link) with ``src``'s permission
+    bits and times: a reflink where the filesystem offers one, ``copy_file_range``
+    otherwise. Not atomic and not durable: the bytes are written in place with no fsync,
+    for a directory that nothing reads until its writer has made the whole filesystem
+    durable (the migration backup; see :func:`orchfs.syncfs.sync_filesystem`). A file
+    already at ``dst_name`` raises :class:`FileExistsError`."""
+    source = os.open(src_name, READ_FLAGS, dir_fd=src_dir_fd)
+    try:
+        st = os.fstat(source)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", src_name)
+        target = os.open(dst_name, _WRITE_NEW_FLAGS, 0o600, dir_fd=dst_dir_fd)
+        try:
+            _copy_fd(source, target, st.st_size)
+            os.fchmod(target, stat.S_IMODE(st.st_mode))
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+
+
 def _copy_fd(source: int, target: int, size: int) -> None:
     with contextlib.suppress(OSError):
         import fcntl
@@ -839,5 +864,6 @@ __all__ = [
     "Beneath",
     "FileReader",
     "check_rel",
+    "copy_fresh",
     "read_all",
 ]

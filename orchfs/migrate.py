@@ -12,7 +12,8 @@
   mtimes and symlinks are preserved (a relative link is
   rewritten to point at the same target). Old files are kept in
   ``.orchestrator/migration_backup/<id>/`` (copies, never hard links) unless
-  ``backup=False``.
+  ``backup=False``; the copies of a journal batch are written with no fsync each and
+  made durable together (one ``syncfs``) before any of its sources moves.
 * :func:`rollback` undoes the newest (or a named) migration: every migrated file,
   with any later change, goes back to its v1 name with its v1 mode and mtime, v1
   directories get their mtimes back, and the backup is emptied.
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, LocalAtomicWriter, temp_name
-from .beneath import Beneath
+from .beneath import Beneath, copy_fresh
 from .errors import (
     MigrationConflictError,
     OrchFSError,
@@ -57,6 +58,7 @@ from .journal import (
 from .layout import UNNAMED_PATTERNS, Layout, coerce_layout
 from .paths import INTERNAL_NAMES, MARKER_PREFIXES, MARKER_SENTINEL, STATE_DIR, WHITEOUT_PREFIX
 from .stored import check_id
+from .syncfs import sync_filesystem
 
 BACKUP_DIR = "migration_backup"
 # What a rollback restores of a mode the journal recorded: permission bits, never the set-ID
@@ -1046,6 +1048,87 @@ def _backup(root: str, source: str, backup: str) -> None:
     guard.copy(os.path.relpath(source, root), os.path.relpath(backup, root))
 
 
+def _backup_rel(migration_id: str, source: str) -> str:
+    return f"{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{source}"
+
+
+def _backs_up_source(step: Step, backup: bool) -> bool:
+    """Whether :func:`_execute` keeps the step's source in the backup (a retired file
+    that lost a conflict is kept even without one)."""
+    return backup or (step.action == "retire" and bool(step.replaced))
+
+
+def _stage_backups(root: str, steps: list[Step], migration_id: str, backup: bool) -> set[int]:
+    """The first half of a journal batch: keep the sources of ``steps`` in the backup,
+    each copied in place into the run's own backup directory with no fsync
+    (:func:`~orchfs.beneath.copy_fresh`), then make them all durable at once (one
+    ``syncfs``; without it an fsync of each file and directory) before any of the steps
+    runs. So a source leaves its v1 place only once its backup is durable, and a backup
+    that a crash may have torn belongs to a step whose source is still in place
+    (:func:`_discard_unsynced_backups` drops it on resume). Returns the indexes of the
+    steps whose backup is made; the others take the step's own path."""
+    held = _HELD[root]
+    staged: set[int] = set()
+    files: list[tuple[str, str]] = []
+    last_dir = ""
+    for step in steps:
+        if not _backs_up_source(step, backup):
+            continue
+        src_dir, _, src_name = step.source.rpartition("/")
+        rel = _backup_rel(migration_id, step.source)
+        last_dir, _, name = rel.rpartition("/")
+        copied = step.link is None
+        if copied:
+            try:
+                copy_fresh(held.fd(src_dir), src_name, held.fd(last_dir, create=True), name)
+                files.append((last_dir, name))
+            except FileNotFoundError:
+                continue  # moved by an earlier run, or gone: the step itself settles it
+            except OSError:
+                copied = False
+        if not copied:  # a link, or anything odd: the careful copy, with its own errors
+            source = f"{root}/{step.source}"
+            if not _lexists(source):
+                continue
+            _backup(root, source, f"{root}/{rel}")
+        staged.add(step.i)
+        checkpoint("migrate.backup")  # copied, not yet durable
+    if staged:
+        _make_durable(held, last_dir, files)
+        checkpoint("migrate.synced")  # durable, their steps not yet run
+    return staged
+
+
+def _make_durable(held: _HeldDirs, anywhere: str, files: list[tuple[str, str]]) -> None:
+    """``syncfs`` on the backup's filesystem (``anywhere``: a held directory on it);
+    where there is none, an fsync of each of ``files`` and of every directory above them
+    up to the state directory (the new entries)."""
+    if sync_filesystem(held.fd(anywhere)):
+        return
+    dirs: set[str] = set()
+    for directory, name in files:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=held.fd(directory))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        parts = directory.split("/")
+        dirs.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
+    for directory in sorted(dirs, key=len, reverse=True):
+        os.fsync(held.fd(directory))
+
+
+def _discard_unsynced_backups(root: str, steps: list[Step], migration_id: str, backup: bool) -> None:
+    """Before a resumed run: the backup of a step not recorded done may have been copied
+    and never made durable (:func:`_stage_backups`), so it may be torn; while the step's
+    source is still at its v1 place, the backup is removed, to be copied again from it.
+    (The backup of a step whose source has left was durable before it left.)"""
+    for step in steps:
+        if _backs_up_source(step, backup) and _lexists(f"{root}/{step.source}"):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                _unlink(f"{root}/{_backup_rel(migration_id, step.source)}")
+
+
 def _execute(
     root: str,
     step: Step,
@@ -1290,9 +1373,11 @@ class LocalMover:
     backup: bool
     moved: dict[str, str] = field(default_factory=dict)
     fresh: set[str] | None = None  # directories this run made itself (no checks inside)
+    staged: set[int] = field(default_factory=set)  # steps whose backup is made (_stage_backups)
 
     def execute(self, step: Step) -> None:
-        _execute(self.root, step, self.migration_id, self.backup, self.moved, self.fresh)
+        backup = self.backup and step.i not in self.staged
+        _execute(self.root, step, self.migration_id, backup, self.moved, self.fresh)
 
     def undo(self, step: Step, backup_root: str) -> None:
         _undo(self.root, step, backup_root)
@@ -1344,6 +1429,8 @@ def _run(
             if remote is not None
             else LocalMover(root, migration_id, backup, moved, None if resumed else set())
         )
+        if resumed:
+            _discard_unsynced_backups(root, todo, migration_id, backup)
         logger.info(
             "%s migration %s: %d of %d step(s) to run",
             "resuming" if resumed else "starting",
@@ -1383,8 +1470,13 @@ def _run(
         else:
             whole = mover.fresh is not None and not backup  # a first pass keeping no backup
             with _holding(root):
-                position = 0
+                position = staged_to = 0
                 while position < len(todo):
+                    if position >= staged_to and isinstance(mover, LocalMover):
+                        staged_to = position + DONE_BATCH  # the backups of the next batch first
+                        mover.staged.update(
+                            _stage_backups(root, todo[position:staged_to], migration_id, backup)
+                        )
                     group = _whole_directory(todo, position) if whole else None
                     if group is not None and group.alone and _move_directory(root, group):
                         for step in todo[position : position + group.steps]:
