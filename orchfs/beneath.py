@@ -810,7 +810,8 @@ def copy_fresh(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -
     otherwise. Not atomic and not durable: the bytes are written in place with no fsync,
     for a directory that nothing reads until its writer has made the whole filesystem
     durable (the migration backup; see :func:`orchfs.syncfs.sync_filesystem`). A file
-    already at ``dst_name`` raises :class:`FileExistsError`."""
+    already at ``dst_name`` raises :class:`FileExistsError`; a copy that fails leaves no
+    file at ``dst_name``."""
     source = os.open(src_name, READ_FLAGS, dir_fd=src_dir_fd)
     try:
         st = os.fstat(source)
@@ -821,6 +822,9 @@ def copy_fresh(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -
             _copy_fd(source, target, st.st_size)
             os.fchmod(target, stat.S_IMODE(st.st_mode))
             os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except BaseException:  # no part-copy is left under the name
+            os.unlink(dst_name, dir_fd=dst_dir_fd)
+            raise
         finally:
             os.close(target)
     finally:

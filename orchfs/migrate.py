@@ -1069,7 +1069,7 @@ def _stage_backups(root: str, steps: list[Step], migration_id: str, backup: bool
     steps whose backup is made; the others take the step's own path."""
     held = _HELD[root]
     staged: set[int] = set()
-    files: list[tuple[str, str]] = []
+    written: list[tuple[str, str | None]] = []  # (directory, file copied here or None)
     last_dir = ""
     for step in steps:
         if not _backs_up_source(step, backup):
@@ -1081,37 +1081,41 @@ def _stage_backups(root: str, steps: list[Step], migration_id: str, backup: bool
         if copied:
             try:
                 copy_fresh(held.fd(src_dir), src_name, held.fd(last_dir, create=True), name)
-                files.append((last_dir, name))
             except FileNotFoundError:
                 continue  # moved by an earlier run, or gone: the step itself settles it
-            except OSError:
+            except OSError:  # nothing found here is trusted: the careful copy makes it anew
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=held.fd(last_dir))
                 copied = False
         if not copied:  # a link, or anything odd: the careful copy, with its own errors
             source = f"{root}/{step.source}"
             if not _lexists(source):
                 continue
             _backup(root, source, f"{root}/{rel}")
+        written.append((last_dir, name if copied else None))
         staged.add(step.i)
         checkpoint("migrate.backup")  # copied, not yet durable
     if staged:
-        _make_durable(held, last_dir, files)
+        _make_durable(held, last_dir, written)
         checkpoint("migrate.synced")  # durable, their steps not yet run
     return staged
 
 
-def _make_durable(held: _HeldDirs, anywhere: str, files: list[tuple[str, str]]) -> None:
+def _make_durable(held: _HeldDirs, anywhere: str, written: list[tuple[str, str | None]]) -> None:
     """``syncfs`` on the backup's filesystem (``anywhere``: a held directory on it);
-    where there is none, an fsync of each of ``files`` and of every directory above them
-    up to the state directory (the new entries)."""
+    where there is none, an fsync of each file copied (``written``: its directory and
+    name, or None for a backup made durable on its own) and of every directory above
+    them up to the state directory (their new entries)."""
     if sync_filesystem(held.fd(anywhere)):
         return
     dirs: set[str] = set()
-    for directory, name in files:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=held.fd(directory))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    for directory, name in written:
+        if name is not None:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=held.fd(directory))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         parts = directory.split("/")
         dirs.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
     for directory in sorted(dirs, key=len, reverse=True):

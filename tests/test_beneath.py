@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import orchfs
 from orchfs.atomic import DIR_FLAGS
-from orchfs.beneath import OPENAT2_AVAILABLE, PROBE_FLAGS, Beneath, check_rel
+from orchfs.beneath import OPENAT2_AVAILABLE, PROBE_FLAGS, Beneath, check_rel, copy_fresh
 from orchfs.errors import LegacyPathWarning, PathEscapeError
 from orchfs.storage import LocalStorage
 
@@ -312,6 +312,39 @@ def test_copy_keeps_bytes_mode_and_times(tmp_path, way):
     assert stat.S_IMODE(os.stat(root / "backup" / "private").st_mode) == 0o600
     with pytest.raises(FileExistsError):
         b.copy("src", "backup/src", exclusive=True)
+
+
+def test_copy_fresh_writes_a_new_file_and_follows_no_link(tmp_path, canary):
+    """The migration backup's copy: bytes, mode and times of the source into a new file,
+    never over one, never through a link at either end; no part-copy left on failure."""
+    (tmp_path / "out").mkdir()
+    payload = os.urandom(3 << 20)
+    (tmp_path / "src").write_bytes(payload)
+    os.chmod(tmp_path / "src", 0o640)
+    os.utime(tmp_path / "src", ns=(1_500_000_000_000_000_000, 1_600_000_000_000_000_000))
+    os.symlink(os.path.join(canary, "f"), tmp_path / "link")
+    os.symlink(os.path.join(canary, "new"), tmp_path / "out" / "planted")
+    before = snapshot(canary)
+    here, out = os.open(tmp_path, DIR_FLAGS), os.open(tmp_path / "out", DIR_FLAGS)
+    try:
+        copy_fresh(here, "src", out, "src")
+        assert (tmp_path / "out" / "src").read_bytes() == payload
+        st_ = os.stat(tmp_path / "out" / "src")
+        assert (stat.S_IMODE(st_.st_mode), st_.st_mtime_ns) == (0o640, 1_600_000_000_000_000_000)
+        with pytest.raises(FileExistsError):
+            copy_fresh(here, "src", out, "src")
+        with pytest.raises(FileExistsError):  # O_EXCL: a link in the way is not written through
+            copy_fresh(here, "src", out, "planted")
+        with pytest.raises(OSError) as caught:
+            copy_fresh(here, "link", out, "from-link")
+        assert caught.value.errno == errno.ELOOP
+        with pytest.raises(IsADirectoryError):
+            copy_fresh(here, "out", out, "dir")
+        assert sorted(os.listdir(tmp_path / "out")) == ["planted", "src"]
+    finally:
+        os.close(here)
+        os.close(out)
+    assert snapshot(canary) == before
 
 
 def test_resolve_judges_links(tmp_path, canary, way):
