@@ -115,6 +115,12 @@ def export(fs: Any, path: str | os.PathLike[str], *, encrypt: bool = False, key:
         names = sorted(rel for rel in state.find_files("", include_markers=True) if _included(rel))
         with tarfile.open(fileobj=archive, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
             for rel in names:
+                if state.capabilities.local_path and _entry_kind(state, rel) != "file":
+                    raise SnapshotError(
+                        f"{state.url(rel)} is a symlink (or on the way through one, or no regular "
+                        "file): a snapshot carries the state's own files, never what a link leads "
+                        "to; remove it and export again"
+                    )
                 data = state.read(rel)
                 member = tarfile.TarInfo(rel)
                 member.size = len(data)

@@ -955,3 +955,23 @@ def test_doctor_fix_finishes_a_migration_to_the_configured_store_only(world, mon
     doctor.fix(world.root, doctor.run(world.root))
     assert "unfinished-migration" not in {f.id for f in doctor.run(world.root)}
     assert fsspec.filesystem("memory").exists(store.removeprefix("memory://") + "/state.json")
+
+
+@pytest.mark.parametrize("planted", ["file link", "directory link"])
+def test_snapshot_export_never_carries_what_a_link_in_the_state_leads_to(world, tmp_path, planted):
+    """A link planted in the state directory to a file of the worktree (a .env with
+    credentials, say; inside the root, so reads may follow it): an export would carry its
+    bytes in the snapshot, which is made to be moved and shared. It is refused, named."""
+    fs = v2(world)
+    (world.root / ".env").write_text("AWS_SECRET=hunter2\n")
+    if planted == "file link":
+        (world.state / "notes.txt").symlink_to("../.env")
+    else:
+        (world.root / "private").mkdir()
+        (world.root / "private" / "key.txt").write_text("AWS_SECRET=hunter2\n")
+        (world.state / "data").symlink_to("../private")
+    target = tmp_path / "out.tgz"
+    with pytest.raises(SnapshotError, match="symlink"):
+        snapshot.export(fs, target)
+    assert "symlink" in cli(world, "snapshot", "export", str(target))
+    assert not target.exists()
