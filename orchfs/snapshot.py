@@ -38,7 +38,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .atomic import PRIVATE_FILE_MODE
+from .atomic import PRIVATE_FILE_MODE, UMASK
 from .beneath import Beneath
 from .errors import ManifestError, MetaError, PathEscapeError, SnapshotError, StateError
 from .faults import checkpoint
@@ -353,8 +353,14 @@ def _claim_dir(name: str, files: dict[str, _Member], parents: set[str], source: 
 
 
 def _copy_member(tar: Any, member: Any, state: Any, rel: str, name: str) -> _Member:
-    # A secret is 0600 whatever the archive says (a planted 0666 would let anyone read it).
-    mode = PRIVATE_FILE_MODE if name.startswith(PRIVATE_DIRS) else stat.S_IMODE(member.mode) & 0o777
+    # A secret is 0600 whatever the archive says (a planted 0666 would let anyone read it);
+    # any other file gets the archive's bits less the umask, as every file orchfs writes,
+    # and never world write (a planted 0666 config.yaml would let anyone say where the
+    # state goes).
+    if name.startswith(PRIVATE_DIRS):
+        mode = PRIVATE_FILE_MODE
+    else:
+        mode = stat.S_IMODE(member.mode) & 0o777 & ~(UMASK | 0o002)
     reader = tar.extractfile(member)
     keep = _is_state_file(name)
     kept = []

@@ -975,3 +975,21 @@ def test_snapshot_export_never_carries_what_a_link_in_the_state_leads_to(world, 
         snapshot.export(fs, target)
     assert "symlink" in cli(world, "snapshot", "export", str(target))
     assert not target.exists()
+
+
+def test_snapshot_import_never_lands_files_anyone_may_write(world, tmp_path):
+    """A snapshot asking for world-writable files: config.yaml (which says where the state
+    lives) or a file orchfs reads. Landed so, any local user could edit them afterwards.
+    Imported files get the archive's bits less the umask and never world write."""
+    from orchfs.atomic import UMASK
+
+    fs = v2(world)
+    archive = _archive(
+        tmp_path / "loose.tgz",
+        {"config.yaml": (b"web_mode: false\n", 0o666), "state.json": (b"{}", 0o777)},
+        {},
+    )
+    snapshot.import_snapshot(fs, archive, force=True)
+    for name in ("config.yaml", "state.json"):
+        mode = stat.S_IMODE(os.lstat(world.state / name).st_mode)
+        assert mode & (UMASK | 0o002) == 0, (name, oct(mode))
