@@ -1460,11 +1460,16 @@ def _run(
             from concurrent.futures import ThreadPoolExecutor  # only parallel runs need threads
 
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                for index in pool.map(one, todo):
-                    journal.done(index)
-                    finished += 1
-                    if progress:
-                        progress(finished, total)
+                for start in range(0, len(todo), DONE_BATCH):
+                    batch = todo[start : start + DONE_BATCH]
+                    if isinstance(mover, LocalMover):  # the batch's backups first, durable together
+                        with _holding(root):
+                            mover.staged.update(_stage_backups(root, batch, migration_id, backup))
+                    for index in pool.map(one, batch):
+                        journal.done(index)
+                        finished += 1
+                        if progress:
+                            progress(finished, total)
         elif remote is not None:
             for step in todo:
                 journal.done(one(step))

@@ -707,13 +707,16 @@ def test_a_directory_that_cannot_move_whole_is_looked_at_once(tmp_path, monkeypa
     assert tree(root) == before
 
 
-@pytest.mark.parametrize("fault", ["migrate.backup", "migrate.synced"])
-def test_kill_9_inside_a_batch_of_backups_then_rerun_or_rollback(fault, tmp_path):
+@pytest.mark.parametrize(
+    ("fault", "copy"),
+    [("migrate.backup", "rename"), ("migrate.synced", "rename"), ("migrate.backup", "copy")],
+)
+def test_kill_9_inside_a_batch_of_backups_then_rerun_or_rollback(fault, copy, tmp_path):
     """The backups of a batch are copied without an fsync each, then made durable at once
-    before its steps run: a kill after some copies (before that flush) or after it (before
-    any done record of the batch) is finished by a rerun or undone by a rollback, byte for
-    byte."""
-    assert _kill_at_every_hit(tmp_path, fault) >= 1
+    before its steps run (also before the copies of ``--jobs 4``): a kill after some
+    copies (before that flush) or after it (before any done record of the batch) is
+    finished by a rerun or undone by a rollback, byte for byte."""
+    assert _kill_at_every_hit(tmp_path, fault, copy) >= 1
 
 
 def test_kill_9_inside_later_batches_of_backups_then_rerun_or_rollback(tmp_path):
