@@ -62,8 +62,9 @@ from .syncfs import sync_filesystem
 
 BACKUP_DIR = "migration_backup"
 # What a rollback restores of a mode the journal recorded: permission bits, never the set-ID
-# or sticky bits (a journal and the bytes it restores may come from a snapshot).
-RESTORED_BITS = 0o777
+# or sticky bits nor write by everyone (a journal and the bytes it restores may come from a
+# snapshot, and a world-writable .orchestra.yaml would let anyone say where the state goes).
+RESTORED_BITS = 0o775
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
 logger = library_logger(__name__)

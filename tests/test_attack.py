@@ -861,14 +861,17 @@ def test_rollback_never_puts_a_planted_link_at_a_v1_location(world, where):
 def test_rollback_of_a_snapshot_journal_never_sets_setuid(world, tmp_path):
     """A snapshot's migration journal may record any mode up to 0o7777 for a v1 file, and
     its backup bytes are the snapshot's: a rollback that restored the set-user-ID and
-    set-group-ID bits would make a program of the snapshot's run as whoever rolled back
-    (the import itself keeps only permission bits). Only permission bits come back."""
+    set-group-ID bits would make a program of the snapshot's run as whoever rolled back,
+    and world write would let anyone edit a v1 config (the import itself keeps neither).
+    Only permission bits come back, less write by everyone."""
     source = tmp_path / "source"
     (source / ".git").mkdir(parents=True)
     (source / ".workflow_checkpoints").mkdir()
     (source / ".workflow_state.json").write_bytes(b"#!/bin/sh\nid\n")
     os.chmod(source / ".workflow_state.json", 0o6755)
     os.chmod(source / ".workflow_checkpoints", 0o1777)
+    (source / ".orchestra.yaml").write_text("web_mode: false\n")
+    os.chmod(source / ".orchestra.yaml", 0o666)
     (source / ".workflow_checkpoints" / "cp_1.json").write_bytes(b"{}")
     migrate.apply(source)
     archive = tmp_path / "evil.tgz"
@@ -879,7 +882,8 @@ def test_rollback_of_a_snapshot_journal_never_sets_setuid(world, tmp_path):
     restored = os.lstat(world.root / ".workflow_state.json").st_mode
     assert restored & (stat.S_ISUID | stat.S_ISGID) == 0, oct(restored)
     assert stat.S_IMODE(restored) == 0o755
-    assert os.lstat(world.root / ".workflow_checkpoints").st_mode & stat.S_ISVTX == 0
+    assert os.lstat(world.root / ".workflow_checkpoints").st_mode & (stat.S_ISVTX | 0o002) == 0
+    assert stat.S_IMODE(os.lstat(world.root / ".orchestra.yaml").st_mode) == 0o664  # no world write
 
 
 def test_a_journal_alone_never_sends_a_rollback_to_an_object_store(world, tmp_path):
