@@ -9,10 +9,17 @@ bytes and their directory entries) in place of two fsyncs per file.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 
 _bound: list[Callable[[int], int] | None] = []  # [syncfs] or [None] once looked up
+
+# Answers that mean "no syncfs for this descriptor", not "the flush failed": a kernel
+# that forbids the call (ENOSYS under a seccomp filter) or a descriptor the kernel does
+# not know (EBADF: one made by an in-memory stand-in for the os module, such as
+# pyfakefs). The caller's fallback, an fsync of each file, is as durable.
+_NOT_HERE = frozenset({errno.ENOSYS, errno.EBADF})
 
 
 def _syncfs() -> Callable[[int], int] | None:
@@ -32,9 +39,10 @@ def _syncfs() -> Callable[[int], int] | None:
 
 def sync_filesystem(fd: int) -> bool:
     """Flush all dirty data and metadata of the filesystem that ``fd`` is on; False,
-    with nothing done, where the system has no ``syncfs`` (the caller then fsyncs each
-    file it wrote, and their directories). A failed flush raises :class:`OSError`
-    (Linux 5.8 and later report a writeback error of the filesystem here)."""
+    with nothing done, where the system has no ``syncfs`` or the kernel refuses it for
+    ``fd`` (see ``_NOT_HERE``): the caller then fsyncs each file it wrote, and their
+    directories. A failed flush raises :class:`OSError` (Linux 5.8 and later report a
+    writeback error of the filesystem here)."""
     function = _syncfs()
     if function is None:
         return False
@@ -42,6 +50,8 @@ def sync_filesystem(fd: int) -> bool:
         import ctypes
 
         number = ctypes.get_errno()
+        if number in _NOT_HERE:
+            return False
         raise OSError(number, f"syncfs: {os.strerror(number)}")
     return True
 
