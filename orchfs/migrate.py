@@ -604,11 +604,24 @@ class _HeldDirs:
         self._fds: dict[str, int] = {}
 
     def fd(self, rel: str, *, create: bool = False) -> int:
-        """The held descriptor of directory ``rel`` (``create``: make it first if missing)."""
+        """The held descriptor of directory ``rel`` (``create``: make it first if missing).
+        It may release the others (see :meth:`fds`): use it before asking for another."""
+        return self.fds(rel, create=create)[0]
+
+    def fds(self, *rels: str, create: bool = False) -> tuple[int, ...]:
+        """The held descriptors of directories ``rels``, together (``create``: make the
+        last first if missing). When they would not fit, everything is released before
+        any of them is opened, never between: a descriptor a step asked for with the
+        ones it uses with it is never closed, nor its number reused, under that step."""
+        missing = {rel for rel in rels if rel not in self._fds}
+        if missing and len(self._fds) + len(missing) > HELD_LIMIT:
+            self.release()
+        last = len(rels) - 1
+        return tuple(self._open(rel, create and at == last) for at, rel in enumerate(rels))
+
+    def _open(self, rel: str, create: bool) -> int:
         fd = self._fds.get(rel)
         if fd is None:
-            if len(self._fds) >= HELD_LIMIT:
-                self.release()
             fd = self._fds[rel] = self._guard.open_dir(rel, create=create)
         return fd
 
@@ -763,6 +776,19 @@ def _held_entry(path: str) -> tuple[int, str] | None:
     return (held.fd(found[1]), name) if held is not None else None  # type: ignore[index]
 
 
+def _held_pair(src: str, dst: str) -> tuple[tuple[int, str], tuple[int, str]] | None:
+    """:func:`_held_entry` of two paths of one root, held together (:meth:`_HeldDirs.fds`)."""
+    (src_head, _, src_name), (dst_head, _, dst_name) = src.rpartition("/"), dst.rpartition("/")
+    source, target = _guard_of(src_head), _guard_of(dst_head)
+    if source is None or target is None or source[0] is not target[0]:
+        return None
+    held = _HELD.get(source[0].root)
+    if held is None:
+        return None
+    src_fd, dst_fd = held.fds(source[1], target[1])
+    return (src_fd, src_name), (dst_fd, dst_name)
+
+
 def _lstat(path: str) -> os.stat_result:
     at = _held_entry(path)
     if at is not None:
@@ -783,9 +809,10 @@ def _lexists(path: str) -> bool:
 
 def _rename(src: str, dst: str, *, replace: bool = True) -> None:
     move = os.replace if replace else os.rename
-    source, target = _held_entry(src), _held_entry(dst)
-    if source is not None and target is not None:
-        move(source[1], target[1], src_dir_fd=source[0], dst_dir_fd=target[0])
+    pair = _held_pair(src, dst)
+    if pair is not None:
+        (src_fd, src_name), (dst_fd, dst_name) = pair
+        move(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
         return
     with _entry(src) as (src_fd, src_name), _entry(dst) as (dst_fd, dst_name):
         move(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
@@ -873,7 +900,8 @@ def _rename_fresh(held: _HeldDirs, root: str, step: Step, backup_id: str | None,
     dst_dir, _, dst_name = step.target.rpartition("/")
     if not _fresh_dir(held, dst_dir, fresh):
         return False
-    os.rename(src_name, dst_name, src_dir_fd=held.fd(src_dir), dst_dir_fd=held.fd(dst_dir))
+    src_fd, dst_fd = held.fds(src_dir, dst_dir)
+    os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
     return True
 
 
@@ -945,7 +973,7 @@ def _move_directory(root: str, group: _WholeDirectory) -> bool:
     held.forget(directory)
     parent, _, name = directory.rpartition("/")
     target_parent, _, target_name = target.rpartition("/")
-    source_fd, target_fd = held.fd(parent), held.fd(target_parent, create=True)
+    source_fd, target_fd = held.fds(parent, target_parent, create=True)
     checkpoint("migrate.move")
     os.rename(name, target_name, src_dir_fd=source_fd, dst_dir_fd=target_fd)
     if not _same_inode(st, guard.lstat(target)):
@@ -1081,7 +1109,8 @@ def _stage_backups(root: str, steps: list[Step], migration_id: str, backup: bool
         copied = step.link is None
         if copied:
             try:
-                copy_fresh(held.fd(src_dir), src_name, held.fd(last_dir, create=True), name)
+                src_fd, dst_fd = held.fds(src_dir, last_dir, create=True)
+                copy_fresh(src_fd, src_name, dst_fd, name)
             except FileNotFoundError:
                 continue  # moved by an earlier run, or gone: the step itself settles it
             except OSError:  # nothing found here is trusted: the careful copy makes it anew
