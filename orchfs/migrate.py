@@ -212,20 +212,56 @@ def _legacy_pairs(root: str, layout: Layout) -> Iterator[_Pair]:
 
 
 def _directory_pairs(root: str, source: str, contained: str) -> Iterator[_Pair]:
-    """Files (and links) below a v1 directory, in a stable order, one lstat each (relative
-    to the directory's descriptor: no path is looked up again per file)."""
-    fd = os.open(f"{root}/{source}", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """Files (and links) below a v1 directory, in a stable order, one lstat each. The
+    directory is opened beneath the root and each one below it relative to its parent's
+    descriptor (no link followed, no path looked up again), and it is checked to be still
+    at its place once read: a directory renamed or swapped for a link meanwhile cannot
+    make the listing name anything outside the root (:class:`UnsafeStateError`)."""
+    guard = _GUARDS.get(root)
+    own = guard is None
+    guard = Beneath(root) if guard is None else guard
     try:
-        names = sorted(os.listdir(fd))
-        stats = [os.stat(name, dir_fd=fd, follow_symlinks=False) for name in names]
+        fd = guard.open_dir(source)
+        try:
+            pairs = list(_pairs_below(fd, source, contained))
+            moved = not _same_inode(os.fstat(fd), guard.lstat(source))
+        finally:
+            os.close(fd)
+        if moved:
+            raise _moved_while_listed(guard.show(source), source)
     finally:
-        os.close(fd)
+        if own:
+            guard.close()
+    yield from pairs
+
+
+def _pairs_below(fd: int, source: str, contained: str) -> Iterator[_Pair]:
+    """:func:`_directory_pairs` below the directory open as ``fd``."""
+    names = sorted(os.listdir(fd))
+    stats = [os.stat(name, dir_fd=fd, follow_symlinks=False) for name in names]
     is_dir = stat.S_ISDIR
     for name, st in zip(names, stats, strict=True):
-        if is_dir(st.st_mode):
-            yield from _directory_pairs(root, f"{source}/{name}", f"{contained}/{name}")
-        else:
+        if not is_dir(st.st_mode):
             yield _Pair(f"{source}/{name}", f"{contained}/{name}", st)
+            continue
+        try:
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:  # gone, or a link now (O_NOFOLLOW): not what was listed
+            raise _moved_while_listed(f"{source}/{name}", f"{source}/{name}") from None
+        try:
+            if not _same_inode(os.fstat(sub), st):
+                raise _moved_while_listed(f"{source}/{name}", f"{source}/{name}")
+            yield from _pairs_below(sub, f"{source}/{name}", f"{contained}/{name}")
+        finally:
+            os.close(sub)
+
+
+def _moved_while_listed(shown: str, rel: str) -> UnsafeStateError:
+    return UnsafeStateError(
+        f"{shown} was moved or replaced while orchfs listed it (another process changed the "
+        "repository); nothing was changed: check it, then run the command again",
+        rel,
+    )
 
 
 LEFTOVER_SUFFIX = ".bak"

@@ -1051,3 +1051,48 @@ def test_more_directories_than_are_held_in_one_batch_at_every_boundary(world, mo
     assert fs.cat_file("checkpoints/d6/cp.json") == b'{"d": 6}'
     migrate.rollback(root)
     assert tree(root) == before
+
+
+class _SwapBeforeOpening:
+    """os, except that opening a directory named ``name`` first moves ``directory``
+    away (to ``away``) and puts a link to ``to`` in its place: another process renaming
+    a directory while it is listed, at that one deterministic point."""
+
+    def __init__(self, name: str, directory: Path, away: Path, to: Path) -> None:
+        self._name, self._directory, self._away, self._to = name, directory, away, to
+        self.swapped = False
+
+    def __getattr__(self, attr):
+        real = getattr(os, attr)
+        if attr != "open":
+            return real
+
+        def opener(path, *args, **kwargs):
+            if not self.swapped and os.fspath(path).rsplit("/", 1)[-1] == self._name:
+                self.swapped = True
+                os.rename(self._directory, self._away)
+                os.symlink(self._to, self._directory)
+            return real(path, *args, **kwargs)
+
+        return opener
+
+
+@pytest.mark.parametrize("how", ["plan", "migrate"])
+def test_a_v1_directory_swapped_while_listed_never_lists_names_outside(world, tmp_path, monkeypatch, how):
+    """The v1 checkpoints directory is renamed away and a link to the canary (which has
+    a ``sub/``) put in its place after its names are read and before its ``sub/`` is
+    opened: the listing never names the canary's files; the run stops with one clear
+    error and nothing moves."""
+    root = v1(world)
+    (root / ".workflow_checkpoints" / "sub").mkdir(parents=True, exist_ok=True)
+    (root / ".workflow_checkpoints" / "sub" / "mine.json").write_bytes(b"{}")
+    swap = _SwapBeforeOpening("sub", root / ".workflow_checkpoints", tmp_path / "away", world.canary)
+    monkeypatch.setattr(migrate, "os", swap)
+    with pytest.raises(UnsafeStateError, match="moved or replaced while orchfs listed"):
+        if how == "plan":
+            migrate.plan(str(root))
+        else:
+            migrate.apply(str(root))
+    monkeypatch.setattr(migrate, "os", os)
+    assert swap.swapped
+    assert not (world.state / "checkpoints").exists()
