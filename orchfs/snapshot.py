@@ -1,7 +1,7 @@
 """Snapshots: a whole state directory as one file, to move it between machines (DESIGN §7).
 
 A snapshot is a gzip-compressed tar of ``.orchestrator/`` (whichever backend holds it),
-minus ``locks/``, ``tmp/`` and temp files. Secrets travel as they are stored:
+minus ``locks/``, ``tmp/``, ``superseded/`` and temp files. Secrets travel as they are stored:
 encrypted. With ``encrypt=True`` the whole archive is sealed with the master key in
 orchfs's secret format (AES-256-GCM), so a snapshot can sit on shared storage.
 
@@ -10,6 +10,10 @@ directory under ``tmp/`` through the storage adapter (which never follows a syml
 checked as they come (regular files and directories only, every name a plain relative
 path, sizes within ``max_bytes`` in total, default 1 GiB); the stored state among them
 is checked as orchfs checks it on use; only then are the files moved into place.
+Supersede records (``superseded/``) in an archive are dropped: each vouches that a legacy file of
+the machine that wrote it is an old copy, and one carried in could turn a conflict
+here into a silent retire of a file that differs (as fetched refs never move a local
+branch).
 ``meta.json`` keeps its ``repo_id`` (the secret namespace) while its root becomes the
 new one. An import into a state directory that already holds state is refused unless
 ``force`` is given. A snapshot that is refused leaves nothing behind: it is staged and
@@ -45,11 +49,14 @@ from .faults import checkpoint
 from .journal import JOURNAL_DIR
 from .meta import FORMAT_FILE, META_FILE
 from .paths import validate_stored
+from .supersede import RECORD_DIR
 
 if TYPE_CHECKING:
     from .storage import Storage
 
-EXCLUDED_TOP = frozenset({"locks", "tmp"})
+# Never in a snapshot: locks, temp files, and supersede records (evidence about this
+# machine's legacy files, none about another's; an import drops any it is given).
+EXCLUDED_TOP = frozenset({"locks", "tmp", RECORD_DIR})
 SNAPSHOT_NAMESPACE = "orchfs-snapshot"
 SNAPSHOT_NAME = "snapshot"
 PRIVATE_DIRS = ("secrets",)
@@ -318,6 +325,8 @@ def _stage(archive: bytes, source: str, state: Any, staging: str, max_bytes: int
         with tarfile.open(fileobj=io.BufferedReader(stream), mode="r|") as tar:
             for member in tar:
                 name = _checked_name(member.name, source)
+                if name.partition("/")[0] == RECORD_DIR:
+                    continue  # evidence about another machine's legacy files: never kept
                 if member.isdir():
                     _claim_dir(name, out, parents, source)
                     continue

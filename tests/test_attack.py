@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import os
@@ -1096,3 +1097,41 @@ def test_a_v1_directory_swapped_while_listed_never_lists_names_outside(world, tm
     monkeypatch.setattr(migrate, "os", os)
     assert swap.swapped
     assert not (world.state / "checkpoints").exists()
+
+
+def test_a_supersede_record_from_a_snapshot_never_retires_a_differing_legacy_file(world, tmp_path):
+    """A snapshot (from another machine, or crafted) carries a supersede record for this
+    repository's v1 state file, made to match it (its hash is no secret: the file is in
+    the repository), beside a state.json that differs. Import drops the record: the pair
+    stays a conflict, and migrate moves nothing and retires nothing. Export never
+    carries one."""
+    from orchfs.supersede import RECORD_DIR, record_key
+
+    root = v1(world)
+    legacy = (root / ".workflow_state.json").read_bytes()
+    record = {
+        "legacy": ".workflow_state.json",
+        "sha256": hashlib.sha256(legacy).hexdigest(),
+        "size": len(legacy),
+        "at": 1.0,
+    }
+    archive = _archive(
+        tmp_path / "crafted.tgz",
+        {
+            "state.json": (b'{"phase": "theirs"}', 0o644),
+            f"{RECORD_DIR}/{record_key('.workflow_state.json')}": (json.dumps(record).encode(), 0o644),
+        },
+        {RECORD_DIR: 0o755},
+    )
+    fs = orchfs.OrchFileSystem(root=str(root), skip_instance_cache=True)
+    snapshot.import_snapshot(fs, archive)
+    with pytest.raises(orchfs.OrchFSError, match="conflict"):
+        migrate.apply(str(root))
+    assert (root / ".workflow_state.json").read_bytes() == legacy
+    assert (world.state / "state.json").read_bytes() == b'{"phase": "theirs"}'
+    assert "state.json" in {c.logical for c in fs.conflicts()}
+    assert not (world.state / RECORD_DIR).exists()
+    fs.pipe_file("log.jsonl", b"{}")  # supersedes the v1 log: a record here
+    assert (world.state / RECORD_DIR).is_dir()
+    with tarfile.open(snapshot.export(fs, tmp_path / "out.tgz").path) as tar:
+        assert not [n for n in tar.getnames() if n.startswith(RECORD_DIR)]

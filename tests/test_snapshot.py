@@ -69,12 +69,17 @@ def test_roundtrip_keeps_bytes_modes_identity_and_secrets(source, tmp_path):
     archive = tmp_path / "state.tgz"
     info = export(fs, archive)
     assert stat.S_IMODE(os.stat(archive).st_mode) == 0o600
-    assert info.files == len([r for r in tree(repo / ".orchestrator") if not r.startswith("locks")])
+    # Supersede records vouch for this repository's v1 files: never in a snapshot.
+    assert info.files == len(
+        [r for r in tree(repo / ".orchestrator") if not r.startswith(("locks", "superseded"))]
+    )
     target = new_repo(tmp_path / "target")
     (target / ".workflow_log.jsonl").write_bytes(b"v1 log\n")
     restored = orchfs.OrchFileSystem(root=str(target), key=KEY, skip_instance_cache=True)
     import_snapshot(restored, archive)
-    before = {r: v for r, v in tree(repo / ".orchestrator").items() if not r.startswith("locks")}
+    before = {
+        r: v for r, v in tree(repo / ".orchestrator").items() if not r.startswith(("locks", "superseded"))
+    }
     after = {r: v for r, v in tree(target / ".orchestrator").items() if not r.startswith("locks")}
     assert set(after) == set(before)
     assert {r: v for r, v in after.items() if r != "meta.json"} == {
