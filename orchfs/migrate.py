@@ -1574,7 +1574,7 @@ def _run(
         journal.sync()
         _remove_empty_dirs(root, list(begin.get("dirs", {})))
         if remote is None:
-            _tighten_secrets(root, steps)
+            _tighten_secrets(root, steps, migration_id)
         if "gitignore" in begin and begin["gitignore"] is not None:
             from .meta import ensure_gitignored
 
@@ -1600,19 +1600,33 @@ def _run(
 SECRETS_PREFIX = f"{STATE_DIR}/secrets/"
 
 
-def _tighten_secrets(root: str, steps: list[Step]) -> None:
-    """Moved secret files 0600 and their directories 0700, as doctor expects (rollback
-    gives the files their v1 modes back)."""
+def _tighten_secrets(root: str, steps: list[Step], migration_id: str) -> None:
+    """Moved secret files 0600 and their directories 0700, as doctor expects; so too the
+    run's backups of secret material (a v1 secret kept as it was, a contained one put
+    aside by ``--prefer legacy``) and the backup directories above them up to the run's
+    own. Rollback gives the files and v1 directories their v1 modes back."""
     guard = Beneath(root)
+    backup_top = f"{STATE_DIR}/{BACKUP_DIR}/{migration_id}"
     for step in steps:
         target = step.target
-        if step.action == "retire" or not target.startswith(SECRETS_PREFIX):
+        if not target.startswith(SECRETS_PREFIX):
             continue
-        _chmod_own(guard, target, PRIVATE_FILE_MODE)
-        folder = target.rpartition("/")[0]
-        while len(folder) > len(STATE_DIR):
-            _chmod_own(guard, folder, PRIVATE_DIR_MODE)
-            folder = folder.rpartition("/")[0]
+        _make_private(guard, f"{backup_top}/{step.source}", backup_top)
+        if step.action == "replace":
+            _make_private(
+                guard, f"{backup_top}/{STATE_DIR}-replaced/{target[len(STATE_DIR) + 1 :]}", backup_top
+            )
+        if step.action != "retire":
+            _make_private(guard, target, SECRETS_PREFIX.rstrip("/"))
+
+
+def _make_private(guard: Beneath, rel: str, top: str) -> None:
+    """``rel`` 0600 and each directory above it up to ``top`` (included) 0700, where there."""
+    _chmod_own(guard, rel, PRIVATE_FILE_MODE)
+    folder = rel.rpartition("/")[0]
+    while len(folder) >= len(top):
+        _chmod_own(guard, folder, PRIVATE_DIR_MODE)
+        folder = folder.rpartition("/")[0]
 
 
 def _chmod_own(guard: Beneath, rel: str, mode: int) -> None:

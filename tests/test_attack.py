@@ -1135,3 +1135,32 @@ def test_a_supersede_record_from_a_snapshot_never_retires_a_differing_legacy_fil
     assert (world.state / RECORD_DIR).is_dir()
     with tarfile.open(snapshot.export(fs, tmp_path / "out.tgz").path) as tar:
         assert not [n for n in tar.getnames() if n.startswith(RECORD_DIR)]
+
+
+def test_backups_of_v1_secrets_are_private_and_rollback_gives_the_modes_back(world):
+    """v1 secret files at 0644 in a 0755 directory: after migrate, their backups are 0600
+    in 0700 directories (as the moved secrets); the rollback puts back the v1 modes."""
+    root = v1(world)
+    (root / ".secrets.enc").write_bytes(b"sealed one")
+    (root / ".manus").mkdir()
+    (root / ".manus" / "secrets.enc.yaml").write_bytes(b"sops: sealed\n")
+    os.chmod(root / ".secrets.enc", 0o644)
+    os.chmod(root / ".manus" / "secrets.enc.yaml", 0o644)
+    os.chmod(root / ".manus", 0o755)
+    assert migrate.apply(str(root)).applied
+    (backup,) = (world.state / migrate.BACKUP_DIR).iterdir()
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(os.lstat(path).st_mode)
+
+    assert mode(backup / ".secrets.enc") == 0o600
+    assert mode(backup / ".manus" / "secrets.enc.yaml") == 0o600
+    assert mode(backup) == 0o700
+    assert mode(backup / ".manus") == 0o700
+    assert mode(world.state / "secrets" / "legacy.enc") == 0o600
+    assert (backup / ".secrets.enc").read_bytes() == b"sealed one"
+    migrate.rollback(str(root))
+    assert mode(root / ".secrets.enc") == 0o644
+    assert mode(root / ".manus" / "secrets.enc.yaml") == 0o644
+    assert mode(root / ".manus") == 0o755
+    assert (root / ".manus" / "secrets.enc.yaml").read_bytes() == b"sops: sealed\n"
