@@ -76,6 +76,7 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
         lambda: _legacy_changed(root, state, layout),
         lambda: _migration_findings(root, layout),
         lambda: _import_findings(parts),
+        lambda: _staging_findings(state),
         lambda: _lock_findings(parts),
         lambda: _temp_findings(state, now),
         lambda: _permission_findings(state),
@@ -119,6 +120,16 @@ def _import_findings(parts: Any) -> list[Finding]:
             tuple(journals),
         )
     ]
+
+
+def _staging_findings(state: str) -> list[Finding]:
+    """A ``tmp`` that is no directory (imports stop at it): unsafe-state, through
+    :func:`_guarded` (a link there is one already: :func:`_unsafe_links`)."""
+    from .snapshot import STAGING_DIR, check_staging_dir
+
+    if os.path.isdir(state) and not os.path.islink(os.path.join(state, STAGING_DIR)):
+        check_staging_dir(fs_state(state))
+    return []
 
 
 def _unsafe(message: str, path: str | None) -> Finding:

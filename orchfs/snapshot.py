@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from .atomic import PRIVATE_FILE_MODE, UMASK
 from .beneath import Beneath
-from .errors import ManifestError, MetaError, PathEscapeError, SnapshotError, StateError
+from .errors import ManifestError, MetaError, PathEscapeError, SnapshotError, StateError, UnsafeStateError
 from .faults import checkpoint
 from .journal import JOURNAL_DIR
 from .meta import FORMAT_FILE, META_FILE
@@ -179,6 +179,7 @@ def import_snapshot(
     encrypted = _is_sealed(blob)
     archive = _open_sealed(fs, blob, source, key) if encrypted else blob
     state = fs.state_storage
+    check_staging_dir(state)
     placed: frozenset[str] = frozenset()
     if _swap_journals(state):
         with fs.lock("repo"):
@@ -519,6 +520,28 @@ class FinishedImport:
     members: tuple[str, ...]
 
 
+def check_staging_dir(state: Storage) -> None:
+    """Refuse a ``tmp`` in a local state directory that is there and no directory (a
+    file, a link, a FIFO): imports stage in it, and would stop at it with a bare errno."""
+    if not state.capabilities.local_path:
+        return  # an object store has no directories: a "tmp" object blocks nothing
+    try:
+        found = state.info(STAGING_DIR)  # the entry itself: a link is judged, never followed
+    except PathEscapeError:
+        kind = "a symlink leading outside the repository"
+    else:
+        if found is None or found["type"] == "directory":
+            return
+        mode = found["mode"]
+        kind = "a symlink" if stat.S_ISLNK(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a file"
+    where = state.url(STAGING_DIR)
+    raise UnsafeStateError(
+        f"{where} is {kind}, not a directory: orchfs stages snapshot imports in it; move it out "
+        "of the state directory (or remove it), then run the command again",
+        where,
+    )
+
+
 def _swap_journals(state: Storage) -> list[str]:
     """The journals of swaps that did not finish (``tmp/import-<id>.swap``)."""
     try:
@@ -729,6 +752,7 @@ __all__ = [
     "FinishedImport",
     "SnapshotError",
     "SnapshotInfo",
+    "check_staging_dir",
     "export",
     "finish_interrupted",
     "import_snapshot",

@@ -1164,3 +1164,30 @@ def test_backups_of_v1_secrets_are_private_and_rollback_gives_the_modes_back(wor
     assert mode(root / ".manus" / "secrets.enc.yaml") == 0o644
     assert mode(root / ".manus") == 0o755
     assert (root / ".manus" / "secrets.enc.yaml").read_bytes() == b"sops: sealed\n"
+
+
+@pytest.mark.parametrize("kind", ["file", "link", "fifo"])
+def test_a_tmp_that_is_no_directory_is_named_with_its_fix(world, tmp_path, kind):
+    """``.orchestrator/tmp`` (where imports stage) is a file, a link or a FIFO: an import
+    stops with one line naming it and what to do, changes nothing, and doctor reports it
+    as unsafe-state."""
+    fs = v2(world)
+    tmp = world.state / "tmp"
+    if kind == "file":
+        tmp.write_bytes(b"not a directory")
+    elif kind == "link":
+        tmp.symlink_to(world.canary)
+    else:
+        os.mkfifo(tmp)
+    archive = _archive(tmp_path / "s.tgz", {"notes.md": (b"imported", 0o644)}, {})
+    with pytest.raises(UnsafeStateError, match=r"\.orchestrator/tmp is .*not a directory.*move it"):
+        snapshot.import_snapshot(fs, archive, force=True)
+    said = cli(world, "snapshot", "import", "--force", str(archive))
+    assert ".orchestrator/tmp is" in said and "move it" in said and len(said.strip().splitlines()) == 1
+    assert not (world.state / "notes.md").exists()
+    assert (
+        stat.S_IFMT(os.lstat(tmp).st_mode)
+        == {"file": stat.S_IFREG, "link": stat.S_IFLNK, "fifo": stat.S_IFIFO}[kind]
+    )
+    found = [f for f in doctor.run(world.root) if f.id == "unsafe-state"]
+    assert any(".orchestrator/tmp" in f.message for f in found), found
