@@ -164,6 +164,10 @@ def _error_text(exc: BaseException) -> str:
         elif logical != str(exc.filename) and isinstance(exc, FileNotFoundError):
             text += " (`orchfs ls -l` shows what is there)"
         return text
+    url = str(exc)
+    if isinstance(exc, FileNotFoundError) and "://" in url and " " not in url:
+        # A storage client's bare URL (gcsfs on a bucket that does not exist).
+        return f"{url}: not found (does the bucket exist?)"
     if not isinstance(exc, (OSError, ValueError)) and not _is_own(exc):
         return f"{type(exc).__name__}: {exc}"
     return str(exc)
@@ -651,8 +655,10 @@ def _check_migrate_flags(
 @click.option(
     "--storage",
     metavar="URL",
-    help="Move the state to this directory instead of .orchestrator/ (s3://bucket/prefix; "
-    "credentials from the environment). Default: state.storage from the configuration.",
+    help="Move the state to this directory instead of .orchestrator/ (s3://bucket/prefix, "
+    "gs://..., an existing bucket; credentials and endpoint from the environment). Default: "
+    "state.storage from the configuration; set it to this URL afterwards, as the repository "
+    "does not remember it.",
 )
 @click.option(
     "--retire-leftovers",

@@ -538,3 +538,16 @@ def test_storage_without_its_backend_names_the_extra(repo):
     )
     assert result.returncode == 1, result.stderr
     assert "pip install 'orchfs[s3]'" in one_error_line(result.stderr)
+
+
+def test_migrate_to_a_gcs_bucket_that_does_not_exist_says_so(repo, gcs_server, monkeypatch):
+    """gcsfs names only the upload URL of a missing bucket; the line says what it means."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.endpoint)
+    before = digest_tree(repo)
+    result = run("--root", repo, "migrate", "--storage", "gs://orchfs-no-such-bucket/repo")
+    assert result.exit_code == 1
+    line = one_error_line(result.stderr)
+    assert "/b/orchfs-no-such-bucket/" in line and line.endswith(": not found (does the bucket exist?)")
+    assert {k: v for k, v in digest_tree(repo).items() if not k.startswith(".orchestrator")} == {
+        k: v for k, v in before.items() if not k.startswith(".orchestrator")
+    }
