@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import parse_duration
-from .errors import ConfigError
+from .errors import ConfigError, PathEscapeError, UnsafeStateError
 from .stored import check_id
 
 SESSIONS = "sessions"
@@ -284,14 +284,39 @@ class Persister:
             files = self.fs.find(self.prefix, detail=True) if self.fs.isdir(self.prefix) else {}
             now = {name[len(self.prefix) + 1 :]: (f.get("size"), f.get("mtime")) for name, f in files.items()}
             changed = [rel for rel, stamp in now.items() if self._sent.get(rel) != stamp]
+            linked = []
             for rel in changed:
-                self.remote.pipe_file(f"{self.base}/{rel}", self.fs.cat_file(f"{self.prefix}/{rel}"))
+                try:
+                    data = self._own_bytes(f"{self.prefix}/{rel}")
+                except PathEscapeError:
+                    linked.append(rel)
+                    del now[rel]
+                    continue
+                self.remote.pipe_file(f"{self.base}/{rel}", data)
             gone = [rel for rel in self._sent if rel not in now]
             for rel in gone:
                 with contextlib.suppress(FileNotFoundError):
                     self.remote.rm_file(f"{self.base}/{rel}")
             self._sent = now
+            if linked:
+                where = self.fs.state_storage.url(f"{self.prefix}/{linked[0]}")
+                raise UnsafeStateError(
+                    f"{where} is a symlink (or reached through one): persisting copies the "
+                    f"session's own files, never what a link leads to ({len(linked)} left out); "
+                    "remove it",
+                    where,
+                )
             return len(changed) + len(gone)
+
+    def _own_bytes(self, name: str) -> bytes:
+        """The bytes of the session's file ``name``; in a state directory on local disk
+        read beneath it with no link followed (:class:`PathEscapeError` for a link), as a
+        snapshot export does: a link planted there must not send the worktree's ``.env``
+        (or anything else it leads to) to the persisted copy."""
+        state = self.fs.state_storage
+        if state.capabilities.local_path and state.maybe_exists(name):  # a link on the way counts
+            return state.disk.read_bytes(state.path_beneath(name))
+        return self.fs.cat_file(name)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

@@ -1191,3 +1191,47 @@ def test_a_tmp_that_is_no_directory_is_named_with_its_fix(world, tmp_path, kind)
     )
     found = [f for f in doctor.run(world.root) if f.id == "unsafe-state"]
     assert any(".orchestrator/tmp" in f.message for f in found), found
+
+
+@pytest.mark.parametrize("planted", ["file link", "directory link"])
+def test_persist_never_carries_what_a_link_in_the_session_leads_to(world, tmp_path, planted):
+    """A link planted in the bound session's directory, to the worktree's ``.env`` or a
+    private directory (inside the root, so reads through the filesystem may follow it):
+    ``state.persist`` copies the session's own files and never the link's target; the
+    sync names the link; the repository is left as it was."""
+    from orchfs.sessions import Persister
+
+    (world.root / ".env").write_text("AWS_SECRET=hunter2\n")
+    fs = orchfs.OrchFileSystem(root=str(world.root), session="s1", skip_instance_cache=True)
+    fs.pipe_file("state.json", b"{}")
+    session = world.state / "sessions" / "s1"
+    if planted == "file link":
+        (session / "notes.txt").symlink_to("../../../.env")
+    else:
+        (world.root / "private").mkdir()
+        (world.root / "private" / "key.txt").write_text("AWS_SECRET=hunter2\n")
+        (session / "data").symlink_to("../../../private")
+    remote = tmp_path / "remote"
+    with pytest.raises(UnsafeStateError, match="symlink.*never what a link leads to"):
+        Persister(fs, remote.as_uri()).sync()
+    sent = {p.relative_to(remote).as_posix(): p.read_bytes() for p in remote.rglob("*") if p.is_file()}
+    assert sent == {"s1/state.json": b"{}"}
+    assert (world.root / ".env").read_text() == "AWS_SECRET=hunter2\n"
+    assert os.path.islink(session / ("notes.txt" if planted == "file link" else "data"))
+
+
+def test_restore_never_writes_through_a_link_in_the_session(world, tmp_path):
+    """A persisted copy restored over a session directory where a link to the canary
+    was planted: the canary is untouched (the world fixture checks it) whatever the
+    restore makes of the link."""
+    from orchfs.sessions import restore
+
+    fs = orchfs.OrchFileSystem(root=str(world.root), session="s1", skip_instance_cache=True)
+    fs.pipe_file("state.json", b"{}")
+    (world.state / "sessions" / "s1" / "notes.txt").symlink_to(world.canary / "a.txt")
+    remote = tmp_path / "remote"
+    (remote / "s1").mkdir(parents=True)
+    (remote / "s1" / "notes.txt").write_bytes(b"restored")
+    with contextlib.suppress(orchfs.OrchFSError):
+        restore(fs, remote.as_uri())
+    assert (world.canary / "a.txt").read_bytes() == b"canary a"
