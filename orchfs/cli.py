@@ -232,7 +232,8 @@ def _fail(kind: str, message: str, as_json: bool, code: int) -> None:
 
 def _usage_error(exc: click.UsageError, text: str, as_json: bool) -> None:
     help_hint = f"{exc.ctx.command_path} --help" if exc.ctx is not None else "orchfs --help"
-    _fail("UsageError", f"{text} (see `{help_hint}`)", as_json, exc.exit_code)
+    # click ends its sentences with a full stop; the pointer to --help finishes the line.
+    _fail("UsageError", f"{text.rstrip('.')} (see `{help_hint}`)", as_json, exc.exit_code)
 
 
 def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
