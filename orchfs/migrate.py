@@ -1013,13 +1013,36 @@ def _move_directory(root: str, group: _WholeDirectory) -> bool:
     checkpoint("migrate.move")
     os.rename(name, target_name, src_dir_fd=source_fd, dst_dir_fd=target_fd)
     if not _same_inode(st, guard.lstat(target)):
+        back = _move_back(target_fd, target_name, source_fd, name)
         raise UnsafeStateError(
             f"{guard.show(directory)} was replaced while the migration moved it (another process "
-            "changed the repository): check it, then run `orchfs migrate` again to finish, or "
-            "`orchfs migrate --rollback`",
+            "changed the repository); "
+            + (
+                "what was there is back in its place"
+                if back
+                else f"what was there is now at {guard.show(target)}"
+            )
+            + ": check it, then run `orchfs migrate` again to finish, or `orchfs migrate --rollback`",
             directory,
         )
     logger.debug("migration moved %s to %s whole: %d file(s)", directory, target, group.steps)
+    return True
+
+
+def _move_back(target_fd: int, target_name: str, source_fd: int, name: str) -> bool:
+    """Put back what a whole-directory rename moved when it was not the directory
+    planned (another process swapped a link or another entry in): orchfs moved it into
+    the state directory, so orchfs moves it out again, never over anything now at its
+    old place (a link is hard-linked back, which fails on an existing name; a directory
+    is renamed, which never replaces a file or a directory with entries). True when done."""
+    try:
+        if stat.S_ISDIR(os.stat(target_name, dir_fd=target_fd, follow_symlinks=False).st_mode):
+            os.rename(target_name, name, src_dir_fd=target_fd, dst_dir_fd=source_fd)
+        else:
+            os.link(target_name, name, src_dir_fd=target_fd, dst_dir_fd=source_fd, follow_symlinks=False)
+            os.unlink(target_name, dir_fd=target_fd)
+    except OSError:
+        return False
     return True
 
 

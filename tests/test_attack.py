@@ -1235,3 +1235,46 @@ def test_restore_never_writes_through_a_link_in_the_session(world, tmp_path):
     with contextlib.suppress(orchfs.OrchFSError):
         restore(fs, remote.as_uri())
     assert (world.canary / "a.txt").read_bytes() == b"canary a"
+
+
+class _SwapAtRename:
+    """os, except that the rename of ``name`` first moves ``directory`` away and puts a
+    link to ``to`` in its place (another process, between the checks and the rename)."""
+
+    def __init__(self, name: str, directory: Path, away: Path, to: Path) -> None:
+        self._name, self._directory, self._away, self._to = name, directory, away, to
+        self.swapped = False
+
+    def __getattr__(self, attr):
+        real = getattr(os, attr)
+        if attr != "rename":
+            return real
+
+        def rename(src, *args, **kwargs):
+            if not self.swapped and src == self._name:
+                self.swapped = True
+                os.rename(self._directory, self._away)
+                os.symlink(self._to, self._directory)
+            return real(src, *args, **kwargs)
+
+        return rename
+
+
+def test_a_link_swapped_in_at_a_whole_directory_move_is_not_left_in_the_state(world, tmp_path, monkeypatch):
+    """Without a backup the v1 checkpoints directory moves in one rename; a link to the
+    canary is swapped in for it just before. The rename moves the link into
+    ``.orchestrator/``; the run refuses, and moves the link back out where it was (orchfs
+    moved it in; it never deletes what it did not make)."""
+    root = v1(world)
+    checkpoints = root / ".workflow_checkpoints"
+    swap = _SwapAtRename(".workflow_checkpoints", checkpoints, tmp_path / "away", world.canary)
+    monkeypatch.setattr(migrate, "os", swap)
+    with pytest.raises(UnsafeStateError, match="replaced while the migration moved it.*back in its place"):
+        migrate.apply(str(root), backup=False)
+    monkeypatch.setattr(migrate, "os", os)
+    assert swap.swapped
+    assert not os.path.lexists(world.state / "checkpoints")
+    assert os.readlink(checkpoints) == str(world.canary)
+    assert sorted(os.listdir(tmp_path / "away")) == ["cp_1.json", "cp_2.json"]
+    links = [p for p in world.state.rglob("*") if p.is_symlink()]
+    assert links == []
