@@ -1183,8 +1183,12 @@ def secrets_rotate(ctx: Context, new_key_file: str | None) -> None:
         )
         new_key = parse_key(text, "stdin")
     store = ctx.fs().secrets
-    old_source = store.keys()[0].source if store.keys() else ""
+    before = list(store.keys())
     report = store.rotate(new_key)
+    # The source that held a retired key, not the first one found: with the new key given
+    # as ORCHFS_KEY too, the old one is in the key file, which then needs the new key.
+    held_old = [k.source for k in before if k.id.hex() in report["retired"]]
+    old_source = held_old[0] if held_old else (before[0].source if before else "")
     installed = None
     if report["retired"] and old_source.startswith("user key file"):
         # The retired key would lock the next `get` out: the user key file takes the new one.

@@ -99,6 +99,25 @@ def test_secrets_rotate_without_a_key_on_stdin(repo, key_env, redirect, says):
     assert run("--root", repo, "secrets", "get", "TOKEN").stdout == "v\n"  # the old key still opens it
 
 
+def test_secrets_rotate_replaces_the_old_key_where_it_was_found(repo, key_env, tmp_path, monkeypatch):
+    """The new key given as ORCHFS_KEY as well: the old key is the user key file's, so
+    that file takes the new key and the report names it, not ORCHFS_KEY."""
+    assert run("--root", repo, "secrets", "init").exit_code == 0
+    monkeypatch.delenv("ORCHFS_KEY")
+    assert run("--root", repo, "secrets", "set", "TOKEN", input="v").exit_code == 0
+    new_file = tmp_path / "new.key"
+    new_file.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+    new_file.chmod(0o600)
+    monkeypatch.setenv("ORCHFS_KEY", new_file.read_text().strip())
+    result = run("--root", repo, "secrets", "rotate", "--new-key-file", new_file)
+    assert result.exit_code == 0 and "the user key file" in result.stdout, result.stdout
+    assert "(ORCHFS_KEY)" not in result.stdout
+    user_key = Path(os.environ["XDG_CONFIG_HOME"]) / "orchfs" / "key"
+    assert user_key.read_text() == new_file.read_text()
+    monkeypatch.delenv("ORCHFS_KEY")
+    assert run("--root", repo, "secrets", "get", "TOKEN").stdout == "v\n"
+
+
 def test_secrets_rotate_names_stdin_for_a_malformed_key(repo, key_env):
     assert run("--root", repo, "secrets", "set", "TOKEN", input="v").exit_code == 0
     result = run("--root", repo, "secrets", "rotate", input="garbage\n")
