@@ -75,6 +75,7 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
         lambda: _record_findings(state),
         lambda: _legacy_changed(root, state, layout),
         lambda: _migration_findings(root, layout),
+        lambda: _elsewhere_findings(root, layout, parts.storage),
         lambda: _import_findings(parts),
         lambda: _staging_findings(state),
         lambda: _lock_findings(parts),
@@ -509,6 +510,39 @@ def _migration_findings(root: str, layout: Any) -> list[Finding]:
                 )
             )
     return out
+
+
+def _elsewhere_findings(root: str, layout: Any, configured: str) -> list[Finding]:
+    """The newest finished migration moved the state to a store other than the one the
+    configuration names (``migrate --storage`` is not remembered): every command then
+    works on that other, often empty, state. The journal is untrusted (it may come with a
+    clone or a snapshot), so the store it names is only shown, as printable text, and
+    never offered as the value to configure."""
+    from .journal import Journal, journals, read_journal
+
+    for path in reversed(journals(root)):
+        try:
+            if Journal.status(path) != "done":
+                continue
+            moved_to = read_journal(path, layout)[0].get("storage")
+        except StateError:
+            return []  # _migration_findings reports it as unsafe-state
+        if moved_to is None or moved_to.rstrip("/") == configured.rstrip("/"):
+            return []
+        shown = moved_to if moved_to.isprintable() and len(moved_to) <= 200 else ascii(moved_to[:200])
+        rel = os.path.relpath(path, root)
+        return [
+            Finding(
+                "state-elsewhere",
+                "warning",
+                f"the last migration ({rel}) says it moved the state to {shown}, but the "
+                f"configuration keeps it at {configured}, which every command uses",
+                "if you moved it there yourself, set `state.storage` to that URL in .orchestra.yaml "
+                "(or ORCHFS_STORAGE); if not, the journal did not come from you: remove it",
+                (rel,),
+            )
+        ]
+    return []
 
 
 def _lock_findings(parts: Any) -> list[Finding]:

@@ -187,3 +187,35 @@ def test_web_incompatible_settings(tmp_path, monkeypatch):
     assert len(web_messages()) == 1
     (root / "workflow.yaml").write_text("web_mode: true\nstate:\n  storage: s3://bucket/prefix\n")
     assert web_messages() == []
+
+
+def test_state_moved_to_a_store_the_configuration_does_not_name_is_a_warning(tmp_path, monkeypatch):
+    """`migrate --storage URL` is not remembered: without state.storage every command works
+    on the empty local state, which doctor says, naming the journal's store only as text."""
+    import uuid
+
+    from orchfs.journal import journals
+
+    root = tmp_path / "repo"
+    build_legacy_repo(root, {".workflow_state.json": b'{"step": 3}'})
+    storage = f"memory://moved-{uuid.uuid4().hex}/state"
+    assert migrate.apply(root, storage=storage).applied
+    (found,) = [f for f in doctor.run(root) if f.id == "state-elsewhere"]
+    assert found.severity == "warning" and storage in found.message
+    assert storage not in found.fix  # a journal is untrusted: never the value offered to configure
+    assert doctor.exit_code([found]) == 1
+
+    monkeypatch.setenv("ORCHFS_STORAGE", storage)
+    assert not [f for f in doctor.run(root) if f.id == "state-elsewhere"]
+    monkeypatch.delenv("ORCHFS_STORAGE")
+
+    # A planted journal naming a store with a terminal escape in it: shown escaped.
+    (path,) = journals(root)
+    with open(path, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    begin = json.loads(lines[0])
+    begin["storage"] = "s3://evil\x1b]0;owned\x07/state"
+    with open(path, "wb") as f:
+        f.write(json.dumps(begin).encode() + b"\n" + b"".join(lines[1:]))
+    (found,) = [f for f in doctor.run(root) if f.id == "state-elsewhere"]
+    assert "\x1b" not in found.message and "\x07" not in found.message and "\\x1b" in found.message
