@@ -218,7 +218,8 @@ class LocalAtomicWriter(StagedWriter):
     def _publish(self) -> None:
         fd, self._fd = self._fd, -1
         _publish(self._dir_fd, self._temp, self._name, fd, self._exclusive, self._final_mode)
-        self._dir_fd = -1
+        dir_fd, self._dir_fd = self._dir_fd, -1
+        os.close(dir_fd)
 
     def _drop(self) -> None:
         if self._dir_fd >= 0:
@@ -250,6 +251,7 @@ def write_whole(
     except BaseException:
         _drop(dir_fd, temp, -1)  # _publish closed the file, whatever happened
         raise
+    os.close(dir_fd)
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -261,7 +263,7 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 def _publish(dir_fd: int, temp: str, name: str, fd: int, exclusive: bool, final_mode: int) -> None:
     """fsync the temp file ``fd``, put it in place, widen its mode; closes ``fd`` always,
-    and ``dir_fd`` once published (on failure the caller drops the temp file)."""
+    never ``dir_fd`` (the caller closes it once, or drops the temp file on failure)."""
     try:
         os.fsync(fd)
         checkpoint("atomic.publish")
@@ -278,16 +280,20 @@ def _publish(dir_fd: int, temp: str, name: str, fd: int, exclusive: bool, final_
     finally:
         os.close(fd)
     fsync_directory(dir_fd)
-    os.close(dir_fd)
 
 
 def _drop(dir_fd: int, temp: str, fd: int) -> None:
-    """Close the temp file ``fd`` (unless -1), remove it, close ``dir_fd``."""
-    if fd >= 0:
-        os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temp, dir_fd=dir_fd)
-    os.close(dir_fd)
+    """Close the temp file ``fd`` (unless -1), remove it, close ``dir_fd``: each step
+    taken even if the one before failed (a close that fails has still freed its number)."""
+    try:
+        if fd >= 0:
+            os.close(fd)
+    finally:
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 class BufferedUploadWriter(StagedWriter):

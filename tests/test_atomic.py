@@ -214,3 +214,76 @@ def test_append_racing_a_replacement_opens_the_new_file(tmp_path):
     assert errors == []
     fs.append_line("log.jsonl", {"last": True})
     assert fs.cat_file("log.jsonl").splitlines()[-1] == b'{"last":true}'
+
+
+@pytest.mark.parametrize("how", ["open", "pipe"])
+@pytest.mark.parametrize(
+    "failing",
+    [
+        ("close-dir",),  # the directory's close once published
+        ("write", "close-temp"),  # the temp file's close while dropping it
+        ("write", "unlink"),  # the temp file's removal
+        ("fsync", "close-temp"),
+    ],
+    ids="+".join,
+)
+def test_a_failing_cleanup_still_closes_the_directory_once(failing, how, tmp_path, monkeypatch):
+    """A close that fails (after releasing the descriptor, as Linux does on EIO) or a
+    removal that fails while a write is dropped: the directory is still closed, exactly
+    once (a second close could close a descriptor reused meanwhile), and a temp file
+    that could be removed is."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    fs = orchfs.OrchFileSystem(root=str(repo))
+    fs.pipe_file("state.json", b"old")
+    state_dir = str(repo / ".orchestrator")
+    published = []
+
+    def target(fd: int) -> str:
+        with contextlib.suppress(OSError):
+            return os.readlink(f"/proc/self/fd/{fd}")
+        return ""
+
+    def fails(name: str, args: tuple) -> bool:
+        if name == "close-temp":
+            return os.path.basename(target(args[0])).startswith(TEMP_PREFIX)
+        if name == "close-dir":
+            return bool(published) and target(args[0]) == state_dir
+        return True
+
+    injected: set[str] = set()  # each failure happens once
+    for failure in failing:
+        syscall = failure.partition("-")[0]
+        real = getattr(os, syscall)
+
+        def flaky(*args, _real=real, _name=failure, **kwargs):
+            if _name in injected or not fails(_name, args):
+                return _real(*args, **kwargs)
+            injected.add(_name)
+            if _name.startswith("close"):
+                _real(*args, **kwargs)  # a close that fails has freed the number all the same
+            raise OSError(5, f"injected failure of {_name}")
+
+        monkeypatch.setattr(os, syscall, flaky)
+    real_replace = os.replace
+
+    def replace(*args, **kwargs):
+        real_replace(*args, **kwargs)
+        published.append(True)
+
+    monkeypatch.setattr(os, "replace", replace)
+    try:
+        if how == "pipe":
+            fs.pipe_file("state.json", b"new bytes")
+        else:
+            with fs.open("state.json", "wb") as f:
+                f.write(b"new bytes")
+    except OSError as exc:
+        caught = exc
+    else:
+        pytest.fail("no failure injected")
+    monkeypatch.undo()
+    assert "injected" in str(caught)  # not EBADF from closing a descriptor twice
+    assert open_directories(repo / ".orchestrator") == 0
+    assert temp_files(repo / ".orchestrator") == [] or "unlink" in failing
+    assert (repo / ".orchestrator" / "state.json").read_bytes() in (b"old", b"new bytes")
