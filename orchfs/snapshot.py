@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .atomic import PRIVATE_FILE_MODE, UMASK
-from .beneath import Beneath
+from .beneath import Beneath, read_all
 from .errors import ManifestError, MetaError, PathEscapeError, SnapshotError, StateError, UnsafeStateError
 from .faults import checkpoint
 from .journal import JOURNAL_DIR
@@ -111,6 +111,28 @@ def _mode_of(state: Storage, rel: str) -> int:
     return PRIVATE_FILE_MODE if rel.startswith(PRIVATE_DIRS) else 0o644
 
 
+def _exported(state: Storage, rel: str) -> tuple[bytes, int]:
+    """The bytes and mode of the state's own file ``rel``. On local disk one open beneath
+    the root with no link followed (not even one that stays inside), then the descriptor's
+    own stat and bytes: a link swapped in after the listing is refused, never read."""
+    if not state.capabilities.local_path:  # no links off local disk
+        return state.read(rel), _mode_of(state, rel)
+    disk = state.disk  # type: ignore[attr-defined]
+    fd = disk.try_open(state.path_beneath(rel))  # type: ignore[attr-defined]
+    try:
+        st = os.fstat(fd) if fd >= 0 else None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise SnapshotError(
+                f"{state.url(rel)} is a symlink (or on the way through one, or no regular "
+                "file): a snapshot carries the state's own files, never what a link leads "
+                "to; remove it and export again"
+            )
+        return read_all(fd, state.url(rel)), stat.S_IMODE(st.st_mode)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def export(fs: Any, path: str | os.PathLike[str], *, encrypt: bool = False, key: Any = None) -> SnapshotInfo:
     """Write the state of ``fs`` to ``path`` (mode 0600, atomically), under the repo lock."""
     state = fs.state_storage
@@ -122,16 +144,10 @@ def export(fs: Any, path: str | os.PathLike[str], *, encrypt: bool = False, key:
         names = sorted(rel for rel in state.find_files("", include_markers=True) if _included(rel))
         with tarfile.open(fileobj=archive, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
             for rel in names:
-                if state.capabilities.local_path and _entry_kind(state, rel) != "file":
-                    raise SnapshotError(
-                        f"{state.url(rel)} is a symlink (or on the way through one, or no regular "
-                        "file): a snapshot carries the state's own files, never what a link leads "
-                        "to; remove it and export again"
-                    )
-                data = state.read(rel)
+                data, mode = _exported(state, rel)
                 member = tarfile.TarInfo(rel)
                 member.size = len(data)
-                member.mode = _mode_of(state, rel)
+                member.mode = mode
                 tar.addfile(member, io.BytesIO(data))
                 total += len(data)
     blob = archive.getvalue()

@@ -982,6 +982,61 @@ def test_snapshot_export_never_carries_what_a_link_in_the_state_leads_to(world, 
     assert not target.exists()
 
 
+class _SwapAfterStat:
+    """os, except that the first stat that describes the file ``path`` (by inode) moves
+    it away (to ``away``) and puts a link to ``to`` in its place: another process
+    swapping a link in between a check of the file and the read of it."""
+
+    def __init__(self, path: Path, away: Path, to: Path) -> None:
+        self._path, self._away, self._to = path, away, to
+        st = os.stat(path)
+        self._inode = (st.st_dev, st.st_ino)
+        self.swapped = False
+
+    def __getattr__(self, attr):
+        real = getattr(os, attr)
+        if attr not in ("stat", "fstat", "lstat"):
+            return real
+
+        def stat_then_swap(*args, **kwargs):
+            got = real(*args, **kwargs)
+            if not self.swapped and (got.st_dev, got.st_ino) == self._inode:
+                self.swapped = True
+                os.rename(self._path, self._away)
+                os.symlink(self._to, self._path)
+            return got
+
+        return stat_then_swap
+
+
+@pytest.mark.parametrize("leads_to", ["worktree file", "canary"])
+def test_snapshot_export_never_reads_a_link_swapped_in_after_the_check(
+    world, tmp_path, monkeypatch, leads_to
+):
+    """The state's notes.txt is swapped for a link (to a worktree file with credentials,
+    or to the canary outside) right after orchfs stats it: the export carries the bytes
+    of the file it opened and stat'ed, never what the link leads to."""
+    from orchfs import beneath
+
+    fs = v2(world)
+    (world.root / ".env").write_bytes(b"AWS_SECRET=hunter2\n")
+    notes = world.state / "notes.txt"
+    notes.write_bytes(b"the state's own notes\n")
+    to = world.root / ".env" if leads_to == "worktree file" else world.canary / "a.txt"
+    swap = _SwapAfterStat(notes, tmp_path / "away.txt", to)
+    monkeypatch.setattr(beneath, "os", swap)
+    monkeypatch.setattr(snapshot, "os", swap)
+    info = snapshot.export(fs, tmp_path / "out.tgz")
+    monkeypatch.setattr(beneath, "os", os)
+    monkeypatch.setattr(snapshot, "os", os)
+    assert swap.swapped and notes.is_symlink()
+    with tarfile.open(info.path) as tar:
+        carried = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    assert carried["notes.txt"] == b"the state's own notes\n"
+    for data in carried.values():
+        assert b"hunter2" not in data and b"canary" not in data
+
+
 def test_snapshot_import_never_lands_files_anyone_may_write(world, tmp_path):
     """A snapshot asking for world-writable files: config.yaml (which says where the state
     lives) or a file orchfs reads. Landed so, any local user could edit them afterwards.
