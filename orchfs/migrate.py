@@ -1184,8 +1184,8 @@ def _stage_backups(root: str, steps: list[Step], migration_id: str, backup: bool
         written.append((last_dir, name if copied else None))
         staged.add(step.i)
         checkpoint("migrate.backup")  # copied, not yet durable
-    if staged:
-        _make_durable(held, last_dir, written)
+    if staged:  # on the filesystem of a backup made (the last step's may have no directory)
+        _make_durable(held, written[-1][0], written)
         checkpoint("migrate.synced")  # durable, their steps not yet run
     return staged
 

@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import stat
@@ -761,6 +762,28 @@ def test_a_backup_torn_by_a_crash_before_its_batch_was_flushed_is_made_again(tmp
     migrate.rollback(root)
     assert tree(root) == before
     allowed_inside_after_rollback(root)
+
+
+def test_a_rerun_finishes_when_the_last_directory_of_a_batch_was_removed(tmp_path):
+    """Killed at its first backup, then the v1 directory holding the end of the batch is
+    deleted: the rerun skips its files and makes the batch's other backups durable on
+    their own directory, never on that one's (which was never made), and a rollback
+    brings back what was left (and names the deleted files it cannot)."""
+    root = make_repo(tmp_path, checkpoints=700)
+    assert _killed_at(root, "migrate.backup:1")
+    shutil.rmtree(os.path.join(root, ".workflow_checkpoints", "bulk"))  # steps 2..513 of 715
+    before = tree(root)
+    result = migrate.apply(root)
+    assert result.resumed and result.applied
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    assert fs.cat_file("checkpoints/cp_2.json") == EVERY_ROW[".workflow_checkpoints/cp_2.json"]
+    assert not fs.exists("checkpoints/bulk/cp_00000.json")
+    with pytest.raises(orchfs.errors.RollbackIncompleteError, match="700 file"):  # the deleted ones
+        migrate.rollback(root)
+    after = tree(root)
+    for rel, entry in before.items():
+        if entry[2] != "dir":  # (the journal's directories are made again, bulk/ too)
+            assert after[rel] == entry, rel
 
 
 def test_backups_without_syncfs_are_made_durable_file_by_file(tmp_path, monkeypatch):
