@@ -299,7 +299,8 @@ class Persister:
                     self.remote.rm_file(f"{self.base}/{rel}")
             self._sent = now
             if linked:
-                where = self.fs.state_storage.url(f"{self.prefix}/{linked[0]}")
+                store, rel = self._held_by(f"{self.prefix}/{linked[0]}")
+                where = store.url(rel)
                 raise UnsafeStateError(
                     f"{where} is a symlink (or reached through one): persisting copies the "
                     f"session's own files, never what a link leads to ({len(linked)} left out); "
@@ -309,14 +310,23 @@ class Persister:
             return len(changed) + len(gone)
 
     def _own_bytes(self, name: str) -> bytes:
-        """The bytes of the session's file ``name``; in a state directory on local disk
-        read beneath it with no link followed (:class:`PathEscapeError` for a link), as a
-        snapshot export does: a link planted there must not send the worktree's ``.env``
-        (or anything else it leads to) to the persisted copy."""
-        state = self.fs.state_storage
-        if state.capabilities.local_path and state.maybe_exists(name):  # a link on the way counts
-            return state.disk.read_bytes(state.path_beneath(name))
+        """The bytes of the session's file ``name``; on local disk read beneath the layer
+        that holds it (the state directory, or the v1 session directory still read through
+        it) with no link followed (:class:`PathEscapeError` for a link), as a snapshot
+        export does: a link planted there must not send the worktree's ``.env`` (or
+        anything else it leads to) to the persisted copy."""
+        store, rel = self._held_by(name)
+        if store.capabilities.local_path:
+            return store.disk.read_bytes(store.path_beneath(rel))
         return self.fs.cat_file(name)
+
+    def _held_by(self, name: str) -> tuple[Any, str]:
+        """The store of the layer that serves the session's file ``name`` (a link there
+        counts), and its path there; the state directory's when none does."""
+        found = self.fs._overlay.lookup(name)
+        if found is None:
+            return self.fs.state_storage, name
+        return found.location.store, found.location.rel
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

@@ -1333,3 +1333,27 @@ def test_a_link_swapped_in_at_a_whole_directory_move_is_not_left_in_the_state(wo
     assert sorted(os.listdir(tmp_path / "away")) == ["cp_1.json", "cp_2.json"]
     links = [p for p in world.state.rglob("*") if p.is_symlink()]
     assert links == []
+
+
+def test_persist_never_carries_what_a_link_in_the_v1_session_leads_to(world, tmp_path):
+    """The same link planted in the v1 session directory (``.workflow_sessions/s1/``,
+    still read through the session's logical files before a migration): it is left
+    out of the persisted copy too, and the sync names it where it is."""
+    from orchfs.sessions import Persister
+
+    (world.root / ".env").write_text("AWS_SECRET=hunter2\n")
+    legacy = world.root / ".workflow_sessions" / "s1"
+    legacy.mkdir(parents=True)
+    (legacy / "state.json").write_bytes(b"{}")
+    (legacy / "notes.txt").symlink_to("../../.env")
+    fs = orchfs.OrchFileSystem(root=str(world.root), session="s1", skip_instance_cache=True)
+    assert (
+        fs.cat_file("sessions/s1/notes.txt") == b"AWS_SECRET=hunter2\n"
+    )  # a read inside the root follows it
+    remote = tmp_path / "remote"
+    with pytest.raises(UnsafeStateError, match=r"\.workflow_sessions/s1/notes\.txt is a symlink"):
+        Persister(fs, remote.as_uri()).sync()
+    sent = {p.relative_to(remote).as_posix(): p.read_bytes() for p in remote.rglob("*") if p.is_file()}
+    assert sent == {"s1/state.json": b"{}"}
+    assert (world.root / ".env").read_text() == "AWS_SECRET=hunter2\n"
+    assert os.path.islink(legacy / "notes.txt")
