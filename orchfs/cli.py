@@ -164,10 +164,6 @@ def _error_text(exc: BaseException) -> str:
         elif logical != str(exc.filename) and isinstance(exc, FileNotFoundError):
             text += " (`orchfs ls -l` shows what is there)"
         return text
-    url = str(exc)
-    if isinstance(exc, FileNotFoundError) and "://" in url and " " not in url:
-        # A storage client's bare URL (gcsfs on a bucket that does not exist).
-        return f"{url}: not found (does the bucket exist?)"
     if not isinstance(exc, (OSError, ValueError)) and not _is_own(exc):
         return f"{type(exc).__name__}: {exc}"
     return str(exc)

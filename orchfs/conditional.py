@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PreconditionFailed
+from .errors import BucketNotFoundError, PreconditionFailed
 
 PRECONDITION_FAILED = 412
 NOT_FOUND = 404
@@ -122,11 +122,17 @@ class ConditionalStore:
     # The statuses that mean "it exists" on a create: 412, and 409 where the store says so.
     exists_statuses: tuple[int, ...] = (PRECONDITION_FAILED, CONFLICT)
 
-    def __init__(self, fs: Any) -> None:
+    def __init__(self, fs: Any, store: str | None = None) -> None:
         self.fs = fs
+        self.store = store  # the storage URL these requests serve, for messages
 
     def url(self, path: str) -> str:
         return self.fs.unstrip_protocol(path)
+
+    def missing_bucket(self, path: str) -> BucketNotFoundError:
+        """The error for a request on ``path`` that found no bucket (or container)."""
+        bucket = self.fs.split_path(path)[0]
+        return BucketNotFoundError(self.store or self.fs.unstrip_protocol(bucket), bucket)
 
     @property
     def endpoint(self) -> str:
@@ -146,6 +152,9 @@ class ConditionalStore:
             exists = isinstance(exc, FileExistsError)
             if status in self.exists_statuses or (status is None and exists):
                 raise FileExistsError(errno.EEXIST, "file exists", self.url(path)) from None
+            if status == NOT_FOUND or isinstance(exc, FileNotFoundError):
+                # A create needs no object to be there: only its bucket can be missing.
+                raise self.missing_bucket(path) from None
             if exists:  # a client that judged by the body: undo that
                 raise OSError(errno.EIO, f"HTTP {status} from the store: {exc}", self.url(path)) from exc
             raise
@@ -483,13 +492,14 @@ _BY_PROTOCOL: dict[str, type[ConditionalStore]] = {
 }
 
 
-def for_filesystem(fs: Any) -> ConditionalStore | None:
-    """The conditional capability of an fsspec filesystem, or None if orchfs has none for it."""
+def for_filesystem(fs: Any, store: str | None = None) -> ConditionalStore | None:
+    """The conditional capability of an fsspec filesystem, or None if orchfs has none for
+    it; ``store`` is the storage URL that its errors name."""
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     for protocol in protocols:
         cls = _BY_PROTOCOL.get(protocol)
         if cls is not None:
-            return cls(fs)
+            return cls(fs, store)
     return None
 
 

@@ -84,6 +84,21 @@ class PreconditionFailed(OrchFSError, OSError):
         super().__init__(errno.ESTALE, "precondition failed: the object changed", url)
 
 
+class BucketNotFoundError(OrchFSError, FileNotFoundError):
+    """The bucket (or container) that object storage keeps the state in does not exist:
+    a bucket's region, access policy and lifecycle are the operator's to choose, so the
+    fix is to create it. ``store`` is the storage URL, ``bucket`` the missing bucket."""
+
+    def __init__(self, store: str, bucket: str) -> None:
+        super().__init__(f"{store}: the bucket {bucket!r} does not exist; create the bucket first")
+        self.store = store
+        self.bucket = bucket
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Rebuilt from its fields (its args hold the message), so it crosses processes.
+        return type(self), (self.store, self.bucket)
+
+
 class StateError(OrchFSError, ValueError):
     """A file orchfs keeps (meta.json, FORMAT, a journal, the secrets manifest) is damaged
     or holds a value orchfs refuses. The message names the file, what is wrong and the fix;
@@ -206,6 +221,7 @@ def library_logger(name: str) -> LibraryLogger:
 
 
 __all__ = [
+    "BucketNotFoundError",
     "ConfigError",
     "FormatError",
     "JournalError",

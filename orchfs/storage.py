@@ -43,7 +43,7 @@ from .atomic import (
 )
 from .beneath import PROBE_FLAGS, READ_FLAGS, Beneath, read_all
 from .conditional import for_filesystem
-from .errors import PathEscapeError, UnsafeStateError
+from .errors import BucketNotFoundError, PathEscapeError, UnsafeStateError
 from .locks import active_fence
 from .paths import MARKER_PREFIXES, MEMO_LIMIT, TEMP_PREFIX
 
@@ -534,7 +534,7 @@ class FsspecStorage:
         self._read_options = read_options or {}
         self._bucket_ready = False
         # Conditional create/replace/delete with versions: exclusive create, leases, fencing.
-        self.conditional = for_filesystem(fs)
+        self.conditional = for_filesystem(fs, self.url(""))
         self._capabilities: Capabilities | None = None
         # Objects this adapter has just read or written: a write to one of them needs no
         # lookup first (a directory cannot appear under a file's own key unseen here).
@@ -751,6 +751,13 @@ class FsspecStorage:
                     self.fs.pipe_file(full, data, mode=mode)
             except FileExistsError:
                 raise FileExistsError(errno.EEXIST, "file exists", url) from None
+            except BucketNotFoundError:
+                raise
+            except FileNotFoundError:
+                if self.capabilities.parents_required or self.conditional is None:
+                    raise  # a filesystem with directories: a parent is missing
+                # A PUT needs no object to be there: only its bucket can be missing.
+                raise self.conditional.missing_bucket(full) from None
             self._known_file(rel)
 
         return upload

@@ -560,14 +560,44 @@ def test_storage_without_its_backend_names_the_extra(repo):
     assert "pip install 'orchfs[s3]'" in one_error_line(result.stderr)
 
 
-def test_migrate_to_a_gcs_bucket_that_does_not_exist_says_so(repo, gcs_server, monkeypatch):
-    """gcsfs names only the upload URL of a missing bucket; the line says what it means."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.endpoint)
+@pytest.fixture(params=["s3", "gcs"])
+def missing_bucket_store(request, monkeypatch):
+    """A store URL whose bucket does not exist, on a real S3-API (moto) or GCS-API
+    (fake-gcs-server) server that this process's clients reach through the environment."""
+    if request.param == "s3":
+        server = request.getfixturevalue("moto_server")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.storage_options["key"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.storage_options["secret"])
+        scheme = "s3"
+    else:
+        server = request.getfixturevalue("gcs_server")
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.endpoint)
+        scheme = "gs"
+    return server, f"{scheme}://orchfs-no-such-bucket/repo"
+
+
+@pytest.mark.parametrize("how", ["migrate --storage", "put with ORCHFS_STORAGE"])
+def test_a_store_whose_bucket_does_not_exist_names_it_and_the_fix(
+    repo, missing_bucket_store, monkeypatch, how
+):
+    """One line naming the store URL, the bucket and the fix; exit 1; nothing is left in
+    the repository (not even an empty .orchestrator/) and no bucket is created."""
+    from orchfs.storage import open_storage
+
+    server, store = missing_bucket_store
     before = digest_tree(repo)
-    result = run("--root", repo, "migrate", "--storage", "gs://orchfs-no-such-bucket/repo")
-    assert result.exit_code == 1
+    if how == "migrate --storage":
+        result = run("--root", repo, "migrate", "--storage", store)
+    else:
+        monkeypatch.setenv("ORCHFS_STORAGE", store)
+        result = run("--root", repo, "put", "state.json", "-", input="{}")
+    assert result.exit_code == 1, result.output
     line = one_error_line(result.stderr)
-    assert "/b/orchfs-no-such-bucket/" in line and line.endswith(": not found (does the bucket exist?)")
-    assert {k: v for k, v in digest_tree(repo).items() if not k.startswith(".orchestrator")} == {
-        k: v for k, v in before.items() if not k.startswith(".orchestrator")
-    }
+    assert line == (
+        f"orchfs: error: {store}: the bucket 'orchfs-no-such-bucket' does not exist; create the bucket first"
+    )
+    assert digest_tree(repo) == before
+    assert not (repo / ".orchestrator").exists()
+    options = {**server.storage_options, "skip_instance_cache": True}
+    assert not open_storage(store, options).fs.exists("orchfs-no-such-bucket")  # type: ignore[attr-defined]
