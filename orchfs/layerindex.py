@@ -245,7 +245,9 @@ class _Watcher:
     def sync(self, ready: list[tuple[int, int]]) -> None:
         """Apply every queued event; ``ready`` is what the caller's poll reported (a
         mount change is reported to one poll only)."""
-        if any(fd == self.mounts for fd, _events in ready):
+        # (-1 stands for "no poll": never the mounts' descriptor, even once it is closed,
+        # else the flag would outlive the descriptor and reset the next instance at once.)
+        if self.mounts >= 0 and any(fd == self.mounts for fd, _events in ready):
             self.remounted = True
         with self.lock:
             if self.fd < 0:

@@ -326,6 +326,35 @@ def test_a_remembered_legacy_read_looks_again_after_any_name_is_added(tmp_path, 
         assert fs.cat_file("checkpoints/b.json") == b"contained b"
 
 
+def test_a_remembered_legacy_read_yields_after_an_overflow(tmp_path):
+    """The event queue overflows, and only then is the upper copy written (its event
+    lost with the overflow): the shortcut no longer reads the legacy file, and the next
+    read returns the upper copy (the upper layer always wins); then a new index works."""
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if limit > 200_000:
+        pytest.skip(f"max_queued_events is {limit}: too many events to make here")
+    root, _outside = make_repo(str(tmp_path))
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _warm_legacy_read(fs, "checkpoints/b.json")
+        shortcut = fs._fast_reads["checkpoints/b.json"]
+        folder = os.path.join(root, CONTAINED)
+        for i in range(limit // 2 + 10):  # two events each: more than the queue holds
+            name = os.path.join(folder, f"f{i}")
+            os.close(os.open(name, os.O_CREAT | os.O_WRONLY))
+            os.unlink(name)
+        Path(folder, "b.json").write_bytes(b"contained b")
+        assert shortcut() is None
+        assert fs.cat_file("checkpoints/b.json") == b"contained b"
+    # Once everything was forgotten, indexing works again (and stays): no stale "the
+    # mounts changed" left by the poll of a closed instance forgets it at the next look.
+    index = LayerIndex(Beneath(root))
+    said = [state(index, f"{CONTAINED}/a.json") for _ in range(layerindex.INDEX_AFTER + 2)]
+    assert said[-3:] == [PRESENT] * 3 and index.watched >= 3
+    index.close()
+
+
 def test_a_remembered_legacy_read_yields_to_a_whiteout(tmp_path):
     """Another instance deletes the path (a whiteout, and the markers sentinel): the
     shortcut of the first instance no longer reads the legacy file."""
