@@ -791,11 +791,16 @@ def install_user_key(key: Any, path: str) -> str:
     temp = os.path.join(directory, temp_name(os.path.basename(path)))
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
     try:
-        os.write(fd, text.encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)  # a symlink at ``path`` is replaced, not followed
+        try:
+            os.write(fd, text.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)  # a symlink at ``path`` is replaced, not followed
+    except BaseException:  # no copy of the key is left beside the file
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
     return path
 
 
