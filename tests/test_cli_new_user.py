@@ -564,13 +564,14 @@ def test_storage_without_its_backend_names_the_extra(repo):
 def missing_bucket_store(request, monkeypatch):
     """A store URL whose bucket does not exist, on a real S3-API (moto) or GCS-API
     (fake-gcs-server) server that this process's clients reach through the environment.
-    The clients' instance caches are emptied after: a cached client keeps the endpoint
-    of this environment, and a later test's environment names another."""
+    The clients' instance caches are emptied before and after: a cached client keeps the
+    endpoint of the environment it was made in, and each test's environment names another."""
     import gcsfs
     import s3fs
 
-    request.addfinalizer(s3fs.S3FileSystem.clear_instance_cache)
-    request.addfinalizer(gcsfs.GCSFileSystem.clear_instance_cache)
+    for cached in (s3fs.S3FileSystem, gcsfs.GCSFileSystem):
+        cached.clear_instance_cache()
+        request.addfinalizer(cached.clear_instance_cache)
     if request.param == "s3":
         server = request.getfixturevalue("moto_server")
         monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
