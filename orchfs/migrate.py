@@ -61,9 +61,11 @@ from .stored import check_id
 from .syncfs import sync_filesystem
 
 BACKUP_DIR = "migration_backup"
-# What a rollback restores of a mode the journal recorded: permission bits, never the set-ID
-# or sticky bits nor write by everyone (a journal and the bytes it restores may come from a
-# snapshot, and a world-writable .orchestra.yaml would let anyone say where the state goes).
+# What a file or directory moved into .orchestrator/ keeps of its mode, and what a rollback
+# restores of a mode the journal recorded: permission bits, never the set-ID or sticky bits
+# nor write by everyone (as git never checks out either). A world-writable config.yaml
+# would let any local user say where the state goes; a journal and the bytes it restores
+# may come from a snapshot.
 RESTORED_BITS = 0o775
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
@@ -1597,6 +1599,7 @@ def _run(
         journal.sync()
         _remove_empty_dirs(root, list(begin.get("dirs", {})))
         if remote is None:
+            _tighten_moved(root, steps)
             _tighten_secrets(root, steps, migration_id)
         if "gitignore" in begin and begin["gitignore"] is not None:
             from .meta import ensure_gitignored
@@ -1641,6 +1644,34 @@ def _tighten_secrets(root: str, steps: list[Step], migration_id: str) -> None:
             )
         if step.action != "retire":
             _make_private(guard, target, SECRETS_PREFIX.rstrip("/"))
+
+
+def _tighten_moved(root: str, steps: list[Step]) -> None:
+    """Everything moved into the state directory keeps only :data:`RESTORED_BITS` of its
+    mode: the moved files, and the directories above them up to the state directory (a
+    v1 directory moved whole keeps its own mode otherwise). The journal keeps each v1
+    mode, and a rollback restores the same bits, so this loses nothing a rollback gives."""
+    guard = Beneath(root)
+    seen: set[str] = set()
+    try:
+        for step in steps:
+            if step.action == "retire" or step.link is not None:
+                continue
+            rel = step.target
+            while rel.startswith(f"{STATE_DIR}/") and rel not in seen:
+                seen.add(rel)
+                _drop_loose_bits(guard, rel)
+                rel = rel.rpartition("/")[0]
+    finally:
+        guard.close()  # not left to the collector: a run leaves no descriptor open
+
+
+def _drop_loose_bits(guard: Beneath, rel: str) -> None:
+    """``rel`` without set-ID, sticky and write-by-others bits, where it has any."""
+    with contextlib.suppress(PathEscapeError, FileNotFoundError, NotADirectoryError):
+        mode = stat.S_IMODE(guard.lstat(rel).st_mode)
+        if mode & ~RESTORED_BITS:
+            _chmod_own(guard, rel, mode & RESTORED_BITS)
 
 
 def _make_private(guard: Beneath, rel: str, top: str) -> None:

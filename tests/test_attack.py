@@ -1359,3 +1359,46 @@ def test_persist_never_carries_what_a_link_in_the_v1_session_leads_to(world, tmp
     assert sent == {"s1/state.json": b"{}"}
     assert (world.root / ".env").read_text() == "AWS_SECRET=hunter2\n"
     assert os.path.islink(legacy / "notes.txt")
+
+
+# --- modes of the files migrate moves into .orchestrator/ -------------------------------------
+LOOSE_V1_MODES = {
+    ".orchestra.yaml": 0o666,  # world-writable: anyone could say where the state goes
+    ".workflow_state.json": 0o2775,  # set-group-ID
+    ".workflow_checkpoints": 0o1777,  # a world-writable sticky directory
+    ".workflow_checkpoints/cp_1.json": 0o4757,
+}
+MOVED_TO = {
+    ".orchestra.yaml": "config.yaml",
+    ".workflow_state.json": "state.json",
+    ".workflow_checkpoints": "checkpoints",
+    ".workflow_checkpoints/cp_1.json": "checkpoints/cp_1.json",
+}
+
+
+@pytest.mark.parametrize("backup", [True, False], ids=["backup", "no-backup"])
+def test_migrate_never_keeps_set_id_or_world_write_inside_the_state(world, backup):
+    """A v1 file or directory that anyone may write, or with set-ID or sticky bits, loses
+    those bits when it moves into .orchestrator/ (file by file, or with --no-backup as
+    one directory rename); the journal keeps the v1 mode, and a rollback gives back what
+    a rollback ever restores: the v1 permission bits less write by everyone."""
+    from orchfs import journal as migration_journal
+
+    root = v1(world)
+    for name, mode in LOOSE_V1_MODES.items():
+        os.chmod(root / name, mode)
+    migrate.apply(root, backup=backup)
+    for name, mode in LOOSE_V1_MODES.items():
+        moved = stat.S_IMODE(os.lstat(world.state / MOVED_TO[name]).st_mode)
+        if name == ".workflow_checkpoints" and backup:  # made afresh, file by file
+            assert moved & ~0o775 == 0, oct(moved)
+        else:
+            assert moved == mode & 0o775, (name, oct(moved))
+    (journal_path,) = (world.state / "migrations").glob("*.jsonl")
+    records = migration_journal.read_journal(str(journal_path), orchfs.default_layout())
+    recorded = {step.source: step.mode for step in migration_journal.steps_of(records)}
+    assert recorded[".orchestra.yaml"] == 0o666 and recorded[".workflow_state.json"] == 0o2775
+    migrate.rollback(root)
+    for name, mode in LOOSE_V1_MODES.items():
+        back = stat.S_IMODE(os.lstat(root / name).st_mode)
+        assert back == mode & 0o775, (name, oct(back))
