@@ -1851,6 +1851,7 @@ def _undo(root: str, step: Step, backup_root: str) -> None:
         if not _lexists(source) and _lexists(backup_path):
             _ensure_parent(source)
             _copy_or_rename(backup_path, source)
+            _restore_meta(source, step)  # a backup of secret material was made private
         elif not _lexists(source) and _lexists(target) and not step.replaced:
             _copy_exact(target, source)  # retired without a backup: it held these bytes
             _restore_meta(source, step)
