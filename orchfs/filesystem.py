@@ -28,7 +28,7 @@ from .atomic import CREATE, REPLACE
 from .errors import is_a_directory as _is_a_directory
 from .errors import not_found as _not_found
 from .namespace import Namespace
-from .overlay import Conflict, Resolution
+from .overlay import Conflict, Overlay, Resolution
 from .paths import (
     MEMO_LIMIT,
     PROTOCOL,
@@ -164,6 +164,12 @@ class OrchFileSystem(ChainedFileSystem):
     def repo_storage(self) -> Storage:
         """The adapter of the repository root (where v1 files live)."""
         return self._repo
+
+    @property
+    def overlay(self) -> Overlay:
+        """The overlay behind this face: which layer serves a path, for operations that
+        must act on that layer's own file (a session's persister reads it beneath it)."""
+        return self._overlay
 
     @property
     def secrets(self) -> Any:

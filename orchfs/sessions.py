@@ -323,7 +323,7 @@ class Persister:
     def _held_by(self, name: str) -> tuple[Any, str]:
         """The store of the layer that serves the session's file ``name`` (a link there
         counts), and its path there; the state directory's when none does."""
-        found = self.fs._overlay.lookup(name)
+        found = self.fs.overlay.lookup(name)
         if found is None:
             return self.fs.state_storage, name
         return found.location.store, found.location.rel
