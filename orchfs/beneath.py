@@ -682,13 +682,14 @@ class Beneath:
     ) -> None:
         """Copy file ``src`` to ``dst`` atomically (reflink where the filesystem offers
         it, ``copy_file_range`` otherwise, plain reads and writes last); ``dst`` gets
-        ``mode``, or ``src``'s permission bits, and (``keep_times``) ``src``'s times."""
+        ``mode``, or ``src``'s permission bits (see :func:`copied_mode`), and
+        (``keep_times``) ``src``'s times."""
         source = self.open(src)
         try:
             st = os.fstat(source)
             if not stat.S_ISREG(st.st_mode):
                 raise IsADirectoryError(errno.EISDIR, "not a regular file", self.show(src))
-            final = stat.S_IMODE(st.st_mode) if mode is None else mode
+            final = copied_mode(st.st_mode) if mode is None else mode
             with self.writer(dst, mode=final, exclusive=exclusive) as out:
                 _copy_fd(source, out.staged_fd(), st.st_size)
                 if keep_times:
@@ -803,11 +804,19 @@ def _remove_below(parent: int, name: str, shown: str) -> None:
         os.close(fd)
 
 
+def copied_mode(st_mode: int) -> int:
+    """The permission bits a copy of a file with ``st_mode`` gets: its own, less set-user-ID
+    and set-group-ID. A copy belongs to whoever makes it, so those bits would make a
+    program planted by another user run as that maker (root, for a migration run as root);
+    ``cp`` drops them for the same reason."""
+    return stat.S_IMODE(st_mode) & ~(stat.S_ISUID | stat.S_ISGID)
+
+
 def copy_fresh(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -> None:
     """Copy the regular file ``src_name`` to a new file ``dst_name`` (each relative to a
     directory descriptor; neither name followed if it is a link) with ``src``'s permission
-    bits and times: a reflink where the filesystem offers one, ``copy_file_range``
-    otherwise. Not atomic and not durable: the bytes are written in place with no fsync,
+    bits (see :func:`copied_mode`) and times: a reflink where the filesystem offers one,
+    ``copy_file_range`` otherwise. Not atomic and not durable: the bytes are written in place with no fsync,
     for a directory that nothing reads until its writer has made the whole filesystem
     durable (the migration backup; see :func:`orchfs.syncfs.sync_filesystem`). A file
     already at ``dst_name`` raises :class:`FileExistsError`; a copy that fails leaves no
@@ -820,7 +829,7 @@ def copy_fresh(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -
         target = os.open(dst_name, _WRITE_NEW_FLAGS, 0o600, dir_fd=dst_dir_fd)
         try:
             _copy_fd(source, target, st.st_size)
-            os.fchmod(target, stat.S_IMODE(st.st_mode))
+            os.fchmod(target, copied_mode(st.st_mode))
             os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
         except BaseException:  # no part-copy is left under the name
             os.unlink(dst_name, dir_fd=dst_dir_fd)
@@ -868,6 +877,7 @@ __all__ = [
     "Beneath",
     "FileReader",
     "check_rel",
+    "copied_mode",
     "copy_fresh",
     "read_all",
 ]

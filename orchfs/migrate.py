@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, LocalAtomicWriter, temp_name
-from .beneath import Beneath, copy_fresh
+from .beneath import Beneath, copied_mode, copy_fresh
 from .errors import (
     MigrationConflictError,
     OrchFSError,
@@ -1067,7 +1067,7 @@ def _copy_exact(source: str, target: str) -> None:
             with contextlib.suppress(OSError, NotImplementedError):  # the link's own mtime
                 _utime(temp, (st.st_atime_ns, st.st_mtime_ns))
         else:
-            expected = _write_copy(source, temp, stat.S_IMODE(st.st_mode))
+            expected = _write_copy(source, temp, copied_mode(st.st_mode))
             if _sha256_file(temp) != expected:
                 raise OSError(f"copy of {source} did not verify; nothing was changed")
             _utime(temp, (st.st_atime_ns, st.st_mtime_ns))

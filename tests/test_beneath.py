@@ -605,3 +605,35 @@ def test_a_file_reader_reads_only_a_plain_file_beneath_the_root(tmp_path, canary
     assert isinstance(got, int)
     assert got < 0
     assert snapshot(canary) == before
+
+
+def test_a_copy_never_keeps_set_id_bits(tmp_path):
+    """A copy belongs to whoever makes it (root, for a migration run as root): a planted
+    set-user-ID or set-group-ID program must not become one that runs as that maker."""
+    from orchfs import migrate
+    from orchfs.beneath import Beneath, copy_fresh
+    from orchfs.testing import build_legacy_repo
+
+    (tmp_path / "a").mkdir()
+    program = tmp_path / "a" / "tool"
+    program.write_bytes(b"#!/bin/sh\n")
+    os.chmod(program, 0o6755)
+    disk = Beneath(str(tmp_path))
+    disk.copy("a/tool", "a/copy")
+    fd = os.open(tmp_path / "a", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        copy_fresh(fd, "tool", fd, "fresh")
+    finally:
+        os.close(fd)
+    for name in ("copy", "fresh"):
+        assert stat.S_IMODE(os.lstat(tmp_path / "a" / name).st_mode) == 0o755, name
+        assert (tmp_path / "a" / name).read_bytes() == b"#!/bin/sh\n"
+    assert stat.S_IMODE(os.lstat(program).st_mode) == 0o6755  # the source is left as it was
+
+    root = tmp_path / "repo"
+    build_legacy_repo(root, {".workflow_checkpoints/cp_1.json": b"{}"})
+    os.chmod(root / ".workflow_checkpoints" / "cp_1.json", 0o4755)
+    result = migrate.apply(root)
+    (backup,) = (root / ".orchestrator" / "migration_backup").rglob("cp_1.json")
+    assert stat.S_IMODE(os.lstat(backup).st_mode) & (stat.S_ISUID | stat.S_ISGID) == 0
+    assert result.applied
