@@ -23,7 +23,16 @@ import tempfile
 import urllib.error
 import urllib.request
 
-from .launcher import LOOPBACK, BackendUnavailable, Capability, Service, free_port, main, spawn, wait_ready
+from .launcher import (
+    LOOPBACK,
+    BackendUnavailable,
+    Capability,
+    Service,
+    free_port,
+    main,
+    serve_when_ready,
+    spawn,
+)
 
 CAPABILITY = Capability(
     conditional_create=True,
@@ -112,12 +121,7 @@ def start(port: int = 0, timeout: float = 60.0) -> Service:
         process,
         cleanup=(data,),
     )
-    try:
-        wait_ready("Azurite", process, probe, timeout, log)
-    except BaseException:
-        service.stop()
-        raise
-    return service
+    return serve_when_ready(service, "Azurite", probe, timeout, log)
 
 
 if __name__ == "__main__":

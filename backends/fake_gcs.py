@@ -36,8 +36,8 @@ from .launcher import (
     gcs_probe,
     main,
     pip_install,
+    serve_when_ready,
     spawn,
-    wait_ready,
 )
 
 CAPABILITY = Capability(
@@ -113,12 +113,7 @@ def start(port: int = 0, timeout: float = 60.0) -> Service:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": data, "TMPDIR": data}
     process = spawn(argv, env=env, log=log)
     service = Service("fake_gcs", endpoint, "gs", gcs_options(endpoint), CAPABILITY, process, cleanup=(data,))
-    try:
-        wait_ready("fake-gcs-server", process, gcs_probe(endpoint), timeout, log)
-    except BaseException:
-        service.stop()
-        raise
-    return service
+    return serve_when_ready(service, "fake-gcs-server", gcs_probe(endpoint), timeout, log)
 
 
 if __name__ == "__main__":

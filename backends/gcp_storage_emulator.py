@@ -28,8 +28,8 @@ from .launcher import (
     gcs_probe,
     main,
     pip_install,
+    serve_when_ready,
     spawn,
-    wait_ready,
 )
 
 CAPABILITY = Capability(
@@ -76,12 +76,7 @@ def start(port: int = 0, timeout: float = 60.0) -> Service:
     service = Service(
         "gcp_storage_emulator", endpoint, "gs", gcs_options(endpoint), CAPABILITY, process, cleanup=(data,)
     )
-    try:
-        wait_ready("gcp-storage-emulator", process, gcs_probe(endpoint), timeout, log)
-    except BaseException:
-        service.stop()
-        raise
-    return service
+    return serve_when_ready(service, "gcp-storage-emulator", gcs_probe(endpoint), timeout, log)
 
 
 if __name__ == "__main__":

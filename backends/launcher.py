@@ -229,6 +229,19 @@ def s3_probe(endpoint: str, key: str, secret: str) -> Callable[[], bool]:
     return probe
 
 
+def serve_when_ready(
+    service: Service, what: str, probe: Callable[[], bool], timeout: float, log: str | None = None
+) -> Service:
+    """``service`` once ``probe`` answers (see :func:`wait_ready`); a service that never
+    does is stopped, children and data included, before the error goes up."""
+    try:
+        wait_ready(what, service.process, probe, timeout, log)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
 def pip_install(package: str, what: str) -> None:
     """``pip install package`` into this Python; :class:`BackendUnavailable` naming ``what`` if it fails."""
     import importlib
@@ -318,6 +331,7 @@ __all__ = [
     "main",
     "pip_install",
     "s3_probe",
+    "serve_when_ready",
     "spawn",
     "wait_ready",
 ]

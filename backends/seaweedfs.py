@@ -28,8 +28,8 @@ from .launcher import (
     main,
     pip_install,
     s3_probe,
+    serve_when_ready,
     spawn,
-    wait_ready,
 )
 
 CAPABILITY = Capability(
@@ -107,12 +107,7 @@ def start(port: int = 0, timeout: float = 60.0, host: str = LOOPBACK) -> Service
         process,
         cleanup=(data,),
     )
-    try:
-        wait_ready("SeaweedFS", process, s3_probe(endpoint, KEY, SECRET), timeout, log)
-    except BaseException:
-        service.stop()
-        raise
-    return service
+    return serve_when_ready(service, "SeaweedFS", s3_probe(endpoint, KEY, SECRET), timeout, log)
 
 
 if __name__ == "__main__":
