@@ -1057,11 +1057,9 @@ def secrets_init(ctx: Context) -> None:
     Example:
       orchfs secrets init
     """
-    from .secrets import init_user_key, user_key_path
+    from .secrets import init_user_key
 
-    if os.path.exists(user_key_path()):
-        raise FileExistsError(f"{user_key_path()} already exists; it is left as it is")
-    path = init_user_key()
+    path = init_user_key()  # an existing key file is left as it is (FileExistsError)
     ctx.emit({"key_file": path}, f"created {path} (mode 0600); keep a copy somewhere safe")
 
 

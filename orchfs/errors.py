@@ -40,6 +40,12 @@ class SecretsLockedError(OrchFSError, PermissionError):
     """No key is available that can open the secret namespace."""
 
 
+class KeyFileError(SecretsLockedError):
+    """The user key file, or its directory, is not this user's own private file: a
+    symlink, another user's, or open to group or others. orchfs neither reads nor writes
+    it; the message names the path and the fix."""
+
+
 class SecretIntegrityError(OrchFSError):
     """A secret file or manifest failed its authenticity check."""
 
@@ -225,6 +231,7 @@ __all__ = [
     "ConfigError",
     "FormatError",
     "JournalError",
+    "KeyFileError",
     "LayoutVersionError",
     "LegacyConflictWarning",
     "LegacyPathWarning",

@@ -32,14 +32,13 @@ import hashlib
 import hmac
 import json
 import os
-import stat
 import struct
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
+from .atomic import PRIVATE_FILE_MODE
 from .errors import (
     ManifestError,
     MetaError,
@@ -52,6 +51,7 @@ from .faults import checkpoint
 from .overlay import StateFiles
 from .paths import validate_name
 from .stored import load_json, read_state
+from .userkey import read_named_key, read_user_key, user_key_path, write_user_key
 
 if TYPE_CHECKING:
     from .storage import Storage
@@ -162,20 +162,8 @@ def new_key_text() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
-def user_key_path() -> str:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "orchfs", "key")
-
-
 def _read_key_file(path: str, source: str) -> MasterKey:
-    st = os.stat(path)
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise SecretsLockedError(
-            f"{source} {path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
-            "run `chmod 600` on it"
-        )
-    with open(path, encoding="ascii") as f:
-        return parse_key(f.read(), f"{source} {path}")
+    return parse_key(read_named_key(path, source), f"{source} {path}")
 
 
 def new_passphrase_params() -> dict[str, Any]:
@@ -219,8 +207,9 @@ def find_keys(
     if os.environ.get("ORCHFS_KEY_FILE"):
         keys.append(_read_key_file(os.environ["ORCHFS_KEY_FILE"], "ORCHFS_KEY_FILE"))
     user_file = user_key_path()
-    if os.path.isfile(user_file):
-        keys.append(_read_key_file(user_file, "user key file"))
+    user_text = read_user_key(user_file)
+    if user_text is not None:
+        keys.append(parse_key(user_text, f"user key file {user_file}"))
     if not web_mode:
         ring = _keyring_key()
         if ring is not None:
@@ -769,39 +758,15 @@ def decrypt_openssl(blob: bytes, password: str) -> dict[str, Any]:
 
 def init_user_key(path: str | None = None) -> str:
     """Create the user key file (0600, directory 0700); refuse to overwrite one."""
-    path = path or user_key_path()
-    os.makedirs(os.path.dirname(path), mode=PRIVATE_DIR_MODE, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
-    try:
-        os.write(fd, new_key_text().encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
+    return write_user_key(new_key_text(), path, exclusive=True)
 
 
 def install_user_key(key: Any, path: str) -> str:
-    """Replace the key file at ``path`` with ``key`` atomically (0600, never through a
-    symlink), after a rotation retired the key it held."""
-    from .atomic import temp_name
-
+    """Replace the key file at ``path`` with ``key`` atomically (0600), after a rotation
+    retired the key it held; a link there, or a directory that is not the user's own, is
+    refused (:mod:`orchfs.userkey`)."""
     text = base64.urlsafe_b64encode(parse_key(key, "new key")._material).decode()
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=PRIVATE_DIR_MODE, exist_ok=True)
-    temp = os.path.join(directory, temp_name(os.path.basename(path)))
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE)
-    try:
-        try:
-            os.write(fd, text.encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)  # a symlink at ``path`` is replaced, not followed
-    except BaseException:  # no copy of the key is left beside the file
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    return path
+    return write_user_key(text, path, exclusive=False)
 
 
 __all__ = [
