@@ -31,6 +31,32 @@ LINK_FREE_TREES = frozenset({"secrets", "locks", "migrations", "tmp"})
 
 logger = library_logger(__name__)
 
+# Every id a finding can have: stable (scripts match on them), each one listed in
+# docs/cli.md (tests/test_doctor.py holds the docs and this set to the ids used below).
+FINDING_IDS = frozenset(
+    {
+        "conflict",
+        "copied-state",
+        "leftover-legacy",
+        "legacy-changed",
+        "loose-permissions",
+        "mixed-layout",
+        "newer-layout",
+        "not-gitignored",
+        "orphan-temp",
+        "retention",
+        "secret-unreadable",
+        "stale-legacy",
+        "stale-lock",
+        "state-elsewhere",
+        "unfinished-import",
+        "unfinished-migration",
+        "unknown-legacy",
+        "unsafe-state",
+        "web-incompatible",
+    }
+)
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -39,6 +65,10 @@ class Finding:
     message: str
     fix: str
     paths: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.id not in FINDING_IDS:  # a new kind of finding is documented first
+            raise ValueError(f"{self.id!r} is not a finding id of orchfs.doctor.FINDING_IDS")
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -731,6 +761,7 @@ def to_json(findings: list[Finding]) -> str:
 
 
 __all__ = [
+    "FINDING_IDS",
     "Finding",
     "exit_code",
     "fix",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
 import time
+from pathlib import Path
+
+import pytest
 
 import orchfs
 from orchfs import doctor, migrate
@@ -219,3 +223,30 @@ def test_state_moved_to_a_store_the_configuration_does_not_name_is_a_warning(tmp
         f.write(json.dumps(begin).encode() + b"\n" + b"".join(lines[1:]))
     (found,) = [f for f in doctor.run(root) if f.id == "state-elsewhere"]
     assert "\x1b" not in found.message and "\x07" not in found.message and "\\x1b" in found.message
+
+
+def _finding_ids_in_source() -> set[str]:
+    """The id of every ``Finding(...)`` that doctor.py makes (its first argument)."""
+    tree = ast.parse(Path(doctor.__file__).read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Finding":
+            first = node.args[0] if node.args else None
+            assert isinstance(first, ast.Constant), f"line {node.lineno}: a finding id must be a literal"
+            found.add(first.value)
+    return found
+
+
+def test_every_finding_id_doctor_can_emit_is_registered_and_documented():
+    """FINDING_IDS is exactly the ids doctor.py uses; each one is in the command line
+    reference (docs/cli.md), and the operator guide points there; an unregistered id is
+    refused when a finding is made."""
+    assert _finding_ids_in_source() == doctor.FINDING_IDS
+    reference = (Path(PROJECT) / "docs" / "cli.md").read_text()
+    listed = reference[reference.index("Doctor finding ids:") :]
+    listed = listed[: listed.index("\n\n")]
+    missing = sorted(i for i in doctor.FINDING_IDS if f"`{i}`" not in listed)
+    assert not missing, f"docs/cli.md does not list the doctor finding ids {missing}"
+    assert "cli.md" in (Path(PROJECT) / "docs" / "operators" / "doctor.md").read_text()
+    with pytest.raises(ValueError, match="not a finding id"):
+        doctor.Finding("made-up", "error", "message", "fix")
