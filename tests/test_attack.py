@@ -1056,35 +1056,6 @@ def test_snapshot_import_never_lands_files_anyone_may_write(world, tmp_path):
         assert mode & (UMASK | 0o002) == 0, (name, oct(mode))
 
 
-def test_a_step_at_the_held_limit_never_works_in_a_released_descriptor(world):
-    """A rename whose source directory is held when the held directories are full and
-    whose target directory is not: the release the target needs comes before either is
-    handed out, never between (else the source's descriptor is closed and its number
-    reused for the target, and the rename moves the target directory's file of the same
-    name). Planted: a decoy of the source's name in the target directory."""
-    from orchfs.beneath import Beneath
-
-    root = str(world.root)
-    for i in range(migrate.HELD_LIMIT):
-        (world.root / f"d{i:03d}").mkdir()
-    (world.root / "d000" / "a.json").write_bytes(b"moved")
-    (world.root / "target").mkdir()
-    (world.root / "target" / "a.json").write_bytes(b"decoy")
-    migrate._GUARDS[root] = guard = Beneath(root)
-    try:
-        with migrate._holding(root):
-            held = migrate._HELD[root]
-            for i in range(migrate.HELD_LIMIT):  # d000 first: its number is the lowest
-                held.fd(f"d{i:03d}")
-            migrate._rename(f"{root}/d000/a.json", f"{root}/target/b.json")
-    finally:
-        del migrate._GUARDS[root]
-        guard.close()
-    assert (world.root / "target" / "b.json").read_bytes() == b"moved"
-    assert (world.root / "target" / "a.json").read_bytes() == b"decoy"
-    assert not (world.root / "d000" / "a.json").exists()
-
-
 @pytest.mark.parametrize("limit", [2, 3, 4, 5])
 @pytest.mark.parametrize("backup", [True, False])
 def test_more_directories_than_are_held_in_one_batch_at_every_boundary(world, monkeypatch, limit, backup):

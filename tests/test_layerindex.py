@@ -20,7 +20,9 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -165,8 +167,8 @@ def make_repo(base: str) -> tuple[str, str]:
 def pair(root: str) -> tuple[orchfs.OrchFileSystem, orchfs.OrchFileSystem]:
     indexed = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
     plain = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
-    assert indexed._overlay.index is not None
-    plain._overlay.index = None  # today's probing, for comparison
+    assert indexed.overlay.index is not None
+    plain.overlay.index = None  # today's probing, for comparison
     return indexed, plain
 
 
@@ -203,7 +205,7 @@ class ChangedByAnother(RuleBasedStateMachine):
     def teardown(self) -> None:
         if hasattr(self, "index"):
             self.index.close()
-            self.indexed._overlay.index.close()
+            self.indexed.overlay.index.close()
             self.disk.close()
             shutil.rmtree(self.base, ignore_errors=True)
 
@@ -267,14 +269,17 @@ def test_the_index_answers_without_the_disk(tmp_path, helper):
     index.close()
 
 
-def _warm_legacy_read(fs: orchfs.OrchFileSystem, logical: str) -> None:
-    """Read ``logical`` (served by its legacy location) until the read takes the index's
-    shortcut, and check that it does (else the test below would prove nothing)."""
+def _warm_legacy_read(fs: orchfs.OrchFileSystem, logical: str) -> Callable[[], Any]:
+    """Read ``logical`` (served by its legacy location) until its layers are indexed, and
+    return the shortcut the overlay gives for reading it again (what the face keeps after
+    such a read), checked to be the index's (else the tests below would prove nothing)."""
     for _ in range(2 * layerindex.INDEX_AFTER):  # the contained directory, then the legacy one
         assert fs.cat_file(logical) == b"legacy b"
-    shortcut = fs._fast_reads[logical]
+    location, _data = fs.overlay.read(logical)
+    shortcut = fs.overlay.fast_reader(logical, location)
     assert isinstance(shortcut, layerindex._ReadIfAbsent)
     assert shortcut() == b"legacy b"
+    return shortcut
 
 
 @pytest.mark.parametrize(
@@ -315,8 +320,7 @@ def test_a_remembered_legacy_read_looks_again_after_any_name_is_added(tmp_path, 
     fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _warm_legacy_read(fs, "checkpoints/b.json")
-        shortcut = fs._fast_reads["checkpoints/b.json"]
+        shortcut = _warm_legacy_read(fs, "checkpoints/b.json")
         for name in ("other.json", "b.json.tmp"):  # names added next to the upper copy's
             helper.change(root, outside, ("write", f"{CONTAINED}/{name}", b"other"))
             assert shortcut() == b"legacy b"
@@ -337,8 +341,7 @@ def test_a_remembered_legacy_read_yields_after_an_overflow(tmp_path):
     fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _warm_legacy_read(fs, "checkpoints/b.json")
-        shortcut = fs._fast_reads["checkpoints/b.json"]
+        shortcut = _warm_legacy_read(fs, "checkpoints/b.json")
         folder = os.path.join(root, CONTAINED)
         for i in range(limit // 2 + 10):  # two events each: more than the queue holds
             name = os.path.join(folder, f"f{i}")
@@ -494,10 +497,10 @@ def test_descriptors_and_watches_go_with_the_last_index(tmp_path):
     inotify = [fd for fd, target in during.items() if "inotify" in target and fd not in before]
     assert len(inotify) == 1  # one instance for the whole process
     watches = Path(f"/proc/self/fdinfo/{inotify[0]}").read_text().count("inotify wd:")
-    assert watches == fs._overlay.index.watched + other.watched - 1  # the root is watched once
+    assert watches == fs.overlay.index.watched + other.watched - 1  # the root is watched once
     other.close()
     watches = Path(f"/proc/self/fdinfo/{inotify[0]}").read_text().count("inotify wd:")
-    assert watches == fs._overlay.index.watched  # the other's watches are gone, the root's kept
+    assert watches == fs.overlay.index.watched  # the other's watches are gone, the root's kept
     del fs, other
     gc.collect()
     assert set(_fds()) <= set(before)

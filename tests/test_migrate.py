@@ -828,3 +828,35 @@ def test_sync_filesystem_flushes_or_hands_back_to_fsync(tmp_path):
     # A descriptor the kernel does not know (closed here; pyfakefs makes such ones) is
     # never a success: False, so that the caller fsyncs each file itself.
     assert sync_filesystem(fd) is False
+
+
+def test_a_step_at_the_held_limit_never_works_in_a_released_descriptor(tmp_path):
+    """White-box, on migrate's own held directories: a rename whose source directory is
+    held when the held directories are full and whose target directory is not: the
+    release the target needs comes before either is handed out, never between (else the
+    source's descriptor is closed and its number reused for the target, and the rename
+    moves the target directory's file of the same name). Planted: a decoy of the
+    source's name in the target directory."""
+    from orchfs.beneath import Beneath
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    root = str(repo)
+    for i in range(migrate.HELD_LIMIT):
+        (repo / f"d{i:03d}").mkdir()
+    (repo / "d000" / "a.json").write_bytes(b"moved")
+    (repo / "target").mkdir()
+    (repo / "target" / "a.json").write_bytes(b"decoy")
+    migrate._GUARDS[root] = guard = Beneath(root)
+    try:
+        with migrate._holding(root):
+            held = migrate._HELD[root]
+            for i in range(migrate.HELD_LIMIT):  # d000 first: its number is the lowest
+                held.fd(f"d{i:03d}")
+            migrate._rename(f"{root}/d000/a.json", f"{root}/target/b.json")
+    finally:
+        del migrate._GUARDS[root]
+        guard.close()
+    assert (repo / "target" / "b.json").read_bytes() == b"moved"
+    assert (repo / "target" / "a.json").read_bytes() == b"decoy"
+    assert not (repo / "d000" / "a.json").exists()
