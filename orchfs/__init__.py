@@ -1,9 +1,10 @@
 """orchfs: a virtual filesystem for workflow-orchestrator state.
 
 ``import orchfs`` stays light: the filesystem (and with it fsspec, which pulls in
-asyncio and scans installed entry points), the command line, secrets, S3 and the
-testing plugin are imported on first use, so that a command on a local repository
-loads only what it needs.
+asyncio and scans installed entry points), the command line, secrets, S3, the
+testing plugin and the layout (with ``dataclasses``, which pulls in ``inspect``) are
+imported on first use, so that a command on a local repository loads only what it
+needs.
 """
 
 from __future__ import annotations
@@ -25,17 +26,18 @@ from .errors import (
     SecretsLockedError,
     VersionPinError,
 )
-from .layout import Layout, default_layout
 from .version import __version__
 
 if TYPE_CHECKING:
     from .filesystem import Conflict, OrchFileSystem, Resolution
+    from .layout import Layout, default_layout
 
 _LAZY_MODULES = (
     "cli",
     "config",
     "doctor",
     "filesystem",
+    "layout",
     "locks",
     "migrate",
     "secrets",
@@ -47,7 +49,9 @@ _LAZY_MODULES = (
 _LAZY_NAMES = {
     "Conflict": ("filesystem", "Conflict"),
     "OrchFileSystem": ("filesystem", "OrchFileSystem"),
+    "Layout": ("layout", "Layout"),
     "Resolution": ("filesystem", "Resolution"),
+    "default_layout": ("layout", "default_layout"),
     "load_config": ("config", "load_config"),
 }
 

@@ -23,8 +23,7 @@ import contextlib
 import io
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .faults import checkpoint
 from .paths import TEMP_PREFIX
@@ -50,8 +49,7 @@ DEFAULT_FILE_MODE = 0o666 & ~UMASK
 DEFAULT_DIR_MODE = 0o777 & ~UMASK
 
 
-@dataclass(frozen=True, slots=True)
-class WriteKind:
+class WriteKind(NamedTuple):
     """What kind of write an adapter's ``write``/``open_write`` makes: one named value
     handed down from the face to the adapter, instead of a flag per layer.
 

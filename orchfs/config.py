@@ -16,7 +16,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ConfigError, VersionPinError
 
@@ -41,8 +41,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
-@dataclass(frozen=True)
-class Origin:
+class Origin(NamedTuple):
     """Where a value came from: a file and line, or ``default``/``env:NAME``/``argument``."""
 
     source: str
@@ -236,8 +235,7 @@ def environment_layer(environ: Mapping[str, str] | None = None) -> dict[str, Any
 LEGACY_MODES = ("read", "migrate", "off")
 
 
-@dataclass(frozen=True)
-class FaceSettings:
+class FaceSettings(NamedTuple):
     """The arguments of ``OrchFileSystem`` that fall back on the ``ORCHFS_*`` layer,
     resolved and checked."""
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import ConfigError
 
@@ -25,14 +24,16 @@ __all__ = ["ENV_VAR", "Fault", "checkpoint", "parse"]
 ENV_VAR = "ORCHFS_FAULT"
 
 
-@dataclass(frozen=True)
-class Fault:
+class Fault(NamedTuple):
     """Kill this process at hit number ``at`` of checkpoint ``name``."""
 
     name: str
     at: int
-    # itertools.count's next() is atomic under the GIL: threads of one migration share it safely.
-    hits: itertools.count = field(default_factory=lambda: itertools.count(1), compare=False)
+
+
+# Hits of the checkpoint the fault names. itertools.count's next() is atomic under the GIL:
+# threads of one migration share it safely.
+_HITS = itertools.count(1)
 
 
 def parse(text: str) -> Fault | None:
@@ -54,5 +55,7 @@ def checkpoint(name: str) -> None:
     """A named step boundary: SIGKILL this process if ``ORCHFS_FAULT`` names its Nth hit."""
     if _FAULT is None or _FAULT.name != name:
         return
-    if next(_FAULT.hits) == _FAULT.at:
+    if next(_HITS) == _FAULT.at:
+        import signal  # only a run under test ever gets here
+
         os.kill(os.getpid(), signal.SIGKILL)

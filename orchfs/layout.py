@@ -22,7 +22,7 @@ with a file entry. ``import_sources`` maps v1 files that migration moves into
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ConfigError, PathEscapeError
 from .paths import validate
@@ -34,8 +34,7 @@ UNNAMED_PATTERNS = (".workflow_", ".manus/secrets.enc")
 _ENTRY_KEYS = {"logical", "scope", "legacy", "companions"}
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One logical file or directory and its legacy locations."""
 
     logical: str
@@ -45,8 +44,7 @@ class Entry:
     companions: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
     """A logical path matched to its entry: ``remainder`` is the part below a directory."""
 
     entry: Entry

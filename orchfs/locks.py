@@ -47,11 +47,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .beneath import READ_FLAGS
-from .conditional import PROBE_NAME, Versioned
 from .errors import (
     ConfigError,
     LockLostError,
@@ -63,6 +62,9 @@ from .errors import (
     library_logger,
 )
 from .paths import validate_name
+
+if TYPE_CHECKING:  # conditional requests are imported with the first lease, not a local lock
+    from .conditional import Versioned
 
 LOCKS_DIR = "locks"
 HOLDER_RECORD_BYTES = 512
@@ -85,8 +87,7 @@ def _command() -> str:
     return " ".join([os.path.basename(argv[0]), *argv[1:]])[:200]
 
 
-@dataclass(frozen=True)
-class Holder:
+class Holder(NamedTuple):
     """Who holds a lock: recorded when it is taken, shown when someone waits."""
 
     pid: int
@@ -141,8 +142,7 @@ class Holder:
         return f"pid {self.pid} on {self.host}{session} ({self.command!r}), held for {held:.1f}s"
 
 
-@dataclass(frozen=True)
-class LockStatus:
+class LockStatus(NamedTuple):
     """One lock of a repository as :func:`inspect` sees it."""
 
     name: str
@@ -564,8 +564,7 @@ def _leave_fence(lease: LeaseLock) -> None:
         fence.leases.remove(lease)
 
 
-@dataclass(frozen=True)
-class _LeaseState:
+class _LeaseState(NamedTuple):
     """A lease object as one GET saw it."""
 
     version: str
@@ -728,6 +727,8 @@ class LeaseLock(LockBackend):
         """Refuse a store that accepts a create over an existing object: a lease there would
         exclude nobody. Asked once per server and bucket in a process (one request once the
         probe object exists, :meth:`ConditionalStore.honours_preconditions`)."""
+        from .conditional import PROBE_NAME  # object storage only: not with a local lock
+
         probe = self.storage.backend_path(f"{LOCKS_DIR}/{PROBE_NAME}")
         key = (type(self.store).__name__, self.store.endpoint, probe.partition("/")[0])
         if key not in _honours_preconditions:

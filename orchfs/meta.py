@@ -17,13 +17,12 @@ import os
 import stat
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .atomic import CREATE
 from .errors import FormatError, LayoutVersionError, MetaError, UnsafeStateError
-from .overlay import StateFiles
 from .paths import STATE_DIR
+from .statefiles import StateFiles
 from .stored import check_repo_id, load_json, read_state
 from .version import __version__
 
@@ -32,8 +31,10 @@ FORMAT_FILE = "FORMAT"
 META_FILE = "meta.json"
 
 
-@dataclass(frozen=True)
-class FormatInfo:
+class FormatInfo(NamedTuple):
+    """A ``FORMAT`` file: the layout version, and the second line, if any, naming the
+    orchfs release a newer layout needs."""
+
     version: int
     requires: str | None
 

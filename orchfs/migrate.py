@@ -29,7 +29,7 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, LocalAtomicWriter, temp_name
@@ -72,8 +72,7 @@ SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 logger = library_logger(__name__)
 
 
-@dataclass(frozen=True)
-class Move:
+class Move(NamedTuple):
     """One file of the plan. ``source`` and ``target`` are relative to the root."""
 
     source: str
@@ -82,8 +81,7 @@ class Move:
     action: str  # rename | copy | retire
 
 
-@dataclass(frozen=True)
-class MoveConflict:
+class MoveConflict(NamedTuple):
     """``source`` and what is at ``target`` differ. ``other`` names the earlier legacy
     location that moves to ``target`` in the same run (two legacy locations of one
     entry): the first in order moves, ``source`` is then kept in the backup."""
@@ -95,6 +93,9 @@ class MoveConflict:
 
 @dataclass(frozen=True)
 class Plan:
+    """What a migration does (:func:`plan`), or did: the moves, the conflicts and what
+    is reported without moving, with the room on disk it needs."""
+
     migration_id: str
     moves: tuple[Move, ...]
     conflicts: tuple[MoveConflict, ...]
@@ -126,8 +127,8 @@ class Plan:
     def to_json(self, applied: bool) -> dict[str, Any]:
         return {
             "migration_id": self.migration_id,
-            "moves": [asdict(m) for m in self.moves],
-            "conflicts": [asdict(c) for c in self.conflicts],
+            "moves": [m._asdict() for m in self.moves],
+            "conflicts": [c._asdict() for c in self.conflicts],
             "unknown": list(self.unknown),
             "leftovers": list(self.leftovers),
             "total_bytes": self.total_bytes,
@@ -142,6 +143,8 @@ class Plan:
 
 @dataclass
 class Result:
+    """How a run of :func:`apply` or :func:`rollback` ended, with the plan it carried out."""
+
     plan: Plan
     applied: bool
     message: str

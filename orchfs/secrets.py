@@ -48,8 +48,8 @@ from .errors import (
     StateError,
 )
 from .faults import checkpoint
-from .overlay import StateFiles
 from .paths import validate_name
+from .statefiles import StateFiles
 from .stored import load_json, read_state
 from .userkey import read_named_key, read_user_key, user_key_path, write_user_key
 

@@ -26,7 +26,6 @@ import functools
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import IO, Any, NamedTuple, Protocol
 
 from .atomic import (
@@ -42,9 +41,7 @@ from .atomic import (
     write_whole,
 )
 from .beneath import PROBE_FLAGS, READ_FLAGS, Beneath, read_all
-from .conditional import for_filesystem
 from .errors import BucketNotFoundError, PathEscapeError, UnsafeStateError
-from .locks import active_fence
 from .paths import MARKER_PREFIXES, MEMO_LIMIT, TEMP_PREFIX
 
 _O_PATH = getattr(os, "O_PATH", 0)
@@ -63,8 +60,7 @@ except ImportError:  # pragma: no cover - Windows
     _LOCK_EX = 0
 
 
-@dataclass(frozen=True)
-class Capabilities:
+class Capabilities(NamedTuple):
     """What a backend can do natively; the layers above adapt to it, and every choice
     between backends is made on these, never on :attr:`Storage.kind`.
 
@@ -534,6 +530,9 @@ class FsspecStorage:
         self._read_options = read_options or {}
         self._bucket_ready = False
         # Conditional create/replace/delete with versions: exclusive create, leases, fencing.
+        # Imported here: a local repository's commands never load object-storage requests.
+        from .conditional import for_filesystem
+
         self.conditional = for_filesystem(fs, self.url(""))
         self._capabilities: Capabilities | None = None
         # Objects this adapter has just read or written: a write to one of them needs no
@@ -640,13 +639,22 @@ class FsspecStorage:
     def listdir(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
         return self.scan(rel).children
 
+    def _fence(self) -> Any:
+        """The lease this thread holds on the store (see :mod:`orchfs.locks`), or None;
+        without conditional requests there is none."""
+        if self.conditional is None:
+            return None
+        from .locks import active_fence  # with the first request, not with a local command
+
+        return active_fence()
+
     def read_optional(self, rel: str, start: int | None = None, end: int | None = None) -> bytes | None:
         """The object's bytes (or a range of them) in one request, or None when it is absent.
 
         Under a lease (see :mod:`orchfs.locks`) a whole read also notes the object's
         version, which the fenced write that follows names."""
         full = self._full(rel)
-        fence = active_fence() if self.conditional is not None and start is None and end is None else None
+        fence = self._fence() if start is None and end is None else None
         if (start is not None and start < 0) or (end is not None and end < 0):
             # Not every backend takes offsets from the end (adlfs does not): make them absolute.
             found = self.info(rel)
@@ -741,7 +749,7 @@ class FsspecStorage:
         def upload(data: bytes) -> None:
             if self.capabilities.parents_required:  # a filer makes them itself
                 self.fs.makedirs(full.rpartition("/")[0], exist_ok=True)
-            fence = active_fence() if self.conditional is not None else None
+            fence = self._fence()
             try:
                 if fence is not None:  # under a lease: deadline checked, version named
                     fence.write(self.conditional, full, data, exclusive=exclusive)
@@ -798,7 +806,7 @@ class FsspecStorage:
     def remove(self, rel: str) -> None:
         self._files.discard(rel)
         self._dirs.clear()  # a prefix may have lost its last key
-        fence = active_fence() if self.conditional is not None else None
+        fence = self._fence()
         if fence is not None:
             fence.delete(self.conditional, self._full(rel))
         else:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .overlay import StateFiles
+from .statefiles import StateFiles
 
 __all__ = ["RECORD_DIR", "Record", "damaged_records", "is_stale", "read_record", "record_key", "write_record"]
 

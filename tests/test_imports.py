@@ -15,12 +15,25 @@ def loaded_after(statement: str) -> set[str]:
 # What a command on a local repository never uses: fsspec (and with it asyncio, ssl and
 # the entry-point scan of importlib.metadata), the object-storage clients, the crypto.
 UNUSED_LOCALLY = ("fsspec", "asyncio", "ssl", "importlib.metadata", "s3fs", "botocore", "cryptography")
+# orchfs's own modules that only the overlay or object storage need.
+OBJECT_STORAGE_ONLY = ("orchfs.conditional", "orchfs.overlay", "orchfs.layerindex")
 
 
 def test_import_orchfs_is_light():
     modules = loaded_after("import orchfs")
     for heavy in ("click", "yaml", "pytest", "keyring", "orchfs.cli", "orchfs.filesystem", *UNUSED_LOCALLY):
         assert heavy not in modules, heavy
+    # Nor the layout, whose dataclasses pull in inspect (with ast, dis and tokenize).
+    assert modules & {"orchfs.layout", "dataclasses", "inspect"} == set()
+
+
+def test_layout_names_still_import_on_first_use():
+    modules = loaded_after(
+        "import orchfs; from orchfs.layout import Layout, default_layout; "
+        "assert orchfs.Layout is Layout and orchfs.default_layout is default_layout; "
+        "assert orchfs.layout.Layout is Layout"
+    )
+    assert "orchfs.layout" in modules
 
 
 def test_public_names_still_import_on_first_use():
@@ -51,9 +64,11 @@ def test_migrate_of_a_local_repository_loads_no_fsspec(tmp_path):
     )
     assert "orchfs.migrate" in modules and not (repo / ".workflow_state.json").exists()
     # Nor what this run does not use: logging configured by no one (orchfs's loggers are
-    # made on the first record after someone imports it), git in a directory without .git.
+    # made on the first record after someone imports it), git in a directory without .git,
+    # the overlay (migrate moves whole files and writes FORMAT through StateFiles) and the
+    # conditional requests of object storage (a local lock takes none).
     assert not (repo / ".git").exists()
-    for heavy in (*UNUSED_LOCALLY, "logging", "subprocess", "orchfs.filesystem"):
+    for heavy in (*UNUSED_LOCALLY, "logging", "subprocess", "orchfs.filesystem", *OBJECT_STORAGE_ONLY):
         assert heavy not in modules, heavy
 
 

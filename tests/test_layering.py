@@ -87,8 +87,9 @@ ADAPTER_NAMES = frozenset(
     | {"_state", "_repo", "_store", "_storage", "_root_store"}
 )
 ADAPTER_FACTORIES = frozenset({"open_storage", "LocalStorage", "FsspecStorage"})
-# Modules where every call may write: the adapters themselves, and the overlay.
-WRITING_MODULES = frozenset({"storage.py", "overlay.py"})
+# Modules where every call may write: the adapters themselves, the overlay and the
+# StateFiles seam for orchfs's own files.
+WRITING_MODULES = frozenset({"storage.py", "overlay.py", "statefiles.py"})
 LOCK_BASE = "LockBackend"
 
 
@@ -224,7 +225,7 @@ def test_choices_between_backends_are_made_on_capabilities():
 
 def test_state_files_write_orchfs_own_files_only(tmp_path):
     from orchfs.errors import PathEscapeError
-    from orchfs.overlay import StateFiles
+    from orchfs.statefiles import StateFiles
     from orchfs.storage import open_storage
 
     files = StateFiles(open_storage(str(tmp_path), None))
