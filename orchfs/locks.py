@@ -865,12 +865,14 @@ class LeaseLock(LockBackend):
 _held = threading.local()
 
 
-@dataclass
 class _Holding:
     """One lock held by one thread: the backend that acquired it and how deep it is."""
 
-    backend: Any
-    depth: int
+    __slots__ = ("backend", "depth")
+
+    def __init__(self, backend: Any, depth: int) -> None:
+        self.backend = backend
+        self.depth = depth
 
 
 class RepositoryLock:

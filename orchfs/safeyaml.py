@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
@@ -31,10 +30,15 @@ MAX_NODES = 100_000
 REPARSE_BYTES = 64 << 10
 
 
-@dataclass
 class _Frame:
-    anchor: str | None
-    nodes: int = 1  # this collection and everything completed inside it, aliases expanded
+    """An open collection: its anchor, and its own node with everything completed inside
+    it so far, aliases expanded."""
+
+    __slots__ = ("anchor", "nodes")
+
+    def __init__(self, anchor: str | None, nodes: int = 1) -> None:
+        self.anchor = anchor
+        self.nodes = nodes
 
 
 def _loader() -> Any:
@@ -99,6 +103,7 @@ def _check_events(events: Any, source: str) -> None:
 
     anchors: dict[str, int] = {}
     stack: list[_Frame] = [_Frame(None, 0)]
+    total = 0  # the document so far: the nodes of every open frame, kept as they change
     for event in events:
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             if len(stack) > MAX_DEPTH:
@@ -106,20 +111,23 @@ def _check_events(events: Any, source: str) -> None:
                     f"{_where(source, event.start_mark)}: nested deeper than {MAX_DEPTH} levels; refused"
                 )
             stack.append(_Frame(event.anchor))
+            total += 1
             continue
         if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             frame = stack.pop()
-            size = frame.nodes
+            anchor, size = frame.anchor, frame.nodes
+            total -= size  # counted again below, as part of the enclosing frame
         elif isinstance(event, yaml.ScalarEvent):
-            frame, size = _Frame(event.anchor), 1
+            anchor, size = event.anchor, 1
         elif isinstance(event, yaml.AliasEvent):
-            frame, size = _Frame(None), anchors.get(event.anchor, 1)
+            anchor, size = None, anchors.get(event.anchor, 1)
         else:
             continue
-        if frame.anchor is not None:
-            anchors[frame.anchor] = size
+        if anchor is not None:
+            anchors[anchor] = size
         stack[-1].nodes += size
-        if sum(f.nodes for f in stack) > MAX_NODES:  # the document so far (depth <= MAX_DEPTH)
+        total += size
+        if total > MAX_NODES:
             raise ConfigError(
                 f"{_where(source, event.start_mark)}: aliases expand the document past {MAX_NODES} "
                 "nodes; refused"
