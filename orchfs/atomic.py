@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -72,9 +73,23 @@ CREATE = WriteKind(create=True)
 REPLACE_LOOKED = WriteKind(looked=True)
 
 
-def temp_name(name: str) -> str:
-    """A fresh temp-file name beside ``name`` (never shown in listings)."""
-    return f"{TEMP_PREFIX}{name[:64]}.{os.urandom(8).hex()}"
+# The random bits of temp-file names: a generator of orchfs's own, seeded from the system's
+# randomness (a program that seeds the ``random`` module for its own reproducibility must
+# not make two processes pick the same names), and seeded afresh in every forked child.
+_TEMP_BITS = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_TEMP_BITS.seed)
+
+
+def temp_name(name: str, _bits: Callable[[int], int] = _TEMP_BITS.getrandbits) -> str:
+    """A fresh temp-file name beside ``name`` (never shown in listings).
+
+    64 random bits, without a system call per write; they keep concurrent writers of one
+    name apart. Nothing relies on their being unguessable: the temp file is created
+    ``O_EXCL|O_NOFOLLOW``, so an entry planted at a guessed name makes the write fail,
+    never lands it elsewhere.
+    """
+    return f"{TEMP_PREFIX}{name[:64]}.{_bits(64):016x}"
 
 
 def fsync_directory(dir_fd: int) -> None:

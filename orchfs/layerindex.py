@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from .beneath import FileReader
 from .errors import PathEscapeError
+from .paths import TEMP_PREFIX
 
 if TYPE_CHECKING:
     from .beneath import Beneath
@@ -96,6 +97,10 @@ _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
 _READ_SIZE = 65536
 _EVENT_MAX = _EVENT_HEADER + 256  # the largest event: a name of NAME_MAX bytes and its NUL
+# The temp files of orchfs's own writes: no logical path, marker or legacy location has a
+# segment of this name (the gate and the layout refuse one), so none is ever asked about,
+# and their events (two of the four of every write) are passed over undecoded.
+_TEMP_NAME = os.fsencode(TEMP_PREFIX)
 
 # statfs f_type of filesystems whose every change inotify reports (local ones).
 _LOCAL_FILESYSTEMS = frozenset(
@@ -283,9 +288,10 @@ class _Watcher:
             at = start + size
             if mask & _IN_Q_OVERFLOW:
                 return False
-            if size and not mask & _NAME_CHANGED:
+            if size and (not mask & _NAME_CHANGED or data.startswith(_TEMP_NAME, start)):
                 # A name's attributes (IN_ATTRIB): its kind is the same, and an indexed
                 # directory of that name hears it on its own watch (IN_ATTRIB, no name).
+                # Or a temp file, never asked about.
                 continue
             nodes = watched.get(wd)
             if not nodes:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .errors import ConfigError, PathEscapeError
-from .paths import validate
+from .paths import MARKER_PREFIXES, validate
 
 SCOPES = ("session", "repo")
 # v1-looking names that no entry may name: reported by migrate and doctor as unknown (or,
@@ -107,6 +107,18 @@ class Layout:
     def virtual_children(self, logical_dir: str) -> frozenset[str]:
         """Names that entries place directly in ``logical_dir`` (``feedback`` -> tool.jsonl)."""
         return self._virtual.get(logical_dir, frozenset())
+
+    def named_in(self, logical_dir: str) -> frozenset[str]:
+        """Names directly in ``logical_dir`` that an entry names itself (a file, one of its
+        companions, a directory, or a directory on the way to one): any other name there
+        matches what ``logical_dir`` matches, with the name added to the remainder."""
+        prefix = f"{logical_dir}/" if logical_dir else ""
+        companions = (
+            name[len(prefix) :]
+            for name in self._files
+            if name.startswith(prefix) and "/" not in name[len(prefix) :]
+        )
+        return self.virtual_children(logical_dir) | frozenset(companions)
 
     def legacy_names(self) -> list[str]:
         """Every legacy location (repo-relative), entries first, then import sources."""
@@ -209,6 +221,8 @@ def _plain_relative(text: Any) -> str:
     parts = text.strip("/").split("/")
     if text.startswith("/") or any(p in ("..", ".", "") for p in parts) or "\\" in text:
         raise ValueError("must stay inside the repository (no '..', no absolute path)")
+    if any(p.startswith(MARKER_PREFIXES) for p in parts):
+        raise ValueError(f"has a name starting with {' or '.join(MARKER_PREFIXES)}, reserved for orchfs")
     return "/".join(parts)
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from hashlib import sha1
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .atomic import REPLACE, REPLACE_LOOKED, WriteKind
 from .beneath import FileReader
@@ -158,6 +158,24 @@ class Found(tuple):
         return self[1]["type"] == "directory"
 
 
+class _DirectoryWrites(NamedTuple):
+    """Where a write of any ordinary name in one logical directory goes, and what it must
+    look at first: facts about strings (the layout, the session, the phase), nothing
+    about the disk, so kept for the life of the overlay.
+
+    ``names_kept``: names there that an entry names itself, which take the full path.
+    ``store`` and ``prefix``: the write target (``prefix + name`` in ``store``).
+    ``lower``: a layer below could show the path or hide it (markers matter).
+    ``legacy``: the layer index's directory of each legacy location (rule 7's check).
+    """
+
+    names_kept: frozenset[str]
+    store: Storage
+    prefix: str
+    lower: bool
+    legacy: tuple[str, ...]
+
+
 def ancestors(logical: str) -> list[str]:
     """``a/b/c`` -> ``["a", "a/b"]`` (proper ancestors, outermost first)."""
     parts = logical.split("/")
@@ -205,6 +223,8 @@ class Overlay:
         # one look instead of a probe per layer (see orchfs.layerindex).
         self.index = index_for(state, repo)
         self._beneath: dict[str, tuple[tuple[str, str], ...]] = {}
+        # Logical directory -> how writes there go (None: each takes the full path).
+        self._directory_writes: dict[str, _DirectoryWrites | None] = {}
         if self.index is not None:
             self._sentinel = self.index.key(state.path_beneath(MARKER_SENTINEL))  # type: ignore[attr-defined]
 
@@ -713,9 +733,59 @@ class Overlay:
 
     def write(self, logical: str, data: bytes, kind: WriteKind = REPLACE) -> None:
         """Rule 2: ``data`` lands in the write target of ``logical``, atomically."""
+        if self._write_at_once(logical, data, kind):
+            return
         target = self.prepare_write(logical)
         target.store.write(target.rel, data, kind)
         self.finish_write(logical, target)
+
+    def _write_at_once(self, logical: str, data: bytes, kind: WriteKind) -> bool:
+        """The write of :meth:`write` when it has nothing to do but write: False (and
+        nothing done) unless the layer index, polled now, shows no legacy file at the
+        path (rule 7: nothing to supersede) and no marker anywhere (nothing to reopen or
+        remove). What :meth:`prepare_write` would ask, in one poll and a look-up per
+        legacy location, with nothing built or kept per path."""
+        index = self.index
+        if index is None or not self.initialized:
+            return False
+        head, _, name = logical.rpartition("/")
+        plan = self._directory_writes.get(head, False)
+        if plan is False:
+            plan = self._plan_writes(head, name)
+        if plan is None or name in plan.names_kept:
+            return False
+        if plan.lower:
+            if self._markers_seen:
+                return False
+            keys = [(directory, name) for directory in plan.legacy]
+            keys.append(self._sentinel)
+            if index.first(keys) != ABSENT:
+                return False  # a legacy file to supersede, a marker, or ask the disk
+        plan.store.write(plan.prefix + name, data, kind)
+        return True
+
+    def _plan_writes(self, head: str, name: str) -> _DirectoryWrites | None:
+        """How writes in the logical directory ``head`` go (see :class:`_DirectoryWrites`),
+        worked out from those of ``name`` there; None where a location is not the
+        directory's own plus the name (then every write there takes the full path)."""
+        plan = None
+        kept = self.layout.named_in(head)
+        if name in kept:
+            return None  # asked again with an ordinary name
+        logical = f"{head}/{name}" if head else name
+        layers = self.layers(logical)
+        prefixes = [loc.rel[: -len(name)] for loc in layers if loc.rel.endswith(name)]
+        if len(prefixes) == len(layers) and all(not p or p.endswith("/") for p in prefixes):
+            legacy = tuple(
+                self.index.key(loc.store.path_beneath(loc.rel))[0]  # type: ignore[union-attr,attr-defined]
+                for loc in layers
+                if not loc.upper
+            )
+            target = layers[0]
+            plan = _DirectoryWrites(kept, target.store, prefixes[0], self.has_lower(logical), legacy)
+        if len(self._directory_writes) < MEMO_LIMIT:
+            self._directory_writes[head] = plan
+        return plan
 
     def open_writer(self, logical: str, kind: WriteKind, *, found: Found | None) -> Any:
         """A staged writer into the write target; ``found`` (the caller's lookup, which

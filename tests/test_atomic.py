@@ -79,13 +79,16 @@ def test_kill_9_mid_write_leaves_old_or_new_bytes(how, fault, survivor, tmp_path
     assert fs.cat_file("big.bin") == NEW
 
 
+# state.json: a layout entry's own name, written the full way; checkpoints/cp.json: an
+# ordinary name in a directory, written the quick way once the instance has written.
+@pytest.mark.parametrize("path", ["state.json", "checkpoints/cp.json"])
 @pytest.mark.parametrize("how", ["open", "pipe"])  # a file object, or every byte at once
 @pytest.mark.parametrize("syscall", ["write", "fsync", "replace", "fchmod"])
-def test_failing_the_nth_syscall_keeps_old_bytes(syscall, how, tmp_path, monkeypatch):
+def test_failing_the_nth_syscall_keeps_old_bytes(syscall, how, path, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     repo.mkdir()
     fs = orchfs.OrchFileSystem(root=str(repo))
-    fs.pipe_file("state.json", b"old")
+    fs.pipe_file(path, b"old")
     real = getattr(os, syscall)
     for failing_call in range(1, 6):
         calls = {"n": 0}
@@ -99,9 +102,9 @@ def test_failing_the_nth_syscall_keeps_old_bytes(syscall, how, tmp_path, monkeyp
         monkeypatch.setattr(os, syscall, flaky)
         try:
             if how == "pipe":
-                fs.pipe_file("state.json", b"new bytes")
+                fs.pipe_file(path, b"new bytes")
             else:
-                with fs.open("state.json", "wb") as f:
+                with fs.open(path, "wb") as f:
                     f.write(b"new ")
                     f.write(b"bytes")
             failed = False
@@ -110,7 +113,7 @@ def test_failing_the_nth_syscall_keeps_old_bytes(syscall, how, tmp_path, monkeyp
             failed = True
         finally:
             monkeypatch.setattr(os, syscall, real)
-        target = repo / ".orchestrator" / "state.json"
+        target = repo / ".orchestrator" / path
         data = target.read_bytes()
         if syscall == "fchmod" and failed:
             # The mode is widened only after publishing: the new bytes are in place,
@@ -120,8 +123,32 @@ def test_failing_the_nth_syscall_keeps_old_bytes(syscall, how, tmp_path, monkeyp
         else:
             assert data == (b"old" if failed else b"new bytes")
         assert temp_files(repo / ".orchestrator") == []
-        assert open_directories(repo / ".orchestrator") == 0  # the directory's closed too
-        fs.pipe_file("state.json", b"old")
+        assert open_directories(target.parent) == 0  # the directory's closed too
+        fs.pipe_file(path, b"old")
+
+
+def test_temp_names_stay_apart_whatever_the_program_seeds():
+    """A program that seeds ``random`` for its own reproducibility, and a forked child,
+    still pick temp names of their own: two writers of one file never pick the same."""
+    import random
+
+    from orchfs.atomic import temp_name
+
+    random.seed(7)
+    first = temp_name("state.json")
+    random.seed(7)
+    assert temp_name("state.json") != first
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next name, then out at once
+        os.write(write_end, temp_name("state.json").encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 256).decode()
+    os.close(read_end)
+    assert child.startswith(f"{TEMP_PREFIX}state.json.") and len(child) == len(first)
+    assert child != temp_name("state.json")
 
 
 def test_final_modes(tmp_path):

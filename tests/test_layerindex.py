@@ -390,6 +390,28 @@ def test_a_directory_whose_mode_changes_is_forgotten(tmp_path, helper):
     index.close()
 
 
+def test_the_events_of_orchfs_temp_files_are_passed_over(tmp_path):
+    """Every write makes a temp file and renames it: the index passes over the temp
+    file's events (no temp name is ever asked about) and still learns the written name."""
+    root, _outside = make_repo(str(tmp_path))
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    index = fs.overlay.index
+    physical = f"{CONTAINED}/new.json"
+    for step in range(2 * layerindex.INDEX_AFTER):  # every directory a write asks about indexed
+        fs.pipe_file(f"checkpoints/warm_{step}.json", b"warm")
+        assert state(index, physical) == ABSENT or CONTAINED not in index._dirs
+    names = index._dirs[CONTAINED].names
+    added = index._tree.added
+    fs.pipe_file("checkpoints/new.json", b"new")
+    with fs.open("checkpoints/other.json", "wb") as f:
+        f.write(b"other")
+    assert state(index, physical) == PRESENT
+    assert state(index, f"{CONTAINED}/other.json") == PRESENT
+    assert not [name for name in names if name.startswith(".orchfs-tmp.")]
+    assert index._tree.added == added + 2  # the two names, not their temp files
+    assert {"new.json", "other.json"} <= set(names)
+
+
 def test_concurrent_changes_never_lead_outside_and_settle(tmp_path):
     """A thread swaps directories for links to outside and writes files meanwhile: no
     read returns outside bytes; once it stops, indexed and probed answers agree."""

@@ -405,6 +405,10 @@ def test_custom_layout_from_yaml_and_dict(tmp_path):
             "entries:\n  - {logical: a, legacy: [/etc/passwd]}\n",
             r"layout.yaml:2: legacy location '/etc/passwd'",
         ),
+        (
+            "entries:\n  - {logical: a/, legacy: [.orchfs-tmp.a/]}\n",
+            r"layout.yaml:2: legacy location '.orchfs-tmp.a/' has a name starting with .wh. or .orchfs-tmp.",
+        ),
         ("entries:\n  - {logical: ../a}\n", r"layout.yaml:2: bad logical path"),
         (
             "entries:\n  - {logical: a, colour: red}\n",
@@ -705,3 +709,75 @@ def test_names_only_listing_judges_links_like_the_detailed_one(tmp_path):
         assert names == sorted(info["name"] for info in fs.ls("checkpoints", detail=True))
     os.unlink(repo / "inside.json")  # the link dangles now; its directory did not change
     assert fs.ls("checkpoints", detail=False) == ["checkpoints/plain.json"]
+
+
+# --- writes of ordinary names in a directory, the quick way ---------------------------
+OUTSIDE_BYTES = b"outside: must stay as it is"
+
+
+def quick_writes_repo(tmp_path: Path) -> tuple[Path, Path, orchfs.OrchFileSystem]:
+    """A repository with a legacy and a contained checkpoints directory, an outside
+    canary, and an instance whose writes in ``checkpoints/`` and ``checkpoints/sub/`` now
+    take the quick way (checked: the full way would record each path it looked at)."""
+    root, outside = tmp_path / "repo", tmp_path / "outside"
+    for directory in (
+        root / ".workflow_checkpoints" / "sub",
+        root / ".orchestrator" / "checkpoints",
+        outside,
+    ):
+        directory.mkdir(parents=True)
+    (outside / "canary.json").write_bytes(OUTSIDE_BYTES)
+    fs = orchfs.OrchFileSystem(root=str(root), skip_instance_cache=True)
+    if fs.overlay.index is None:
+        pytest.skip("the quick way needs the layer index (inotify)")
+    for directory in ("checkpoints", "checkpoints/sub"):
+        names = [f"{directory}/warm_{i}.json" for i in range(8)]
+        for name in names:
+            fs.pipe_file(name, b"warm")
+        assert fs.overlay._directory_writes[directory] is not None
+        assert names[-1] not in fs.overlay._supersede_checked
+    return root, outside, fs
+
+
+def test_a_quick_write_supersedes_a_legacy_file_put_there_since(tmp_path):
+    """Rule 7 after a directory's writes went the quick way: a legacy file an old
+    orchestrator puts there afterwards is seen by the next write of its path, which
+    records it as superseded (stale, not a conflict)."""
+    root, _outside, fs = quick_writes_repo(tmp_path)
+    (root / ".workflow_checkpoints" / "late.json").write_bytes(b"legacy late")
+    fs.pipe_file("checkpoints/late.json", b"upper late")
+    assert fs.cat_file("checkpoints/late.json") == b"upper late"
+    assert fs.conflicts() == []
+    assert [(c.logical, c.kind) for c in fs.legacy_pairs()] == [("checkpoints/late.json", "stale")]
+
+
+def test_a_quick_write_yields_to_markers_made_since(tmp_path):
+    """Another instance removes a directory that the legacy layer shows (a whiteout, and
+    the markers sentinel) after this one's writes there went the quick way: the next
+    write reopens it, so that the new file shows and the old ones stay hidden."""
+    root, _outside, fs = quick_writes_repo(tmp_path)
+    (root / ".workflow_checkpoints" / "sub" / "old.json").write_bytes(b"old")
+    orchfs.OrchFileSystem(root=str(root), skip_instance_cache=True).rm("checkpoints/sub", recursive=True)
+    fs.pipe_file("checkpoints/sub/new.json", b"new")  # nothing asked before: the write's own look
+    assert not (root / ".orchestrator" / "checkpoints" / ".wh.sub").exists()
+    assert fs.cat_file("checkpoints/sub/new.json") == b"new"
+    assert fs.ls("checkpoints/sub", detail=False) == ["checkpoints/sub/new.json"]
+    assert (root / ".workflow_checkpoints" / "sub" / "old.json").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("to", ["outside", "inside"])
+def test_a_quick_write_refuses_a_directory_swapped_for_a_link(tmp_path, to):
+    """The write target's directory is swapped for a symlink (to outside the root, or to
+    the legacy directory inside it) after writes there went the quick way: the next
+    write is refused, and nothing is written through the link."""
+    root, outside, fs = quick_writes_repo(tmp_path)
+    contained = root / ".orchestrator" / "checkpoints"
+    legacy = root / ".workflow_checkpoints"
+    legacy_before = sorted(os.listdir(legacy))
+    contained.rename(root / "aside")
+    contained.symlink_to(outside if to == "outside" else legacy)
+    with pytest.raises(PathEscapeError):
+        fs.pipe_file("checkpoints/c.json", b"never through a link")
+    assert sorted(os.listdir(outside)) == ["canary.json"]
+    assert (outside / "canary.json").read_bytes() == OUTSIDE_BYTES
+    assert sorted(os.listdir(legacy)) == legacy_before
