@@ -134,6 +134,15 @@ class ConditionalStore:
         bucket = self.fs.split_path(path)[0]
         return BucketNotFoundError(self.store or self.fs.unstrip_protocol(bucket), bucket)
 
+    def require_bucket(self, path: str) -> None:
+        """Raise :class:`BucketNotFoundError` when the bucket (or container) of ``path``
+        does not exist (one request). orchfs never creates one: ``makedirs`` of s3fs,
+        gcsfs and adlfs would, but a bucket's region, access policy and lifecycle are the
+        operator's to choose."""
+        bucket = self.fs.split_path(path)[0]
+        if not self.fs.exists(bucket):
+            raise self.missing_bucket(path)
+
     @property
     def endpoint(self) -> str:
         """Which server this is (a store's answers hold for all its clients in a process)."""
@@ -432,6 +441,9 @@ _memory_stamps: dict[str, tuple[int, float]] = {}  # path -> (writes so far, whe
 
 class MemoryConditional(ConditionalStore):
     """fsspec's in-process ``MemoryFileSystem``: versions counted here, under one lock."""
+
+    def require_bucket(self, path: str) -> None:
+        """Memory has no buckets: there is nothing to require."""
 
     def _version(self, path: str, data: bytes) -> str:
         count = _memory_stamps.get(path, (0, 0.0))[0]

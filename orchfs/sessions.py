@@ -242,17 +242,25 @@ def policy_of(config: Any) -> Retention:
 
 def _remote_copy(fs: Any, url: str, storage_options: Mapping[str, Any] | None, what: str) -> tuple[Any, str]:
     """The filesystem and directory that hold the bound session's copy: ``<url>/<id>``."""
-    from fsspec.core import url_to_fs
-
     if not fs.session_id:
         raise ValueError(f"{what} needs a bound session (session= or web_mode=True)")
     from fsspec.utils import get_protocol
 
     options = dict(storage_options or {})
     if get_protocol(url) in ("file", "local"):  # a local directory: parents are made as files land
+        from fsspec.core import url_to_fs
+
         options.setdefault("auto_mkdir", True)
-    remote, base = url_to_fs(f"{url.rstrip('/')}/{fs.session_id}", **options)
-    return remote, base.rstrip("/")
+        remote, base = url_to_fs(f"{url.rstrip('/')}/{fs.session_id}", **options)
+        return remote, base.rstrip("/")
+    from .storage import open_storage
+
+    # Opened as the state is (listings not cached, the client a server of its own needs),
+    # and a missing bucket is said, never made nor read as empty.
+    store = open_storage(url, options)
+    if store.conditional is not None:  # type: ignore[attr-defined]
+        store.conditional.require_bucket(store.backend_path(""))  # type: ignore[attr-defined]
+    return store.fs, store.backend_path(fs.session_id)  # type: ignore[attr-defined]
 
 
 class Persister:
