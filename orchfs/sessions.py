@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .config import parse_duration
 from .errors import ConfigError, PathEscapeError, UnsafeStateError
@@ -108,8 +108,7 @@ def current_session(state: Any) -> str | None:
     return name if found is not None and found["type"] == "directory" else None
 
 
-@dataclass(frozen=True)
-class Session:
+class Session(NamedTuple):
     """One entry of ``sessions/`` as :func:`list_sessions` found it: a session directory,
     or (``kind="transcript"``) a flat file such as v1's ``.workflow_sessions/<when>.log``
     transcripts, which is listed but never pruned."""
@@ -137,8 +136,7 @@ class Session:
         }
 
 
-@dataclass(frozen=True)
-class Pruning:
+class Pruning(NamedTuple):
     """A session the policy removes, and which limit removes it."""
 
     session: Session

@@ -29,18 +29,16 @@ never left half in place.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import io
 import json
 import os
 import re
 import stat
-import tarfile
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .atomic import PRIVATE_FILE_MODE, UMASK
 from .beneath import Beneath, read_all
@@ -79,8 +77,7 @@ STREAM_SLACK = 64 << 20
 ARCHIVE_SLACK = 64 << 20
 
 
-@dataclass(frozen=True)
-class SnapshotInfo:
+class SnapshotInfo(NamedTuple):
     """What an export wrote or an import read."""
 
     path: str
@@ -138,6 +135,8 @@ def export(fs: Any, path: str | os.PathLike[str], *, encrypt: bool = False, key:
     state = fs.state_storage
     target = os.path.abspath(os.fspath(path))
     _refuse_inside(state, target)
+    import tarfile  # here, not at import: doctor reads this module's names without archives
+
     archive = io.BytesIO()
     total = 0
     with fs.lock("repo"):
@@ -293,8 +292,7 @@ def _refuse_existing(state: Storage, force: bool, placed: frozenset[str] = froze
         )
 
 
-@dataclass(frozen=True)
-class _Member:
+class _Member(NamedTuple):
     """A staged file: its mode and size, and its bytes when it is stored state orchfs reads."""
 
     mode: int
@@ -337,6 +335,9 @@ def _stage(archive: bytes, source: str, state: Any, staging: str, max_bytes: int
     out: dict[str, _Member] = {}
     parents: set[str] = set()
     left = max_bytes
+    import gzip  # here, not at import: doctor reads this module's names without archives
+    import tarfile
+
     stream = _Bounded(gzip.GzipFile(fileobj=io.BytesIO(archive)), max_bytes + STREAM_SLACK, source)
     try:
         with tarfile.open(fileobj=io.BufferedReader(stream), mode="r|") as tar:
@@ -524,8 +525,7 @@ def _make_parent(state: Any, name: str) -> None:
         state.makedirs_private(name.rpartition("/")[0])
 
 
-@dataclass(frozen=True)
-class FinishedImport:
+class FinishedImport(NamedTuple):
     """An import whose interrupted swap :func:`finish_interrupted` completed."""
 
     journal: str

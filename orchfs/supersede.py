@@ -17,8 +17,7 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .statefiles import StateFiles
 
@@ -29,8 +28,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_RECORD_BYTES = 4096
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """The legacy file at ``legacy`` (root-relative) held ``size`` bytes hashing to ``sha256``."""
 
     legacy: str
