@@ -667,31 +667,55 @@ class SecretStore:
 
     def import_legacy(self, password: str | None = None, path: str | None = None) -> list[str]:
         """Store every entry of the v1 ``.secrets.enc`` (openssl aes-256-cbc -pbkdf2)."""
-        blob = self._legacy_blob(path)  # first: no password helps when there is no file
+        where, blob = self._legacy_blob(path)  # first: no password helps when there is no file
         password = password if password is not None else os.environ.get("SECRETS_PASSWORD")
         if not password:
             raise SecretsLockedError("set SECRETS_PASSWORD to the password of the v1 .secrets.enc")
-        mapping = decrypt_openssl(blob, password)
-        for name, value in mapping.items():
-            self.set(str(name), str(value))
-        return sorted(str(n) for n in mapping)
+        # Every entry is checked before the first is stored: all of them, or none.
+        entries = self._legacy_entries(decrypt_openssl(blob, password), where)
+        for name, value in entries.items():
+            self.set(name, value)
+        return sorted(entries)
 
-    def _legacy_blob(self, path: str | None) -> bytes:
+    def _legacy_entries(self, mapping: dict[Any, Any], where: str) -> dict[str, str]:
+        """The v1 file's entries as secret names and values; a name that is no valid
+        secret name, or a value that is no scalar, refuses the whole file."""
+        entries: dict[str, str] = {}
+        for name, value in mapping.items():
+            try:
+                checked = self._check_name(str(name))
+            except ValueError as exc:  # PathEscapeError too
+                raise StateError(
+                    f"{where}: the entry {str(name)!r} cannot be a secret name ({exc}); nothing was "
+                    "imported: rename it in the v1 file",
+                    where,
+                ) from None
+            if isinstance(value, (dict, list)) or value is None:
+                raise StateError(
+                    f"{where}: the entry {checked!r} holds a {type(value).__name__}, not a value; "
+                    "nothing was imported: give it a plain value in the v1 file",
+                    where,
+                )
+            entries[checked] = str(value)
+        return entries
+
+    def _legacy_blob(self, path: str | None) -> tuple[str, bytes]:
+        """Which v1 secrets file is imported, and its bytes."""
         if path is not None:
             with open(path, "rb") as f:
-                return f.read()
+                return path, f.read()
         for store, rel in ((self._root_store, ".secrets.enc"), (self._store, "secrets/legacy.enc")):
             data = read_state(store, rel, MAX_LEGACY_BYTES)  # a directory there: StateError
             if data is None:
                 continue
+            where = store.url(rel)
             if len(data) > MAX_LEGACY_BYTES:
-                where = store.url(rel)
                 raise StateError(
                     f"{where} is over the {MAX_LEGACY_BYTES}-byte limit for a v1 secrets file; "
                     "refused unread (is it the file the v1 tool wrote?)",
                     where,
                 )
-            return data
+            return where, data
         raise FileNotFoundError("no v1 .secrets.enc in the repository root or .orchestrator/secrets/")
 
 

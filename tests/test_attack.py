@@ -1373,3 +1373,44 @@ def test_migrate_never_keeps_set_id_or_world_write_inside_the_state(world, backu
     for name, mode in LOOSE_V1_MODES.items():
         back = stat.S_IMODE(os.lstat(root / name).st_mode)
         assert back == mode & 0o775, (name, oct(back))
+
+
+# --- the v1 secrets file ------------------------------------------------------------------
+def _v1_secrets_file(plaintext: str, password: str) -> bytes:
+    """What the v1 tool wrote: ``openssl enc -aes-256-cbc -pbkdf2 -salt`` of a YAML mapping."""
+    return subprocess.run(
+        ["openssl", "enc", "-aes-256-cbc", "-pbkdf2", "-salt", "-pass", "env:SECRETS_PASSWORD"],
+        input=plaintext.encode(),
+        capture_output=True,
+        check=True,
+        env={**os.environ, "SECRETS_PASSWORD": password},
+    ).stdout
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl binary is not installed")
+@pytest.mark.parametrize(
+    "entry, said",
+    [
+        ("'../../canary/a.txt': x", "cannot be a secret name"),
+        ("'a/b': x", "cannot be a secret name"),
+        ("'.wh.token': x", "cannot be a secret name"),
+        ("MANIFEST: x", "cannot be a secret name"),
+        ("token.enc: x", "cannot be a secret name"),
+        ("NESTED: {inner: x}", "holds a dict, not a value"),
+        ("LISTED: [x, y]", "holds a list, not a value"),
+        ("EMPTY:", "holds a NoneType, not a value"),
+    ],
+)
+def test_a_v1_secrets_file_with_one_bad_entry_imports_nothing(world, monkeypatch, entry, said):
+    """``secrets import-legacy`` checks every entry of the decrypted v1 file before it
+    stores the first: a name that is no secret name (a path, a marker, a reserved name)
+    or a value that is no value refuses the whole file with one line naming the file and
+    the entry; no secret was stored, the good entries before it included."""
+    (world.root / ".secrets.enc").write_bytes(_v1_secrets_file(f"FIRST: one\n{entry}\nLAST: two\n", "pw"))
+    monkeypatch.setenv("SECRETS_PASSWORD", "pw")
+    fs = v2(world)
+    with pytest.raises(StateError, match=rf"\.secrets\.enc: the entry .*{said}.*nothing was imported"):
+        fs.secrets.import_legacy()
+    assert fs.secrets.list() == []
+    assert "nothing was imported" in cli(world, "secrets", "import-legacy")
+    assert orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True).secrets.list() == []
