@@ -170,6 +170,13 @@ def _validate(values: dict[str, Any], origins: dict[str, Origin], path: str) -> 
                 if unknown:
                     first = sorted(unknown)[0]
                     raise fail(f"state.{name}.{first}", f"unknown key 'state.{name}.{first}'")
+        if key == "persist":  # where session copies go, and how often: a busy loop at 0
+            url = value.get("url")
+            if url is not None and not (isinstance(url, str) and url.strip()):
+                raise fail("state.persist.url", "state.persist.url must be a URL (s3://bucket/prefix)")
+            interval = value.get("interval")
+            if interval is not None and parse_duration(interval, origins.get("state.persist.interval")) <= 0:
+                raise fail("state.persist.interval", "state.persist.interval must be above 0 (such as 30s)")
     if "web_mode" in values and not isinstance(values["web_mode"], bool):
         raise fail("web_mode", "web_mode must be true or false")
 

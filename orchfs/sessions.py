@@ -278,6 +278,8 @@ class Persister:
         self.prefix = f"{SESSIONS}/{fs.session_id}"
         self.remote, self.base = _remote_copy(fs, url, storage_options, "persisting")
         self.interval = parse_duration(interval)
+        if self.interval <= 0:  # a sync loop without a pause
+            raise ConfigError(f"persist interval {interval!r} must be above 0 (such as 30s)")
         self.error: BaseException | None = None
         self._sent: dict[str, tuple[Any, Any]] = {}
         self._guard = threading.Lock()

@@ -1414,3 +1414,30 @@ def test_a_v1_secrets_file_with_one_bad_entry_imports_nothing(world, monkeypatch
     assert fs.secrets.list() == []
     assert "nothing was imported" in cli(world, "secrets", "import-legacy")
     assert orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True).secrets.list() == []
+
+
+# --- state.persist ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "persist, said",
+    [
+        ("{url: 5}", "state.persist.url must be a URL"),
+        ("{url: [s3://b/x]}", "state.persist.url must be a URL"),
+        ("{url: ''}", "state.persist.url must be a URL"),
+        ("{url: s3://b/x, interval: 0}", "state.persist.interval must be above 0"),
+        ("{url: s3://b/x, interval: 0s}", "state.persist.interval must be above 0"),
+    ],
+)
+def test_a_planted_persist_setting_is_refused_where_it_is_written(world, persist, said):
+    """A cloned ``workflow.yaml`` whose ``state.persist`` has no URL string (a raw
+    ``AttributeError`` once a session was persisted) or an interval of 0 (a sync loop
+    without a pause, against the store): ``ConfigError`` naming the file and line."""
+    (world.root / "workflow.yaml").write_text(f"name: x\nstate:\n  persist: {persist}\n")
+    with pytest.raises(ConfigError, match=rf"workflow\.yaml:3:\d+: {said}"):
+        orchfs.load_config(world.root)
+    assert said in cli(world, "config", "show")
+    if "interval" in said:
+        from orchfs.sessions import Persister
+
+        session = orchfs.OrchFileSystem(root=str(world.root), session="s1", skip_instance_cache=True)
+        with pytest.raises(ConfigError, match="must be above 0"):
+            Persister(session, str(world.canary), interval=0)
