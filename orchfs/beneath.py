@@ -332,6 +332,33 @@ class Beneath:
         bad path), for a caller that reads it often: see :class:`FileReader`."""
         return FileReader(self, self._encoded.get(rel) or self._encode(rel))
 
+    def read_encoded(self, path: bytes) -> bytes | int:
+        """The whole file at ``path`` (a path beneath the root that passed
+        :func:`check_rel`, encoded), or ``-errno`` for anything but a plain read (no root
+        descriptor yet, a link on the way or at the end, a rename racing the lookup, a
+        directory): the caller then asks :meth:`read_file`, which settles it.
+
+        The same ``openat2`` beneath the root as every open, in one call frame. Every
+        kept reader (:class:`FileReader` and its subclasses) calls this one method, so
+        that its attribute look-ups always meet a :class:`Beneath` (a body shared by
+        several classes reading their own fields is slower when they alternate)."""
+        syscall = self._syscall
+        if syscall is None:  # no openat2 here: the walk beneath the root
+            fd = self.try_open(os.fsdecode(path))
+            if fd < 0:
+                return fd
+        else:
+            fd = syscall(_SYS_OPENAT2, self._fd, path, self._read_how, 24)
+            if fd < 0:
+                return -self._openat2.get_errno()  # type: ignore[union-attr]
+        try:
+            data = os.read(fd, _FIRST_READ)
+            return data if len(data) < _FIRST_READ else _read_rest(fd, data, os.fsdecode(path))
+        except IsADirectoryError:
+            return -errno.EISDIR
+        finally:
+            os.close(fd)
+
     def _try_walk(self, rel: str, flags: int, mode: int, root: int) -> int:
         try:
             if not rel:
@@ -699,20 +726,17 @@ class Beneath:
 
 
 class FileReader:
-    """:meth:`Beneath.read_file` of one path, in one call frame: the whole file, or
-    ``-errno`` for anything but a plain read (no root descriptor yet, a link, a rename
-    racing the lookup, a directory), which the caller then hands to
-    :meth:`Beneath.read_file` to settle. The same ``openat2`` beneath the root as
-    every open: only the encoded path is kept. Made by :meth:`Beneath.reader`; a
-    subclass may check something first and call :meth:`FileReader.__call__` itself."""
+    """:meth:`Beneath.read_file` of one path, kept: a call returns the whole file, or
+    ``-errno`` for anything but a plain read (see :meth:`Beneath.read_encoded`), which
+    the caller then hands to :meth:`Beneath.read_file` to settle. Only the encoded path
+    is kept; every call opens it beneath the root. Made by :meth:`Beneath.reader`; a
+    subclass may check something first and then call ``disk.read_encoded(path)``."""
 
-    __slots__ = ("_disk", "_how", "_path", "_syscall")
+    __slots__ = ("_disk", "_path")
 
     def __init__(self, disk: Beneath, path: bytes) -> None:
         self._disk = disk
         self._path = path
-        self._syscall = disk._syscall  # fixed for the disk's life (its root descriptor is not)
-        self._how = disk._read_how
 
     @property
     def disk(self) -> Beneath:
@@ -724,22 +748,7 @@ class FileReader:
         return self._path
 
     def __call__(self) -> bytes | int:
-        syscall = self._syscall
-        if syscall is None:  # no openat2 here: the walk beneath the root
-            fd = self._disk.try_open(os.fsdecode(self._path))
-            if fd < 0:
-                return fd
-        else:
-            fd = syscall(_SYS_OPENAT2, self._disk._fd, self._path, self._how, 24)
-            if fd < 0:
-                return -self._disk._openat2.get_errno()  # type: ignore[union-attr]
-        try:
-            data = os.read(fd, _FIRST_READ)
-            return data if len(data) < _FIRST_READ else _read_rest(fd, data, os.fsdecode(self._path))
-        except IsADirectoryError:
-            return -errno.EISDIR
-        finally:
-            os.close(fd)
+        return self._disk.read_encoded(self._path)
 
 
 def read_all(fd: int, where: str | None = None) -> bytes:

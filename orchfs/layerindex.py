@@ -339,7 +339,7 @@ class _ReadIfAbsent(FileReader):
     :meth:`LayerIndex.read_if_absent`): the names of their directories are held, so
     that a call is one poll and a comparison, and a look-up per path only after a name
     was added somewhere in the tree (then the paths were absent at that count again).
-    The reader's own fields are copied in: one object, and the read in the same call."""
+    The reader's own fields are copied in: one object, and the read one call away."""
 
     __slots__ = ("_absent", "_generation", "_seen", "_tree")
 
@@ -352,7 +352,7 @@ class _ReadIfAbsent(FileReader):
         self._seen = -1  # no count yet: the first call looks the names up
         self._absent = absent
 
-    def __call__(self, _read: Callable[[FileReader], Any] = FileReader.__call__) -> Any:
+    def __call__(self) -> Any:
         watcher = _WATCHER  # what first() does first, inline: a call frame is a tenth of the check
         try:
             ready = watcher.poll(0, 2)  # type: ignore[misc]
@@ -369,7 +369,7 @@ class _ReadIfAbsent(FileReader):
                 if name in names:
                     return None
             self._seen = added
-        return _read(self)
+        return self._disk.read_encoded(self._path)
 
 
 def _linux() -> bool:
