@@ -372,10 +372,27 @@ def restore(fs: Any, url: str, storage_options: Mapping[str, Any] | None = None)
         names = remote.find(base)
     except FileNotFoundError:
         return 0
-    for name in names:
-        rel = name[len(base) + 1 :]
-        fs.pipe_file(f"{SESSIONS}/{fs.session_id}/{rel}", remote.cat_file(name))
+    # Every name is checked before the first file is written: all of the copy, or none.
+    logical = {name: _restored_path(fs, url, name[len(base) + 1 :]) for name in names}
+    for name, path in logical.items():
+        fs.pipe_file(path, remote.cat_file(name))
     return len(names)
+
+
+def _restored_path(fs: Any, url: str, rel: str) -> str:
+    """The logical path a file of the persisted copy is restored to: what the copy holds
+    is stored state like any other, so a name the path gate refuses (``..``, a marker,
+    a backslash) refuses the whole copy."""
+    from .paths import validate
+
+    try:
+        return validate(f"{SESSIONS}/{fs.session_id}/{rel}")
+    except PathEscapeError as exc:
+        raise UnsafeStateError(
+            f"{url}: the persisted copy of session {fs.session_id} holds {rel!r}, which no session "
+            f"file is named ({exc}); nothing was restored: remove it from the copy",
+            url,
+        ) from None
 
 
 def persister_of(fs: Any, root: Any, storage_options: Mapping[str, Any] | None = None) -> Persister | None:

@@ -1441,3 +1441,24 @@ def test_a_planted_persist_setting_is_refused_where_it_is_written(world, persist
         session = orchfs.OrchFileSystem(root=str(world.root), session="s1", skip_instance_cache=True)
         with pytest.raises(ConfigError, match="must be above 0"):
             Persister(session, str(world.canary), interval=0)
+
+
+# --- a persisted session copy -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "planted", ["../../../canary/a.txt", "checkpoints/.wh.cp.json", "a\\b.json", "x\x01.json"]
+)
+def test_a_persisted_copy_with_a_planted_name_restores_nothing(world, moto_server, s3_bucket, planted):
+    """``state.persist`` holds a session's copy that another machine restores: a name
+    there that no session file can have (``..``, a marker, a backslash, a control
+    character) refuses the whole copy before the first file is written."""
+    from orchfs.sessions import restore
+    from orchfs.storage import open_storage
+
+    url = f"s3://{s3_bucket}/persist-{uuid.uuid4().hex[:8]}"
+    remote = open_storage(url, {**moto_server.storage_options, "skip_instance_cache": True})
+    remote.fs.pipe_file(f"{remote.backend_path('s1')}/a-good.json", b"{}")  # type: ignore[attr-defined]
+    remote.fs.pipe_file(f"{remote.backend_path('s1')}/{planted}", b"planted")  # type: ignore[attr-defined]
+    session = orchfs.OrchFileSystem(root=str(world.root), session="s1", skip_instance_cache=True)
+    with pytest.raises(UnsafeStateError, match="nothing was restored"):
+        restore(session, url, storage_options=moto_server.storage_options)
+    assert not (world.state / "sessions").exists()
