@@ -713,16 +713,37 @@ class Beneath:
         (``keep_times``) ``src``'s times."""
         source = self.open(src)
         try:
-            st = os.fstat(source)
-            if not stat.S_ISREG(st.st_mode):
-                raise IsADirectoryError(errno.EISDIR, "not a regular file", self.show(src))
-            final = copied_mode(st.st_mode) if mode is None else mode
-            with self.writer(dst, mode=final, exclusive=exclusive) as out:
-                _copy_fd(source, out.staged_fd(), st.st_size)
-                if keep_times:
-                    os.utime(out.staged_fd(), ns=(st.st_atime_ns, st.st_mtime_ns))
+            self._copy_from(source, src, dst, mode=mode, exclusive=exclusive, keep_times=keep_times)
         finally:
             os.close(source)
+
+    def unshare(self, rel: str, source: int) -> None:
+        """Replace ``rel`` with a copy of its own of the file open for reading as
+        ``source`` (the caller's descriptor of what ``rel`` names; its bytes, permission
+        bits as :func:`copied_mode` says, and times), atomically: afterwards ``rel`` names
+        an inode with no other name, so a write in place there never reaches another name
+        of the old one (a migration backup that is a hard link, or a file outside the
+        root that a planted hard link names). The old inode is read, never written."""
+        self._copy_from(source, rel, rel)
+
+    def _copy_from(
+        self,
+        source: int,
+        src: str,
+        dst: str,
+        *,
+        mode: int | None = None,
+        exclusive: bool = False,
+        keep_times: bool = True,
+    ) -> None:
+        st = os.fstat(source)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", self.show(src))
+        final = copied_mode(st.st_mode) if mode is None else mode
+        with self.writer(dst, mode=final, exclusive=exclusive) as out:
+            _copy_fd(source, out.staged_fd(), st.st_size)
+            if keep_times:
+                os.utime(out.staged_fd(), ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 class FileReader:
@@ -849,6 +870,43 @@ def copy_fresh(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -
         os.close(source)
 
 
+# linkat(2) errnos that mean "no hard link here", not a failure: another filesystem
+# (EXDEV), one without links or a file the kernel will not let this user link (EPERM:
+# fs.protected_hardlinks), a file with as many links as it may have (EMLINK).
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+
+
+def link_fresh(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -> bool:
+    """Give the regular file ``src_name`` a second name ``dst_name`` (a hard link; each
+    name relative to a directory descriptor, neither followed if it is a link), but only
+    while ``src_name`` has no other name, belongs to whoever runs this and has no set-ID
+    bit: True when made. False, with nothing left at ``dst_name``, otherwise (a symlink;
+    a file that already has another name, perhaps outside the root, which a write there
+    could change; a file another user owns and may write in place; a set-ID program,
+    which a copy would not keep as one, see :func:`copied_mode`) and where the filesystem
+    makes no link (:data:`_NO_LINK`): the caller copies instead. Not durable, as
+    :func:`copy_fresh`. A file already at ``dst_name`` raises :class:`FileExistsError`;
+    a missing source, :class:`FileNotFoundError`."""
+    try:
+        os.link(src_name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return False
+        raise
+    # Judged after the link, on what it links: one stat, and no window in which the
+    # source could be swapped between a look and the link.
+    st = os.stat(dst_name, dir_fd=dst_dir_fd, follow_symlinks=False)
+    if (
+        stat.S_ISREG(st.st_mode)
+        and st.st_nlink == 2
+        and st.st_uid == os.geteuid()
+        and not st.st_mode & (stat.S_ISUID | stat.S_ISGID)
+    ):
+        return True
+    os.unlink(dst_name, dir_fd=dst_dir_fd)
+    return False
+
+
 def _copy_fd(source: int, target: int, size: int) -> None:
     with contextlib.suppress(OSError):
         import fcntl
@@ -888,5 +946,6 @@ __all__ = [
     "check_rel",
     "copied_mode",
     "copy_fresh",
+    "link_fresh",
     "read_all",
 ]

@@ -17,6 +17,15 @@ in this shape, and :func:`default_layout` is the table of the design::
 ``companions`` (e.g. ``[-wal, -shm, -journal]`` for SQLite) are suffixes that travel
 with a file entry. ``import_sources`` maps v1 files that migration moves into
 ``.orchestrator/`` but that the logical view never shows (legacy secret files).
+
+``write_once: true`` says that every file of the entry is written whole once and after
+that only ever replaced by a rename, never written in place by any program: in the
+default layout only ``checkpoints/`` (each checkpoint is a snapshot that the
+orchestrator writes once). A migration keeps the backup of such a file as a hard link
+of it rather than a copy (see :mod:`orchfs.migrate`). Everything else is written in
+place by someone: the state file by v1 tools and editors that truncate it, logs by
+appends, SQLite databases and their companions page by page, secrets by their own tools;
+a companion is never write-once, and neither is a file that no entry names.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ SCOPES = ("session", "repo")
 # v1-looking names that no entry may name: reported by migrate and doctor as unknown (or,
 # with a ``.bak`` suffix on a legacy name, as leftovers of an earlier migration script).
 UNNAMED_PATTERNS = (".workflow_", ".manus/secrets.enc")
-_ENTRY_KEYS = {"logical", "scope", "legacy", "companions"}
+_ENTRY_KEYS = {"logical", "scope", "legacy", "companions", "write_once"}
 
 
 class Entry(NamedTuple):
@@ -42,6 +51,8 @@ class Entry(NamedTuple):
     legacy: tuple[str, ...]
     is_dir: bool = False
     companions: tuple[str, ...] = ()
+    # Each file written whole once, then only ever replaced by a rename (see the module).
+    write_once: bool = False
 
 
 class Match(NamedTuple):
@@ -64,6 +75,8 @@ class Layout:
     _files: dict[str, tuple[Entry, str]] = field(default_factory=dict, compare=False, repr=False)
     _dirs: dict[str, Entry] = field(default_factory=dict, compare=False, repr=False)
     _virtual: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
+    # write_once of the directories met inside directory entries (every file there answers alike)
+    _write_once_dirs: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for entry in self.entries:
@@ -103,6 +116,21 @@ class Layout:
                 return Match(entry, logical[len(head) + 1 :])
             head = head.rpartition("/")[0]
         return None
+
+    def write_once(self, logical: str) -> bool:
+        """Whether ``logical`` belongs to a write-once entry (see the module docstring):
+        False for a companion and for a path that no entry names. One look-up per file
+        of a directory already asked about (a migration asks for every checkpoint)."""
+        parent = logical.rpartition("/")[0]
+        known = self._write_once_dirs.get(parent)
+        if known is not None:
+            return known
+        found = self.match(logical)
+        if found is None:
+            return False
+        if found.remainder:  # inside a directory entry, as is all of ``parent`` (no entry nests)
+            self._write_once_dirs[parent] = found.entry.write_once
+        return found.entry.write_once
 
     def virtual_children(self, logical_dir: str) -> frozenset[str]:
         """Names that entries place directly in ``logical_dir`` (``feedback`` -> tool.jsonl)."""
@@ -150,6 +178,7 @@ class Layout:
                     "scope": e.scope,
                     "legacy": [loc + ("/" if e.is_dir else "") for loc in e.legacy],
                     **({"companions": list(e.companions)} if e.companions else {}),
+                    **({"write_once": True} if e.write_once else {}),
                 }
                 for e in self.entries
             ],
@@ -259,14 +288,22 @@ def _entry(raw: Any, fail: Any) -> Entry:
     companions = raw.get("companions", [])
     if not isinstance(companions, list) or not all(isinstance(c, str) and c for c in companions):
         raise fail(raw, "'companions' is a list of suffixes such as '-wal'")
-    return Entry(logical, scope, legacy, is_dir, tuple(companions))
+    write_once = raw.get("write_once", False)
+    if not isinstance(write_once, bool):
+        raise fail(raw, "'write_once' is true or false")
+    return Entry(logical, scope, legacy, is_dir, tuple(companions), write_once)
 
 
 _DEFAULT = {
     "entries": [
         {"logical": "state.json", "scope": "session", "legacy": [".workflow_state.json"]},
         {"logical": "log.jsonl", "scope": "session", "legacy": [".workflow_log.jsonl"]},
-        {"logical": "checkpoints/", "scope": "session", "legacy": [".workflow_checkpoints/"]},
+        {
+            "logical": "checkpoints/",
+            "scope": "session",
+            "legacy": [".workflow_checkpoints/"],
+            "write_once": True,
+        },
         {
             "logical": "feedback/tool.jsonl",
             "scope": "session",

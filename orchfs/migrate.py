@@ -7,13 +7,16 @@
   records (one fsync), then a ``done`` record per step, fsynced in batches. Every step
   is idempotent, so an interrupted run (even ``kill -9``) is finished by running
   again. Same-device moves are renames, each relative to directories held open for
-  its batch of steps (without a backup, a v1 directory that moves whole is one
+  its batch of steps (a v1 directory whose files all move to one new directory is one
   rename); other moves copy, check the SHA-256 of what landed, then delete. Modes,
   mtimes and symlinks are preserved (a relative link is
   rewritten to point at the same target). Old files are kept in
-  ``.orchestrator/migration_backup/<id>/`` (copies, never hard links) unless
-  ``backup=False``; the copies of a journal batch are written with no fsync each and
-  made durable together (one ``syncfs``) before any of its sources moves.
+  ``.orchestrator/migration_backup/<id>/`` unless ``backup=False``: a file of a
+  write-once entry (:meth:`~orchfs.layout.Layout.write_once`: checkpoints) that is
+  renamed and has no other name is kept as a hard link of itself (see :func:`_linkable`),
+  everything else as a copy of its own. The backups of a journal batch (all those of a
+  v1 directory that may move whole) are made with no fsync each and made durable
+  together (one ``syncfs``) before any of its sources moves (:func:`_stage_backups`).
 * :func:`rollback` undoes the newest (or a named) migration: every migrated file,
   with any later change, goes back to its v1 name with its v1 mode and mtime, v1
   directories get their mtimes back, and the backup is emptied.
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, LocalAtomicWriter, temp_name
-from .beneath import Beneath, copied_mode, copy_fresh
+from .beneath import Beneath, copied_mode, copy_fresh, link_fresh
 from .errors import (
     MigrationConflictError,
     OrchFSError,
@@ -390,8 +393,14 @@ def plan(
         records=LocalStorage(state_dir) if os.path.isdir(state_dir) else None,
         retire_leftovers=retire_leftovers,
     )
-    # Backups are copies of their own (see _backup), on the state directory's disk.
-    kept = sum(m.bytes for m in the_plan.moves if backup or m.source in the_plan.keep)
+    # Backups are copies of their own on the state directory's disk, but for the files
+    # kept as hard links (see _stage_backups), which take no room.
+    kept = sum(
+        m.bytes
+        for m in the_plan.moves
+        if (backup or m.source in the_plan.keep)
+        and not _linkable(layout, m.action, m.target, the_plan.stats[m.source].st_mode)
+    )
     the_plan = replace(the_plan, backup_bytes=kept)
     if the_plan.copy_bytes or the_plan.backup_bytes:
         free = shutil.disk_usage(state_dir if os.path.exists(state_dir) else root).free
@@ -654,8 +663,11 @@ class _HeldDirs:
         last first if missing). When they would not fit, everything is released before
         any of them is opened, never between: a descriptor a step asked for with the
         ones it uses with it is never closed, nor its number reused, under that step."""
+        held = [self._fds.get(rel) for rel in rels]
+        if None not in held:  # the common case: every one held already
+            return tuple(held)  # type: ignore[arg-type]
         missing = {rel for rel in rels if rel not in self._fds}
-        if missing and len(self._fds) + len(missing) > HELD_LIMIT:
+        if len(self._fds) + len(missing) > HELD_LIMIT:
             self.release()
         last = len(rels) - 1
         return tuple(self._open(rel, create and at == last) for at, rel in enumerate(rels))
@@ -1126,10 +1138,9 @@ def _place(
 
 def _backup(root: str, source: str, backup: str) -> None:
     """Keep ``source`` at ``backup`` as a copy of its own (a reflink where the filesystem
-    offers one, ``copy_file_range`` otherwise, through :mod:`orchfs.beneath`), never a
-    hard link: any migrated file may later be written in place (``append_line`` appends
-    to whatever file it is given, SQLite rewrites its pages), and a write through a
-    shared inode would change the backup that a rollback restores."""
+    offers one, ``copy_file_range`` otherwise, through :mod:`orchfs.beneath`), made
+    durable on its own: the careful path, for what :func:`_stage_backups` did not keep
+    (a symlink, anything odd, a replaced file put aside, a migration to another backend)."""
     if _lexists(backup):
         return
     _ensure_parent(backup)
@@ -1145,21 +1156,55 @@ def _backup_rel(migration_id: str, source: str) -> str:
     return f"{STATE_DIR}/{BACKUP_DIR}/{migration_id}/{source}"
 
 
+_STATE_PREFIX = STATE_DIR + "/"
+
+
+def _linkable(layout: Layout, action: str, target: str, mode: int | None) -> bool:
+    """Whether the backup of a file moving to ``target`` by ``action`` may be a hard link
+    of it rather than a copy: a rename (one device) into the state directory of a file
+    of a write-once entry (:meth:`~orchfs.layout.Layout.write_once`) whose v1 ``mode``
+    has no bit that the move drops (:data:`RESTORED_BITS`: the chmod would give the
+    moved file a copy of its own anyway, and the backup would keep a set-ID bit). No program writes
+    such a file in place, so a shared inode never carries a later change into the
+    backup: it is replaced by a rename (an orchfs write is one), which leaves the
+    backup's inode alone, and orchfs's own in-place writer, an append on local disk,
+    first gives the file a copy of its own (``LocalStorage.append``). Every other file
+    may be written in place by someone (a log appended to, SQLite's pages, a state file
+    truncated and rewritten by a v1 tool or an editor): its backup is a copy."""
+    return (
+        action == "rename"
+        and mode is not None
+        and not mode & ~RESTORED_BITS & 0o7777
+        and target.startswith(_STATE_PREFIX)
+        and layout.write_once(target[len(_STATE_PREFIX) :])
+    )
+
+
+def _linked_steps(layout: Layout, steps: list[Step]) -> frozenset[int]:
+    """The indexes of the steps whose backup may be a hard link (see :func:`_linkable`)."""
+    return frozenset(s.i for s in steps if s.link is None and _linkable(layout, s.action, s.target, s.mode))
+
+
 def _backs_up_source(step: Step, backup: bool) -> bool:
     """Whether :func:`_execute` keeps the step's source in the backup (a retired file
     that lost a conflict is kept even without one)."""
     return backup or (step.action == "retire" and bool(step.replaced))
 
 
-def _stage_backups(root: str, steps: list[Step], migration_id: str, backup: bool) -> set[int]:
+def _stage_backups(
+    root: str, steps: list[Step], migration_id: str, backup: bool, linked: frozenset[int]
+) -> set[int]:
     """The first half of a journal batch: keep the sources of ``steps`` in the backup,
-    each copied in place into the run's own backup directory with no fsync
-    (:func:`~orchfs.beneath.copy_fresh`), then make them all durable at once (one
-    ``syncfs``; without it an fsync of each file and directory) before any of the steps
-    runs. So a source leaves its v1 place only once its backup is durable, and a backup
-    that a crash may have torn belongs to a step whose source is still in place
-    (:func:`_discard_unsynced_backups` drops it on resume). Returns the indexes of the
-    steps whose backup is made; the others take the step's own path."""
+    each in the run's own backup directory with no fsync: as a hard link of the source
+    for a step in ``linked`` whose source has no other name
+    (:func:`~orchfs.beneath.link_fresh`; see :func:`_linkable`), else as a copy written
+    in place (:func:`~orchfs.beneath.copy_fresh`, also where the filesystem makes no
+    link). Then they are all made durable at once (one ``syncfs``; without it an fsync
+    of each file and directory) before any of the steps runs. So a source leaves its v1
+    place only once its backup (the new name, or the copy's bytes) is durable, and a
+    backup that a crash may have torn or lost belongs to a step whose source is still in
+    place (:func:`_discard_unsynced_backups` drops it on resume). Returns the indexes of
+    the steps whose backup is made; the others take the step's own path."""
     held = _HELD[root]
     staged: set[int] = set()
     written: list[tuple[str, str | None]] = []  # (directory, file copied here or None)
@@ -1174,7 +1219,8 @@ def _stage_backups(root: str, steps: list[Step], migration_id: str, backup: bool
         if copied:
             try:
                 src_fd, dst_fd = held.fds(src_dir, last_dir, create=True)
-                copy_fresh(src_fd, src_name, dst_fd, name)
+                if step.i not in linked or not link_fresh(src_fd, src_name, dst_fd, name):
+                    copy_fresh(src_fd, src_name, dst_fd, name)
             except FileNotFoundError:
                 continue  # moved by an earlier run, or gone: the step itself settles it
             except OSError:  # nothing found here is trusted: the careful copy makes it anew
@@ -1188,7 +1234,7 @@ def _stage_backups(root: str, steps: list[Step], migration_id: str, backup: bool
             _backup(root, source, f"{root}/{rel}")
         written.append((last_dir, name if copied else None))
         staged.add(step.i)
-        checkpoint("migrate.backup")  # copied, not yet durable
+        checkpoint("migrate.backup")  # linked or copied, not yet durable
     if staged:  # on the filesystem of a backup made (the last step's may have no directory)
         _make_durable(held, written[-1][0], written)
         checkpoint("migrate.synced")  # durable, their steps not yet run
@@ -1197,9 +1243,10 @@ def _stage_backups(root: str, steps: list[Step], migration_id: str, backup: bool
 
 def _make_durable(held: _HeldDirs, anywhere: str, written: list[tuple[str, str | None]]) -> None:
     """``syncfs`` on the backup's filesystem (``anywhere``: a held directory on it);
-    where there is none, an fsync of each file copied (``written``: its directory and
-    name, or None for a backup made durable on its own) and of every directory above
-    them up to the state directory (their new entries)."""
+    where there is none, an fsync of each file linked or copied (``written``: its
+    directory and name, or None for a backup made durable on its own; for a link, the
+    inode's new link count) and of every directory above them up to the state directory
+    (their new entries)."""
     if sync_filesystem(held.fd(anywhere)):
         return
     dirs: set[str] = set()
@@ -1218,9 +1265,10 @@ def _make_durable(held: _HeldDirs, anywhere: str, written: list[tuple[str, str |
 
 def _discard_unsynced_backups(root: str, steps: list[Step], migration_id: str, backup: bool) -> None:
     """Before a resumed run: the backup of a step not recorded done may have been copied
-    and never made durable (:func:`_stage_backups`), so it may be torn; while the step's
-    source is still at its v1 place, the backup is removed, to be copied again from it.
-    (The backup of a step whose source has left was durable before it left.)"""
+    or linked and never made durable (:func:`_stage_backups`), so it may be torn; while
+    the step's source is still at its v1 place, the backup is removed (a link: only that
+    name, the source keeps its bytes), to be made again from it. (The backup of a step
+    whose source has left was durable before it left.)"""
     for step in steps:
         if _backs_up_source(step, backup) and _lexists(f"{root}/{step.source}"):
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
@@ -1372,7 +1420,7 @@ def apply(
             records = read_journal(pending[-1], layout)
             recorded = _recorded_storage(records[0], storage, os.path.relpath(pending[-1], root))
             remote = _remote_store(root, recorded, storage_options)
-            return _run(root, pending[-1], records, jobs, progress, resumed=True, remote=remote)
+            return _run(root, pending[-1], records, layout, jobs, progress, resumed=True, remote=remote)
         if [p for p in found if Journal.status(p) == "rolling-back"]:
             raise OrchFSError(
                 "a rollback was interrupted: run `orchfs migrate --rollback` again to finish it"
@@ -1427,7 +1475,16 @@ def apply(
         ]
         Journal.create(path, records)
         return _run(
-            root, path, records, jobs, progress, resumed=False, the_plan=the_plan, remote=remote, steps=steps
+            root,
+            path,
+            records,
+            layout,
+            jobs,
+            progress,
+            resumed=False,
+            the_plan=the_plan,
+            remote=remote,
+            steps=steps,
         )
 
 
@@ -1472,6 +1529,7 @@ class LocalMover:
     moved: dict[str, str] = field(default_factory=dict)
     fresh: set[str] | None = None  # directories this run made itself (no checks inside)
     staged: set[int] = field(default_factory=set)  # steps whose backup is made (_stage_backups)
+    linked: frozenset[int] = frozenset()  # steps whose backup may be a hard link (_linkable)
 
     def execute(self, step: Step) -> None:
         backup = self.backup and step.i not in self.staged
@@ -1501,6 +1559,7 @@ def _run(
     root: str,
     path: str,
     records: list[dict[str, Any]],
+    layout: Layout,
     jobs: int,
     progress: Callable[[int, int], None] | None,
     resumed: bool,
@@ -1525,7 +1584,14 @@ def _run(
         mover: LocalMover | RemoteMover = (
             RemoteMover(root, migration_id, backup, remote)
             if remote is not None
-            else LocalMover(root, migration_id, backup, moved, None if resumed else set())
+            else LocalMover(
+                root,
+                migration_id,
+                backup,
+                moved,
+                None if resumed else set(),
+                linked=_linked_steps(layout, todo) if backup else frozenset(),
+            )
         )
         if resumed:
             _discard_unsynced_backups(root, todo, migration_id, backup)
@@ -1558,7 +1624,9 @@ def _run(
                     batch = todo[start : start + DONE_BATCH]
                     if isinstance(mover, LocalMover):  # the batch's backups first, durable together
                         with _holding(root):
-                            mover.staged.update(_stage_backups(root, batch, migration_id, backup))
+                            mover.staged.update(
+                                _stage_backups(root, batch, migration_id, backup, mover.linked)
+                            )
                     for index in pool.map(one, batch):
                         journal.done(index)
                         finished += 1
@@ -1571,34 +1639,45 @@ def _run(
                 if progress:
                     progress(finished, total)
         else:
-            whole = mover.fresh is not None and not backup  # a first pass keeping no backup
+            whole = isinstance(mover, LocalMover) and mover.fresh is not None  # a first pass
             with _holding(root):
-                position = staged_to = 0
+                position = staged_to = looked_to = 0
                 while position < len(todo):
-                    if position >= staged_to and isinstance(mover, LocalMover):
-                        staged_to = position + DONE_BATCH  # the backups of the next batch first
+                    # A directory is asked about once: if it cannot move whole, its files
+                    # move one by one without asking again at each.
+                    group = _whole_directory(todo, position) if whole and position >= looked_to else None
+                    if group is not None:
+                        looked_to = position + group.steps
+                    whole_group = group if group is not None and group.alone else None
+                    end = position + (whole_group.steps if whole_group is not None else 1)
+                    if end > staged_to and isinstance(mover, LocalMover):
+                        # The backups of the next batch first, durable together (all those
+                        # of a directory that may move whole: its files leave together).
+                        start = max(position, staged_to)
+                        staged_to = max(end, start + DONE_BATCH)
                         mover.staged.update(
-                            _stage_backups(root, todo[position:staged_to], migration_id, backup)
+                            _stage_backups(root, todo[start:staged_to], migration_id, backup, mover.linked)
                         )
-                    group = _whole_directory(todo, position) if whole else None
-                    if group is not None and group.alone and _move_directory(root, group):
-                        for step in todo[position : position + group.steps]:
+                    if (
+                        whole_group is not None
+                        and (not backup or mover.staged.issuperset(s.i for s in todo[position:end]))
+                        and _move_directory(root, whole_group)
+                    ):
+                        for step in todo[position:end]:
                             journal.done(step.i)
-                        position += group.steps
-                        finished += group.steps
+                        position = end
+                        finished += whole_group.steps
                         _release_held(root)
                         if progress:
                             progress(finished, total)
                         continue
-                    # File by file: the whole group, so that it is not looked at again.
-                    for step in todo[position : position + (group.steps if group else 1)]:
-                        journal.done(one(step))
-                        position += 1
-                        finished += 1
-                        if progress:
-                            progress(finished, total)
-                        if finished % DONE_BATCH == 0:
-                            _release_held(root)
+                    journal.done(one(todo[position]))
+                    position += 1
+                    finished += 1
+                    if progress:
+                        progress(finished, total)
+                    if finished % DONE_BATCH == 0:
+                        _release_held(root)
         journal.sync()
         _remove_empty_dirs(root, list(begin.get("dirs", {})))
         if remote is None:
@@ -1653,7 +1732,9 @@ def _tighten_moved(root: str, steps: list[Step]) -> None:
     """Everything moved into the state directory keeps only :data:`RESTORED_BITS` of its
     mode: the moved files, and the directories above them up to the state directory (a
     v1 directory moved whole keeps its own mode otherwise). The journal keeps each v1
-    mode, and a rollback restores the same bits, so this loses nothing a rollback gives."""
+    mode, and a rollback restores the same bits, so this loses nothing a rollback gives.
+    A file whose v1 mode (the journal's, read just before the plan) has no bit to drop
+    is not looked at again: only the directories above it are."""
     guard = Beneath(root)
     seen: set[str] = set()
     try:
@@ -1661,6 +1742,8 @@ def _tighten_moved(root: str, steps: list[Step]) -> None:
             if step.action == "retire" or step.link is not None:
                 continue
             rel = step.target
+            if step.mode is not None and not step.mode & ~RESTORED_BITS:
+                rel = rel.rpartition("/")[0]
             while rel.startswith(f"{STATE_DIR}/") and rel not in seen:
                 seen.add(rel)
                 _drop_loose_bits(guard, rel)

@@ -396,7 +396,9 @@ class LocalStorage:
 
         A single ``O_APPEND`` write never interleaves with another on a local
         filesystem; the ``flock`` keeps that true where the kernel would split a large
-        write, and serialises with anyone else who locks the file.
+        write, and serialises with anyone else who locks the file. A file with another
+        name (a hard link) first gets a copy of its own (:meth:`_unshare`): an append
+        never writes through a shared inode.
         """
         head = rel.rpartition("/")[0]
         if head:
@@ -434,8 +436,7 @@ class LocalStorage:
 
     def _not_own_file(self, rel: str) -> UnsafeStateError:
         return UnsafeStateError(
-            f"{self._full(rel)} is not a plain file (a FIFO, a device, or a hard link that may be "
-            "another name of a file outside the repository); refused: remove it",
+            f"{self._full(rel)} is not a plain file (a FIFO or a device); refused: remove it",
             self._full(rel),
         )
 
@@ -451,13 +452,15 @@ class LocalStorage:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise self._not_own_file(rel)
+            shared = st.st_nlink > 1
             if _flock is not None:
                 _flock(fd, _LOCK_EX)
                 st = os.fstat(fd)  # what the lock now covers
             if st.st_nlink == 0:
                 return False
-            if st.st_nlink > 1:
-                raise self._not_own_file(rel)
+            if shared or st.st_nlink > 1:
+                self._unshare(rel, st)
+                return False  # the path names a file of its own now: open it again
             written = os.write(fd, data)
             if written != len(data):  # only on a full disk: never leave half a line
                 os.ftruncate(fd, os.fstat(fd).st_size - written)
@@ -465,6 +468,26 @@ class LocalStorage:
             return True
         finally:
             os.close(fd)
+
+    def _unshare(self, rel: str, st: os.stat_result) -> None:
+        """Under the lock of the file that ``st`` describes, which has (or had when it was
+        opened) another name: the migration's backup of a checkpoint, or a file outside
+        the repository that a planted hard link names. An append never writes through
+        a shared inode: while the path still names it, the path gets a copy of its own
+        (:meth:`~orchfs.beneath.Beneath.unshare`), which the caller opens again. An
+        appender that opened the old file before that copy sees its other name go
+        (another appender made the copy) and opens the path again too."""
+        reader = self._disk.try_open(self._p(rel))
+        if reader == -errno.ENOENT:
+            return  # gone: the next open settles it
+        if reader < 0:
+            self._refuse_append(rel, reader)  # a link now, or not readable: raised
+        try:
+            now = os.fstat(reader)
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino) and now.st_nlink > 1:
+                self._disk.unshare(self._p(rel), reader)
+        finally:
+            os.close(reader)
 
     def makedirs(self, rel: str) -> None:
         os.close(self._open_dir(rel, create=True))

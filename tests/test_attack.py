@@ -211,10 +211,15 @@ def test_init_never_appends_to_a_hard_linked_gitignore(world):
 
 
 def test_append_line_never_writes_outside_through_a_hard_link(world):
+    """The append goes to a copy of its own that replaces the planted name, never through
+    it: the file outside keeps its bytes, mode and single name (the world checks it)."""
     fs = v2(world)
     os.link(canary_file(world), world.state / "log.jsonl")
-    with pytest.raises(UnsafeStateError, match="hard link"):
-        fs.append_line("log.jsonl", {"step": 1})
+    fs.append_line("log.jsonl", {"step": 1})
+    fs.append_line("log.jsonl", {"step": 2})
+    assert (world.state / "log.jsonl").read_bytes() == b'canary a{"step":1}\n{"step":2}\n'
+    assert os.lstat(world.state / "log.jsonl").st_nlink == 1
+    assert os.lstat(canary_file(world)).st_nlink == 1
 
 
 def test_lock_holder_record_never_written_through_a_hard_link(world):
