@@ -285,6 +285,12 @@ def test_an_append_after_migration_leaves_the_backup_alone(tmp_path):
     fs.append_line("feedback/tool.jsonl", {"tool": "after"})
     assert (backup / ".workflow_log.jsonl").read_bytes() == kept
     assert os.lstat(backup / ".workflow_state.json").st_nlink == 1  # a copy, never a hard link
+    assert os.lstat(backup / ".workflow_log.jsonl").st_nlink == 1
+    # Checkpoints (write-once) are kept as hard links of the migrated files.
+    for name in ("cp_1.json", "cp_2.json"):
+        kept_checkpoint = os.lstat(backup / ".workflow_checkpoints" / name)
+        moved = os.lstat(Path(root, ".orchestrator", "checkpoints", name))
+        assert (kept_checkpoint.st_ino, kept_checkpoint.st_nlink) == (moved.st_ino, 2)
 
 
 def test_workflow_orchestrator_session_layout(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import itertools
 import json
@@ -16,6 +17,8 @@ import sys
 import types
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import orchfs
 from orchfs import journal, migrate
@@ -379,8 +382,9 @@ def _killed_at(root: str, fault: str, what: str = "apply", copy: str = "rename")
     return rc == -signal.SIGKILL
 
 
-def _assert_migrated(root: str, originals: dict[str, str]) -> None:
-    """Every legacy file is at its v2 name with its bytes; files orchfs does not know stay put."""
+def _assert_migrated(root: str, originals: dict[str, str], link: bool = True) -> None:
+    """Every legacy file is at its v2 name with its bytes; files orchfs does not know stay
+    put (``link``: the repository has the checkpoint symlinks of :func:`make_repo`)."""
     assert not migrate.unfinished(root)
     assert migrate.plan(root).moves == ()
     moved = {}
@@ -400,8 +404,9 @@ def _assert_migrated(root: str, originals: dict[str, str]) -> None:
             continue
         assert moved.get(_target_of(layout, legacy_rel)) == digest, legacy_rel
         assert not os.path.lexists(os.path.join(root, legacy_rel)), legacy_rel
-    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
-    assert fs.cat_file("checkpoints/latest.json") == EVERY_ROW[".workflow_checkpoints/cp_1.json"]
+    if link:
+        fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+        assert fs.cat_file("checkpoints/latest.json") == EVERY_ROW[".workflow_checkpoints/cp_1.json"]
 
 
 def _originals(before: dict[str, tuple]) -> dict[str, str]:
@@ -877,3 +882,275 @@ def test_a_step_at_the_held_limit_never_works_in_a_released_descriptor(tmp_path)
     assert (repo / "target" / "b.json").read_bytes() == b"moved"
     assert (repo / "target" / "a.json").read_bytes() == b"decoy"
     assert not (repo / "d000" / "a.json").exists()
+
+
+# --- backups as hard links: checkpoints only, never written through ---------------------------
+CHECKPOINTS = (".workflow_checkpoints/cp_1.json", ".workflow_checkpoints/cp_2.json")
+# Legacy files that some program may write in place, and where they move: kept as copies.
+COPIED = {
+    ".workflow_state.json": "state.json",
+    ".workflow_log.jsonl": "log.jsonl",
+    ".workflow_tool_feedback.jsonl": "feedback/tool.jsonl",
+    ".workflow_approvals.db": "approvals.db",
+    ".workflow_approvals.db-wal": "approvals.db-wal",
+    ".workflow_sessions/s1/state.json": "sessions/s1/state.json",
+    ".orchestra.yaml": "config.yaml",
+    ".secrets.enc": "secrets/legacy.enc",
+}
+
+
+def _backup_of(root: str, result: migrate.Result) -> str:
+    return os.path.join(root, ".orchestrator", "migration_backup", result.plan.migration_id)
+
+
+def _logical(legacy_rel: str) -> str:
+    return _target_of(orchfs.default_layout(), legacy_rel).removeprefix(".orchestrator/")
+
+
+def _moved(root: str, legacy_rel: str) -> str:
+    return os.path.join(root, _target_of(orchfs.default_layout(), legacy_rel))
+
+
+def _one_inode(a: str, b: str) -> bool:
+    sa, sb = os.lstat(a), os.lstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_a_migrated_checkpoint_and_its_backup_are_one_inode_nothing_else_is(tmp_path):
+    root = make_repo(tmp_path)
+    result = migrate.apply(root)
+    backup = _backup_of(root, result)
+    for rel in CHECKPOINTS:
+        assert _one_inode(os.path.join(backup, rel), _moved(root, rel)), rel
+        assert os.lstat(_moved(root, rel)).st_nlink == 2
+    for rel, target in COPIED.items():
+        kept, moved = os.path.join(backup, rel), os.path.join(root, ".orchestrator", target)
+        assert not _one_inode(kept, moved), rel
+        assert os.lstat(kept).st_nlink == os.lstat(moved).st_nlink == 1, rel
+        assert _sha256(kept) == _sha256(moved), rel
+    # A symlink among the checkpoints is kept as a symlink of its own.
+    assert os.readlink(os.path.join(backup, ".workflow_checkpoints", "latest.json")) == "cp_1.json"
+
+
+def test_a_copy_migration_keeps_copies_of_checkpoints(tmp_path):
+    """Across devices (``copy=True`` moves as if there) a backup is a copy of its own."""
+    root = make_repo(tmp_path, link=False)
+    before = tree(root)
+    result = migrate.apply(root, copy=True)
+    backup = _backup_of(root, result)
+    for rel in CHECKPOINTS:
+        assert not _one_inode(os.path.join(backup, rel), _moved(root, rel))
+        assert os.lstat(os.path.join(backup, rel)).st_nlink == 1
+    migrate.rollback(root)
+    assert tree(root) == before
+
+
+def test_writes_to_a_migrated_checkpoint_never_reach_its_linked_backup(tmp_path):
+    """An atomic rewrite, appends on local disk (in place: the file first gets a copy of
+    its own), an `ab` and an `r+b` open: the linked backup keeps its bytes and hash, and
+    a rollback carries the changes back byte for byte."""
+    root = make_repo(tmp_path, link=False)
+    before = tree(root)
+    result = migrate.apply(root)
+    backup = _backup_of(root, result)
+    kept = {rel: _sha256(os.path.join(backup, rel)) for rel in CHECKPOINTS}
+    assert all(_one_inode(os.path.join(backup, rel), _moved(root, rel)) for rel in CHECKPOINTS)
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    fs.pipe_file("checkpoints/cp_1.json", b'{"rewritten": true}\n')
+    with fs.open("checkpoints/cp_1.json", "r+b") as f:
+        f.seek(2)
+        f.write(b"R")
+    fs.append_line("checkpoints/cp_2.json", {"late": 1})
+    fs.append_line("checkpoints/cp_2.json", {"late": 2})
+    with fs.open("checkpoints/cp_2.json", "ab") as f:
+        f.write(b"tail\n")
+    written = {
+        CHECKPOINTS[0]: b'{"Rewritten": true}\n',
+        CHECKPOINTS[1]: EVERY_ROW[CHECKPOINTS[1]] + b'{"late":1}\n{"late":2}\ntail\n',
+    }
+    for rel, data in written.items():
+        assert fs.cat_file(_logical(rel)) == data
+        kept_path = os.path.join(backup, rel)
+        assert _sha256(kept_path) == kept[rel], rel
+        with open(kept_path, "rb") as f:
+            assert f.read() == EVERY_ROW[rel], rel
+        assert os.lstat(kept_path).st_nlink == 1 and os.lstat(_moved(root, rel)).st_nlink == 1
+    migrate.rollback(root)
+    after = tree(root)
+    assert {k for k in set(before) | set(after) if before.get(k) != after.get(k)} == set(written)
+    for rel, data in written.items():
+        with open(os.path.join(root, rel), "rb") as f:
+            assert f.read() == data, rel
+    allowed_inside_after_rollback(root)
+
+
+def test_appends_racing_on_a_linked_checkpoint_lose_no_line(tmp_path):
+    """Two appenders meet the file while it still has its backup's name: one gives it a
+    copy of its own, the other finds the old file lost its name and opens the path again;
+    every line lands once in the migrated file, none in the backup."""
+    import threading
+
+    root = make_repo(tmp_path, link=False)
+    result = migrate.apply(root)
+    kept = os.path.join(_backup_of(root, result), CHECKPOINTS[1])
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def appender(name: str) -> None:
+        fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+        start.wait()
+        try:
+            for n in range(200):
+                fs.append_line("checkpoints/cp_2.json", {"by": name, "n": n})
+        except BaseException as exc:  # reported below, with the thread's name
+            errors.append(exc)
+
+    threads = [threading.Thread(target=appender, args=(name,)) for name in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    with open(_moved(root, CHECKPOINTS[1]), "rb") as f:
+        data = f.read()
+    assert data.startswith(EVERY_ROW[CHECKPOINTS[1]])
+    lines = [json.loads(line) for line in data[len(EVERY_ROW[CHECKPOINTS[1]]) :].splitlines()]
+    assert sorted((line["by"], line["n"]) for line in lines) == [(b, n) for b in "ab" for n in range(200)]
+    with open(kept, "rb") as f:
+        assert f.read() == EVERY_ROW[CHECKPOINTS[1]]
+
+
+def test_a_checkpoint_with_another_name_outside_is_copied_never_linked(tmp_path):
+    """A v1 checkpoint that is also a file outside the repository (a hard link planted
+    there): its backup is a copy of its own, and after the migration, an append to it and
+    a rollback, the file outside has its bytes, mode and mtime as before."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    canary = outside / "canary.json"
+    canary.write_bytes(b'{"canary": 1}\n')
+    os.chmod(canary, 0o644)
+    root = make_repo(tmp_path, link=False)
+    planted = ".workflow_checkpoints/planted.json"
+    os.link(canary, os.path.join(root, planted))
+    canary_before = (canary.read_bytes(), os.lstat(canary).st_mode, os.lstat(canary).st_mtime_ns)
+    before = tree(root)
+    result = migrate.apply(root)
+    kept = os.path.join(_backup_of(root, result), planted)
+    assert os.lstat(kept).st_nlink == 1 and not _one_inode(kept, canary)
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    fs.append_line("checkpoints/planted.json", {"late": 1})
+    assert fs.cat_file("checkpoints/planted.json") == b'{"canary": 1}\n{"late":1}\n'
+    assert not _one_inode(_moved(root, planted), canary)
+    with open(kept, "rb") as f:
+        assert f.read() == b'{"canary": 1}\n'
+    migrate.rollback(root)
+    assert (canary.read_bytes(), os.lstat(canary).st_mode, os.lstat(canary).st_mtime_ns) == canary_before
+    after = tree(root)
+    assert {k for k in set(before) | set(after) if before.get(k) != after.get(k)} == {planted}
+    with open(os.path.join(root, planted), "rb") as f:
+        assert f.read() == b'{"canary": 1}\n{"late":1}\n'
+    allowed_inside_after_rollback(root)
+
+
+@pytest.mark.parametrize("number", [errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EIO])
+def test_where_no_link_can_be_made_checkpoints_are_copied(number, tmp_path, monkeypatch):
+    """Another filesystem, one without links, a link count at its limit, an I/O error:
+    each backup is a copy of its own, and the rollback is byte for byte."""
+    from orchfs import beneath
+
+    root = make_repo(tmp_path, checkpoints=30)
+    before = tree(root)
+
+    def no_link(*args, **kwargs):
+        raise OSError(number, os.strerror(number))
+
+    monkeypatch.setattr(beneath, "os", types.SimpleNamespace(**{**vars(os), "link": no_link}))
+    result = migrate.apply(root)
+    monkeypatch.setattr(beneath, "os", os)
+    backup = _backup_of(root, result)
+    for rel in (*CHECKPOINTS, ".workflow_checkpoints/bulk/cp_00029.json"):
+        assert os.lstat(os.path.join(backup, rel)).st_nlink == 1, rel
+        assert _sha256(os.path.join(backup, rel)) == before[rel][2]
+    migrate.rollback(root)
+    assert tree(root) == before
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["moves-whole", "file-by-file"])
+@pytest.mark.parametrize(
+    "fault", ["migrate.backup:3", "migrate.backup:40", "migrate.synced:1", "migrate.move:1", "migrate.move:4"]
+)
+def test_kill_9_at_a_link_then_resume_and_rollback_are_exact(fault, link, tmp_path):
+    """Killed after some links were made (not yet durable), after they were made durable,
+    and at the first moves (a v1 checkpoint directory with no symlink in it moves whole
+    once its links are durable, else file by file): the rerun links every checkpoint
+    again or keeps the link it made, and the rollback restores the tree byte for byte,
+    modes and mtimes too."""
+    root = make_repo(tmp_path, checkpoints=100, link=link)
+    before = tree(root)
+    originals = _originals(before)
+    assert _killed_at(root, fault)
+    assert migrate.unfinished(root)
+    result = migrate.apply(root)
+    assert result.resumed
+    _assert_migrated(root, originals, link)
+    backup = _backup_of(root, result)
+    checkpoints = [rel for rel in originals if rel.startswith(".workflow_checkpoints/")]
+    assert len(checkpoints) == 102
+    for rel in checkpoints:
+        assert _one_inode(os.path.join(backup, rel), _moved(root, rel)), rel
+        assert os.lstat(_moved(root, rel)).st_nlink == 2, rel
+    migrate.rollback(root)
+    assert tree(root) == before
+    allowed_inside_after_rollback(root, killed=True)
+
+
+CHECKPOINT_WRITES = ("append_line", "pipe_file", "ab", "r+b", "rm")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    writes=st.lists(
+        st.tuples(st.sampled_from(CHECKPOINT_WRITES), st.sampled_from(CHECKPOINTS), st.binary(max_size=24)),
+        max_size=8,
+    )
+)
+def test_no_write_to_migrated_checkpoints_reaches_their_backups(tmp_path_factory, writes):
+    """Any sequence of orchfs writes to migrated checkpoints (atomic rewrites, appends in
+    place, `ab`, `r+b`, removals): every backup keeps its v1 bytes after each write, and a
+    rollback puts back what orchfs showed last (a removed file: the backup's bytes)."""
+    root = make_repo(tmp_path_factory.mktemp("prop"), link=False)
+    before = tree(root)
+    result = migrate.apply(root)
+    backup = _backup_of(root, result)
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    for write, rel, data in writes:
+        logical = _logical(rel)
+        if write == "append_line":
+            fs.append_line(logical, {"data": data.hex()})
+        elif write == "pipe_file":
+            fs.pipe_file(logical, data)
+        elif write == "ab":
+            with fs.open(logical, "ab") as f:
+                f.write(data)
+        elif write == "r+b" and fs.exists(logical):
+            with fs.open(logical, "r+b") as f:
+                f.write(data)
+        elif write == "rm" and fs.exists(logical):
+            fs.rm(logical)
+        for kept in CHECKPOINTS:
+            with open(os.path.join(backup, kept), "rb") as f:
+                assert f.read() == EVERY_ROW[kept], (write, rel)
+    shown = {rel: fs.cat_file(_logical(rel)) if fs.exists(_logical(rel)) else None for rel in CHECKPOINTS}
+    migrate.rollback(root)
+    after = tree(root)
+    for rel in CHECKPOINTS:
+        with open(os.path.join(root, rel), "rb") as f:
+            assert f.read() == (EVERY_ROW[rel] if shown[rel] is None else shown[rel]), rel
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    assert changed <= set(CHECKPOINTS)
+    allowed_inside_after_rollback(root)
