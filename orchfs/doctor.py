@@ -95,8 +95,9 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
     from .config import face_settings
     from .repository import open_repository
 
-    parts = open_repository(root, face_settings(), layout=layout)  # the overlay and the state store
-    # The fsspec face, made only for the checks that need it (secrets, retention).
+    settings = face_settings()
+    parts = open_repository(root, settings, layout=layout)  # the overlay and the state store
+    # The fsspec face, made only for the check that needs it (retention).
     face: Callable[[], Any] = functools.cache(lambda: _fs(root, layout))
     checks: list[Callable[[], list[Finding]]] = [
         lambda: _layout_findings(root, state, layout),
@@ -112,7 +113,7 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
         lambda: _temp_findings(state, now),
         lambda: _permission_findings(state),
         lambda: _identity_findings(root, state),
-        lambda: _secret_findings(face, state),
+        lambda: _secret_findings(lambda: _secret_store(parts, settings), state),
         lambda: _session_name_findings(state),
     ]
     for check in checks:
@@ -291,13 +292,39 @@ def _retention_findings(config: Any, face: Callable[[], Any], now: float) -> lis
     ]
 
 
-def _secret_findings(face: Callable[[], Any], state: str) -> list[Finding]:
+def _secret_store(parts: Any, settings: Any) -> Any:
+    """The secret store that ``OrchFileSystem.secrets`` gives, over the parts doctor has
+    open (the same stores, initialisation, repository locks and key sources), so that a
+    repository with secrets is checked without loading the fsspec face."""
+    from .locks import make_lock
+    from .secrets import SecretStore
+
+    def lock(name: str) -> Any:
+        return make_lock(
+            parts.state_storage,
+            name,
+            timeout=settings.lock_timeout,
+            session=parts.session_id,
+            lease=settings.lease,
+        )
+
+    return SecretStore(
+        parts.state_storage,
+        repo=parts.repo,
+        initialize=parts.overlay.initialize,
+        lock=lock,
+        web_mode=settings.web_mode,
+        label=parts.root,
+    )
+
+
+def _secret_findings(store_of: Callable[[], Any], state: str) -> list[Finding]:
     """Secrets that the keys available here cannot open."""
     if not os.path.isdir(os.path.join(state, "secrets")):
         return []
     from .errors import SecretIntegrityError, SecretsLockedError
 
-    store = face().secrets
+    store = store_of()
     unreadable = []
     try:
         names = store.list()

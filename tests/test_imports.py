@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -82,3 +83,30 @@ def test_doctor_of_a_local_repository_loads_no_fsspec(tmp_path):
     # Doctor looks for interrupted imports with snapshot's names, never at an archive.
     for heavy in (*UNUSED_LOCALLY, "orchfs.filesystem", "tarfile", "gzip"):
         assert heavy not in modules, heavy
+
+
+def test_doctor_of_a_repository_with_secrets_loads_no_fsspec(tmp_path, monkeypatch):
+    """Its secret check reads the secret store over the parts doctor opened, not the face."""
+    import orchfs
+    from orchfs.sample import build_legacy_repo
+
+    repo = build_legacy_repo(tmp_path / "repo")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-user-key"))
+    orchfs.OrchFileSystem(root=str(repo), key="A" * 43 + "=", skip_instance_cache=True).secrets.set(
+        "TOKEN", "t"
+    )
+    # Without the key (none in the environment, no user key file): the secret is unreadable.
+    program = (
+        "import sys; from orchfs import doctor; "
+        f"found = doctor.run({str(repo)!r}); print(' '.join(sorted(sys.modules))); "
+        "print(' '.join(f.id for f in found))"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("ORCHFS_KEY", "ORCHFS_KEY_FILE", "ORCHFS_PASSPHRASE")
+    }
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True, env=env)
+    modules, findings = out.stdout.splitlines()
+    assert "secret-unreadable" in findings.split()
+    assert "orchfs.secrets" in modules.split()
+    for heavy in (*UNUSED_LOCALLY, "orchfs.filesystem"):
+        assert heavy not in modules.split(), heavy
