@@ -117,7 +117,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .errors import OrchFSError
+        from .errors import OrchFSError, shown
 
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -135,7 +135,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if not isinstance(exc, (OrchFSError, OSError, ValueError, KeyError)) and _is_own(exc):
                 raise  # a defect of orchfs itself: the group's main reports it (ORCHFS_DEBUG)
             ctx = click.get_current_context().find_object(Context)
-            message = _error_text(exc)
+            message = shown(_error_text(exc), limit=None)  # one line, no terminal escapes
             if ctx is not None and ctx.json:
                 click.echo(json.dumps({"error": type(exc).__name__, "message": message}))
             else:
@@ -757,6 +757,7 @@ def doctor(ctx: Context, apply_fixes: bool) -> None:
       orchfs doctor --fix
     """
     from . import doctor as checks
+    from .errors import shown
 
     findings = checks.run(ctx.root)
     fixed: list[str] = []
@@ -768,7 +769,7 @@ def doctor(ctx: Context, apply_fixes: bool) -> None:
     def human() -> str:
         lines = [f"fixed: {line}" for line in fixed]
         for f in findings:
-            lines.append(f"[{f.severity}] {f.id}: {f.message}\n    fix: {f.fix}")
+            lines.append(f"[{f.severity}] {f.id}: {shown(f.message, None)}\n    fix: {shown(f.fix, None)}")
         return "\n".join(lines) or "no problems found"
 
     ctx.emit(document, human)

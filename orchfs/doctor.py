@@ -19,7 +19,7 @@ from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .beneath import Beneath
-from .errors import PathEscapeError, StateError, library_logger
+from .errors import PathEscapeError, StateError, library_logger, shown
 from .layout import coerce_layout
 from .meta import LAYOUT_VERSION, git_remote, gitignored, read_format, read_meta
 from .paths import INTERNAL_NAMES, STATE_DIR, TEMP_PREFIX, WHITEOUT_PREFIX
@@ -586,13 +586,12 @@ def _elsewhere_findings(root: str, layout: Any, configured: str) -> list[Finding
             return []  # _migration_findings reports it as unsafe-state
         if moved_to is None or moved_to.rstrip("/") == configured.rstrip("/"):
             return []
-        shown = moved_to if moved_to.isprintable() and len(moved_to) <= 200 else ascii(moved_to[:200])
         rel = os.path.relpath(path, root)
         return [
             Finding(
                 "state-elsewhere",
                 "warning",
-                f"the last migration ({rel}) says it moved the state to {shown}, but the "
+                f"the last migration ({rel}) says it moved the state to {shown(moved_to)}, but the "
                 f"configuration keeps it at {configured}, which every command uses",
                 "if you moved it there yourself, set `state.storage` to that URL in .orchestra.yaml "
                 "(or ORCHFS_STORAGE); if not, the journal did not come from you: remove it",
@@ -706,8 +705,9 @@ def _identity_findings(root: str, state: str) -> list[Finding]:
                 Finding(
                     "copied-state",
                     "warning",
-                    f"{STATE_DIR}/meta.json was made for {meta.get('root')} "
-                    f"({meta.get('git_remote') or 'no remote'}); this is {root} ({remote or 'no remote'})",
+                    f"{STATE_DIR}/meta.json was made for {shown(meta.get('root'))} "
+                    f"({shown(meta.get('git_remote') or 'no remote')}); "
+                    f"this is {root} ({remote or 'no remote'})",
                     "if this repository was moved here, `orchfs init --adopt` records the new "
                     "place (same identity and secrets); if .orchestrator/ was copied from another "
                     f"repository, remove {STATE_DIR}/meta.json and run `orchfs init` for a new identity",

@@ -164,6 +164,17 @@ def warn_outside(message: str, category: type[Warning]) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
+def shown(value: Any, limit: int | None = 200) -> str:
+    """A value read back from disk as a message shows it: as it is when it is printable
+    text of at most ``limit`` characters, else (the first ``limit`` characters) as an
+    :func:`ascii` literal. A planted value (a holder's host, a ``meta.json`` root) can then
+    neither break the one line of an error nor send a terminal an escape sequence."""
+    text = str(value)
+    if text.isprintable() and (limit is None or len(text) <= limit):
+        return text
+    return ascii(text if limit is None else text[:limit])
+
+
 def not_found(logical: str) -> FileNotFoundError:
     """The ``FileNotFoundError`` of a logical path, named as its ``orch://`` URL."""
     from .paths import PROTOCOL

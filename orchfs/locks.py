@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import platform
 import random
@@ -60,6 +61,7 @@ from .errors import (
     StateError,
     UnsafeStateError,
     library_logger,
+    shown,
 )
 from .paths import validate_name
 
@@ -108,8 +110,8 @@ class Holder(NamedTuple):
             # A planted record: pid 0 or -1 would ask os.kill about a group, a huge one overflows.
             if not 0 < pid < 1 << 31 or not isinstance(session, (str, type(None))):
                 return None
-            host, command = str(record["host"]), str(record.get("command", ""))
-            return cls(pid, host, session, command, float(record["since"]))
+            host, command, since = str(record["host"]), str(record.get("command", "")), float(record["since"])
+            return cls(pid, host, session, command, since) if math.isfinite(since) else None
         except (ValueError, KeyError, TypeError, RecursionError, OverflowError):  # planted nesting too
             return None
 
@@ -138,8 +140,8 @@ class Holder(NamedTuple):
 
     def describe(self, now: float | None = None) -> str:
         held = (now if now is not None else time.time()) - self.since
-        session = f", session {self.session}" if self.session else ""
-        return f"pid {self.pid} on {self.host}{session} ({self.command!r}), held for {held:.1f}s"
+        session = f", session {shown(self.session)}" if self.session else ""
+        return f"pid {self.pid} on {shown(self.host)}{session} ({self.command!r}), held for {held:.1f}s"
 
 
 class LockStatus(NamedTuple):

@@ -244,6 +244,8 @@ def test_lock_holder_record_never_written_through_a_hard_link(world):
         b'{"pid": -1, "host": "HOST", "since": 0}',
         b'{"pid": 1, "host": "HOST", "since": 0, "session": {"a": 1}}',
         b"[" * 5000,
+        b'{"pid": 1, "host": "HOST", "since": NaN}',
+        b'{"pid": 1, "host": "HOST", "since": -Infinity}',
     ],
 )
 def test_a_planted_holder_record_is_no_holder(world, record):
@@ -1467,3 +1469,50 @@ def test_a_persisted_copy_with_a_planted_name_restores_nothing(world, moto_serve
     with pytest.raises(UnsafeStateError, match="nothing was restored"):
         restore(session, url, storage_options=moto_server.storage_options)
     assert not (world.state / "sessions").exists()
+
+
+# --- stored strings shown to a terminal --------------------------------------------------------
+# A newline (a second, forged line), a terminal escape (OSC 52 writes the clipboard of many
+# terminals) and a right-to-left override, as a holder record or meta.json may carry them.
+ESCAPES = "evil\norchfs: error: forged line\x1b]52;c;aGk=\x07\x1b[2J\u202etxt.exe"
+
+
+def _on_one_line_without_escapes(text: str) -> None:
+    assert not any(c in text for c in "\x1b\x07\u202e"), repr(text)
+    assert "\norchfs: error: forged line" not in text
+
+
+def test_a_planted_holder_record_shows_as_one_printable_line(world):
+    """The lock is held (by another process), and its holder record was replaced by one
+    whose host and session carry a newline and terminal escapes: the ``LockTimeout`` that
+    names the holder, and the command line's error, show them escaped, on one line."""
+    from .workers import hold_repo_lock
+
+    fs = v2(world)
+    holder = hold_repo_lock(world.root)
+    try:
+        record = {"pid": holder.pid, "host": ESCAPES, "session": ESCAPES, "since": 0}
+        (world.state / "locks" / "repo.holder").write_text(json.dumps(record))
+        with pytest.raises(orchfs.errors.LockTimeout) as caught, fs.lock("repo", timeout=0.2):
+            pass
+        message = str(caught.value)
+        _on_one_line_without_escapes(message)
+        assert "\\n" in message and "\\x1b" in message  # shown, escaped
+        _on_one_line_without_escapes(cli(world, "migrate", "--lock-timeout", "0.2"))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_planted_meta_root_shows_as_printable_text_in_doctor(world):
+    """``meta.json`` names another root (copied state), planted with a forged line and
+    terminal escapes: doctor's ``copied-state`` finding, in Python and on the terminal,
+    shows it escaped, on the finding's one line."""
+    v2(world)
+    meta = json.loads((world.state / "meta.json").read_text())
+    (world.state / "meta.json").write_text(json.dumps({**meta, "root": ESCAPES, "git_remote": ESCAPES}))
+    (finding,) = [f for f in doctor.run(world.root) if f.id == "copied-state"]
+    _on_one_line_without_escapes(finding.message)
+    shown = cli(world, "doctor", rc=(1,))
+    _on_one_line_without_escapes(shown)
+    assert sum(line.startswith("[warning] copied-state") for line in shown.splitlines()) == 1
