@@ -93,7 +93,9 @@ class Context:
         elif not self.quiet:
             text = human() if callable(human) else human
             if text:  # nothing to say (an empty directory): no blank line, as ls(1)
-                click.echo(text)
+                from .errors import terminal_text
+
+                click.echo(terminal_text(text))
         if self.legacy_used and not self.json and not self.quiet:
             click.echo(LEGACY_MARKER, err=True)
 
@@ -560,25 +562,33 @@ def _progress(ctx: Context) -> tuple[Callable[[int, int], None] | None, Callable
 
 
 def _human_plan(document: dict[str, Any], dry_run: bool) -> str:
+    from .errors import shown
+
+    def name(value: str) -> str:  # read from disk: one on each line, whatever a v1 name holds
+        return shown(value, None)
+
     lines = []
     for move in document["moves"][:50]:
-        lines.append(f"  {move['action']:<7} {move['source']} -> {move['target']} ({move['bytes']} B)")
+        lines.append(
+            f"  {move['action']:<7} {name(move['source'])} -> {name(move['target'])} ({move['bytes']} B)"
+        )
     if len(document["moves"]) > 50:
         lines.append(f"  ... and {len(document['moves']) - 50} more")
     for conflict in document["conflicts"]:
+        source, target = name(conflict["source"]), name(conflict["target"])
         if conflict.get("other"):
+            other = name(conflict["other"])
             lines.append(
-                f"  CONFLICT {conflict['source']} <> {conflict['other']} (two legacy locations of "
-                f"{conflict['target']} differ: {conflict['other']} moves, {conflict['source']} is kept "
-                "in the backup)"
+                f"  CONFLICT {source} <> {other} (two legacy locations of "
+                f"{target} differ: {other} moves, {source} is kept in the backup)"
             )
         else:
-            lines.append(f"  CONFLICT {conflict['source']} <> {conflict['target']} (both exist and differ)")
+            lines.append(f"  CONFLICT {source} <> {target} (both exist and differ)")
     kept = "moved into the backup" if document.get("retire_leftovers") else "not moved"
-    for name in document.get("leftovers", []):
-        lines.append(f"  leftover {name} (a copy an earlier migration script left; {kept})")
-    for name in document["unknown"]:
-        lines.append(f"  unknown  {name} (no layout entry names it; {kept})")
+    for leftover in document.get("leftovers", []):
+        lines.append(f"  leftover {name(leftover)} (a copy an earlier migration script left; {kept})")
+    for unknown in document["unknown"]:
+        lines.append(f"  unknown  {name(unknown)} (no layout entry names it; {kept})")
     if (document.get("leftovers") or document["unknown"]) and not document.get("retire_leftovers"):
         lines.append("  (`orchfs migrate --retire-leftovers` moves them into the migration backup)")
     room = "yes" if document["room"] else "NO"

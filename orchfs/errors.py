@@ -175,6 +175,22 @@ def shown(value: Any, limit: int | None = 200) -> str:
     return ascii(text if limit is None else text[:limit])
 
 
+# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional controls:
+# what a terminal would act on (or reorder) rather than show.
+_TERMINAL_ESCAPES = {
+    code: ascii(chr(code))[1:-1]
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x61C, 0x200E, 0x200F, *range(0x202A, 0x202F))
+    if code not in (0x09, 0x0A)
+} | {code: ascii(chr(code))[1:-1] for code in range(0x2066, 0x206A)}
+
+
+def terminal_text(text: str) -> str:
+    """Human output as a terminal may print it: its lines and tabs kept, every other
+    control character escaped, so that a name read from disk (a v1 file named with an
+    escape sequence, say) is shown, never acted on."""
+    return text.translate(_TERMINAL_ESCAPES)
+
+
 def not_found(logical: str) -> FileNotFoundError:
     """The ``FileNotFoundError`` of a logical path, named as its ``orch://`` URL."""
     from .paths import PROTOCOL

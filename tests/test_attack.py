@@ -1516,3 +1516,21 @@ def test_a_planted_meta_root_shows_as_printable_text_in_doctor(world):
     shown = cli(world, "doctor", rc=(1,))
     _on_one_line_without_escapes(shown)
     assert sum(line.startswith("[warning] copied-state") for line in shown.splitlines()) == 1
+
+
+def test_v1_file_names_with_escapes_show_as_text_in_the_migration_plan(world):
+    """A cloned v1 repository whose file names carry a terminal escape (OSC 52 writes the
+    clipboard of many terminals), a right-to-left override and a newline: the plan that
+    ``migrate --dry-run`` prints shows each name escaped, one move on each line."""
+    legacy = world.root / ".workflow_checkpoints"
+    legacy.mkdir()
+    names = ["clip\x1b]52;c;aGk=\x07.json", "forged\n  rename  x -> y (1 B).json", "rtl\u202enosj.exe"]
+    for name in names:
+        (legacy / name).write_bytes(b"{}")
+    (world.root / ".workflow_unknown\x1b]52;c;aGk=\x07").write_bytes(b"x")
+    shown = cli(world, "migrate", "--dry-run", rc=(0,))
+    _on_one_line_without_escapes(shown)
+    moves = [line for line in shown.splitlines() if line.startswith("  rename")]
+    assert len(moves) == len(names), shown
+    assert sum(line.startswith("  unknown") for line in shown.splitlines()) == 1
+    assert sorted(os.listdir(legacy)) == sorted(names)  # a dry run: nothing moved
