@@ -443,8 +443,11 @@ class Beneath:
     def open_dir(self, rel: str, *, create: bool = False, mode: int = 0o777) -> int:
         """A descriptor of directory ``rel`` (``create``: make it and its parents, each
         new one with ``mode`` less the umask, as ``os.makedirs``)."""
+        fd = self.try_open(rel, DIR_FLAGS, create_root=create)  # every write's: one call
+        if fd >= 0:
+            return fd
         try:
-            return self.open(rel, DIR_FLAGS, create_root=create)
+            return self.open(rel, DIR_FLAGS, create_root=create)  # says why (or makes it)
         except FileNotFoundError:
             if not create:
                 raise

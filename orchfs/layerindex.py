@@ -252,8 +252,11 @@ class _Watcher:
         mount change is reported to one poll only)."""
         # (-1 stands for "no poll": never the mounts' descriptor, even once it is closed,
         # else the flag would outlive the descriptor and reset the next instance at once.)
-        if self.mounts >= 0 and any(fd == self.mounts for fd, _events in ready):
-            self.remounted = True
+        mounts = self.mounts
+        if mounts >= 0:
+            for fd, _events in ready:  # a loop, not any(): this runs after every write
+                if fd == mounts:
+                    self.remounted = True
         with self.lock:
             if self.fd < 0:
                 return

@@ -757,8 +757,9 @@ class Overlay:
         if plan.lower:
             if self._markers_seen:
                 return False
-            keys = [(directory, name) for directory in plan.legacy]
-            keys.append(self._sentinel)
+            keys = [self._sentinel]
+            for directory in plan.legacy:
+                keys.append((directory, name))
             if index.first(keys) != ABSENT:
                 return False  # a legacy file to supersede, a marker, or ask the disk
         plan.store.write(plan.prefix + name, data, kind)

@@ -388,7 +388,7 @@ class LocalStorage:
         # directory or an existing entry, so the early check's extra stat is not needed,
         # and no file object is made.
         head, _, name = rel.rpartition("/")
-        dir_fd = self._open_dir(head, create=True)
+        dir_fd = self._disk.open_dir(self._p(head), create=True)
         write_whole(dir_fd, name, data, exclusive=kind.create, final_mode=mode or DEFAULT_FILE_MODE)
 
     def append(self, rel: str, data: bytes) -> None:
