@@ -39,6 +39,12 @@ ENVIRONMENT = {
 _TRUE = ("1", "true", "yes", "on")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+# The longest duration any setting takes: far beyond what any wait needs, and inside what
+# a thread's timed wait accepts (10^13 s overflows it).
+MAX_DURATION_SECONDS = 100 * 365 * 86400.0
+# A lease of seconds to minutes; a year is no lease (and a lease object that says more is
+# refused as damaged when read back, so no setting may write one).
+MAX_LEASE_SECONDS = 366 * 86400.0
 
 
 class Origin(NamedTuple):
@@ -95,6 +101,8 @@ def parse_duration(value: Any, origin: Origin | None = None) -> float:
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if not 0 <= seconds < math.inf:  # YAML's .nan, .inf and negative numbers are no duration
         raise ConfigError(f"{origin or 'configuration'}: {value!r} is not a duration (use 10s, 5m, 1h)")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ConfigError(f"{origin or 'configuration'}: {value!r} is longer than any wait needs (100 years)")
     return seconds
 
 
@@ -159,7 +167,9 @@ def _validate(values: dict[str, Any], origins: dict[str, Origin], path: str) -> 
         if key == "legacy" and value not in LEGACY_MODES:
             raise fail("state.legacy", f"state.legacy is {value!r}; use read, migrate or off")
         if key in ("lock_timeout", "lease"):
-            parse_duration(value, origins.get(f"state.{key}"))
+            seconds = parse_duration(value, origins.get(f"state.{key}"))
+            if key == "lease" and not 0 < seconds <= MAX_LEASE_SECONDS:
+                raise fail("state.lease", f"state.lease is {value!r}; give more than 0s and at most 366d")
         if key == "storage" and value is not None and not isinstance(value, str):
             raise fail("state.storage", "state.storage must be a path or URL")
         for name, allowed in (("retention", RETENTION_KEYS), ("persist", PERSIST_KEYS)):
@@ -271,8 +281,8 @@ def face_settings(
     web_mode = env.get("web_mode", False) if web_mode is None else web_mode
     wait = parse_duration(lock_timeout if lock_timeout is not None else env.get("state.lock_timeout", 10.0))
     lease = parse_duration(lease if lease is not None else env.get("state.lease", 30.0))
-    if lease <= 0:
-        raise ValueError(f"lease must be > 0 seconds, not {lease}")
+    if not 0 < lease <= MAX_LEASE_SECONDS:
+        raise ValueError(f"lease must be more than 0 seconds and at most 366 days, not {lease}")
     if storage is None:
         storage = env.get("state.storage") or None
     if legacy not in LEGACY_MODES:

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .beneath import READ_FLAGS
+from .config import MAX_DURATION_SECONDS, MAX_LEASE_SECONDS
 from .errors import (
     ConfigError,
     LockLostError,
@@ -585,9 +586,8 @@ class _LeaseState(NamedTuple):
         return self.released or self.expired()
 
 
-# Bounds of a lease record orchfs writes: a lease of seconds to minutes (a year is
-# no lease), a generation that counts acquisitions.
-_MAX_LEASE_SECONDS = 366 * 86400.0
+# Bounds of a lease record orchfs writes: a lease no setting exceeds, a generation that
+# counts acquisitions.
 _MAX_GENERATION = 1 << 63
 
 
@@ -605,8 +605,8 @@ def _lease_state(found: Versioned, url: str) -> _LeaseState:
     released = record.get("released", False)
     if type(generation) is not int or not 0 <= generation < _MAX_GENERATION:
         raise _damaged_lease(url, "its generation is not a count")
-    if type(ttl) not in (int, float) or not 0 <= ttl <= _MAX_LEASE_SECONDS:  # NaN fails too
-        raise _damaged_lease(url, f"its lease is not a duration of at most {_MAX_LEASE_SECONDS:g}s")
+    if type(ttl) not in (int, float) or not 0 <= ttl <= MAX_LEASE_SECONDS:  # NaN fails too
+        raise _damaged_lease(url, f"its lease is not a duration of at most {MAX_LEASE_SECONDS:g}s")
     if type(released) is not bool:
         raise _damaged_lease(url, "its released flag is not true or false")
     holder = Holder.from_json(found.data)
@@ -989,8 +989,10 @@ def make_lock(
     """The right lock for the storage's capabilities, named ``name`` (one path segment); ``lease`` and
     ``renew`` (seconds) set an object-storage lease's length and renewal interval."""
     validate_name(name, "lock name")
-    if timeout < 0:
-        raise ValueError(f"lock timeout must be >= 0 seconds, not {timeout}")
+    if not 0 <= timeout <= MAX_DURATION_SECONDS:  # past it a thread's timed wait overflows
+        raise ValueError(f"lock timeout must be 0 to {MAX_DURATION_SECONDS:g} seconds, not {timeout}")
+    if lease is not None and not 0 < lease <= MAX_LEASE_SECONDS:  # read back as damaged past it
+        raise ValueError(f"lease must be more than 0 seconds and at most 366 days, not {lease}")
     kind = _backend_class(storage)
     if kind is LeaseLock:
         backend: LockBackend = LeaseLock(storage, name, session, lease or DEFAULT_LEASE, renew)

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -1534,3 +1535,42 @@ def test_v1_file_names_with_escapes_show_as_text_in_the_migration_plan(world):
     assert len(moves) == len(names), shown
     assert sum(line.startswith("  unknown") for line in shown.splitlines()) == 1
     assert sorted(os.listdir(legacy)) == sorted(names)  # a dry run: nothing moved
+
+
+@pytest.mark.parametrize(
+    "setting, said",
+    [
+        ("lease: 400d", "state.lease is '400d'; give more than 0s and at most 366d"),
+        ("lease: 0s", "state.lease is '0s'; give more than 0s and at most 366d"),
+        ("lock_timeout: 10000000000000s", "longer than any wait needs"),
+        ("retention: {max_age: 99999999999d}", "'99999999999d' is not a duration"),
+    ],
+)
+def test_a_planted_duration_beyond_its_bounds_is_refused_where_it_is_written(
+    world, monkeypatch, setting, said
+):
+    """A cloned ``workflow.yaml`` with a lease over a year (every lease object orchfs
+    then wrote was refused as damaged when read back, by every process) or a wait that
+    overflows a thread's timed wait: ``ConfigError`` naming the file and line; the same
+    lease from the environment or an argument is refused too."""
+    (world.root / "workflow.yaml").write_text(f"name: x\nstate:\n  {setting}\n")
+    from orchfs.sessions import policy_of
+
+    with pytest.raises(ConfigError, match=rf"workflow\.yaml:3:\d+: .*{re.escape(said)}"):
+        policy_of(orchfs.load_config(world.root))  # the retention policy is read when used
+    command = ("sessions", "prune", "--dry-run") if "retention" in setting else ("config", "show")
+    assert said in cli(world, *command)
+    if setting.startswith("lease"):
+        (world.root / "workflow.yaml").unlink()
+        monkeypatch.setenv("ORCHFS_LEASE", setting.split()[1])
+        with pytest.raises(ValueError, match="at most 366 days"):
+            orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True)
+
+
+@pytest.mark.parametrize("arguments", [{"lease": 400 * 86400.0}, {"lease": -1.0}, {"timeout": 1e13}])
+def test_a_lock_with_a_lease_or_wait_beyond_its_bounds_is_refused(world, arguments):
+    """``fs.lock(lease=)`` over a year would write a lease object that every process then
+    refuses as damaged; a wait of 10^13 s overflows a thread's timed wait."""
+    fs = v2(world)
+    with pytest.raises(ValueError, match="must be"), fs.lock("repo", **arguments):
+        pass
