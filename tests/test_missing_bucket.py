@@ -1,10 +1,10 @@
 """orchfs never creates a bucket. With the state (``storage=``), a migration target or
 ``state.persist`` on a bucket that does not exist, every operation that would write
-there, or make a "directory" there (which s3fs's and gcsfs's ``makedirs`` do by creating
-the bucket), says :class:`BucketNotFoundError` in one line naming the store, the bucket
-and the fix; afterwards the bucket still does not exist, and the repository on disk is
-as it was. Real S3-API (moto) and GCS-API (fake-gcs-server) servers, through the
-launchers in ``backends/``."""
+there, or make a "directory" there (which the ``makedirs`` of s3fs, gcsfs and adlfs do
+by creating the bucket or container), says :class:`BucketNotFoundError` in one line
+naming the store, the bucket and the fix; afterwards the bucket still does not exist,
+and the repository on disk is as it was. Real S3-API (moto), GCS-API (fake-gcs-server)
+and Azure Blob (Azurite) servers, through the launchers in ``backends/``."""
 
 from __future__ import annotations
 
@@ -26,9 +26,12 @@ from .conftest import digest_tree
 KEY = bytes(range(32))
 
 
-@pytest.fixture(params=["s3", "gcs"])
+SERVERS = {"s3": "moto_server", "gcs": "gcs_server", "azure": "azurite_server"}
+
+
+@pytest.fixture(params=sorted(SERVERS))
 def server(request) -> Any:
-    return request.getfixturevalue("moto_server" if request.param == "s3" else "gcs_server")
+    return request.getfixturevalue(SERVERS[request.param])
 
 
 @pytest.fixture
