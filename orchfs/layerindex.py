@@ -521,6 +521,8 @@ class LayerIndex:
         above = self._dirs.get(head) if rel else None
         if above is not None and above.names.get(name, _FILE) == _FILE:
             return ABSENT  # missing, or a file in the way: known without indexing
+        if above is None and head and self._missing_on_the_way(head):
+            return ABSENT  # below a directory that is not there (a v1 tree never made)
         if asked:
             count = self._asked.get(rel, 0) + 1
             if len(self._asked) < MAX_NAMES:
@@ -541,6 +543,16 @@ class LayerIndex:
         if above.names.get(name) == _LINK:
             return None
         return self._index(rel, above)
+
+    def _missing_on_the_way(self, rel: str) -> bool:
+        """Whether the nearest indexed directory above ``rel`` shows the next component
+        on the way to it missing, or a file: then nothing below it is there."""
+        while rel:
+            rel, _, name = rel.rpartition("/")
+            node = self._dirs.get(rel)
+            if node is not None:
+                return node.names.get(name, _FILE) == _FILE
+        return False
 
     def _index(self, rel: str, parent: _Dir | None) -> _Dir | None:
         """Watch, then list, directory ``rel`` (so that no change falls in between)."""

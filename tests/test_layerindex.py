@@ -269,6 +269,23 @@ def test_the_index_answers_without_the_disk(tmp_path, helper):
     index.close()
 
 
+def test_a_path_below_a_missing_directory_is_absent_at_once(tmp_path, helper):
+    """A path several levels below a directory that is not there (a v1 tree never made)
+    is absent by the listing of the nearest indexed directory above it, from the first
+    question on; once another process makes the tree, the disk is asked again."""
+    root, outside = make_repo(str(tmp_path))
+    index = LayerIndex(Beneath(root))
+    for _ in range(layerindex.INDEX_AFTER):
+        state(index, f"{LEGACY}/b.json")  # the root and the legacy directory indexed
+    deep = "v1/never/made/a.json"
+    assert [state(index, deep) for _ in range(3 * layerindex.INDEX_AFTER)] == [ABSENT] * 12
+    assert state(index, f"{LEGACY}/b.json/below") == ABSENT  # a file on the way
+    helper.change(root, outside, ("write", deep, b"now"))
+    assert state(index, deep) != ABSENT
+    assert probed(index._disk, deep) == PRESENT
+    index.close()
+
+
 def _warm_legacy_read(fs: orchfs.OrchFileSystem, logical: str) -> Callable[[], Any]:
     """Read ``logical`` (served by its legacy location) until its layers are indexed, and
     return the shortcut the overlay gives for reading it again (what the face keeps after

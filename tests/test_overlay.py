@@ -715,17 +715,16 @@ def test_names_only_listing_judges_links_like_the_detailed_one(tmp_path):
 OUTSIDE_BYTES = b"outside: must stay as it is"
 
 
-def quick_writes_repo(tmp_path: Path) -> tuple[Path, Path, orchfs.OrchFileSystem]:
-    """A repository with a legacy and a contained checkpoints directory, an outside
-    canary, and an instance whose writes in ``checkpoints/`` and ``checkpoints/sub/`` now
-    take the quick way (checked: the full way would record each path it looked at)."""
+def quick_writes_repo(tmp_path: Path, legacy: bool = True) -> tuple[Path, Path, orchfs.OrchFileSystem]:
+    """A repository with a contained checkpoints directory and (``legacy``) a legacy one,
+    an outside canary, and an instance whose writes in ``checkpoints/`` and
+    ``checkpoints/sub/`` now take the quick way (checked: the full way would record
+    each path it looked at)."""
     root, outside = tmp_path / "repo", tmp_path / "outside"
-    for directory in (
-        root / ".workflow_checkpoints" / "sub",
-        root / ".orchestrator" / "checkpoints",
-        outside,
-    ):
+    for directory in (root / ".orchestrator" / "checkpoints", outside):
         directory.mkdir(parents=True)
+    if legacy:
+        (root / ".workflow_checkpoints" / "sub").mkdir(parents=True)
     (outside / "canary.json").write_bytes(OUTSIDE_BYTES)
     fs = orchfs.OrchFileSystem(root=str(root), skip_instance_cache=True)
     if fs.overlay.index is None:
@@ -739,11 +738,14 @@ def quick_writes_repo(tmp_path: Path) -> tuple[Path, Path, orchfs.OrchFileSystem
     return root, outside, fs
 
 
-def test_a_quick_write_supersedes_a_legacy_file_put_there_since(tmp_path):
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy-directory", "no-legacy-directory"])
+def test_a_quick_write_supersedes_a_legacy_file_put_there_since(tmp_path, legacy):
     """Rule 7 after a directory's writes went the quick way: a legacy file an old
-    orchestrator puts there afterwards is seen by the next write of its path, which
-    records it as superseded (stale, not a conflict)."""
-    root, _outside, fs = quick_writes_repo(tmp_path)
+    orchestrator puts there afterwards (in the legacy directory, or in one it makes
+    now) is seen by the next write of its path, which records it as superseded
+    (stale, not a conflict)."""
+    root, _outside, fs = quick_writes_repo(tmp_path, legacy)
+    (root / ".workflow_checkpoints").mkdir(exist_ok=True)
     (root / ".workflow_checkpoints" / "late.json").write_bytes(b"legacy late")
     fs.pipe_file("checkpoints/late.json", b"upper late")
     assert fs.cat_file("checkpoints/late.json") == b"upper late"
