@@ -177,7 +177,7 @@ def _passphrase_key(passphrase: str, params: dict[str, Any]) -> MasterKey:
 
     try:
         n, r, p, salt = int(params["n"]), int(params["r"]), int(params["p"]), bytes.fromhex(params["salt"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):  # JSON's 1e999 is an infinite float
         raise SecretIntegrityError("the passphrase parameters of this namespace are damaged") from None
     # A reader refuses a cost above the maximum (a planted file must not stall it for
     # minutes or exhaust memory), and below the minimum (a planted weak setting).

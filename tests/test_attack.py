@@ -1574,3 +1574,30 @@ def test_a_lock_with_a_lease_or_wait_beyond_its_bounds_is_refused(world, argumen
     fs = v2(world)
     with pytest.raises(ValueError, match="must be"), fs.lock("repo", **arguments):
         pass
+
+
+# --- the passphrase parameters of a namespace -------------------------------------------------
+@pytest.mark.parametrize(
+    "params",
+    [
+        b'{"n": 1e999, "r": 8, "p": 1, "salt": "00"}',
+        b'{"n": 32768, "r": -1e999, "p": 1, "salt": "00"}',
+        b'{"n": 32768, "r": 8, "p": 1, "salt": 7}',
+        b'{"n": "many", "r": 8, "p": 1, "salt": "00"}',
+        b"[32768, 8, 1]",
+        b'{"n": 1048577, "r": 8, "p": 1, "salt": "00"}',
+    ],
+)
+def test_planted_passphrase_parameters_are_refused_as_damaged(world, monkeypatch, params):
+    """``PASSPHRASE.json`` with an infinite cost (JSON's ``1e999``: a raw
+    ``OverflowError``), values of the wrong type or a cost over the maximum: with
+    ``ORCHFS_PASSPHRASE`` set, every key look-up says ``SecretIntegrityError``, in one
+    line on the command line."""
+    fs = with_secret(world)
+    (secrets_dir(world) / "PASSPHRASE.json").write_bytes(params)
+    monkeypatch.setenv("ORCHFS_PASSPHRASE", "correct horse battery staple")
+    again = orchfs.OrchFileSystem(root=str(world.root), skip_instance_cache=True)
+    with pytest.raises(orchfs.errors.SecretIntegrityError, match="passphrase|scrypt"):
+        again.secrets.get("token")
+    assert "orchfs: error:" in cli(world, "secrets", "get", "token")
+    assert fs.secrets.get("token") == "s3cr3t"  # the key given before still opens it
