@@ -8,12 +8,13 @@ through a link) or hand orchfs a key of theirs (a read through one). Hence:
   choice of place and is opened as it is, a link included; ``orchfs/`` is opened beneath
   it with ``O_NOFOLLOW | O_DIRECTORY`` and everything after goes through that descriptor
   (``dir_fd=``), so nothing swapped in afterwards is reached;
-* ``orchfs/`` must be a directory of this user that group and others cannot write; a new
-  one is made 0700, and a write tightens an existing one to 0700 through its descriptor;
+* ``orchfs/`` must be a directory of this user (or root) that group and others cannot
+  write; a new one is made 0700, and a write tightens an existing one to 0700 through
+  its descriptor;
 * the key file is opened ``O_NOFOLLOW | O_NONBLOCK`` and what was opened is checked (a
-  regular file of this user, no bits for group or others, a key's size); it is written
-  atomically (a temp file ``O_EXCL | O_NOFOLLOW`` 0600, fsync, rename beneath the
-  descriptor), never in place of a link.
+  regular file of this user or root, no bits for group or others, a key's size); it is
+  written atomically (a temp file ``O_EXCL | O_NOFOLLOW`` 0600, fsync, rename beneath
+  the descriptor), never in place of a link.
 
 A refusal is a :class:`~orchfs.errors.KeyFileError` in one line naming the path, what is
 wrong and the fix; nothing was read, written or chmodded.
@@ -159,7 +160,8 @@ def _read_opened(fd: int, path: str, source: str) -> str:
 
 
 def _check_owner(st: os.stat_result, path: str) -> None:
-    if st.st_uid != os.geteuid():
+    # This user's, or root's (which no other user can make), as OpenSSH has it for keys.
+    if st.st_uid not in (os.geteuid(), 0):
         raise KeyFileError(
             f"{path} belongs to another user (uid {st.st_uid}), so it is not your key's place; "
             "remove it, or `chown` it to yourself if it is yours"
