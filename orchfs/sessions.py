@@ -239,26 +239,21 @@ def policy_of(config: Any) -> Retention:
 
 
 def _remote_copy(fs: Any, url: str, storage_options: Mapping[str, Any] | None, what: str) -> tuple[Any, str]:
-    """The filesystem and directory that hold the bound session's copy: ``<url>/<id>``."""
+    """The store at ``url`` that holds session copies, and the bound session's directory
+    in it. The store is opened as the state is (:func:`~orchfs.storage.open_storage`):
+    on local disk every write and read stays beneath ``url`` and follows no link (a link
+    planted in the copy would otherwise receive a session file, or hand one in); on
+    object storage listings are not cached and a missing bucket is said, never made nor
+    read as empty."""
     if not fs.session_id:
         raise ValueError(f"{what} needs a bound session (session= or web_mode=True)")
-    from fsspec.utils import get_protocol
-
-    options = dict(storage_options or {})
-    if get_protocol(url) in ("file", "local"):  # a local directory: parents are made as files land
-        from fsspec.core import url_to_fs
-
-        options.setdefault("auto_mkdir", True)
-        remote, base = url_to_fs(f"{url.rstrip('/')}/{fs.session_id}", **options)
-        return remote, base.rstrip("/")
     from .storage import open_storage
 
-    # Opened as the state is (listings not cached, the client a server of its own needs),
-    # and a missing bucket is said, never made nor read as empty.
-    store = open_storage(url, options)
-    if store.conditional is not None:  # type: ignore[attr-defined]
-        store.conditional.require_bucket(store.backend_path(""))  # type: ignore[attr-defined]
-    return store.fs, store.backend_path(fs.session_id)  # type: ignore[attr-defined]
+    store = open_storage(url, dict(storage_options or {}))
+    conditional = getattr(store, "conditional", None)
+    if conditional is not None:
+        conditional.require_bucket(store.backend_path(""))  # type: ignore[attr-defined]
+    return store, fs.session_id
 
 
 class Persister:
@@ -300,11 +295,11 @@ class Persister:
                     linked.append(rel)
                     del now[rel]
                     continue
-                self.remote.pipe_file(f"{self.base}/{rel}", data)
+                self.remote.write(f"{self.base}/{rel}", data)
             gone = [rel for rel in self._sent if rel not in now]
             for rel in gone:
                 with contextlib.suppress(FileNotFoundError):
-                    self.remote.rm_file(f"{self.base}/{rel}")
+                    self.remote.remove(f"{self.base}/{rel}")
             self._sent = now
             if linked:
                 store, rel = self._held_by(f"{self.prefix}/{linked[0]}")
@@ -368,15 +363,14 @@ def restore(fs: Any, url: str, storage_options: Mapping[str, Any] | None = None)
     """Bring the bound session's persisted copy back into the repository (on a new
     machine); returns how many files were written."""
     remote, base = _remote_copy(fs, url, storage_options, "restoring")
-    try:
-        names = remote.find(base)
-    except FileNotFoundError:
-        return 0
-    # Every name is checked before the first file is written: all of the copy, or none.
-    logical = {name: _restored_path(fs, url, name[len(base) + 1 :]) for name in names}
-    for name, path in logical.items():
-        fs.pipe_file(path, remote.cat_file(name))
-    return len(names)
+    # Every name is checked, and every file read, before the first file is written: all
+    # of the copy, or none (a link in a local copy is refused as any read refuses it).
+    names = remote.find_files(base, include_markers=True)
+    logical = {rel: _restored_path(fs, url, rel) for rel in names}
+    files = {path: remote.read(f"{base}/{rel}") for rel, path in logical.items()}
+    for path, data in files.items():
+        fs.pipe_file(path, data)
+    return len(files)
 
 
 def _restored_path(fs: Any, url: str, rel: str) -> str:

@@ -1601,3 +1601,42 @@ def test_planted_passphrase_parameters_are_refused_as_damaged(world, monkeypatch
         again.secrets.get("token")
     assert "orchfs: error:" in cli(world, "secrets", "get", "token")
     assert fs.secrets.get("token") == "s3cr3t"  # the key given before still opens it
+
+
+@pytest.mark.parametrize("planted", ["state.json", "checkpoints"])
+def test_persisting_into_a_local_copy_never_writes_through_a_planted_link(world, tmp_path, planted):
+    """``state.persist`` on local disk (a shared mount, say), where someone planted a
+    link in the session's copy: at a file (replaced by the session's file, its target
+    untouched) or at a directory (refused); nothing outside the copy changes."""
+    from orchfs.sessions import Persister
+
+    copy = tmp_path / "persisted"
+    (copy / "s1").mkdir(parents=True)
+    target = world.canary / ("a.txt" if planted == "state.json" else "sub")
+    (copy / "s1" / planted).symlink_to(target)
+    session = orchfs.OrchFileSystem(root=str(world.root), session="s1", skip_instance_cache=True)
+    session.pipe_file("state.json", b'{"step": 1}')
+    session.pipe_file("checkpoints/cp.json", b'{"cp": 1}')
+    if planted == "state.json":
+        Persister(session, str(copy)).stop()
+        assert (copy / "s1" / "state.json").read_bytes() == b'{"step": 1}'
+        assert not (copy / "s1" / "state.json").is_symlink()
+    else:
+        with pytest.raises(PathEscapeError, match="symlink"):
+            Persister(session, str(copy)).stop()
+        assert os.readlink(copy / "s1" / "checkpoints") == str(target)
+
+
+def test_restoring_from_a_local_copy_never_reads_through_a_planted_link(world, tmp_path):
+    """The session's copy on local disk holds a link to a file outside it: restore is
+    refused before it writes anything, and the outside bytes reach no session file."""
+    from orchfs.sessions import restore
+
+    copy = tmp_path / "persisted"
+    (copy / "s1").mkdir(parents=True)
+    (copy / "s1" / "a-state.json").write_bytes(b"{}")
+    (copy / "s1" / "notes.txt").symlink_to(world.canary / "a.txt")
+    session = orchfs.OrchFileSystem(root=str(world.root), session="s1", skip_instance_cache=True)
+    with pytest.raises(PathEscapeError):
+        restore(session, str(copy))
+    assert not (world.state / "sessions").exists()
