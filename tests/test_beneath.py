@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import orchfs
 from orchfs.atomic import DIR_FLAGS
-from orchfs.beneath import OPENAT2_AVAILABLE, PROBE_FLAGS, Beneath, check_rel, copy_fresh
+from orchfs.beneath import OPENAT2_AVAILABLE, PROBE_FLAGS, Beneath, check_rel, copy_fresh, read_all
 from orchfs.errors import LegacyPathWarning, PathEscapeError
 from orchfs.storage import LocalStorage
 
@@ -237,6 +237,63 @@ def test_reads(tmp_path, way):
     with b.scandir("a") as entries:
         assert [(e.name, e.is_dir(follow_symlinks=False)) for e in entries] == [("b", True)]
     assert stat.S_ISDIR(b.lstat("").st_mode)
+
+
+@pytest.mark.parametrize("size", [65_535, 65_536, 65_537, 131_072, 3 * 2**20 + 7])
+def test_a_file_around_and_past_the_first_read_is_read_whole(tmp_path, way, size):
+    """One read of 64 KiB serves a small file; a larger one is read on (after one fstat)
+    to its last byte, by every reader: read_bytes, a kept reader, and fs.cat_file."""
+    root = tmp_path / "root"
+    (root / ".orchestrator").mkdir(parents=True)
+    body = os.urandom(size)
+    (root / ".orchestrator" / "state.json").write_bytes(body)
+    b = Beneath(str(root), use_openat2=way)
+    assert b.read_bytes(".orchestrator/state.json") == body
+    b.fileno()
+    assert b.reader(".orchestrator/state.json")() == body
+    fs = orchfs.OrchFileSystem(root=str(root), skip_instance_cache=True)
+    assert [fs.cat_file("state.json") for _ in range(3)] == [body] * 3  # the last two: kept
+
+
+@pytest.mark.parametrize("change", [b"grown" * 30_000, None], ids=["grows", "shrinks"])
+def test_a_file_that_changes_size_after_its_fstat_is_read_to_its_end(tmp_path, way, monkeypatch, change):
+    """The rest of a large file is read in the size its fstat gave; a file that grows
+    just after that fstat is still read to its new end, one that shrinks to its new
+    end (no error, nothing made up)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    body = os.urandom(200_000)
+    (root / "f").write_bytes(body)
+    real_fstat = os.fstat
+    changed = []
+
+    def fstat_then_change(fd):
+        st_ = real_fstat(fd)
+        if not changed and stat.S_ISREG(st_.st_mode) and st_.st_size == len(body):
+            changed.append(fd)
+            with open(root / "f", "r+b") as f:
+                if change is None:
+                    f.truncate(100_000)
+                else:
+                    f.seek(0, os.SEEK_END)
+                    f.write(change)
+        return st_
+
+    monkeypatch.setattr(os, "fstat", fstat_then_change)
+    got = Beneath(str(root), use_openat2=way).read_bytes("f")
+    assert changed  # the fstat of the read was the one that changed the file
+    assert got == (body[:100_000] if change is None else body + change)
+
+
+def test_read_all_reads_from_the_descriptors_position(tmp_path):
+    body = os.urandom(200_000)
+    (tmp_path / "f").write_bytes(body)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        os.lseek(fd, 1000, os.SEEK_SET)
+        assert read_all(fd) == body[1000:]
+    finally:
+        os.close(fd)
 
 
 def test_fifo_does_not_hang_a_read(tmp_path, way):
