@@ -358,7 +358,9 @@ class _ReadIfAbsent(FileReader):
     def __call__(self) -> Any:
         watcher = _WATCHER  # what first() does first, inline: a call frame is a tenth of the check
         try:
-            ready = watcher.poll(0, 2)  # type: ignore[misc]
+            # Loaded, then called: a method call of an instance attribute is never specialised.
+            poll = watcher.poll
+            ready = poll(0, 2)
         except (TypeError, ValueError):
             ready = [(-1, 0)]
         if ready or watcher.busy or watcher.remounted:
