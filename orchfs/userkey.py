@@ -107,19 +107,23 @@ def _open_directory(directory: str, *, create: bool) -> int | None:
         os.makedirs(base, mode=PRIVATE_DIR_MODE, exist_ok=True)
     try:
         base_fd = os.open(base or ".", os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        if create:
+            raise
+        return None  # no configuration directory: no key file in it
     try:
         if create:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, PRIVATE_DIR_MODE, dir_fd=base_fd)
         try:
             fd = os.open(name, DIR_FLAGS, dir_fd=base_fd)
-        except FileNotFoundError:
-            return None
         except OSError as exc:
             _refuse_if_link(exc, base_fd, name, directory)
-            raise
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise
+            if not create:
+                return None  # nothing there, or no directory: no key file
+            raise KeyFileError(f"{directory} is not a directory; move it aside, then run again") from None
     finally:
         os.close(base_fd)
     try:

@@ -165,3 +165,15 @@ def test_the_key_place_is_made_private_and_the_configuration_directory_may_be_a_
     install_user_key(NEW_KEY, str(path))
     assert stat.S_IMODE((real / "orchfs").stat().st_mode) == 0o700
     assert path.read_text().strip() == base64.urlsafe_b64encode(NEW_KEY).decode()
+
+
+def test_no_key_place_is_no_key_and_a_file_in_its_way_is_named(config_home, tmp_path, monkeypatch, repo):
+    """A configuration directory that is a file, or a file named ``orchfs``: reading finds
+    no user key (as before); writing one says what is in the way."""
+    (config_home / "orchfs").write_text("not a directory")
+    assert not read_keys(repo).startswith("user key file")  # type: ignore[attr-defined]
+    with pytest.raises(KeyFileError, match="orchfs is not a directory; move it aside"):
+        init_user_key()
+    assert (config_home / "orchfs").read_text() == "not a directory"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home / "orchfs"))
+    assert not read_keys(repo).startswith("user key file")  # type: ignore[attr-defined]
