@@ -118,7 +118,25 @@ def _load(path: str) -> tuple[dict[str, Any], dict[str, Origin]]:
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{path}:{node.start_mark.line + 1}: the file must hold a mapping")
     origins: dict[str, Origin] = {}
-    return _mapping(node, path, "", origins), origins
+    values = _mapping(node, path, "", origins)
+    _anchor_storage(values, origins, path)
+    return values, origins
+
+
+def _anchor_storage(values: dict[str, Any], origins: dict[str, Origin], path: str) -> None:
+    """A relative local ``state.storage`` in a file is relative to that file's directory,
+    as an ``include:`` is, never to wherever a command happens to run (which put the state
+    of a repository in the working directory of each command, outside its root); an
+    empty one is refused, not taken for that working directory."""
+    state = values.get("state")
+    storage = state.get("storage") if isinstance(state, dict) else None
+    if isinstance(storage, str) and not storage.strip():
+        where = origins.get("state.storage", Origin(path))
+        raise ConfigError(f"{where}: state.storage is empty; remove it to keep the state in .orchestrator/")
+    if not isinstance(storage, str) or "://" in storage or "::" in storage:
+        return
+    if not os.path.isabs(os.path.expanduser(storage)):
+        state["storage"] = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), storage))
 
 
 def _mapping(node: Any, path: str, prefix: str, origins: dict[str, Origin]) -> dict[str, Any]:

@@ -1640,3 +1640,19 @@ def test_restoring_from_a_local_copy_never_reads_through_a_planted_link(world, t
     with pytest.raises(PathEscapeError):
         restore(session, str(copy))
     assert not (world.state / "sessions").exists()
+
+
+@pytest.mark.parametrize("config", ["workflow.yaml", ".orchestra.yaml"])
+def test_a_relative_storage_is_relative_to_its_file_not_to_where_a_command_runs(world, monkeypatch, config):
+    """``state.storage: kept-state`` in a configuration file: the state goes beside that
+    file, whatever the working directory of the command (it went into the working
+    directory: the canary here); an empty one is refused with file and line."""
+    (world.root / config).write_text("state:\n  storage: kept-state\n")
+    monkeypatch.chdir(world.canary)
+    cli(world, "put", "state.json", "-", input="{}", rc=(0,))
+    assert (world.root / "kept-state" / "state.json").read_bytes() == b"{}"
+    assert orchfs.load_config(world.root).get("state.storage") == str(world.root / "kept-state")
+    (world.root / config).write_text("state:\n  storage: ''\n")
+    with pytest.raises(ConfigError, match=rf"{re.escape(config)}:2:\d+: state.storage is empty"):
+        orchfs.load_config(world.root)
+    assert "state.storage is empty" in cli(world, "put", "state.json", "-", input="{}")
