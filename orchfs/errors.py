@@ -143,6 +143,27 @@ class LegacyConflictWarning(UserWarning):
     """A path exists in both layouts with different contents; the upper copy wins."""
 
 
+_OWN_DIRECTORY = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# A code file's name -> whether its frames are orchfs's or fsspec's own (see warn_outside).
+_OWN_FILES: dict[str, bool] = {}
+_OWN_FILES_LIMIT = 4096
+
+
+def _own_file(filename: str) -> bool:
+    """Whether frames of ``filename`` are orchfs's or fsspec's own: judged once per name,
+    as every v1 file read warns once and each warning walks several frames."""
+    own = _OWN_FILES.get(filename)
+    if own is None:
+        fsspec = sys.modules.get("fsspec")  # not imported: none of its frames can be here
+        prefixes = (_OWN_DIRECTORY,)
+        if fsspec is not None and fsspec.__file__:
+            prefixes += (os.path.dirname(os.path.abspath(fsspec.__file__)) + os.sep,)
+        own = os.path.abspath(filename).startswith(prefixes)
+        if fsspec is not None and len(_OWN_FILES) < _OWN_FILES_LIMIT:  # else: judged again
+            _OWN_FILES[filename] = own
+    return own
+
+
 def warn_outside(message: str, category: type[Warning]) -> None:
     """Issue a warning attributed to the first frame outside orchfs and fsspec.
 
@@ -151,14 +172,9 @@ def warn_outside(message: str, category: type[Warning]) -> None:
     Python's default filters show a ``DeprecationWarning`` only when that line is in
     ``__main__``.
     """
-    inside = [os.path.dirname(os.path.abspath(__file__)) + os.sep]
-    fsspec = sys.modules.get("fsspec")  # not imported: none of its frames can be here
-    if fsspec is not None and fsspec.__file__:
-        inside.append(os.path.dirname(os.path.abspath(fsspec.__file__)) + os.sep)
-    prefixes = tuple(inside)
     level = 2  # 1 is this function; 2 its caller
     frame = sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(prefixes):
+    while frame is not None and _own_file(frame.f_code.co_filename):
         frame = frame.f_back
         level += 1
     warnings.warn(message, category, stacklevel=level)

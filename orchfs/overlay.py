@@ -629,11 +629,28 @@ class Overlay:
             warn_legacy_once(logical, location.url)
             if sum(not layer.upper for layer in self.layers(logical)) > 1:
                 self._warn_conflict_once(logical, location)  # two legacy locations may differ
-        elif self.has_lower(logical) and location.url not in _conflicts_checked:
+        elif (
+            self.has_lower(logical)
+            and location.url not in _conflicts_checked
+            and not self._lower_absent(logical)
+        ):
             self._warn_conflict_once(logical, location)
         if len(self._quiet_reads) < MEMO_LIMIT:
             self._quiet_reads.add(key)  # warned or checked once: later reads skip this
         return location
+
+    def _lower_absent(self, logical: str) -> bool:
+        """Whether the layer index shows every lower location of ``logical`` absent, as of
+        the poll of the read asking: then no pair can differ, and the conflict check of
+        that read looks at no layer on the disk (a stat of each, for every path read)."""
+        keys = self._beneath.get(logical)  # made by _indexed, which the read asked
+        if keys is None:
+            return False
+        index: Any = self.index
+        layers = self.layers(logical)
+        return all(
+            index.known_absent(key) for key, layer in zip(keys, layers, strict=True) if not layer.upper
+        )
 
     def _warn_conflict_once(self, logical: str, upper: Location) -> None:
         key = upper.url

@@ -237,6 +237,38 @@ def test_rule7_both_exist_and_differ(v1_repo):
     assert len(conflicts) == 2 and "the first wins" in conflicts[1]
 
 
+def test_first_reads_of_contained_files_ask_the_index_not_the_v1_layer(tmp_path, monkeypatch):
+    """Rule 7's check on the first read of a contained file asks the layer index whether
+    a v1 copy is there: once the index lists the v1 directory, no file's read looks at its
+    v1 location, and the one v1 copy that is there and differs still warns."""
+    from orchfs.storage import LocalStorage
+
+    root = tmp_path / "repo"
+    (root / ".orchestrator" / "checkpoints").mkdir(parents=True)
+    (root / ".workflow_checkpoints").mkdir()
+    for i in range(40):
+        (root / ".orchestrator" / "checkpoints" / f"cp_{i:02d}.json").write_bytes(b"new %d" % i)
+    (root / ".workflow_checkpoints" / "cp_30.json").write_bytes(b"old 30")
+    asked = []
+    real_info = LocalStorage.info
+
+    def info_asked(self, rel):
+        asked.append(rel)
+        return real_info(self, rel)
+
+    monkeypatch.setattr(LocalStorage, "info", info_asked)
+    fs = orchfs.OrchFileSystem(root=str(root), skip_instance_cache=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(40):
+            assert fs.cat_file(f"checkpoints/cp_{i:02d}.json") == b"new %d" % i
+    conflicts = [str(w.message) for w in caught if issubclass(w.category, orchfs.LegacyConflictWarning)]
+    assert len(conflicts) == 1 and "cp_30.json" in conflicts[0]
+    v1_looks = [rel for rel in asked if rel.startswith(".workflow_checkpoints/")]
+    assert v1_looks[-1] == ".workflow_checkpoints/cp_30.json"  # the copy that is there
+    assert len(v1_looks) <= 5, v1_looks  # the others: before the index listed the directory
+
+
 def test_rule7_orchfs_writes_supersede_legacy_files(v1_repo):
     fs = orchfs.OrchFileSystem(root=v1_repo, skip_instance_cache=True)
     fs.pipe_file("state.json", b"written by orchfs")
