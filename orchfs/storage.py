@@ -447,18 +447,21 @@ class LocalStorage:
 
     def _append_fd(self, fd: int, rel: str, data: bytes) -> bool:
         """Append to the open ``fd``; False if the file was replaced or removed since it was
-        opened (a concurrent atomic write or rm: the caller opens the path again)."""
+        opened (a concurrent atomic write or rm, another appender's copy of its own: the
+        caller opens the path again)."""
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise self._not_own_file(rel)
-            shared = st.st_nlink > 1
             if _flock is not None:
                 _flock(fd, _LOCK_EX)
                 st = os.fstat(fd)  # what the lock now covers
-            if st.st_nlink == 0:
+            # Asked of the path under the lock, not told by the link count: a file replaced
+            # after the open may live on under another name (a migration backup is a hard
+            # link of a checkpoint), with one name left, and must not be written.
+            if not self._still_names(rel, st):
                 return False
-            if shared or st.st_nlink > 1:
+            if st.st_nlink > 1:
                 self._unshare(rel, st)
                 return False  # the path names a file of its own now: open it again
             written = os.write(fd, data)
@@ -469,14 +472,26 @@ class LocalStorage:
         finally:
             os.close(fd)
 
+    def _still_names(self, rel: str, st: os.stat_result) -> bool:
+        """Whether ``rel`` (reached beneath the base, no link followed) names the file that
+        ``st`` describes: False when it is gone, a link, or another file now."""
+        probe = self._disk.try_open(self._p(rel), PROBE_FLAGS)
+        if probe < 0:
+            return False  # the next open settles it (a link there is refused then)
+        try:
+            now = os.fstat(probe)
+        finally:
+            os.close(probe)
+        return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+
     def _unshare(self, rel: str, st: os.stat_result) -> None:
         """Under the lock of the file that ``st`` describes, which has (or had when it was
         opened) another name: the migration's backup of a checkpoint, or a file outside
         the repository that a planted hard link names. An append never writes through
         a shared inode: while the path still names it, the path gets a copy of its own
         (:meth:`~orchfs.beneath.Beneath.unshare`), which the caller opens again. An
-        appender that opened the old file before that copy sees its other name go
-        (another appender made the copy) and opens the path again too."""
+        appender that opened the old file before that copy finds the path naming another
+        file under the lock (:meth:`_still_names`) and opens the path again too."""
         reader = self._disk.try_open(self._p(rel))
         if reader == -errno.ENOENT:
             return  # gone: the next open settles it
