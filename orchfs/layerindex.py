@@ -10,11 +10,12 @@ Exact, never stale. Each indexed directory is watched with inotify *before* it i
 listed, and before every answer one non-blocking ``epoll_wait`` asks whether the
 kernel queued anything: inotify events are queued by the change itself, so an answer
 given after an empty poll describes the disk as it is. Pending events update the
-names they concern (a created or moved-in name is "there, kind unknown" until looked
-at; a removed one is gone; a directory changed in any other way is forgotten with its
-subdirectories). The same poll watches the mount table (``/proc/self/mountinfo``),
-since a mount changes what a path shows without an event in the directory. A queue
-overflow, a mount, a read error or a ``fork`` forget everything.
+names they concern (a created, moved-in or moved-away name is "there, kind unknown"
+until looked at, since a move away may be half of a swap of two names; a deleted one is
+gone; a directory changed in any other way is forgotten with its subdirectories). The
+same poll watches the mount table (``/proc/self/mountinfo``), since a mount changes
+what a path shows without an event in the directory. A queue overflow, a mount, a read
+error or a ``fork`` forget everything.
 
 What is trusted. The index only says which layer to try and whether a path is absent;
 opening still goes through :class:`~orchfs.beneath.Beneath` (``openat2``, no link
@@ -308,7 +309,13 @@ class _Watcher:
                 child = node.children.get(name)
                 if child is not None:  # replaced, removed or changed: looked at again when asked
                     node.tree.drop(child)
-                if mask & _NAME_GONE:
+                if mask & _IN_MOVED_FROM:
+                    # Not "gone": renameat2(RENAME_EXCHANGE) swaps two names with a move
+                    # each way, the very events of two renames in a row, and both names
+                    # stay. A name that was there is "there, kind unknown" until looked at.
+                    if name in node.names:
+                        node.names[name] = _UNSURE
+                elif mask & _IN_DELETE:
                     node.names.pop(name, None)
                 elif mask & _NAME_NEW:
                     node.names[name] = _DIR if mask & _IN_ISDIR else _UNSURE
@@ -507,6 +514,10 @@ class LayerIndex:
                 return UNKNOWN
             try:
                 st = self._disk.lstat(f"{node.rel}/{name}" if node.rel else name)
+            except FileNotFoundError:
+                # Moved away: gone (one made again after the lstat is queued, applied next).
+                del node.names[name]
+                return ABSENT
             except (OSError, PathEscapeError):
                 return UNKNOWN
             # A change after the lstat is queued and applied after this: never lost.

@@ -11,6 +11,7 @@ watches after close, and a forked child that must not take its parent's events.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import gc
 import multiprocessing
@@ -83,10 +84,22 @@ def _apply(root: str, outside: str, change: tuple) -> None:
             if os.path.lexists(path):
                 os.rename(path, aside)
             os.symlink(outside if args[1] == "outside" else os.path.join(root, LEGACY), path)
+        elif kind == "exchange":  # the two names swap what they name, in one step
+            _exchange(path, os.path.join(root, args[1]))
         elif kind == "unlink" and os.path.islink(path):  # and back
             os.unlink(path)
             if os.path.lexists(path + ".aside"):
                 os.rename(path + ".aside", path)
+
+
+def _exchange(a: str, b: str) -> None:
+    """``renameat2(RENAME_EXCHANGE)`` (``mv --exchange``): ``a`` and ``b`` swap, atomically.
+    Their directories hear a move from ``a`` to ``b``, then one from ``b`` to ``a``: the
+    very events of two renames in a row, after which ``b`` would be gone."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), a)
 
 
 def _helper(conn) -> None:
@@ -228,6 +241,10 @@ class ChangedByAnother(RuleBasedStateMachine):
     def rename(self, source, to):
         self.change("rename", source, to)
 
+    @rule(source=st.one_of(names, places), to=st.one_of(names, places))
+    def exchange(self, source, to):
+        self.change("exchange", source, to)
+
     @rule(path=places, where=st.sampled_from(["outside", "inside"]))
     def link(self, path, where):
         self.change("link", path, where)
@@ -284,6 +301,41 @@ def test_a_path_below_a_missing_directory_is_absent_at_once(tmp_path, helper):
     assert state(index, deep) != ABSENT
     assert probed(index._disk, deep) == PRESENT
     index.close()
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        (f"{LEGACY}/b.json", f"{LEGACY}/a.json"),  # a file and a name about to be one
+        (f"{LEGACY}/b.json", f"{LEGACY}/sub"),  # a file and a directory
+        (f"{CONTAINED}/a.json", f"{LEGACY}/b.json"),  # across directories
+    ],
+    ids=["two-files", "file-and-directory", "across-directories"],
+)
+def test_names_swapped_in_one_step_both_stay_there(tmp_path, helper, first, second):
+    """Another program swaps two names with RENAME_EXCHANGE (an atomic directory swap,
+    ``mv --exchange``): both names are still there, and every answer says so at once
+    (the events alone read as two renames in a row, after which one name is gone)."""
+    try:
+        (tmp_path / "x").touch()
+        (tmp_path / "y").mkdir()
+        _exchange(str(tmp_path / "x"), str(tmp_path / "y"))
+    except OSError as exc:
+        pytest.skip(f"no RENAME_EXCHANGE here: {exc}")
+    root, outside = make_repo(str(tmp_path))
+    Path(root, LEGACY, "a.json").write_bytes(b"legacy a")
+    indexed, plain = pair(root)
+    disk = Beneath(root)
+    index = LayerIndex(disk)
+    for _ in range(layerindex.INDEX_AFTER):  # warm: every directory indexed
+        assert_alike(root, indexed, plain, disk, index)
+    helper.change(root, outside, ("exchange", first, second))
+    assert probed(disk, first) == probed(disk, second) == PRESENT
+    assert state(index, first) in (PRESENT, UNKNOWN) and state(index, second) in (PRESENT, UNKNOWN)
+    assert_alike(root, indexed, plain, disk, index)
+    index.close()
+    indexed.overlay.index.close()
+    disk.close()
 
 
 def _warm_legacy_read(fs: orchfs.OrchFileSystem, logical: str) -> Callable[[], Any]:
