@@ -892,7 +892,9 @@ def copy_fresh(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
-def link_fresh(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -> bool:
+def link_fresh(
+    src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str, seen: os.stat_result | None = None
+) -> bool:
     """Give the regular file ``src_name`` a second name ``dst_name`` (a hard link; each
     name relative to a directory descriptor, neither followed if it is a link), but only
     while ``src_name`` has no other name, belongs to whoever runs this and has no set-ID
@@ -900,9 +902,13 @@ def link_fresh(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -
     a file that already has another name, perhaps outside the root, which a write there
     could change; a file another user owns and may write in place; a set-ID program,
     which a copy would not keep as one, see :func:`copied_mode`) and where the filesystem
-    makes no link (:data:`_NO_LINK`): the caller copies instead. Not durable, as
-    :func:`copy_fresh`. A file already at ``dst_name`` raises :class:`FileExistsError`;
-    a missing source, :class:`FileNotFoundError`."""
+    makes no link (:data:`_NO_LINK`): the caller copies instead. ``seen``: the caller's
+    own ``lstat`` of ``src_name``, taken just before under its lock (a migration's plan),
+    judged instead of a stat after the link. Not durable, as :func:`copy_fresh`. A file
+    already at ``dst_name`` raises :class:`FileExistsError`; a missing source,
+    :class:`FileNotFoundError`."""
+    if seen is not None and not _sole_own_file(seen, 1):
+        return False
     try:
         os.link(src_name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
     except OSError as exc:
@@ -911,16 +917,20 @@ def link_fresh(src_dir_fd: int, src_name: str, dst_dir_fd: int, dst_name: str) -
         raise
     # Judged after the link, on what it links: one stat, and no window in which the
     # source could be swapped between a look and the link.
-    st = os.stat(dst_name, dir_fd=dst_dir_fd, follow_symlinks=False)
-    if (
+    if seen is None and not _sole_own_file(os.stat(dst_name, dir_fd=dst_dir_fd, follow_symlinks=False), 2):
+        os.unlink(dst_name, dir_fd=dst_dir_fd)
+        return False
+    return True
+
+
+def _sole_own_file(st: os.stat_result, names: int) -> bool:
+    """A regular file with ``names`` names, of this user, without set-ID bits."""
+    return (
         stat.S_ISREG(st.st_mode)
-        and st.st_nlink == 2
+        and st.st_nlink == names
         and st.st_uid == os.geteuid()
         and not st.st_mode & (stat.S_ISUID | stat.S_ISGID)
-    ):
-        return True
-    os.unlink(dst_name, dir_fd=dst_dir_fd)
-    return False
+    )
 
 
 def _copy_fd(source: int, target: int, size: int) -> None:

@@ -1180,9 +1180,18 @@ def _linkable(layout: Layout, action: str, target: str, mode: int | None) -> boo
     )
 
 
-def _linked_steps(layout: Layout, steps: list[Step]) -> frozenset[int]:
-    """The indexes of the steps whose backup may be a hard link (see :func:`_linkable`)."""
-    return frozenset(s.i for s in steps if s.link is None and _linkable(layout, s.action, s.target, s.mode))
+def _linked_steps(
+    layout: Layout, steps: list[Step], stats: dict[str, os.stat_result] | None
+) -> dict[int, os.stat_result | None]:
+    """The steps whose backup may be a hard link (see :func:`_linkable`), each with the
+    plan's ``lstat`` of its source (``stats``, a first run's), which
+    :func:`~orchfs.beneath.link_fresh` judges before it links; None for a resumed run's
+    step, judged after."""
+    return {
+        s.i: None if stats is None else stats.get(s.source)
+        for s in steps
+        if s.link is None and _linkable(layout, s.action, s.target, s.mode)
+    }
 
 
 def _backs_up_source(step: Step, backup: bool) -> bool:
@@ -1192,7 +1201,7 @@ def _backs_up_source(step: Step, backup: bool) -> bool:
 
 
 def _stage_backups(
-    root: str, steps: list[Step], migration_id: str, backup: bool, linked: frozenset[int]
+    root: str, steps: list[Step], migration_id: str, backup: bool, linked: dict[int, os.stat_result | None]
 ) -> set[int]:
     """The first half of a journal batch: keep the sources of ``steps`` in the backup,
     each in the run's own backup directory with no fsync: as a hard link of the source
@@ -1207,20 +1216,24 @@ def _stage_backups(
     the steps whose backup is made; the others take the step's own path."""
     held = _HELD[root]
     staged: set[int] = set()
-    written: list[tuple[str, str | None]] = []  # (directory, file copied here or None)
-    last_dir = ""
+    written: list[tuple[str, str | None]] = []  # (directory, file made here or None)
+    top = _backup_rel(migration_id, "")  # ends in "/"
+    here: str | None = None  # the source directory whose descriptors ``fds`` holds
+    fds = (-1, -1)
     for step in steps:
         if not _backs_up_source(step, backup):
             continue
-        src_dir, _, src_name = step.source.rpartition("/")
-        rel = _backup_rel(migration_id, step.source)
-        last_dir, _, name = rel.rpartition("/")
+        src_dir, _, name = step.source.rpartition("/")
+        last_dir = top + src_dir if src_dir else top[:-1]  # the backup's directory, the same name
         copied = step.link is None
         if copied:
             try:
-                src_fd, dst_fd = held.fds(src_dir, last_dir, create=True)
-                if step.i not in linked or not link_fresh(src_fd, src_name, dst_fd, name):
-                    copy_fresh(src_fd, src_name, dst_fd, name)
+                if src_dir != here:  # the steps of one directory run together: asked once
+                    here = None
+                    fds = held.fds(src_dir, last_dir, create=True)
+                    here = src_dir
+                if step.i not in linked or not link_fresh(fds[0], name, fds[1], name, linked[step.i]):
+                    copy_fresh(fds[0], name, fds[1], name)
             except FileNotFoundError:
                 continue  # moved by an earlier run, or gone: the step itself settles it
             except OSError:  # nothing found here is trusted: the careful copy makes it anew
@@ -1228,10 +1241,11 @@ def _stage_backups(
                     os.unlink(name, dir_fd=held.fd(last_dir))
                 copied = False
         if not copied:  # a link, or anything odd: the careful copy, with its own errors
+            here = None  # it may release the held directories
             source = f"{root}/{step.source}"
             if not _lexists(source):
                 continue
-            _backup(root, source, f"{root}/{rel}")
+            _backup(root, source, f"{root}/{top}{step.source}")
         written.append((last_dir, name if copied else None))
         staged.add(step.i)
         checkpoint("migrate.backup")  # linked or copied, not yet durable
@@ -1529,7 +1543,8 @@ class LocalMover:
     moved: dict[str, str] = field(default_factory=dict)
     fresh: set[str] | None = None  # directories this run made itself (no checks inside)
     staged: set[int] = field(default_factory=set)  # steps whose backup is made (_stage_backups)
-    linked: frozenset[int] = frozenset()  # steps whose backup may be a hard link (_linkable)
+    # Steps whose backup may be a hard link (_linkable), with the plan's lstat of the source.
+    linked: dict[int, os.stat_result | None] = field(default_factory=dict)
 
     def execute(self, step: Step) -> None:
         backup = self.backup and step.i not in self.staged
@@ -1590,7 +1605,9 @@ def _run(
                 backup,
                 moved,
                 None if resumed else set(),
-                linked=_linked_steps(layout, todo) if backup else frozenset(),
+                linked=_linked_steps(layout, todo, None if the_plan is None else the_plan.stats)
+                if backup
+                else {},
             )
         )
         if resumed:
@@ -1663,8 +1680,7 @@ def _run(
                         and (not backup or mover.staged.issuperset(s.i for s in todo[position:end]))
                         and _move_directory(root, whole_group)
                     ):
-                        for step in todo[position:end]:
-                            journal.done(step.i)
+                        journal.done_all(step.i for step in todo[position:end])
                         position = end
                         finished += whole_group.steps
                         _release_held(root)

@@ -1154,3 +1154,35 @@ def test_no_write_to_migrated_checkpoints_reaches_their_backups(tmp_path_factory
     changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
     assert changed <= set(CHECKPOINTS)
     allowed_inside_after_rollback(root)
+
+
+@pytest.mark.parametrize("judged", ["after the link", "before, from the caller's lstat"])
+def test_link_fresh_links_only_a_sole_own_plain_file(judged, tmp_path):
+    """A regular file with one name, of this user, without set-ID bits gets its second
+    name; a symlink, a file with another name already (outside, say) and a set-ID program
+    get none (the caller copies them), and nothing is left at the new name."""
+    from orchfs.beneath import link_fresh
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(b"outside")
+    (tmp_path / "src" / "plain.json").write_bytes(b"{}")
+    os.link(outside, tmp_path / "src" / "linked.json")
+    os.symlink("plain.json", tmp_path / "src" / "symlink.json")
+    (tmp_path / "src" / "setuid").write_bytes(b"#!/bin/sh\n")
+    os.chmod(tmp_path / "src" / "setuid", 0o4755)
+    src = os.open(tmp_path / "src", os.O_RDONLY | os.O_DIRECTORY)
+    dst = os.open(tmp_path / "dst", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        made = {}
+        for name in ("plain.json", "linked.json", "symlink.json", "setuid"):
+            seen = os.lstat(tmp_path / "src" / name) if judged.startswith("before") else None
+            made[name] = link_fresh(src, name, dst, name, seen)
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert made == {"plain.json": True, "linked.json": False, "symlink.json": False, "setuid": False}
+    assert sorted(os.listdir(tmp_path / "dst")) == ["plain.json"]
+    assert _one_inode(str(tmp_path / "dst" / "plain.json"), str(tmp_path / "src" / "plain.json"))
+    assert os.lstat(outside).st_nlink == 2 and outside.read_bytes() == b"outside"
