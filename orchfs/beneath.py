@@ -105,6 +105,11 @@ class _Openat2:
         self._keep: list[Any] = []  # the structures those references point into
         self.syscall = ctypes.CDLL(None, use_errno=True).syscall  # called with ints, bytes, byref
         self.syscall.restype = ctypes.c_long
+        # The same call keeping no errno: ctypes' copy of errno around a call (a look-up in
+        # the thread's dictionary) costs a few percent of a whole read. For reads that
+        # succeed almost always and ask again with ``syscall`` to learn why one failed.
+        self.syscall_quiet = ctypes.CDLL(None).syscall
+        self.syscall_quiet.restype = ctypes.c_long
         self.get_errno = ctypes.get_errno
 
     def how(self, flags: int, mode: int) -> Any:
@@ -184,6 +189,7 @@ class Beneath:
         self._openat2 = _OPENAT2 if use_openat2 is not False else None
         # The call and its prebuilt arguments, one attribute away on every open.
         self._syscall = self._openat2.syscall if self._openat2 is not None else None
+        self._syscall_quiet = self._openat2.syscall_quiet if self._openat2 is not None else None
         self._hows = self._openat2.hows if self._openat2 is not None else {}
         self._read_how = self._openat2.how(READ_FLAGS, 0) if self._openat2 is not None else None
         self._fd = -1
@@ -339,19 +345,22 @@ class Beneath:
         descriptor yet, a link on the way or at the end, a rename racing the lookup, a
         directory): the caller then asks :meth:`read_file`, which settles it.
 
-        The same ``openat2`` beneath the root as every open, in one call frame. Every
+        The same ``openat2`` beneath the root as every open, in one call frame (one that
+        fails is made again to learn its errno, see ``_Openat2.syscall_quiet``). Every
         kept reader (:class:`FileReader` and its subclasses) calls this one method, so
         that its attribute look-ups always meet a :class:`Beneath` (a body shared by
         several classes reading their own fields is slower when they alternate)."""
-        syscall = self._syscall
+        syscall = self._syscall_quiet
         if syscall is None:  # no openat2 here: the walk beneath the root
             fd = self.try_open(os.fsdecode(path))
             if fd < 0:
                 return fd
         else:
             fd = syscall(_SYS_OPENAT2, self._fd, path, self._read_how, 24)
-            if fd < 0:
-                return -self._openat2.get_errno()  # type: ignore[union-attr]
+            if fd < 0:  # asked again, keeping errno this time, to say why
+                fd = self._syscall(_SYS_OPENAT2, self._fd, path, self._read_how, 24)  # type: ignore[misc]
+                if fd < 0:
+                    return -self._openat2.get_errno()  # type: ignore[union-attr]
         try:
             data = os.read(fd, _FIRST_READ)
             return data if len(data) < _FIRST_READ else _read_rest(fd, data, os.fsdecode(path))
