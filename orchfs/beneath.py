@@ -362,8 +362,7 @@ class Beneath:
                 if fd < 0:
                     return -self._openat2.get_errno()  # type: ignore[union-attr]
         try:
-            data = os.read(fd, _FIRST_READ)
-            return data if len(data) < _FIRST_READ else _read_rest(fd, data, os.fsdecode(path))
+            return read_all(fd, path)
         except IsADirectoryError:
             return -errno.EISDIR
         finally:
@@ -785,20 +784,33 @@ class FileReader:
         return self._disk.read_encoded(self._path)
 
 
-def read_all(fd: int, where: str | None = None) -> bytes:
+def read_all(fd: int, where: str | bytes | None = None) -> bytes:
     """Every byte from ``fd``'s position to its end (``where`` names it in errors).
 
-    No ``fstat`` first (it costs more in Python than the read): one read of 64 KiB, and
-    only a read that filled it goes on. A shorter read is the end of a regular file, as
-    the read of ``st_size + 1`` bytes this replaces assumed.
+    No ``fstat`` first (it costs more in Python than a read): one read of 64 KiB, and
+    after a shorter one a read that must find the end (nothing, at once) as at the end
+    of any regular file. Anything else, a read that filled its buffer, bytes after the
+    end or a read that would block, is either a file that grew or no regular file (a
+    device such as the kernel log, read a record at a time; a FIFO that someone feeds),
+    which :func:`_read_rest` tells apart by an ``fstat``: a device's or a pipe's bytes are
+    never handed out as a file's. An unfed FIFO reads as empty.
     """
-    data = os.read(fd, _FIRST_READ)
+    try:
+        data = os.read(fd, _FIRST_READ)
+    except BlockingIOError:  # never a regular file: refused below
+        return _read_rest(fd, b"", where)
     if len(data) < _FIRST_READ:
-        return data
+        try:
+            more = os.read(fd, 1)  # one byte is enough to tell
+        except OSError:  # a device's own answer (the kernel log's EINVAL), or would block
+            return _read_rest(fd, data, where)
+        if not more:
+            return data
+        data += more
     return _read_rest(fd, data, where)
 
 
-def _read_rest(fd: int, data: bytes, where: str | None) -> bytes:
+def _read_rest(fd: int, data: bytes, where: str | bytes | None) -> bytes:
     """``data`` (a first read that filled its buffer) and every byte after it.
 
     One more read returns all of it, from where ``data`` began, in the size the file's
@@ -807,11 +819,10 @@ def _read_rest(fd: int, data: bytes, where: str | None) -> bytes:
     after the fstat) goes on to the end by chunks."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        # A device (/dev/zero) or a pipe fed by someone never ends: refused, not read.
+        # A device (/dev/zero, /dev/kmsg) or a pipe fed by someone: refused, not read.
+        shown = os.fsdecode(where) if where else "a file orchfs reads"
         raise UnsafeStateError(
-            f"{where or 'a file orchfs reads'} is not a regular file (a device or a pipe); "
-            "refused: remove it",
-            where,
+            f"{shown} is not a regular file (a device or a pipe); refused: remove it", shown
         )
     start = os.lseek(fd, 0, os.SEEK_CUR) - len(data)
     size = min(max(st.st_size - start, 0) + 1, _MAX_READ)

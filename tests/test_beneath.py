@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import orchfs
 from orchfs.atomic import DIR_FLAGS
 from orchfs.beneath import OPENAT2_AVAILABLE, PROBE_FLAGS, Beneath, check_rel, copy_fresh, read_all
-from orchfs.errors import LegacyPathWarning, PathEscapeError
+from orchfs.errors import LegacyPathWarning, PathEscapeError, UnsafeStateError
 from orchfs.storage import LocalStorage
 
 WAYS = [
@@ -301,6 +301,53 @@ def test_fifo_does_not_hang_a_read(tmp_path, way):
     root.mkdir()
     os.mkfifo(root / "fifo")
     assert Beneath(str(root), use_openat2=way).read_bytes("fifo") == b""
+
+
+def _kept_read(disk: Beneath, rel: str) -> object:
+    disk.fileno()  # the root open, as it is once anything was read: the kept read's own path
+    return disk.reader(rel)()
+
+
+# Every way a whole file is read: the plain read, the read that answers -errno, a kept reader.
+WHOLE_READS: dict[str, Callable[[Beneath, str], object]] = {
+    "read_bytes": lambda disk, rel: disk.read_bytes(rel),
+    "read_file": lambda disk, rel: disk.read_file(rel),
+    "kept": _kept_read,
+}
+
+
+@pytest.mark.parametrize("read", WHOLE_READS.values(), ids=WHOLE_READS.keys())
+def test_a_fed_fifo_is_refused_not_read(tmp_path, way, read):
+    """A FIFO that another process holds open and has written into: its bytes are never
+    handed out as a file's (nor does the read raise a raw BlockingIOError when nothing
+    waits in it)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    os.mkfifo(root / "fifo")
+    writer = os.open(root / "fifo", os.O_RDWR | os.O_NONBLOCK)  # another process's end
+    disk = Beneath(str(root), use_openat2=way)
+    try:
+        with pytest.raises(UnsafeStateError, match="not a regular file"):
+            read(disk, "fifo")  # nothing in it
+        os.write(writer, b"fed by another process")
+        with pytest.raises(UnsafeStateError, match="not a regular file"):
+            read(disk, "fifo")
+    finally:
+        os.close(writer)
+
+
+@pytest.mark.skipif(not hasattr(os, "mknod") or os.geteuid() != 0, reason="a device node needs root")
+@pytest.mark.parametrize("read", WHOLE_READS.values(), ids=WHOLE_READS.keys())
+def test_a_device_that_reads_short_is_refused_not_read(tmp_path, way, read):
+    """A character device whose reads are short (the kernel log, /dev/kmsg, one record a
+    read) where a file was: refused, its bytes never handed out as the file's."""
+    if not os.access("/dev/kmsg", os.R_OK):
+        pytest.skip("no readable /dev/kmsg here")
+    root = tmp_path / "root"
+    root.mkdir()
+    os.mknod(root / "state.json", stat.S_IFCHR | 0o644, os.makedev(1, 11))
+    with pytest.raises(UnsafeStateError, match="not a regular file"):
+        read(Beneath(str(root), use_openat2=way), "state.json")
 
 
 def test_directories_and_modes(tmp_path, way):
