@@ -923,9 +923,11 @@ def link_fresh(
     could change; a file another user owns and may write in place; a set-ID program,
     which a copy would not keep as one, see :func:`copied_mode`) and where the filesystem
     makes no link (:data:`_NO_LINK`): the caller copies instead. ``seen``: the caller's
-    own ``lstat`` of ``src_name``, taken just before under its lock (a migration's plan),
-    judged instead of a stat after the link. Not durable, as :func:`copy_fresh`. A file
-    already at ``dst_name`` raises :class:`FileExistsError`; a missing source,
+    own earlier ``lstat`` of ``src_name`` (a migration's plan): a file it shows unfit is
+    not linked at all. What is linked is judged after the link all the same: an orchfs
+    lock binds no other program, which may have swapped the file since (for a hard link
+    of a file outside the root). Not durable, as :func:`copy_fresh`. A file already at
+    ``dst_name`` raises :class:`FileExistsError`; a missing source,
     :class:`FileNotFoundError`."""
     if seen is not None and not _sole_own_file(seen, 1):
         return False
@@ -937,7 +939,7 @@ def link_fresh(
         raise
     # Judged after the link, on what it links: one stat, and no window in which the
     # source could be swapped between a look and the link.
-    if seen is None and not _sole_own_file(os.stat(dst_name, dir_fd=dst_dir_fd, follow_symlinks=False), 2):
+    if not _sole_own_file(os.stat(dst_name, dir_fd=dst_dir_fd, follow_symlinks=False), 2):
         os.unlink(dst_name, dir_fd=dst_dir_fd)
         return False
     return True

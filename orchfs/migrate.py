@@ -1184,9 +1184,9 @@ def _linked_steps(
     layout: Layout, steps: list[Step], stats: dict[str, os.stat_result] | None
 ) -> dict[int, os.stat_result | None]:
     """The steps whose backup may be a hard link (see :func:`_linkable`), each with the
-    plan's ``lstat`` of its source (``stats``, a first run's), which
-    :func:`~orchfs.beneath.link_fresh` judges before it links; None for a resumed run's
-    step, judged after."""
+    plan's ``lstat`` of its source (``stats``, a first run's; None for a resumed run's
+    step), by which :func:`~orchfs.beneath.link_fresh` passes over a file the plan saw
+    unfit; what it links it judges after the link either way."""
     return {
         s.i: None if stats is None else stats.get(s.source)
         for s in steps

@@ -1057,6 +1057,31 @@ def test_a_checkpoint_with_another_name_outside_is_copied_never_linked(tmp_path)
     allowed_inside_after_rollback(root)
 
 
+def test_a_checkpoint_swapped_for_a_file_outside_after_the_plan_is_copied_never_linked(tmp_path):
+    """Another program swaps a v1 checkpoint for a hard link of a file outside the
+    repository after the plan looked at it (here: while the first batch of steps runs,
+    before the backups of the next batch are made): its backup is still a copy of its
+    own, never a third name of the file outside, which keeps its bytes and names."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    canary = outside / "canary.json"
+    canary.write_bytes(b'{"canary": 1}\n')
+    root = make_repo(tmp_path, checkpoints=journal.DONE_BATCH + 40)
+    late = f".workflow_checkpoints/bulk/cp_{journal.DONE_BATCH + 39:05d}.json"
+
+    def swap_once(done: int, _total: int) -> None:
+        if done == 1:  # the first step is done: the plan is made, the last batch not staged
+            os.unlink(os.path.join(root, late))
+            os.link(canary, os.path.join(root, late))
+
+    result = migrate.apply(root, progress=swap_once)
+    kept = os.path.join(_backup_of(root, result), late)
+    assert not _one_inode(kept, canary)
+    assert os.lstat(kept).st_nlink == 1
+    assert os.lstat(canary).st_nlink == 2  # itself, and the migrated name it was given
+    assert canary.read_bytes() == b'{"canary": 1}\n'
+
+
 @pytest.mark.parametrize("number", [errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EIO])
 def test_where_no_link_can_be_made_checkpoints_are_copied(number, tmp_path, monkeypatch):
     """Another filesystem, one without links, a link count at its limit, an I/O error:
