@@ -318,15 +318,20 @@ class Overlay:
         """The position of the layer that shows ``logical`` by the layer index, ABSENT,
         or UNKNOWN (ask the layers): one poll, and markers weighed from the same look."""
         index: Any = self.index
-        paths = self._beneath.get(logical)
-        if paths is None:  # index_for made sure that every layer is a LocalStorage
-            paths = tuple(index.key(loc.store.path_beneath(loc.rel)) for loc in layers)  # type: ignore[attr-defined]
-            if len(self._beneath) < MEMO_LIMIT:
-                self._beneath[logical] = paths
-        at: int = index.first(paths)
+        at: int = index.first(self._keys(logical, layers))
         if at > 0 and (self._markers_seen or not index.known_absent(self._sentinel)):
             return UNKNOWN  # markers may hide it: the full check
         return at
+
+    def _keys(self, logical: str, layers: tuple[Location, ...]) -> tuple[tuple[str, str], ...]:
+        """The layer index's key of each of ``logical``'s ``layers`` (kept per path)."""
+        paths = self._beneath.get(logical)
+        if paths is None:  # index_for made sure that every layer is a LocalStorage
+            index: Any = self.index
+            paths = tuple(index.key(loc.store.path_beneath(loc.rel)) for loc in layers)  # type: ignore[attr-defined]
+            if len(self._beneath) < MEMO_LIMIT:
+                self._beneath[logical] = paths
+        return paths
 
     def lookup(self, logical: str, upper_listed: bool = False) -> Found | None:
         """The location that serves ``logical`` and its info, or None.
@@ -687,7 +692,9 @@ class Overlay:
         supersedes (rule 7), reopen whited-out parents."""
         self.initialize()
         polled = False  # whether this write has asked the layer index already
-        if logical not in self._supersede_checked and self.has_legacy(logical):
+        if self.has_legacy(logical) and (
+            logical not in self._supersede_checked or self._legacy_present(logical)
+        ):
             self._record_superseded(logical)
             polled = self.index is not None  # its lookup did
         target = self.target(logical)
@@ -708,6 +715,20 @@ class Overlay:
 
             ensure_initialized(self.state, self.root, self.local_root)
             self.initialized = True
+
+    def _legacy_present(self, logical: str) -> bool:
+        """Whether a legacy location of ``logical`` may hold a file now: a path checked
+        once (``_supersede_checked``) is checked again only then, as an old orchestrator
+        may put its file there after the check, and while it serves the path (the upper
+        copy removed since) a write replaces it. The layer index answers where it can,
+        else a cheap probe of each legacy location; an upper layer is never asked."""
+        layers = self.layers(logical)
+        if self.index is not None:
+            keys = zip(self._keys(logical, layers), layers, strict=True)
+            said = self.index.first(tuple(key for key, loc in keys if not loc.upper))
+            if said != UNKNOWN:
+                return said != ABSENT
+        return any(loc.store.maybe_exists(loc.rel) for loc in layers if not loc.upper)
 
     def _record_superseded(self, logical: str) -> None:
         """Rule 7: a write, copy-up or whiteout is about to replace what a legacy file

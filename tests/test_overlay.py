@@ -743,6 +743,36 @@ def test_names_only_listing_judges_links_like_the_detailed_one(tmp_path):
     assert fs.ls("checkpoints", detail=False) == ["checkpoints/plain.json"]
 
 
+@pytest.mark.parametrize("indexed", [True, False], ids=["layer-index", "probes"])
+@pytest.mark.parametrize(
+    "logical, legacy",
+    [("state.json", ".workflow_state.json"), ("checkpoints/a.json", ".workflow_checkpoints/a.json")],
+)
+def test_a_legacy_file_put_there_after_a_path_was_written_is_superseded_by_the_next_write(
+    tmp_path, indexed, logical, legacy
+):
+    """Rule 7 in a long-lived instance: the path was written when no legacy file lay
+    below it (nothing to supersede), then removed; an old orchestrator puts the legacy
+    file there, which now serves the path; the next write replaces what it served and
+    records it, so it is stale, not a conflict (the check of the first write is not
+    taken as the answer for good)."""
+    root = tmp_path / "repo"
+    (root / ".git").mkdir(parents=True)
+    fs = orchfs.OrchFileSystem(root=str(root), skip_instance_cache=True)
+    if not indexed:
+        fs.overlay.index = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fs.pipe_file(logical, b'{"v": 2}')
+        fs.rm(logical)
+        (root / legacy).parent.mkdir(exist_ok=True)
+        (root / legacy).write_bytes(b'{"v": 1}')
+        assert fs.cat_file(logical) == b'{"v": 1}'  # the legacy file serves the path now
+        fs.pipe_file(logical, b'{"v": 3}')
+        assert fs.conflicts() == []
+        assert [(c.logical, c.kind) for c in fs.legacy_pairs()] == [(logical, "stale")]
+
+
 # --- writes of ordinary names in a directory, the quick way ---------------------------
 OUTSIDE_BYTES = b"outside: must stay as it is"
 
