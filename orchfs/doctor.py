@@ -19,7 +19,7 @@ from typing import Any
 
 from .atomic import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from .beneath import Beneath
-from .errors import PathEscapeError, StateError, library_logger, shown
+from .errors import BucketNotFoundError, PathEscapeError, StateError, library_logger, shown
 from .layout import coerce_layout
 from .meta import LAYOUT_VERSION, git_remote, gitignored, read_format, read_meta
 from .paths import INTERNAL_NAMES, STATE_DIR, TEMP_PREFIX, WHITEOUT_PREFIX
@@ -35,6 +35,7 @@ logger = library_logger(__name__)
 # docs/cli.md (tests/test_doctor.py holds the docs and this set to the ids used below).
 FINDING_IDS = frozenset(
     {
+        "bucket-missing",
         "conflict",
         "copied-state",
         "leftover-legacy",
@@ -92,14 +93,17 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
     findings += _unsafe_links(root, state, layout)
     if os.path.islink(state):  # every other check would look (and --fix act) through it
         return findings
-    from .config import face_settings
+    from .config import face_settings, load_config
     from .repository import open_repository
 
-    settings = face_settings()
+    config = load_config(root)
+    # The state where the commands keep it: the configured store, as the CLI opens it.
+    settings = face_settings(storage=config.get("state.storage"))
     parts = open_repository(root, settings, layout=layout)  # the overlay and the state store
     # The fsspec face, made only for the check that needs it (retention).
     face: Callable[[], Any] = functools.cache(lambda: _fs(root, layout))
     checks: list[Callable[[], list[Finding]]] = [
+        lambda: _bucket_findings(parts.state_storage),
         lambda: _layout_findings(root, state, layout),
         lambda: _unnamed_findings(root, layout),
         lambda: _conflict_findings(parts.overlay),
@@ -118,22 +122,42 @@ def run(root: Any, *, layout: Any = None, now: float | None = None) -> list[Find
     ]
     for check in checks:
         findings += _guarded(check)
-    from .config import load_config
-
-    config = load_config(root)
     findings += _guarded(lambda: _retention_findings(config, face, now))
     findings += _web_findings(config, state)
     return _unique(findings)
 
 
 def _guarded(check: Callable[[], list[Finding]]) -> list[Finding]:
-    """A check's findings; damaged or refused stored state is an ``unsafe-state`` finding."""
+    """A check's findings; damaged or refused stored state is an ``unsafe-state`` finding,
+    and a check that met a missing bucket adds nothing to ``bucket-missing``."""
     try:
         return check()
+    except BucketNotFoundError as exc:
+        return [_bucket_missing(exc)]
     except StateError as exc:
         return [_unsafe(str(exc), exc.path)]
     except PathEscapeError as exc:  # a symlink met on the way beneath the root
         return [_unsafe(str(exc), None)]
+
+
+def _bucket_missing(exc: BucketNotFoundError) -> Finding:
+    return Finding(
+        "bucket-missing",
+        "error",
+        str(exc),
+        f"create the bucket {exc.bucket!r} (orchfs never creates one), or set `state.storage` "
+        "to a store that exists",
+        (exc.store,),
+    )
+
+
+def _bucket_findings(storage: Any) -> list[Finding]:
+    """The bucket (or container) of object storage named by ``state.storage`` is missing:
+    every read would look empty and every write fail (one request; none on local disk)."""
+    conditional = getattr(storage, "conditional", None)
+    if conditional is not None:
+        conditional.require_bucket(storage.backend_path(""))
+    return []
 
 
 def _import_findings(parts: Any) -> list[Finding]:

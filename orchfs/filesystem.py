@@ -25,6 +25,7 @@ except ImportError:  # fsspec before 2025.10 chains every filesystem the same wa
 
 
 from .atomic import CREATE, REPLACE
+from .errors import BucketNotFoundError
 from .errors import is_a_directory as _is_a_directory
 from .errors import not_found as _not_found
 from .namespace import Namespace
@@ -342,6 +343,20 @@ class OrchFileSystem(ChainedFileSystem):
             return infos if detail else [i["name"] for i in infos]
         return self._names.listing(logical, detail)
 
+    def walk(
+        self,
+        path: Any,
+        maxdepth: int | None = None,
+        topdown: bool = True,
+        on_error: Any = "omit",
+        **kwargs: Any,
+    ):  # type: ignore[override]
+        """fsspec's walk (and so ``find``, ``du``, ``glob``), which reads a directory it
+        cannot list as empty: a missing bucket is no empty directory, and says so."""
+        if on_error == "omit":
+            on_error = _raise_missing_bucket
+        return super().walk(path, maxdepth=maxdepth, topdown=topdown, on_error=on_error, **kwargs)
+
     def cat_file(self, path: Any, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         whole = start is None and end is None
         if whole:
@@ -528,6 +543,13 @@ class OrchFileSystem(ChainedFileSystem):
         logical = self._gate(path)
         if truncate or not self.exists(logical):
             self.pipe_file(logical, b"")
+
+
+def _raise_missing_bucket(exc: BaseException) -> None:
+    """``walk``'s error handler: a directory that cannot be listed is omitted, as fsspec
+    does, unless its whole bucket is missing."""
+    if isinstance(exc, BucketNotFoundError):
+        raise exc
 
 
 def _as_datetime(stamp: float | None) -> datetime:

@@ -641,10 +641,19 @@ class FsspecStorage:
             out["ETag"] = info["ETag"]
         return out
 
+    def _require_bucket(self) -> None:
+        """Raise :class:`BucketNotFoundError` when the bucket is missing: asked (one
+        request) only after a lookup or listing found nothing, and once per adapter,
+        since a missing bucket reads as "nothing there" to every client."""
+        if not self._bucket_ready and self.conditional is not None:
+            self.conditional.require_bucket(self.base)
+            self._bucket_ready = True
+
     def info(self, rel: str) -> dict[str, Any] | None:
         try:
             return self._convert(self.fs.info(self._full(rel)))
         except (FileNotFoundError, NotADirectoryError):
+            self._require_bucket()
             return None
 
     def exists(self, rel: str) -> bool:
@@ -654,7 +663,13 @@ class FsspecStorage:
         """``(name, info)`` of each child and, apart from them, the marker names (one
         listing request either way: ``detail`` costs nothing more here)."""
         full = self._full(rel)
-        entries = self.fs.ls(full, detail=True)
+        try:
+            entries = self.fs.ls(full, detail=True)
+        except FileNotFoundError:
+            self._require_bucket()
+            raise
+        if not entries:
+            self._require_bucket()
         out = []
         markers = []
         for entry in entries:
@@ -711,6 +726,7 @@ class FsspecStorage:
             self._known_file(rel)
             return data
         except (IsADirectoryError, FileNotFoundError):
+            self._require_bucket()
             if self.fs.isdir(full):
                 raise IsADirectoryError(errno.EISDIR, "is a directory", self.url(rel)) from None
             return None
@@ -734,6 +750,7 @@ class FsspecStorage:
         try:
             self.fs.cat_file(self._full(rel), **self._read_options)
         except (FileNotFoundError, IsADirectoryError):
+            self._require_bucket()
             return False
         return True
 
@@ -890,7 +907,9 @@ class FsspecStorage:
         try:
             found = self.fs.find(full)
         except FileNotFoundError:
-            return []
+            found = []
+        if not found:
+            self._require_bucket()
         skipped = TEMP_PREFIX if include_markers else MARKER_PREFIXES
         out = []
         for name in found:

@@ -189,7 +189,10 @@ def test_web_incompatible_settings(tmp_path, monkeypatch):
     assert "keyring" in messages[0] and "disk" in messages[1]
     monkeypatch.setenv("ORCHFS_KEY", key)
     assert len(web_messages()) == 1
-    (root / "workflow.yaml").write_text("web_mode: true\nstate:\n  storage: s3://bucket/prefix\n")
+    # State off the machine's disk (doctor looks at the store it names: one that answers).
+    (root / "workflow.yaml").write_text(
+        f"web_mode: true\nstate:\n  storage: memory://{tmp_path.name}/prefix\n"
+    )
     assert web_messages() == []
 
 
