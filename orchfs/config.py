@@ -133,10 +133,22 @@ def _anchor_storage(values: dict[str, Any], origins: dict[str, Origin], path: st
     if isinstance(storage, str) and not storage.strip():
         where = origins.get("state.storage", Origin(path))
         raise ConfigError(f"{where}: state.storage is empty; remove it to keep the state in .orchestrator/")
-    if not isinstance(storage, str) or "://" in storage or "::" in storage:
-        return
-    if not os.path.isabs(os.path.expanduser(storage)):
-        state["storage"] = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), storage))
+    if isinstance(storage, str):
+        state["storage"] = anchored_storage(storage, os.path.dirname(os.path.abspath(path)))
+
+
+def anchored_storage(storage: str, base: str) -> str:
+    """``storage`` as every comparison of state directories takes it: a local path made
+    absolute (``~`` expanded, a relative one joined to the directory ``base``) and
+    normalised; a URL (``s3://...``, ``file://...``, a chained ``::``) as it is.
+
+    ``base`` is the directory of the configuration file that names the path, or the
+    working directory for ``--storage`` on the command line, so that a migration's
+    journal (which records the absolute path) matches the state directory named either
+    way on a resume or a rollback."""
+    if "://" in storage or "::" in storage:
+        return storage
+    return os.path.normpath(os.path.join(base, os.path.expanduser(storage)))
 
 
 def _mapping(node: Any, path: str, prefix: str, origins: dict[str, Origin]) -> dict[str, Any]:
@@ -444,5 +456,6 @@ def _check_pin(
 __all__ = [
     "Config",
     "Origin",
+    "anchored_storage",
     "load_config",
 ]

@@ -515,6 +515,15 @@ def _remote_store(root: str, storage: str | None, options: dict[str, Any] | None
     return store
 
 
+def _absolute_storage(storage: str) -> str:
+    """A state directory as the journal records it and compares it: a relative local path
+    is relative to the working directory (as ``--storage`` on the command line is; a
+    configuration file's own are already absolute), a URL stays as it is."""
+    from .config import anchored_storage
+
+    return anchored_storage(storage, os.getcwd())
+
+
 def _recorded_storage(begin: dict[str, Any], given: str | None, where: str) -> str | None:
     """The state directory a journal's migration went to, checked against the one this run
     was given (``--storage``, else the configured ``state.storage``): a journal may not
@@ -522,6 +531,8 @@ def _recorded_storage(begin: dict[str, Any], given: str | None, where: str) -> s
     directory may be any on this machine, and an object store would be read, written and
     emptied with the caller's credentials (a journal may come from a snapshot)."""
     recorded = begin.get("storage")
+    if recorded is not None:  # a journal written before paths were recorded absolute
+        recorded = _absolute_storage(recorded)
     if recorded is None or recorded == given:  # a local migration is undone locally
         return recorded
     if given is not None:
@@ -1425,6 +1436,7 @@ def apply(
         raise ValueError(f"jobs={jobs}: give at least 1")
     root = _root(root)
     layout = coerce_layout(layout)
+    storage = None if storage is None else _absolute_storage(storage)
     state = _state_store(root, storage, storage_options)
     remote = _remote_store(root, storage, storage_options)
     with _repository_lock(state, lock_timeout), _guarded(root, layout):
@@ -1872,6 +1884,7 @@ def rollback(
     """
     root = _root(root)
     layout = coerce_layout(layout)
+    storage = None if storage is None else _absolute_storage(storage)
     state = _state_store(root, storage, storage_options)
     with _repository_lock(state, lock_timeout), _guarded(root, layout) as guard:
         candidates = journals(root)
