@@ -532,7 +532,7 @@ class LayerIndex:
             return None
         head, _, name = rel.rpartition("/")
         above = self._dirs.get(head) if rel else None
-        if above is not None and above.names.get(name, _FILE) == _FILE:
+        if above is not None and self._kind(above, name) == _FILE:
             return ABSENT  # missing, or a file in the way: known without indexing
         if above is None and head and self._missing_on_the_way(head):
             return ABSENT  # below a directory that is not there (a v1 tree never made)
@@ -551,7 +551,7 @@ class LayerIndex:
             if not isinstance(found, _Dir):
                 return found
             above = found
-            if above.names.get(name, _FILE) == _FILE:
+            if self._kind(above, name) == _FILE:
                 return ABSENT
         if above.names.get(name) == _LINK:
             return None
@@ -564,8 +564,18 @@ class LayerIndex:
             rel, _, name = rel.rpartition("/")
             node = self._dirs.get(rel)
             if node is not None:
-                return node.names.get(name, _FILE) == _FILE
+                return self._kind(node, name) == _FILE
         return False
+
+    def _kind(self, node: _Dir, name: str) -> int:
+        """The kind of ``name`` in ``node``'s listing (:data:`_FILE` when it is not
+        there), one created or moved since looked at first (a directory moved away
+        would otherwise leave every path below it to the disk)."""
+        kind = node.names.get(name, _FILE)
+        if kind == _UNSURE:
+            self._look(node, name)
+            kind = node.names.get(name, _FILE)
+        return kind
 
     def _index(self, rel: str, parent: _Dir | None) -> _Dir | None:
         """Watch, then list, directory ``rel`` (so that no change falls in between)."""

@@ -338,6 +338,27 @@ def test_names_swapped_in_one_step_both_stay_there(tmp_path, helper, first, seco
     disk.close()
 
 
+def test_a_directory_moved_away_leaves_the_paths_below_it_absent_at_once(tmp_path, helper):
+    """Another program moves an indexed legacy directory out of the root (a name moved
+    away is looked at when asked about), and puts a file where a directory is asked
+    about: the paths below either are absent from the index itself, as a probe says,
+    not handed to the disk at every question."""
+    root, outside = make_repo(str(tmp_path))
+    disk = Beneath(root)
+    index = LayerIndex(disk)
+    for _ in range(layerindex.INDEX_AFTER):  # the root, the legacy directory and sub indexed
+        state(index, f"{LEGACY}/b.json")
+        state(index, f"{LEGACY}/sub/a.json")
+    helper.change(root, outside, ("rename", LEGACY, "moved-away"))
+    helper.change(root, outside, ("write", "plain-file", b"a file"))
+    for path in (f"{LEGACY}/b.json", f"{LEGACY}/sub/a.json", "plain-file/below.json"):
+        assert probed(disk, path) == ABSENT
+        asked = [state(index, path) for _ in range(layerindex.INDEX_AFTER + 1)]
+        assert asked == [ABSENT] * len(asked), path
+    index.close()
+    disk.close()
+
+
 def _warm_legacy_read(fs: orchfs.OrchFileSystem, logical: str) -> Callable[[], Any]:
     """Read ``logical`` (served by its legacy location) until its layers are indexed, and
     return the shortcut the overlay gives for reading it again (what the face keeps after
