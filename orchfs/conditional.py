@@ -3,9 +3,11 @@
 Every object store orchfs runs a lease on offers the same four things under different
 names, and :class:`ConditionalStore` is that common shape:
 
-* ``get(path)`` - the object's bytes with its version (S3/Azure ``ETag``, GCS
+* ``get(path, limit)`` - the object's bytes with its version (S3/Azure ``ETag``, GCS
   ``generation``) and its age by the *server's* clock (``Date`` minus ``Last-Modified``),
-  in one request;
+  in one request; with a ``limit``, a ranged read of at most ``limit + 1`` bytes, so that
+  an object over the limit (a planted multi-megabyte lease) shows as such without
+  being read whole (an empty object, where no range can start, costs a HEAD more);
 * ``create(path, data)`` - a write that fails when the object exists (S3 and Azure
   ``If-None-Match: *``, GCS ``ifGenerationMatch=0``);
 * ``replace(path, data, version)`` - a write that fails unless the object is still at
@@ -47,6 +49,7 @@ from .errors import BucketNotFoundError, PreconditionFailed
 PRECONDITION_FAILED = 412
 NOT_FOUND = 404
 CONFLICT = 409  # Azure: a create (If-None-Match: *) over an existing blob; S3: a racing conditional write
+RANGE_NOT_SATISFIABLE = 416  # a ranged read of an empty object: it has no byte 0
 PROBE_NAME = "precondition.probe"  # the object the precondition probe creates twice
 
 
@@ -57,6 +60,15 @@ class Versioned:
     data: bytes
     version: str  # ETag or generation: what replace()/delete() take
     age: float | None  # seconds since it was last written, by the server's clock
+
+
+@dataclass(frozen=True)
+class Head:
+    """An object as one HEAD (its metadata alone) saw it."""
+
+    version: str
+    size: int
+    age: float | None
 
 
 @dataclass(frozen=True)
@@ -148,9 +160,22 @@ class ConditionalStore:
         """Which server this is (a store's answers hold for all its clients in a process)."""
         return type(self.fs).__name__
 
-    def get(self, path: str) -> Versioned | None:
+    def get(self, path: str, limit: int | None = None) -> Versioned | None:
+        """The object (None when there is none); with ``limit``, at most ``limit + 1`` of
+        its bytes: more than ``limit`` means the object is larger than that."""
         _before("get", self.url(path))
-        return self._get(path)
+        return self._get(path, limit)
+
+    def _empty(self, path: str) -> Versioned | None:
+        """The object at ``path``, which a ranged read found no byte 0 in: empty, by its
+        metadata (one HEAD), or written meanwhile (an error: read it again)."""
+        head = self._head(path)
+        if head is None:
+            return None
+        if head.size:
+            why = "the object was written while it was read; read it again"
+            raise OSError(errno.EAGAIN, why, self.url(path))
+        return Versioned(b"", head.version, head.age)
 
     def create(self, path: str, data: bytes) -> str:
         _before("create", self.url(path))
@@ -209,7 +234,10 @@ class ConditionalStore:
         return False
 
     # --- what each store implements --------------------------------------------------
-    def _get(self, path: str) -> Versioned | None:
+    def _get(self, path: str, limit: int | None) -> Versioned | None:
+        raise NotImplementedError
+
+    def _head(self, path: str) -> Head | None:
         raise NotImplementedError
 
     def _create(self, path: str, data: bytes) -> str:
@@ -239,14 +267,19 @@ class S3Conditional(ConditionalStore):
     def endpoint(self) -> str:
         return str(self.fs.client_kwargs.get("endpoint_url") or "s3")
 
-    def _get(self, path: str) -> Versioned | None:
+    def _get(self, path: str, limit: int | None) -> Versioned | None:
         from fsspec.asyn import sync
 
         bucket, key = self._split(path)
+        ranged = {} if limit is None else {"Range": f"bytes=0-{limit}"}
         try:
-            response = self.fs.call_s3("get_object", Bucket=bucket, Key=key)
+            response = self.fs.call_s3("get_object", Bucket=bucket, Key=key, **ranged)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if ranged and _status(exc) == RANGE_NOT_SATISFIABLE:
+                return self._empty(path)
+            raise
 
         async def read() -> bytes:
             async with response["Body"] as stream:
@@ -255,6 +288,16 @@ class S3Conditional(ConditionalStore):
         data = sync(self.fs.loop, read)
         date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
         return Versioned(data, response["ETag"], _age(response.get("LastModified"), date))
+
+    def _head(self, path: str) -> Head | None:
+        bucket, key = self._split(path)
+        try:
+            response = self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return None
+        date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        age = _age(response.get("LastModified"), date)
+        return Head(response["ETag"], int(response["ContentLength"]), age)
 
     def _create(self, path: str, data: bytes) -> str:
         return self.fs.pipe_file(path, data, mode="create")["ETag"]
@@ -289,7 +332,32 @@ class AzureConditional(ConditionalStore):
         finally:
             self.fs.invalidate_cache(path)
 
-    def _get(self, path: str) -> Versioned | None:
+    def _get(self, path: str, limit: int | None) -> Versioned | None:
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        headers: dict[str, str] = {}
+
+        def keep_date(response: Any) -> None:
+            headers["date"] = response.http_response.headers.get("Date", "")
+
+        ranged = {} if limit is None else {"offset": 0, "length": limit + 1}
+
+        async def download(client: Any) -> Versioned:
+            stream = await client.download_blob(raw_response_hook=keep_date, **ranged)
+            data = await stream.readall()
+            props = stream.properties
+            return Versioned(data, props.etag, _age(props.last_modified, headers.get("date")))
+
+        try:
+            return self._call(path, download)
+        except ResourceNotFoundError:
+            return None
+        except HttpResponseError as exc:
+            if ranged and exc.status_code == RANGE_NOT_SATISFIABLE:
+                return self._empty(path)
+            raise
+
+    def _head(self, path: str) -> Head | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         headers: dict[str, str] = {}
@@ -297,14 +365,12 @@ class AzureConditional(ConditionalStore):
         def keep_date(response: Any) -> None:
             headers["date"] = response.http_response.headers.get("Date", "")
 
-        async def download(client: Any) -> Versioned:
-            stream = await client.download_blob(raw_response_hook=keep_date)
-            data = await stream.readall()
-            props = stream.properties
-            return Versioned(data, props.etag, _age(props.last_modified, headers.get("date")))
+        async def properties(client: Any) -> Head:
+            props = await client.get_blob_properties(raw_response_hook=keep_date)
+            return Head(props.etag, props.size, _age(props.last_modified, headers.get("date")))
 
         try:
-            return self._call(path, download)
+            return self._call(path, properties)
         except ResourceNotFoundError:
             return None
 
@@ -371,12 +437,17 @@ class GCSConditional(ConditionalStore):
             message = f"the store refused the request: {exc.message}"
             raise OSError(errno.EIO, message, self.url(path)) from exc
 
-    def _get(self, path: str) -> Versioned | None:
+    def _get(self, path: str, limit: int | None) -> Versioned | None:
         bucket, key = self._split(path)
+        ranged = {} if limit is None else {"headers": {"Range": f"bytes=0-{limit}"}}
         try:
-            headers, data = self._call(path, "GET", "b/{}/o/{}", bucket, key, alt="media")
+            headers, data = self._call(path, "GET", "b/{}/o/{}", bucket, key, alt="media", **ranged)
         except FileNotFoundError:
             return None
+        except OSError as exc:  # the HttpError's code: a status gcsfs does not raise by itself
+            if ranged and getattr(exc.__cause__, "code", None) == RANGE_NOT_SATISFIABLE:
+                return self._empty(path)
+            raise
         generation = headers.get("X-Goog-Generation")
         if not generation:
             raise OSError(
@@ -386,6 +457,21 @@ class GCSConditional(ConditionalStore):
                 self.url(path),
             )
         return Versioned(data, generation, _age(headers.get("Last-Modified"), headers.get("Date")))
+
+    def _head(self, path: str) -> Head | None:
+        import json
+        from datetime import datetime
+
+        bucket, key = self._split(path)
+        try:
+            headers, body = self._call(path, "GET", "b/{}/o/{}", bucket, key)  # the metadata
+        except FileNotFoundError:
+            return None
+        record = json.loads(body)
+        updated = record.get("updated")
+        modified = datetime.fromisoformat(updated.replace("Z", "+00:00")) if updated else None
+        age = _age(modified, headers.get("Date"))
+        return Head(str(record["generation"]), int(record.get("size", 0)), age)
 
     def _upload(self, path: str, data: bytes, generation: str) -> str:
         import json
@@ -463,13 +549,14 @@ class MemoryConditional(ConditionalStore):
         _memory_stamps[path] = (count, time.time())
         return self._version(path, data)
 
-    def _get(self, path: str) -> Versioned | None:
+    def _get(self, path: str, limit: int | None) -> Versioned | None:
         with _memory_lock:
             data = self._read(path)
             if data is None:
                 return None
             when = _memory_stamps.get(path, (0, time.time()))[1]
-            return Versioned(data, self._version(path, data), time.time() - when)
+            shown = data if limit is None else data[: limit + 1]  # in this process: nothing to save
+            return Versioned(shown, self._version(path, data), time.time() - when)
 
     def _create(self, path: str, data: bytes) -> str:
         with _memory_lock:
@@ -520,6 +607,7 @@ __all__ = [
     "AzureConditional",
     "ConditionalStore",
     "GCSConditional",
+    "Head",
     "MemoryConditional",
     "Request",
     "S3Conditional",

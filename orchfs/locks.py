@@ -512,7 +512,7 @@ class Fence:
         if path in self._versions:
             version = self._versions[path]
         else:  # written without being read under the lock: its version now, then the check
-            found = store.get(path)
+            found = store.get(path, 0)  # a version needs no bytes (a ranged read of one)
             version = found.version if found else None
         self.check()
         try:
@@ -524,7 +524,7 @@ class Fence:
     def delete(self, store: Any, path: str) -> None:
         version = self._versions.get(path)
         if version is None:
-            found = store.get(path)
+            found = store.get(path, 0)
             if found is None:
                 raise FileNotFoundError(errno.ENOENT, "no such file", store.url(path))
             version = found.version
@@ -587,14 +587,20 @@ class _LeaseState(NamedTuple):
 
 
 # Bounds of a lease record orchfs writes: a lease no setting exceeds, a generation that
-# counts acquisitions.
+# counts acquisitions, and its size (a holder record with a 200-character command, a
+# hostname and a session id, even with every character escaped, stays well under it):
+# a lease or waiting object is read with a ranged request of at most this many bytes
+# and one, so that a planted multi-megabyte object is never read into memory.
 _MAX_GENERATION = 1 << 63
+LEASE_MAX_BYTES = 8192
 
 
 def _lease_state(found: Versioned, url: str) -> _LeaseState:
     """The lease object's record, checked: a planted one (not JSON, a NaN, negative or
-    endless lease, a generation that is no count) is :class:`StateError`, never a lock
-    held forever or taken over by a guess."""
+    endless lease, a generation that is no count, more bytes than a lease has) is
+    :class:`StateError`, never a lock held forever or taken over by a guess."""
+    if len(found.data) > LEASE_MAX_BYTES:  # read as far as one byte past the bound
+        raise _damaged_lease(url, f"over {LEASE_MAX_BYTES} bytes")
     try:
         record = json.loads(found.data) if found.data else {}
     except (ValueError, RecursionError):
@@ -704,7 +710,7 @@ class LeaseLock(LockBackend):
         return holder.to_json(lease=self.lease, generation=generation, released=released)
 
     def current(self) -> _LeaseState | None:
-        found = self.store.get(self._path)
+        found = self.store.get(self._path, LEASE_MAX_BYTES)
         return None if found is None else _lease_state(found, self.url)
 
     def _take(self, known: tuple[str, int] | None) -> bool:
@@ -789,7 +795,7 @@ class LeaseLock(LockBackend):
             return False
         _looked_for_waiters[self._path] = now
         try:
-            found = self.store.get(self._waiting_path)
+            found = self.store.get(self._waiting_path, LEASE_MAX_BYTES)
         except Exception:
             return False
         return found is not None and found.age is not None and found.age <= 2 * _ANNOUNCE_EVERY + 1.0
@@ -1080,6 +1086,7 @@ def clear_stale(fs: Any) -> list[LockStatus]:
 
 
 __all__ = [
+    "LEASE_MAX_BYTES",
     "Fence",
     "FencingToken",
     "Holder",
