@@ -1437,6 +1437,8 @@ def apply(
     root = _root(root)
     layout = coerce_layout(layout)
     storage = None if storage is None else _absolute_storage(storage)
+    # Before the lock, which makes .orchestrator/ in the root (a new entry: a new mtime).
+    root_mtime_ns = os.stat(root).st_mtime_ns
     state = _state_store(root, storage, storage_options)
     remote = _remote_store(root, storage, storage_options)
     with _repository_lock(state, lock_timeout), _guarded(root, layout):
@@ -1490,7 +1492,7 @@ def apply(
                 the_plan.migration_id,
                 backup=backup,
                 dirs=_legacy_dirs(root, steps),
-                root_mtime_ns=os.stat(root).st_mtime_ns,
+                root_mtime_ns=root_mtime_ns,
                 root=root,
                 storage=storage if remote is not None else None,
                 steps=len(steps),

@@ -1057,6 +1057,22 @@ def test_a_checkpoint_with_another_name_outside_is_copied_never_linked(tmp_path)
     allowed_inside_after_rollback(root)
 
 
+@pytest.mark.parametrize("killed", [False, True], ids=["one-run", "killed-then-resumed"])
+def test_rollback_gives_the_root_its_mtime_from_before_the_migration(tmp_path, killed):
+    """The root directory is part of the tree outside .orchestrator/: a rollback gives it
+    back the mtime it had before the migration made .orchestrator/ in it (its lock is
+    taken there first), also after a run killed and finished by another."""
+    root = make_repo(tmp_path)
+    assert not os.path.lexists(os.path.join(root, ".orchestrator"))
+    then = 1_600_000_000_123_456_789
+    os.utime(root, ns=(then, then))
+    if killed:
+        assert _killed_at(root, "migrate.backup:1")
+    migrate.apply(root)
+    migrate.rollback(root)
+    assert os.stat(root).st_mtime_ns == then
+
+
 def test_a_checkpoint_swapped_for_a_file_outside_after_the_plan_is_copied_never_linked(tmp_path):
     """Another program swaps a v1 checkpoint for a hard link of a file outside the
     repository after the plan looked at it (here: while the first batch of steps runs,
