@@ -848,11 +848,10 @@ class FsspecStorage:
         if self.capabilities.parents_required:
             self.fs.makedirs(self._full(rel), exist_ok=True)
             return
-        if not self._bucket_ready:  # object storage has no directories, only a bucket
-            if self.conditional is not None:  # which orchfs never creates (makedirs would)
-                self.conditional.require_bucket(self.base)
-            else:  # a store orchfs knows no buckets of: its base is a directory
-                self.fs.makedirs(self.base, exist_ok=True)
+        if self.conditional is not None:  # object storage has no directories, only a bucket,
+            self._require_bucket()  # which orchfs never creates (makedirs would)
+        elif not self._bucket_ready:  # a store orchfs knows no buckets of: its base is a directory
+            self.fs.makedirs(self.base, exist_ok=True)
             self._bucket_ready = True
         if self.capabilities.empty_directories and rel:  # a filer: "key/" is a directory
             bucket, key = self._directory_key(rel)
