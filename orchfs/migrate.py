@@ -1237,13 +1237,15 @@ def _stage_backups(
         src_dir, _, name = step.source.rpartition("/")
         last_dir = top + src_dir if src_dir else top[:-1]  # the backup's directory, the same name
         copied = step.link is None
+        linked_here = False
         if copied:
             try:
                 if src_dir != here:  # the steps of one directory run together: asked once
                     here = None
                     fds = held.fds(src_dir, last_dir, create=True)
                     here = src_dir
-                if step.i not in linked or not link_fresh(fds[0], name, fds[1], name, linked[step.i]):
+                linked_here = step.i in linked and link_fresh(fds[0], name, fds[1], name, linked[step.i])
+                if not linked_here:
                     copy_fresh(fds[0], name, fds[1], name)
             except FileNotFoundError:
                 continue  # moved by an earlier run, or gone: the step itself settles it
@@ -1257,7 +1259,9 @@ def _stage_backups(
             if not _lexists(source):
                 continue
             _backup(root, source, f"{root}/{top}{step.source}")
-        written.append((last_dir, name if copied else None))
+        # A copy made here has bytes to flush; a link (the source's own bytes) and a
+        # careful copy (durable on its own) only a new entry in their directory.
+        written.append((last_dir, name if copied and not linked_here else None))
         staged.add(step.i)
         checkpoint("migrate.backup")  # linked or copied, not yet durable
     if staged:  # on the filesystem of a backup made (the last step's may have no directory)
@@ -1267,12 +1271,15 @@ def _stage_backups(
 
 
 def _make_durable(held: _HeldDirs, anywhere: str, written: list[tuple[str, str | None]]) -> None:
-    """``syncfs`` on the backup's filesystem (``anywhere``: a held directory on it);
-    where there is none, an fsync of each file linked or copied (``written``: its
-    directory and name, or None for a backup made durable on its own; for a link, the
-    inode's new link count) and of every directory above them up to the state directory
-    (their new entries)."""
-    if sync_filesystem(held.fd(anywhere)):
+    """Make the backups ``written`` durable (each: its directory, and its name if it is a
+    copy whose bytes were written with no fsync, else None). With such copies: ``syncfs``
+    on the backup's filesystem (``anywhere``: a held directory on it); where there is
+    none, an fsync of each of them. Then, and for a batch of hard links and careful
+    copies alone (no bytes of their own to flush: not a flush of every other program's
+    writes on the filesystem), an fsync of every directory above them up to the state
+    directory: their new entries (a link's entry and its inode's new link count are one
+    journal transaction)."""
+    if any(name is not None for _, name in written) and sync_filesystem(held.fd(anywhere)):
         return
     dirs: set[str] = set()
     for directory, name in written:
