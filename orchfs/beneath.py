@@ -929,7 +929,8 @@ def link_fresh(
     of a file outside the root). Not durable, as :func:`copy_fresh`. A file already at
     ``dst_name`` raises :class:`FileExistsError`; a missing source,
     :class:`FileNotFoundError`."""
-    if seen is not None and not _sole_own_file(seen, 1):
+    euid = os.geteuid()
+    if seen is not None and not _sole_own_file(seen, 1, euid):
         return False
     try:
         os.link(src_name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
@@ -939,18 +940,18 @@ def link_fresh(
         raise
     # Judged after the link, on what it links: one stat, and no window in which the
     # source could be swapped between a look and the link.
-    if not _sole_own_file(os.stat(dst_name, dir_fd=dst_dir_fd, follow_symlinks=False), 2):
+    if not _sole_own_file(os.stat(dst_name, dir_fd=dst_dir_fd, follow_symlinks=False), 2, euid):
         os.unlink(dst_name, dir_fd=dst_dir_fd)
         return False
     return True
 
 
-def _sole_own_file(st: os.stat_result, names: int) -> bool:
-    """A regular file with ``names`` names, of this user, without set-ID bits."""
+def _sole_own_file(st: os.stat_result, names: int, euid: int) -> bool:
+    """A regular file with ``names`` names, of user ``euid``, without set-ID bits."""
     return (
-        stat.S_ISREG(st.st_mode)
-        and st.st_nlink == names
-        and st.st_uid == os.geteuid()
+        st.st_nlink == names
+        and st.st_uid == euid
+        and stat.S_ISREG(st.st_mode)
         and not st.st_mode & (stat.S_ISUID | stat.S_ISGID)
     )
 

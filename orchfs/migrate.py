@@ -112,6 +112,8 @@ class Plan:
     keep: frozenset[str] = field(default_factory=frozenset, compare=False, repr=False)
     # Bytes the backup copies into .orchestrator/migration_backup/ (on local disk).
     backup_bytes: int = 0
+    # Sources whose backup may be a hard link of them, taking no room (see _linkable).
+    linked: frozenset[str] = field(default_factory=frozenset, compare=False, repr=False)
 
     @property
     def total_bytes(self) -> int:
@@ -395,13 +397,18 @@ def plan(
     )
     # Backups are copies of their own on the state directory's disk, but for the files
     # kept as hard links (see _stage_backups), which take no room.
-    kept = sum(
-        m.bytes
-        for m in the_plan.moves
-        if (backup or m.source in the_plan.keep)
-        and not _linkable(layout, m.action, m.target, the_plan.stats[m.source].st_mode)
+    stats = the_plan.stats
+    linked = (
+        frozenset(
+            m.source for m in the_plan.moves if _linkable(layout, m.action, m.target, stats[m.source].st_mode)
+        )
+        if backup
+        else frozenset()
     )
-    the_plan = replace(the_plan, backup_bytes=kept)
+    kept = sum(
+        m.bytes for m in the_plan.moves if (backup or m.source in the_plan.keep) and m.source not in linked
+    )
+    the_plan = replace(the_plan, backup_bytes=kept, linked=linked)
     if the_plan.copy_bytes or the_plan.backup_bytes:
         free = shutil.disk_usage(state_dir if os.path.exists(state_dir) else root).free
         the_plan = replace(the_plan, free_bytes=free)
@@ -1192,17 +1199,17 @@ def _linkable(layout: Layout, action: str, target: str, mode: int | None) -> boo
 
 
 def _linked_steps(
-    layout: Layout, steps: list[Step], stats: dict[str, os.stat_result] | None
+    layout: Layout, steps: list[Step], the_plan: Plan | None
 ) -> dict[int, os.stat_result | None]:
-    """The steps whose backup may be a hard link (see :func:`_linkable`), each with the
-    plan's ``lstat`` of its source (``stats``, a first run's; None for a resumed run's
-    step), by which :func:`~orchfs.beneath.link_fresh` passes over a file the plan saw
-    unfit; what it links it judges after the link either way."""
-    return {
-        s.i: None if stats is None else stats.get(s.source)
-        for s in steps
-        if s.link is None and _linkable(layout, s.action, s.target, s.mode)
-    }
+    """The steps whose backup may be a hard link (see :func:`_linkable`: a first run's
+    plan has decided, ``the_plan.linked``; a resumed run decides from the journal's
+    steps), each with the plan's ``lstat`` of its source (None in a resumed run), by
+    which :func:`~orchfs.beneath.link_fresh` passes over a file the plan saw unfit; what
+    it links it judges after the link either way."""
+    if the_plan is not None:
+        linked, stats = the_plan.linked, the_plan.stats
+        return {s.i: stats.get(s.source) for s in steps if s.source in linked and s.link is None}
+    return {s.i: None for s in steps if s.link is None and _linkable(layout, s.action, s.target, s.mode)}
 
 
 def _backs_up_source(step: Step, backup: bool) -> bool:
@@ -1227,10 +1234,12 @@ def _stage_backups(
     the steps whose backup is made; the others take the step's own path."""
     held = _HELD[root]
     staged: set[int] = set()
-    written: list[tuple[str, str | None]] = []  # (directory, file made here or None)
+    directories: set[str] = set()  # where backups were made
+    copies: list[tuple[str, str]] = []  # (directory, name) of copies made with no fsync
     top = _backup_rel(migration_id, "")  # ends in "/"
     here: str | None = None  # the source directory whose descriptors ``fds`` holds
     fds = (-1, -1)
+    made_in = ""  # the directory of the last backup made
     for step in steps:
         if not _backs_up_source(step, backup):
             continue
@@ -1261,37 +1270,42 @@ def _stage_backups(
             _backup(root, source, f"{root}/{top}{step.source}")
         # A copy made here has bytes to flush; a link (the source's own bytes) and a
         # careful copy (durable on its own) only a new entry in their directory.
-        written.append((last_dir, name if copied and not linked_here else None))
+        directories.add(last_dir)
+        made_in = last_dir
+        if copied and not linked_here:
+            copies.append((last_dir, name))
         staged.add(step.i)
         checkpoint("migrate.backup")  # linked or copied, not yet durable
     if staged:  # on the filesystem of a backup made (the last step's may have no directory)
-        _make_durable(held, written[-1][0], written)
+        _make_durable(held, made_in, directories, copies)
         checkpoint("migrate.synced")  # durable, their steps not yet run
     return staged
 
 
-def _make_durable(held: _HeldDirs, anywhere: str, written: list[tuple[str, str | None]]) -> None:
-    """Make the backups ``written`` durable (each: its directory, and its name if it is a
-    copy whose bytes were written with no fsync, else None). With such copies: ``syncfs``
-    on the backup's filesystem (``anywhere``: a held directory on it); where there is
-    none, an fsync of each of them. Then, and for a batch of hard links and careful
-    copies alone (no bytes of their own to flush: not a flush of every other program's
-    writes on the filesystem), an fsync of every directory above them up to the state
-    directory: their new entries (a link's entry and its inode's new link count are one
-    journal transaction)."""
-    if any(name is not None for _, name in written) and sync_filesystem(held.fd(anywhere)):
+def _make_durable(
+    held: _HeldDirs, anywhere: str, directories: set[str], copies: list[tuple[str, str]]
+) -> None:
+    """Make a batch's backups durable: the new entries in ``directories``, and the bytes
+    of ``copies`` (directory and name of each copy written with no fsync). With copies:
+    ``syncfs`` on the backup's filesystem (``anywhere``: a held directory on it); where
+    there is none, an fsync of each copy. Then, and for a batch of hard links and
+    careful copies alone (no bytes of their own to flush: not a flush of every other
+    program's writes on the filesystem), an fsync of every directory above the new
+    entries up to the state directory (a link's entry and its inode's new link count
+    are one journal transaction)."""
+    if copies and sync_filesystem(held.fd(anywhere)):
         return
-    dirs: set[str] = set()
-    for directory, name in written:
-        if name is not None:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=held.fd(directory))
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    for directory, name in copies:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=held.fd(directory))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    above: set[str] = set()
+    for directory in directories:
         parts = directory.split("/")
-        dirs.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
-    for directory in sorted(dirs, key=len, reverse=True):
+        above.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
+    for directory in sorted(above, key=len, reverse=True):
         os.fsync(held.fd(directory))
 
 
@@ -1626,9 +1640,7 @@ def _run(
                 backup,
                 moved,
                 None if resumed else set(),
-                linked=_linked_steps(layout, todo, None if the_plan is None else the_plan.stats)
-                if backup
-                else {},
+                linked=_linked_steps(layout, todo, the_plan) if backup else {},
             )
         )
         if resumed:
