@@ -16,7 +16,8 @@
   renamed and has no other name is kept as a hard link of itself (see :func:`_linkable`),
   everything else as a copy of its own. The backups of a journal batch (all those of a
   v1 directory that may move whole) are made with no fsync each and made durable
-  together (one ``syncfs``) before any of its sources moves (:func:`_stage_backups`).
+  together (one ``syncfs`` for copies, an fsync of their directories for links) before
+  any of its sources moves (:func:`_stage_backups`).
 * :func:`rollback` undoes the newest (or a named) migration: every migrated file,
   with any later change, goes back to its v1 name with its v1 mode and mtime, v1
   directories get their mtimes back, and the backup is emptied.
