@@ -998,12 +998,18 @@ def _whole_directory(steps: list[Step], start: int) -> _WholeDirectory | None:
     target = first.target[: -len(rel) - 1]
     if not target.startswith(STATE_DIR + "/"):
         return None
-    prefix, files = directory + "/", [rel]
-    end = start + 1
-    while end < len(steps):
+    prefix, inside, files = directory + "/", target + "/", [rel]
+    skip, end, count = len(prefix), start + 1, len(steps)
+    while end < count:
         step = steps[end]
-        rel = step.source[len(prefix) :]
-        if not (_plain_rename(step) and step.source.startswith(prefix) and step.target == f"{target}/{rel}"):
+        rel = step.source[skip:]
+        if not (
+            step.action == "rename"  # _plain_rename, inline: this loop sees every step
+            and step.link is None
+            and not step.replaced
+            and step.source.startswith(prefix)
+            and step.target == inside + rel
+        ):
             break
         files.append(rel)
         end += 1
@@ -1199,6 +1205,9 @@ def _linkable(layout: Layout, action: str, target: str, mode: int | None) -> boo
     )
 
 
+_NOT_LINKED: Any = object()  # a step missing from _linked_steps' answer
+
+
 def _linked_steps(
     layout: Layout, steps: list[Step], the_plan: Plan | None
 ) -> dict[int, os.stat_result | None]:
@@ -1254,7 +1263,8 @@ def _stage_backups(
                     here = None
                     fds = held.fds(src_dir, last_dir, create=True)
                     here = src_dir
-                linked_here = step.i in linked and link_fresh(fds[0], name, fds[1], name, linked[step.i])
+                seen = linked.get(step.i, _NOT_LINKED)
+                linked_here = seen is not _NOT_LINKED and link_fresh(fds[0], name, fds[1], name, seen)
                 if not linked_here:
                     copy_fresh(fds[0], name, fds[1], name)
             except FileNotFoundError:
@@ -1556,10 +1566,12 @@ def _steps(root: str, the_plan: Plan, prefer: str | None, base: str | None) -> l
     is_link = stat.S_ISLNK
     for index, (source, target, size, action, replaced) in enumerate(rows):
         st = stats.get(source) or os.lstat(f"{root}/{source}")
-        link = os.readlink(f"{root}/{source}") if is_link(st.st_mode) else None
+        mode = st.st_mode
+        link = os.readlink(f"{root}/{source}") if is_link(mode) else None
         rel = None if base is None else target[len(base) :].lstrip("/")
-        mode, mtime = st.st_mode & 0o7777, st.st_mtime_ns
-        steps.append(Step(index, source, target, size, action, mode, mtime, link, replaced, rel))
+        steps.append(
+            Step(index, source, target, size, action, mode & 0o7777, st.st_mtime_ns, link, replaced, rel)
+        )
     return steps
 
 
