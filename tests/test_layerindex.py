@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import gc
 import multiprocessing
 import os
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 import orchfs
 from orchfs import layerindex
 from orchfs.beneath import PROBE_FLAGS, Beneath
+from orchfs.errors import UnsafeStateError
 from orchfs.layerindex import ABSENT, PRESENT, UNKNOWN, LayerIndex
 from orchfs.overlay import forget_warnings
 
@@ -666,3 +670,127 @@ def test_a_mount_over_an_indexed_directory_shows_at_once(tmp_path):
     assert state(index, f"{LEGACY}/a.json") in (ABSENT, UNKNOWN)
     assert state(index, f"{LEGACY}/b.json") in (PRESENT, UNKNOWN)
     index.close()
+
+
+# --- the kept reads' look at what kind of file they read -----------------------------
+FED = b"fed by another process"
+
+
+def _kmsg_allowed() -> bool:
+    return hasattr(os, "mknod") and os.geteuid() == 0 and os.access("/dev/kmsg", os.R_OK)
+
+
+def _plant(kind: str, aside: str) -> int | None:
+    """What another program puts where a file was, made at ``aside`` (outside the root);
+    a FIFO is fed and held open (the descriptor returned: the writer's end)."""
+    if kind == "fifo":
+        os.mkfifo(aside)
+        writer = os.open(aside, os.O_RDWR | os.O_NONBLOCK)
+        os.write(writer, FED)
+        return writer
+    if not _kmsg_allowed():
+        pytest.skip("a device node needs root and a readable /dev/kmsg")
+    # The kernel log: a read returns one record, shorter than the buffer, as a small file's.
+    os.mknod(aside, stat.S_IFCHR | 0o644, os.makedev(1, 11))
+    return None
+
+
+def _move_by_another_process(source: str, target: str) -> None:
+    """``rename(source, target)`` made by another process: orchfs hears of it only from
+    the kernel."""
+    subprocess.run(
+        [sys.executable, "-c", "import os, sys; os.replace(sys.argv[1], sys.argv[2])", source, target],
+        check=True,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class KeptRead:
+    """A file read through the shortcut the face keeps for it, and where to plant."""
+
+    fs: orchfs.OrchFileSystem
+    root: str
+    logical: str
+    target: str  # the file's physical path
+    aside: str  # a free name outside the root, for what another program plants
+    shortcut: Any
+
+
+@contextlib.contextmanager
+def kept_read(tmp_path: Path, which: str) -> Iterator[KeptRead]:
+    """Read KEPT_READS[which] many times (its directories indexed, the face keeping a
+    shortcut for it); after the test, nothing outside the repository has changed."""
+    logical, physical, data, indexed = KEPT_READS[which]
+    root, outside = make_repo(str(tmp_path))
+    fs = orchfs.OrchFileSystem(root=root, skip_instance_cache=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(2 * layerindex.INDEX_AFTER + 3):
+            assert fs.cat_file(logical) == data
+        shortcut = fs._fast_reads[logical]
+        assert isinstance(shortcut, layerindex._ReadIfAbsent) == indexed
+        yield KeptRead(fs, root, logical, os.path.join(root, physical), str(tmp_path / "aside"), shortcut)
+    assert sorted(os.listdir(outside)) == ["a.json", "b.json"]
+    assert all(Path(outside, name).read_bytes() == CANARY for name in ("a.json", "b.json"))
+
+
+KEPT_READS = {  # logical path, where it is, its bytes, whether the index's shortcut is kept
+    "contained": ("checkpoints/a.json", f"{CONTAINED}/a.json", b"contained a", False),
+    "legacy": ("checkpoints/b.json", f"{LEGACY}/b.json", b"legacy b", True),
+}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "kmsg"])
+@pytest.mark.parametrize("which", KEPT_READS)
+def test_a_file_replaced_by_a_device_or_a_fed_fifo_after_kept_reads_is_refused(tmp_path, which, kind):
+    """After many reads of a regular file through the shortcut the face keeps for it,
+    another process renames a fed FIFO or a character device that reads short
+    (/dev/kmsg) over its name: the next read, and every one after, is refused, and
+    nothing outside the repository changes. (The kept reads look at what they read on
+    every read: docs/architecture.md says why no event is trusted instead.)"""
+    with kept_read(tmp_path, which) as kept:
+        writer = _plant(kind, kept.aside)
+        try:
+            _move_by_another_process(kept.aside, kept.target)
+            for _ in range(3):
+                with pytest.raises(UnsafeStateError, match="not a regular file"):
+                    kept.fs.cat_file(kept.logical)
+        finally:
+            if writer is not None:
+                os.close(writer)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "kmsg"])
+def test_a_kept_legacy_read_looks_again_after_an_overflow(tmp_path, kind):
+    """The event queue overflows, and only then is the legacy file replaced (its event
+    lost with the overflow): the shortcut no longer answers, and the next read is
+    refused."""
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if limit > 200_000:
+        pytest.skip(f"max_queued_events is {limit}: too many events to make here")
+    with kept_read(tmp_path, "legacy") as kept:
+        writer = _plant(kind, kept.aside)
+        try:
+            folder = os.path.join(kept.root, CONTAINED)  # indexed, not the file's
+            for i in range(limit // 2 + 10):  # two events each: more than the queue holds
+                name = os.path.join(folder, f"f{i}")
+                os.close(os.open(name, os.O_CREAT | os.O_WRONLY))
+                os.unlink(name)
+            _move_by_another_process(kept.aside, kept.target)
+            assert kept.shortcut() is None  # everything forgotten: no answer, nothing read handed out
+            with pytest.raises(UnsafeStateError, match="not a regular file"):
+                kept.fs.cat_file(kept.logical)
+        finally:
+            if writer is not None:
+                os.close(writer)
+
+
+def test_a_kept_legacy_read_still_reads_a_file_renamed_over_it(tmp_path):
+    """A regular file renamed over the legacy file by another process: read, with its
+    new bytes, by the same shortcut."""
+    with kept_read(tmp_path, "legacy") as kept:
+        Path(kept.aside).write_bytes(b"legacy b, again")
+        _move_by_another_process(kept.aside, kept.target)
+        for _ in range(3):
+            assert kept.fs.cat_file(kept.logical) == b"legacy b, again"
+        assert kept.fs._fast_reads[kept.logical] is kept.shortcut
