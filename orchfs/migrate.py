@@ -72,6 +72,9 @@ BACKUP_DIR = "migration_backup"
 # may come from a snapshot.
 RESTORED_BITS = 0o775
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+SQLITE_HEADER = b"SQLite format 3\x00"
+# Files that are appended to in place, by name: never a hard-linked backup (see _linkable).
+APPENDED_SUFFIXES = (".jsonl", ".log")
 
 logger = library_logger(__name__)
 
@@ -308,6 +311,12 @@ def _same_device(root: str, state_dir: str) -> bool:
     return os.stat(root).st_dev == os.stat(probe).st_dev
 
 
+def _sqlite_header(full: str) -> bool:
+    """Whether the file at ``full`` (never a link followed) begins as a SQLite database."""
+    with _open_read(full) as f:
+        return f.read(16) == SQLITE_HEADER
+
+
 def _sqlite_in_use(root: str, sources: list[str]) -> str | None:
     """A lock someone holds (a write transaction, an open reader), or a hot journal left
     by a crash, on a SQLite database that would move."""
@@ -318,9 +327,8 @@ def _sqlite_in_use(root: str, sources: list[str]) -> str | None:
         # A link is moved as a link, never opened: what it points at may lie outside.
         if source.endswith(SQLITE_COMPANIONS) or not stat.S_ISREG(_lstat(full).st_mode):
             continue
-        with _open_read(full) as f:
-            if f.read(16) != b"SQLite format 3\x00":
-                continue
+        if not _sqlite_header(full):
+            continue
         fd = _open_fd(full, os.O_RDWR)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -401,7 +409,9 @@ def plan(
     stats = the_plan.stats
     linked = (
         frozenset(
-            m.source for m in the_plan.moves if _linkable(layout, m.action, m.target, stats[m.source].st_mode)
+            m.source
+            for m in the_plan.moves
+            if _linkable(layout, m.action, m.target, stats[m.source].st_mode, m.bytes, f"{root}/{m.source}")
         )
         if backup
         else frozenset()
@@ -1184,7 +1194,7 @@ def _backup_rel(migration_id: str, source: str) -> str:
 _STATE_PREFIX = STATE_DIR + "/"
 
 
-def _linkable(layout: Layout, action: str, target: str, mode: int | None) -> bool:
+def _linkable(layout: Layout, action: str, target: str, mode: int | None, size: int, full: str) -> bool:
     """Whether the backup of a file moving to ``target`` by ``action`` may be a hard link
     of it rather than a copy: a rename (one device) into the state directory of a file
     of a write-once entry (:meth:`~orchfs.layout.Layout.write_once`) whose v1 ``mode``
@@ -1195,21 +1205,41 @@ def _linkable(layout: Layout, action: str, target: str, mode: int | None) -> boo
     backup's inode alone, and orchfs's own in-place writer, an append on local disk,
     first gives the file a copy of its own (``LocalStorage.append``). Every other file
     may be written in place by someone (a log appended to, SQLite's pages, a state file
-    truncated and rewritten by a v1 tool or an editor): its backup is a copy."""
+    truncated and rewritten by a v1 tool or an editor): its backup is a copy. So is that
+    of a file a write-once directory holds but a program writes in place all the same
+    (:func:`_written_in_place`: the file at ``full``, of ``size`` bytes)."""
     return (
         action == "rename"
         and mode is not None
         and not mode & ~RESTORED_BITS & 0o7777
         and target.startswith(_STATE_PREFIX)
         and layout.write_once(target[len(_STATE_PREFIX) :])
+        and not _written_in_place(full, size)
     )
+
+
+def _written_in_place(full: str, size: int) -> bool:
+    """Whether the file at ``full`` is one the migration treats as SQLite (a companion by
+    its name, a database by its header: SQLite writes its pages in place) or an
+    append-style file (:data:`APPENDED_SUFFIXES`), wherever it lies. A database is whole
+    pages of at least 512 bytes, so only a file of such a size is opened to read its
+    header, and an empty file (which SQLite would make a database of) counts as one, as
+    does a file that cannot be read (a copy is the safe side)."""
+    if full.endswith(SQLITE_COMPANIONS) or full.endswith(APPENDED_SUFFIXES):
+        return True
+    if size % 512:
+        return False
+    try:
+        return size == 0 or _sqlite_header(full)
+    except OSError:
+        return True
 
 
 _NOT_LINKED: Any = object()  # a step missing from _linked_steps' answer
 
 
 def _linked_steps(
-    layout: Layout, steps: list[Step], the_plan: Plan | None
+    root: str, layout: Layout, steps: list[Step], the_plan: Plan | None
 ) -> dict[int, os.stat_result | None]:
     """The steps whose backup may be a hard link (see :func:`_linkable`: a first run's
     plan has decided, ``the_plan.linked``; a resumed run decides from the journal's
@@ -1219,7 +1249,11 @@ def _linked_steps(
     if the_plan is not None:
         linked, stats = the_plan.linked, the_plan.stats
         return {s.i: stats.get(s.source) for s in steps if s.source in linked and s.link is None}
-    return {s.i: None for s in steps if s.link is None and _linkable(layout, s.action, s.target, s.mode)}
+    return {
+        s.i: None
+        for s in steps
+        if s.link is None and _linkable(layout, s.action, s.target, s.mode, s.bytes, f"{root}/{s.source}")
+    }
 
 
 def _backs_up_source(step: Step, backup: bool) -> bool:
@@ -1653,7 +1687,7 @@ def _run(
                 backup,
                 moved,
                 None if resumed else set(),
-                linked=_linked_steps(layout, todo, the_plan) if backup else {},
+                linked=_linked_steps(root, layout, todo, the_plan) if backup else {},
             )
         )
         if resumed:

@@ -1060,6 +1060,47 @@ def test_a_checkpoint_with_another_name_outside_is_copied_never_linked(tmp_path)
     allowed_inside_after_rollback(root)
 
 
+def test_a_sqlite_database_or_an_appended_file_among_checkpoints_is_copied_never_linked(tmp_path):
+    """A SQLite database with its -wal, and a .jsonl file, placed in the checkpoints
+    directory are written in place though the entry is write-once: their backups are
+    copies (one name each), the checkpoint beside them is a link, and a SQLite write to
+    the migrated database leaves its backup's bytes alone."""
+    made = tmp_path / "made"
+    made.mkdir()
+    db = sqlite3.connect(made / "cp.db")
+    try:
+        db.execute("PRAGMA journal_mode=wal")
+        db.execute("CREATE TABLE t (v TEXT)")
+        db.execute("INSERT INTO t VALUES ('before')")
+        db.commit()
+        root = make_repo(tmp_path, link=False)
+        checkpoints = os.path.join(root, ".workflow_checkpoints")
+        # The pair as a stopped process leaves it: committed rows still in the -wal.
+        shutil.copyfile(made / "cp.db", os.path.join(checkpoints, "cp.db"))
+        shutil.copyfile(made / "cp.db-wal", os.path.join(checkpoints, "cp.db-wal"))
+    finally:
+        db.close()
+    with open(os.path.join(checkpoints, "events.jsonl"), "wb") as f:
+        f.write(b'{"event": 1}\n')
+    copied = [f".workflow_checkpoints/{name}" for name in ("cp.db", "cp.db-wal", "events.jsonl")]
+    result = migrate.apply(root)
+    backup = _backup_of(root, result)
+    kept = {rel: _sha256(os.path.join(backup, rel)) for rel in copied}
+    for rel in copied:
+        assert not _one_inode(os.path.join(backup, rel), _moved(root, rel)), rel
+        assert os.lstat(os.path.join(backup, rel)).st_nlink == os.lstat(_moved(root, rel)).st_nlink == 1, rel
+    assert _one_inode(os.path.join(backup, CHECKPOINTS[0]), _moved(root, CHECKPOINTS[0]))
+    db = sqlite3.connect(_moved(root, copied[0]))
+    try:
+        assert db.execute("SELECT v FROM t").fetchall() == [("before",)]
+        db.execute("INSERT INTO t VALUES ('after')")
+        db.commit()
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the rows into the database's own pages
+    finally:
+        db.close()
+    assert {rel: _sha256(os.path.join(backup, rel)) for rel in copied} == kept
+
+
 @pytest.mark.parametrize("killed", [False, True], ids=["one-run", "killed-then-resumed"])
 def test_rollback_gives_the_root_its_mtime_from_before_the_migration(tmp_path, killed):
     """The root directory is part of the tree outside .orchestrator/: a rollback gives it
