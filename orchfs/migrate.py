@@ -254,9 +254,11 @@ def _pairs_below(fd: int, source: str, contained: str) -> Iterator[_Pair]:
     names = sorted(os.listdir(fd))
     stats = [os.stat(name, dir_fd=fd, follow_symlinks=False) for name in names]
     is_dir = stat.S_ISDIR
+    make = _Pair._make  # one call per file, not the named tuple's keyword-aware __new__
+    source_dir, contained_dir = source + "/", contained + "/"  # joined once per directory
     for name, st in zip(names, stats, strict=True):
         if not is_dir(st.st_mode):
-            yield _Pair(f"{source}/{name}", f"{contained}/{name}", st)
+            yield make((source_dir + name, contained_dir + name, st, False))
             continue
         try:
             sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
@@ -406,20 +408,18 @@ def plan(
     )
     # Backups are copies of their own on the state directory's disk, but for the files
     # kept as hard links (see _stage_backups), which take no room.
-    stats = the_plan.stats
-    linked = (
-        frozenset(
-            m.source
-            for m in the_plan.moves
-            if _linkable(layout, m.action, m.target, stats[m.source].st_mode, m.bytes, f"{root}/{m.source}")
-        )
-        if backup
-        else frozenset()
-    )
-    kept = sum(
-        m.bytes for m in the_plan.moves if (backup or m.source in the_plan.keep) and m.source not in linked
-    )
-    the_plan = replace(the_plan, backup_bytes=kept, linked=linked)
+    stats, keep = the_plan.stats, the_plan.keep
+    linked: list[str] = []
+    kept = 0
+    for m in the_plan.moves:
+        source = m.source
+        if backup and _linkable(
+            layout, m.action, m.target, stats[source].st_mode, m.bytes, f"{root}/{source}"
+        ):
+            linked.append(source)
+        elif backup or source in keep:
+            kept += m.bytes
+    the_plan = replace(the_plan, backup_bytes=kept, linked=frozenset(linked))
     if the_plan.copy_bytes or the_plan.backup_bytes:
         free = shutil.disk_usage(state_dir if os.path.exists(state_dir) else root).free
         the_plan = replace(the_plan, free_bytes=free)
@@ -446,6 +446,7 @@ def _plan_moves(
     moves, conflicts, sqlite_sources, keep = [], [], [], set()
     stats: dict[str, os.stat_result] = {}
     claimed: dict[str, str] = {}  # contained path -> the legacy source moving there
+    make_move = Move._make  # one call per file, not the named tuple's keyword-aware __new__
     for source, contained, st, sqlite in _legacy_pairs(root, layout):
         stats[source] = st
         if sqlite:
@@ -454,27 +455,27 @@ def _plan_moves(
         first = claimed.get(contained)
         if first is not None:  # a later legacy location of an entry whose first one moves
             if _same_bytes(f"{root}/{source}", f"{root}/{first}"):
-                moves.append(Move(source, where, st.st_size, "retire"))
+                moves.append(make_move((source, where, st.st_size, "retire")))
             else:
                 conflicts.append(MoveConflict(source, where, first))
             continue
         if present(contained):
             full = f"{root}/{source}"  # sources are relative and '/'-separated
             if same(full, contained):
-                moves.append(Move(source, where, st.st_size, "retire"))
+                moves.append(make_move((source, where, st.st_size, "retire")))
                 continue
             from .supersede import is_stale, read_record  # only where both copies exist
 
             if records is not None and is_stale(
                 read_record(records, source), st.st_size, lambda f=full: _sha256_file(f)
             ):
-                moves.append(Move(source, where, st.st_size, "retire"))
+                moves.append(make_move((source, where, st.st_size, "retire")))
                 keep.add(source)
             else:
                 conflicts.append(MoveConflict(source, where))
             continue
         claimed[contained] = source
-        moves.append(Move(source, where, st.st_size, action))
+        moves.append(make_move((source, where, st.st_size, action)))
     leftovers, unknown = unnamed_files(root, layout)
     if retire_leftovers:
         for name in (*leftovers, *unknown):
@@ -1284,11 +1285,15 @@ def _stage_backups(
     here: str | None = None  # the source directory whose descriptors ``fds`` holds
     fds = (-1, -1)
     made_in = ""  # the directory of the last backup made
+    src_seen: str | None = None  # the source directory of the last step looked at
+    last_dir = ""  # its backup's directory
     for step in steps:
-        if not _backs_up_source(step, backup):
+        if not backup and not _backs_up_source(step, backup):  # with a backup, every step
             continue
         src_dir, _, name = step.source.rpartition("/")
-        last_dir = top + src_dir if src_dir else top[:-1]  # the backup's directory, the same name
+        if src_dir != src_seen:  # the steps of one directory run together: joined once
+            src_seen = src_dir
+            last_dir = top + src_dir if src_dir else top[:-1]  # the backup's directory, the same name
         copied = step.link is None
         linked_here = False
         if copied:
@@ -1587,24 +1592,23 @@ def _steps(root: str, the_plan: Plan, prefer: str | None, base: str | None) -> l
     them, each with its v1 mode, mtime and link text (``base``: the URL of a state
     directory on another backend, which each step's ``rel`` is relative to)."""
     stats, keep = the_plan.stats, the_plan.keep
-    rows = [
-        (m.source, m.target, m.bytes, m.action, True if m.source in keep else None) for m in the_plan.moves
-    ]
+    rows = [(m, True if m.source in keep else None) for m in the_plan.moves]
     for conflict in the_plan.conflicts:
         # The later of two legacy locations never replaces the first: it is retired
         # into the backup (kept even without one), whichever copy is preferred.
         action = "retire" if prefer == "new" or conflict.other else "replace"
         size = os.lstat(f"{root}/{conflict.source}").st_size
-        rows.append((conflict.source, conflict.target, size, action, True))
+        rows.append((Move(conflict.source, conflict.target, size, action), True))
     steps = []
     is_link = stat.S_ISLNK
-    for index, (source, target, size, action, replaced) in enumerate(rows):
+    make = Step._make  # one call per step, not the named tuple's keyword-aware __new__
+    for index, ((source, target, size, action), replaced) in enumerate(rows):
         st = stats.get(source) or os.lstat(f"{root}/{source}")
         mode = st.st_mode
         link = os.readlink(f"{root}/{source}") if is_link(mode) else None
         rel = None if base is None else target[len(base) :].lstrip("/")
         steps.append(
-            Step(index, source, target, size, action, mode & 0o7777, st.st_mtime_ns, link, replaced, rel)
+            make((index, source, target, size, action, mode & 0o7777, st.st_mtime_ns, link, replaced, rel))
         )
     return steps
 
@@ -1840,7 +1844,7 @@ def _tighten_moved(root: str, steps: list[Step]) -> None:
             rel = step.target
             if step.mode is not None and not step.mode & ~RESTORED_BITS:
                 rel = rel.rpartition("/")[0]
-            while rel.startswith(f"{STATE_DIR}/") and rel not in seen:
+            while rel.startswith(_STATE_PREFIX) and rel not in seen:
                 seen.add(rel)
                 _drop_loose_bits(guard, rel)
                 rel = rel.rpartition("/")[0]
