@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import shutil
 import stat
@@ -1591,18 +1592,23 @@ def _steps(root: str, the_plan: Plan, prefer: str | None, base: str | None) -> l
     """The journal's steps for a plan: its moves, then its conflicts as ``prefer`` settles
     them, each with its v1 mode, mtime and link text (``base``: the URL of a state
     directory on another backend, which each step's ``rel`` is relative to)."""
-    stats, keep = the_plan.stats, the_plan.keep
-    rows = [(m, True if m.source in keep else None) for m in the_plan.moves]
+    stats, moves = the_plan.stats, the_plan.moves
+    # A retirement the plan keeps in the backup, and every conflict, replaces what it meets.
+    replacing = the_plan.keep
+    settled = []
     for conflict in the_plan.conflicts:
         # The later of two legacy locations never replaces the first: it is retired
         # into the backup (kept even without one), whichever copy is preferred.
         action = "retire" if prefer == "new" or conflict.other else "replace"
         size = os.lstat(f"{root}/{conflict.source}").st_size
-        rows.append((Move(conflict.source, conflict.target, size, action), True))
+        settled.append(Move(conflict.source, conflict.target, size, action))
+    if settled:
+        replacing = replacing | {m.source for m in settled}
     steps = []
     is_link = stat.S_ISLNK
     make = Step._make  # one call per step, not the named tuple's keyword-aware __new__
-    for index, ((source, target, size, action), replaced) in enumerate(rows):
+    for index, (source, target, size, action) in enumerate(itertools.chain(moves, settled)):
+        replaced = True if source in replacing else None
         st = stats.get(source) or os.lstat(f"{root}/{source}")
         mode = st.st_mode
         link = os.readlink(f"{root}/{source}") if is_link(mode) else None
