@@ -353,6 +353,8 @@ class Overlay:
             if found is not None:
                 if index and self.hidden_above(layers, index, logical):
                     return None
+                if not location.upper:
+                    self._served_from_below(logical)
                 return Found((location, found))
         return None
 
@@ -420,6 +422,8 @@ class Overlay:
                 self._remember_layer(logical, index)
             if index and self.hidden_above(layers, index, logical):
                 break
+            if not location.upper:
+                self._served_from_below(logical)
             return location, data
         raise FileNotFoundError(logical)
 
@@ -693,7 +697,7 @@ class Overlay:
         self.initialize()
         polled = False  # whether this write has asked the layer index already
         if self.has_legacy(logical) and (
-            logical not in self._supersede_checked or self._legacy_present(logical)
+            logical not in self._supersede_checked or self._legacy_indexed(logical)
         ):
             self._record_superseded(logical)
             polled = self.index is not None  # its lookup did
@@ -716,19 +720,24 @@ class Overlay:
             ensure_initialized(self.state, self.root, self.local_root)
             self.initialized = True
 
-    def _legacy_present(self, logical: str) -> bool:
-        """Whether a legacy location of ``logical`` may hold a file now: a path checked
-        once (``_supersede_checked``) is checked again only then, as an old orchestrator
-        may put its file there after the check, and while it serves the path (the upper
-        copy removed since) a write replaces it. The layer index answers where it can,
-        else a cheap probe of each legacy location; an upper layer is never asked."""
+    def _legacy_indexed(self, logical: str) -> bool:
+        """Whether the layer index shows a file at a legacy location of ``logical``: a
+        path checked once (``_supersede_checked``) is checked again then, as an old
+        orchestrator may put its file there after the check, and while it serves the
+        path (the upper copy removed since) a write replaces it. An upper layer is never
+        asked. Without an index the check costs a request per legacy location on object
+        storage, so the memo stands until this instance sees a legacy file serve the
+        path or removes the path (:meth:`_served_from_below`, :meth:`remove_file`)."""
+        if self.index is None:
+            return False
         layers = self.layers(logical)
-        if self.index is not None:
-            keys = zip(self._keys(logical, layers), layers, strict=True)
-            said = self.index.first(tuple(key for key, loc in keys if not loc.upper))
-            if said != UNKNOWN:
-                return said != ABSENT
-        return any(loc.store.maybe_exists(loc.rel) for loc in layers if not loc.upper)
+        keys = zip(self._keys(logical, layers), layers, strict=True)
+        said = self.index.first(tuple(key for key, loc in keys if not loc.upper))
+        return said != ABSENT  # UNKNOWN: look again, the index cannot say
+
+    def _served_from_below(self, logical: str) -> None:
+        """A legacy layer serves ``logical`` now: the next write must check rule 7 again."""
+        self._supersede_checked.discard(logical)
 
     def _record_superseded(self, logical: str) -> None:
         """Rule 7: a write, copy-up or whiteout is about to replace what a legacy file
@@ -884,15 +893,18 @@ class Overlay:
             if in_target:
                 source.store.remove(source.rel)
         self.finish_write(logical2, target)
+        self._supersede_checked.discard(logical1)  # a legacy file may serve it next
         self.whiteout_if_lower(logical1)
 
     def remove_file(self, logical: str, location: Location) -> None:
+        self._supersede_checked.discard(logical)  # a legacy file may serve it next
         if location == self.target(logical):
             location.store.remove(location.rel)
         self.whiteout_if_lower(logical)
 
     def remove_dir(self, logical: str) -> None:
         """Rule 5: ``rm -r`` removes the write target's tree and hides the layers below."""
+        self._supersede_checked.clear()  # legacy files may serve any path below it next
         target = self.target(logical)
         if target.store.exists(target.rel):
             target.store.remove_tree(target.rel)
