@@ -1090,28 +1090,31 @@ def test_more_directories_than_are_held_in_one_batch_at_every_boundary(world, mo
     assert tree(root) == before
 
 
-class _SwapBeforeOpening:
-    """os, except that opening a directory named ``name`` first moves ``directory``
-    away (to ``away``) and puts a link to ``to`` in its place: another process renaming
-    a directory while it is listed, at that one deterministic point."""
+class _SwapAt:
+    """os, except that the first call of ``os.<call>`` whose first argument's last
+    component is ``name`` first moves ``directory`` away (to ``away``) and puts a link
+    to ``to`` in its place: another process swapping a directory for a link at that one
+    deterministic point (opening a directory while it is listed, or a rename between
+    the checks and the move)."""
 
-    def __init__(self, name: str, directory: Path, away: Path, to: Path) -> None:
-        self._name, self._directory, self._away, self._to = name, directory, away, to
+    def __init__(self, call: str, name: str, directory: Path, away: Path, to: Path) -> None:
+        self._call, self._name = call, name
+        self._directory, self._away, self._to = directory, away, to
         self.swapped = False
 
     def __getattr__(self, attr):
         real = getattr(os, attr)
-        if attr != "open":
+        if attr != self._call:
             return real
 
-        def opener(path, *args, **kwargs):
+        def swapping(path, *args, **kwargs):
             if not self.swapped and os.fspath(path).rsplit("/", 1)[-1] == self._name:
                 self.swapped = True
                 os.rename(self._directory, self._away)
                 os.symlink(self._to, self._directory)
             return real(path, *args, **kwargs)
 
-        return opener
+        return swapping
 
 
 @pytest.mark.parametrize("how", ["plan", "migrate"])
@@ -1123,7 +1126,7 @@ def test_a_v1_directory_swapped_while_listed_never_lists_names_outside(world, tm
     root = v1(world)
     (root / ".workflow_checkpoints" / "sub").mkdir(parents=True, exist_ok=True)
     (root / ".workflow_checkpoints" / "sub" / "mine.json").write_bytes(b"{}")
-    swap = _SwapBeforeOpening("sub", root / ".workflow_checkpoints", tmp_path / "away", world.canary)
+    swap = _SwapAt("open", "sub", root / ".workflow_checkpoints", tmp_path / "away", world.canary)
     monkeypatch.setattr(migrate, "os", swap)
     with pytest.raises(UnsafeStateError, match="moved or replaced while orchfs listed"):
         if how == "plan":
@@ -1273,29 +1276,6 @@ def test_restore_never_writes_through_a_link_in_the_session(world, tmp_path):
     assert (world.canary / "a.txt").read_bytes() == b"canary a"
 
 
-class _SwapAtRename:
-    """os, except that the rename of ``name`` first moves ``directory`` away and puts a
-    link to ``to`` in its place (another process, between the checks and the rename)."""
-
-    def __init__(self, name: str, directory: Path, away: Path, to: Path) -> None:
-        self._name, self._directory, self._away, self._to = name, directory, away, to
-        self.swapped = False
-
-    def __getattr__(self, attr):
-        real = getattr(os, attr)
-        if attr != "rename":
-            return real
-
-        def rename(src, *args, **kwargs):
-            if not self.swapped and src == self._name:
-                self.swapped = True
-                os.rename(self._directory, self._away)
-                os.symlink(self._to, self._directory)
-            return real(src, *args, **kwargs)
-
-        return rename
-
-
 def test_a_link_swapped_in_at_a_whole_directory_move_is_not_left_in_the_state(world, tmp_path, monkeypatch):
     """Without a backup the v1 checkpoints directory moves in one rename; a link to the
     canary is swapped in for it just before. The rename moves the link into
@@ -1303,7 +1283,7 @@ def test_a_link_swapped_in_at_a_whole_directory_move_is_not_left_in_the_state(wo
     moved it in; it never deletes what it did not make)."""
     root = v1(world)
     checkpoints = root / ".workflow_checkpoints"
-    swap = _SwapAtRename(".workflow_checkpoints", checkpoints, tmp_path / "away", world.canary)
+    swap = _SwapAt("rename", ".workflow_checkpoints", checkpoints, tmp_path / "away", world.canary)
     monkeypatch.setattr(migrate, "os", swap)
     with pytest.raises(UnsafeStateError, match="replaced while the migration moved it.*back in its place"):
         migrate.apply(str(root), backup=False)
